@@ -1,0 +1,85 @@
+"""Every setting of the pipeline, read from the environment in this one place."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+MISMATCH_POLICIES = ("reject", "correct")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; field name upper-cased is the environment variable."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis for worker events and remote control (Celery's control plane); empty means
+    # the aggregates' Redis with the next database number.
+    control_url: str = ""
+    # Empty means real AWS (boto3's default endpoint for the region).
+    sqs_endpoint_url: str = "http://127.0.0.1:4566"
+    aws_region: str = "us-east-1"
+    orders_queue: str = "orders-queue"
+    # Empty means "<orders_queue>-dlq".
+    orders_dlq: str = ""
+    max_receive_count: int = 5
+    visibility_timeout: int = 300
+    order_value_mismatch: str = "reject"
+    max_order_bytes: int = 131072
+    max_items: int = 1000
+    max_future_seconds: int = 86400
+    task_max_retries: int = 5
+    retry_backoff_max: int = 60
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    def __post_init__(self):
+        if self.order_value_mismatch not in MISMATCH_POLICIES:
+            raise ValueError(
+                f"ORDER_VALUE_MISMATCH must be one of {MISMATCH_POLICIES}, "
+                f"not {self.order_value_mismatch!r}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
+        # SQS caps maxReceiveCount at 1000; a retry countdown must end before the
+        # message becomes visible again, or SQS hands it to a second worker.
+        if not 1 <= self.max_receive_count <= 1000:
+            raise ValueError("MAX_RECEIVE_COUNT must be between 1 and 1000")
+        if self.retry_backoff_max >= self.visibility_timeout:
+            raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
+
+    @property
+    def dlq_name(self) -> str:
+        """Name of the dead-letter queue of the orders queue."""
+        return self.orders_dlq or f"{self.orders_queue}-dlq"
+
+    @property
+    def control_plane_url(self) -> str:
+        """Redis URL for Celery events and remote control."""
+        if self.control_url:
+            return self.control_url
+        parts = urlsplit(self.redis_url)
+        db = int(parts.path.lstrip("/") or 0)
+        return urlunsplit(parts._replace(path=f"/{db + 1}"))
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from environment variables, falling back to the defaults."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for field in fields(Settings):
+        raw = environ.get(field.name.upper())
+        if raw is None:
+            continue
+        default = field.default
+        try:
+            values[field.name] = type(default)(raw.strip())
+        except ValueError:
+            raise ValueError(f"{field.name.upper()} must be {type(default).__name__}, not {raw!r}")
+    return Settings(**values)
+
+
+def variables() -> list[tuple[str, object]]:
+    """Every environment variable with its default, for docs and checks."""
+    return [(f.name.upper(), f.default) for f in fields(Settings)]

@@ -1,0 +1,90 @@
+"""SQS access shared by the producer, the CLI, the health check and the tests."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Iterable, Iterator
+
+import boto3
+from botocore.config import Config
+
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# SendMessageBatch and DeleteMessageBatch take at most ten entries.
+BATCH_SIZE = 10
+DEPTH_ATTRIBUTES = {
+    "ApproximateNumberOfMessages": "visible",
+    "ApproximateNumberOfMessagesNotVisible": "in_flight",
+    "ApproximateNumberOfMessagesDelayed": "delayed",
+}
+
+
+def client(settings: Settings, timeout: float = 10):
+    """A boto3 SQS client for the configured endpoint and region."""
+    local = bool(settings.sqs_endpoint_url)
+    return boto3.client(
+        "sqs",
+        region_name=settings.aws_region,
+        endpoint_url=settings.sqs_endpoint_url or None,
+        # Local servers accept any key; real AWS takes boto3's usual credential chain.
+        aws_access_key_id="test" if local else None,
+        aws_secret_access_key="test" if local else None,
+        config=Config(connect_timeout=timeout, read_timeout=timeout,
+                      retries={"max_attempts": 3, "mode": "standard"}),
+    )
+
+
+def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
+    """Create the orders queue and its dead-letter queue (idempotent); return their URLs."""
+    sqs = sqs or client(settings)
+    dlq_url = sqs.create_queue(QueueName=settings.dlq_name)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(
+        QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    attributes = {
+        "VisibilityTimeout": str(settings.visibility_timeout),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
+                                     "maxReceiveCount": str(settings.max_receive_count)}),
+    }
+    orders_url = sqs.create_queue(QueueName=settings.orders_queue)["QueueUrl"]
+    # create_queue keeps an existing queue's attributes: set them explicitly.
+    sqs.set_queue_attributes(QueueUrl=orders_url, Attributes=attributes)
+    return {"orders": orders_url, "dlq": dlq_url}
+
+
+def queue_url(settings: Settings, name: str, sqs=None) -> str:
+    """URL of an existing queue."""
+    sqs = sqs or client(settings)
+    return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def depth(settings: Settings, name: str, sqs=None) -> dict[str, int]:
+    """Approximate visible, in-flight and delayed counts of a queue."""
+    sqs = sqs or client(settings)
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=queue_url(settings, name, sqs), AttributeNames=list(DEPTH_ATTRIBUTES)
+    )["Attributes"]
+    return {label: int(attrs.get(attr, 0)) for attr, label in DEPTH_ATTRIBUTES.items()}
+
+
+def chunks(items: Iterable, size: int = BATCH_SIZE) -> Iterator[list]:
+    """Split an iterable into lists of at most `size` items."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def send_bodies(sqs, url: str, bodies: list[str]) -> list[str]:
+    """Send up to ten raw bodies in one SendMessageBatch; return the ids SQS failed."""
+    entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+    response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    failed = response.get("Failed", [])
+    for failure in failed:
+        logger.warning("SQS refused message %s: %s", failure["Id"], failure.get("Message"))
+    return [f["Id"] for f in failed]
