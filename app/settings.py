@@ -21,9 +21,13 @@ class Settings:
     sqs_endpoint_url: str = "http://127.0.0.1:4566"
     aws_region: str = "us-east-1"
     orders_queue: str = "orders-queue"
+    # Empty means the local server's URL for ORDERS_QUEUE; required with real AWS.
+    orders_queue_url: str = ""
     # Empty means "<orders_queue>-dlq".
     orders_dlq: str = ""
     max_receive_count: int = 5
+    # Seconds a failed delivery stays hidden before its next try, doubled per receive.
+    failure_backoff: int = 5
     visibility_timeout: int = 300
     order_value_mismatch: str = "reject"
     max_order_bytes: int = 131072
@@ -53,6 +57,23 @@ class Settings:
     def dlq_name(self) -> str:
         """Name of the dead-letter queue of the orders queue."""
         return self.orders_dlq or f"{self.orders_queue}-dlq"
+
+    @property
+    def orders_url(self) -> str:
+        """URL of the orders queue."""
+        return self.url_of(self.orders_queue) if not self.orders_queue_url else self.orders_queue_url
+
+    def url_of(self, queue: str) -> str:
+        """URL of a queue on the local SQS server (LocalStack's path-style URLs)."""
+        if not self.sqs_endpoint_url:
+            raise ValueError("ORDERS_QUEUE_URL is required when SQS_ENDPOINT_URL is empty (real AWS)")
+        return f"{self.sqs_endpoint_url.rstrip('/')}/000000000000/{queue}"
+
+    @property
+    def failure_backoff_policy(self) -> dict[int, int]:
+        """Seconds hidden after the n-th failed receive: base, 2x base, 4x base..."""
+        return {n: min(self.failure_backoff * 2 ** (n - 1), self.visibility_timeout)
+                for n in range(1, self.max_receive_count + 1)}
 
     @property
     def control_plane_url(self) -> str:

@@ -1,0 +1,139 @@
+"""marshmallow schemas: the single definition of an order event."""
+from __future__ import annotations
+
+import math
+import unicodedata
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+MAX_ID_LENGTH = 128
+MAX_AMOUNT = Decimal("1000000000")  # a billion per order or per unit: beyond is a bug upstream
+MAX_QUANTITY = 1_000_000
+
+
+class Identifier(fields.String):
+    """A trimmed, non-blank id without control characters."""
+
+    default_error_messages = {
+        "blank": "Must not be blank.",
+        "control": "Must not contain control characters.",
+        "too_long": f"Must be at most {MAX_ID_LENGTH} characters.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if not text:
+            raise self.make_error("blank")
+        if len(text) > MAX_ID_LENGTH:
+            raise self.make_error("too_long")
+        # Category C* covers control, format and unassigned code points: ids with them
+        # print as something they are not.
+        if any(unicodedata.category(ch).startswith("C") for ch in text):
+            raise self.make_error("control")
+        return text
+
+
+class Amount(fields.Field):
+    """A finite JSON number >= 0 (not a string, not a boolean), as a Decimal."""
+
+    default_error_messages = {
+        "invalid": "Must be a number.",
+        "not_finite": "Must be a finite number (not NaN or Infinity).",
+        "negative": "Must be greater than or equal to 0.",
+        "too_large": f"Must be at most {MAX_AMOUNT}.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.make_error("not_finite")
+        # str() of a float is its shortest repr: 99.99 stays 99.99, not 99.9899999...
+        amount = Decimal(str(value))
+        if amount < 0:
+            raise self.make_error("negative")
+        if amount > MAX_AMOUNT:
+            raise self.make_error("too_large")
+        return amount
+
+
+class Quantity(fields.Field):
+    """A whole JSON number >= 1 (not 2.5, not "2", not true)."""
+
+    default_error_messages = {
+        "invalid": "Must be a whole number.",
+        "range": f"Must be between 1 and {MAX_QUANTITY}.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        if not 1 <= value <= MAX_QUANTITY:
+            raise self.make_error("range")
+        return value
+
+
+class Timestamp(fields.Field):
+    """An ISO-8601 time with Z or an offset, converted to UTC."""
+
+    default_error_messages = {
+        "invalid": "Must be an ISO-8601 date-time string.",
+        "naive": "Must include a time zone (Z or an offset such as +02:00).",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise self.make_error("invalid") from None
+        if moment.tzinfo is None:
+            raise self.make_error("naive")
+        return moment.astimezone(timezone.utc)
+
+
+class ItemSchema(Schema):
+    """One line of an order."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    product_id = Identifier(required=True)
+    quantity = Quantity(required=True)
+    price_per_unit = Amount(required=True)
+
+
+class OrderSchema(Schema):
+    """An order event as the shop platform sends it."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    order_id = Identifier(required=True)
+    user_id = Identifier(required=True)
+    order_timestamp = Timestamp(required=True)
+    order_value = Amount(required=True)
+    items = fields.List(fields.Nested(ItemSchema), required=True,
+                        validate=validate.Length(min=1))
+    shipping_address = fields.String(load_default=None, allow_none=True)
+    payment_method = fields.String(load_default=None, allow_none=True)
+
+    def __init__(self, *, max_items: int = 1000, **kwargs):
+        super().__init__(**kwargs)
+        self.fields["items"].validators.append(
+            validate.Length(max=max_items, error="Must have at most {max} items."))
+
+
+class LegacyOrderSchema(Schema):
+    """The older minimal shape {"user_id": "123", "amount": 100}."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    order_id = Identifier(load_default=None)
+    user_id = Identifier(required=True)
+    amount = Amount(required=True)
+    order_timestamp = Timestamp(load_default=None)

@@ -1,0 +1,259 @@
+"""The Redis gateway: every key name, the atomic update script and the reads."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import redis
+
+from app.orders import Evaluated, Order, Rejection
+
+GLOBAL_KEY = "global:stats"
+OUTCOMES_KEY = "pipeline:outcomes"
+REJECTED_INDEX = "rejected"
+TOP_USERS_BY_SPEND = "top:users:spend"
+TOP_USERS_BY_ORDERS = "top:users:orders"
+TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
+TOP_PRODUCTS_BY_UNITS = "top:products:units"
+CORRECTIONS_KEY = "corrections"
+OUTCOMES = ("counted", "duplicate", "rejected", "conflict", "corrected")
+
+
+def _part(value: str) -> str:
+    # Percent-encoding is injective and leaves plain ids (U5678) as they are, so
+    # "a:b", "*" or "é" can never spell another key.
+    return quote(value, safe="")
+
+
+def user_key(user_id: str) -> str:
+    """Hash of one user's totals (the seeds' layout: user:<id>)."""
+    return f"user:{_part(user_id)}"
+
+
+def order_key(order_id: str) -> str:
+    """The 'already counted' marker of an order, holding its fingerprint."""
+    return f"order:{_part(order_id)}"
+
+
+def product_key(product_id: str) -> str:
+    """Hash of one product's sales."""
+    return f"product:{_part(product_id)}"
+
+
+def day_key(day: str) -> str:
+    """Hash of one UTC day's KPIs (day is YYYY-MM-DD)."""
+    return f"day:{day}"
+
+
+def day_customers_key(day: str) -> str:
+    """Set of the distinct users who ordered on a UTC day."""
+    return f"day:{day}:customers"
+
+
+def rejected_key(message_id: str) -> str:
+    """Hash of one rejected message: body, reasons, time."""
+    return f"rejected:{_part(message_id)}"
+
+
+# One call applies a whole batch: for each order the 'seen' check and every increment
+# happen together, so a crash or a redelivery can never count half an order or count it
+# twice. Money arrives as integer cents in strings; the decimal strings kept beside them
+# (total_spend, total_revenue) are for readers of the seeds' layout.
+APPLY_BATCH = """
+local function money(c)
+  local sign = ''
+  if c < 0 then sign = '-'; c = -c end
+  return string.format('%s%d.%02d', sign, math.floor(c / 100), c % 100)
+end
+local function record_rejection(r, now)
+  if redis.call('EXISTS', r.key) == 1 then return 0 end
+  redis.call('HSET', r.key, 'message_id', r.message_id, 'kind', r.kind, 'body', r.body,
+             'reasons', r.reasons, 'order_id', r.order_id, 'at', now,
+             'first_seen', r.first_seen)
+  redis.call('ZADD', KEYS[3], now, r.message_id)
+  redis.call('HINCRBY', KEYS[2], r.kind == 'conflict' and 'conflict' or 'rejected', 1)
+  return 1
+end
+local batch = cjson.decode(ARGV[1])
+local now = tonumber(ARGV[2])
+local results = {}
+for i, o in ipairs(batch.orders) do
+  local seen = redis.call('GET', o.order_key)
+  if seen == o.fingerprint then
+    redis.call('HINCRBY', KEYS[2], 'duplicate', 1)
+    results[i] = 'duplicate'
+  elseif seen then
+    record_rejection({key = o.conflict_key, message_id = o.message_id, kind = 'conflict',
+      body = o.body, order_id = o.order_id, first_seen = seen,
+      reasons = cjson.encode({order_id = {'Already counted with different content.'}})}, now)
+    results[i] = 'conflict'
+  else
+    redis.call('SET', o.order_key, o.fingerprint)
+    local spend = redis.call('HINCRBY', o.user_key, 'total_spend_cents', o.cents)
+    redis.call('HINCRBY', o.user_key, 'order_count', 1)
+    redis.call('HSET', o.user_key, 'total_spend', money(spend))
+    local first = tonumber(redis.call('HGET', o.user_key, 'first_order_ts') or '')
+    if not first or o.ts < first then redis.call('HSET', o.user_key, 'first_order_ts', o.ts) end
+    local last = tonumber(redis.call('HGET', o.user_key, 'last_order_ts') or '')
+    if not last or o.ts > last then redis.call('HSET', o.user_key, 'last_order_ts', o.ts) end
+    local revenue = redis.call('HINCRBY', KEYS[1], 'total_revenue_cents', o.cents)
+    redis.call('HINCRBY', KEYS[1], 'total_orders', 1)
+    redis.call('HSET', KEYS[1], 'total_revenue', money(revenue))
+    redis.call('ZINCRBY', KEYS[4], o.cents, o.user_id)
+    redis.call('ZINCRBY', KEYS[5], 1, o.user_id)
+    redis.call('HINCRBY', o.day_key, 'total_orders', 1)
+    redis.call('HINCRBY', o.day_key, 'total_revenue_cents', o.cents)
+    redis.call('HINCRBY', o.day_key, 'total_items_sold', o.units)
+    if redis.call('SADD', o.day_customers_key, o.user_id) == 1 then
+      redis.call('HINCRBY', o.day_key, 'unique_customers', 1)
+    end
+    for _, p in ipairs(o.products) do
+      redis.call('HINCRBY', p[1], 'units_sold', p[3])
+      redis.call('HINCRBY', p[1], 'revenue_cents', p[4])
+      redis.call('HINCRBY', p[1], 'orders', 1)
+      redis.call('ZINCRBY', KEYS[6], p[4], p[2])
+      redis.call('ZINCRBY', KEYS[7], p[3], p[2])
+    end
+    redis.call('HINCRBY', KEYS[2], 'counted', 1)
+    if o.correction ~= '' then
+      redis.call('HSET', KEYS[8], o.order_id, o.correction)
+      redis.call('HINCRBY', KEYS[2], 'corrected', 1)
+    end
+    results[i] = 'counted'
+  end
+end
+for _, r in ipairs(batch.rejections) do
+  record_rejection(r, now)
+end
+return results
+"""
+BATCH_KEYS = [GLOBAL_KEY, OUTCOMES_KEY, REJECTED_INDEX, TOP_USERS_BY_SPEND,
+              TOP_USERS_BY_ORDERS, TOP_PRODUCTS_BY_REVENUE, TOP_PRODUCTS_BY_UNITS, CORRECTIONS_KEY]
+
+
+@dataclass(frozen=True)
+class UserStats:
+    """All-time figures of one user."""
+
+    user_id: str
+    order_count: int
+    total_spend_cents: int
+
+
+@dataclass(frozen=True)
+class GlobalStats:
+    """All-time figures of the platform."""
+
+    total_orders: int
+    total_revenue_cents: int
+
+
+class Store:
+    """Reads and atomic writes of the aggregates in one Redis database."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._apply_batch = client.register_script(APPLY_BATCH)
+
+    @classmethod
+    def from_url(cls, url: str, **options) -> "Store":
+        """A Store on a new client for the Redis URL."""
+        options.setdefault("socket_timeout", 5)
+        options.setdefault("socket_connect_timeout", 5)
+        return cls(redis.Redis.from_url(url, decode_responses=True, **options))
+
+    def apply(self, evaluated: list[Evaluated]) -> list[str]:
+        """Count the orders and record the rejections of a batch in one round trip.
+
+        Returns one outcome per item, in order: counted, duplicate, conflict or rejected.
+        """
+        orders = [e for e in evaluated if e.order]
+        batch = {
+            "orders": [_order_entry(e.order, e) for e in orders],
+            "rejections": [_rejection_entry(e.rejection) for e in evaluated if e.rejection],
+        }
+        # cjson turns an empty list into {}, which ipairs walks as empty: harmless.
+        results = self._apply_batch(keys=BATCH_KEYS,
+                                    args=[json.dumps(batch, ensure_ascii=False), time.time()])
+        by_order = iter(results)
+        return [next(by_order) if e.order else "rejected" for e in evaluated]
+
+    def user_stats(self, user_id: str) -> UserStats | None:
+        """A user's all-time totals, or None when the user has no counted order."""
+        count, cents = self.redis.hmget(user_key(user_id), "order_count", "total_spend_cents")
+        if count is None:
+            return None
+        return UserStats(user_id, int(count), int(cents or 0))
+
+    def global_stats(self) -> GlobalStats:
+        """The platform's all-time totals (zeros when nothing was counted)."""
+        orders, cents = self.redis.hmget(GLOBAL_KEY, "total_orders", "total_revenue_cents")
+        return GlobalStats(int(orders or 0), int(cents or 0))
+
+    def outcomes(self) -> dict[str, int]:
+        """How many messages ended in each outcome."""
+        raw = self.redis.hgetall(OUTCOMES_KEY)
+        return {name: int(raw.get(name, 0)) for name in OUTCOMES}
+
+    def rejected(self, offset: int = 0, limit: int = 50) -> list[dict]:
+        """Rejected messages, newest first."""
+        ids = self.redis.zrevrange(REJECTED_INDEX, offset, offset + limit - 1)
+        return [r for r in map(self.rejection, ids) if r]
+
+    def rejection(self, message_id: str) -> dict | None:
+        """One rejected message with its body and reasons, or None."""
+        record = self.redis.hgetall(rejected_key(message_id))
+        if not record:
+            return None
+        record["reasons"] = json.loads(record["reasons"])
+        record["at"] = float(record["at"])
+        return record
+
+    def ping(self) -> bool:
+        """True when Redis answers."""
+        return bool(self.redis.ping())
+
+
+def _order_entry(order: Order, evaluated: Evaluated) -> dict:
+    day = order.placed_at.date().isoformat()
+    return {
+        "order_id": order.order_id,
+        "order_key": order_key(order.order_id),
+        "fingerprint": order.fingerprint,
+        "user_id": order.user_id,
+        "user_key": user_key(order.user_id),
+        "cents": str(order.value_cents),
+        "ts": int(order.placed_at.timestamp() * 1000),
+        "day_key": day_key(day),
+        "day_customers_key": day_customers_key(day),
+        "units": sum(line.quantity for line in order.lines),
+        "products": [[product_key(line.product_id), line.product_id, line.quantity,
+                      str(line.line_cents)] for line in order.lines],
+        "correction": _correction(order),
+        # Needed only if the order turns out to conflict with an earlier one.
+        "message_id": evaluated.incoming.message_id,
+        "conflict_key": rejected_key(evaluated.incoming.message_id),
+        "body": evaluated.raw_body,
+    }
+
+
+def _correction(order: Order) -> str:
+    """What the mismatch policy changed, as JSON, or '' when nothing."""
+    if order.corrected_from_cents is None:
+        return ""
+    return json.dumps({"sent_cents": order.corrected_from_cents,
+                       "counted_cents": order.value_cents})
+
+
+def _rejection_entry(rejection: Rejection) -> dict:
+    return {
+        "key": rejected_key(rejection.message_id),
+        "message_id": rejection.message_id,
+        "kind": rejection.kind,
+        "body": rejection.body,
+        "order_id": rejection.order_id or "",
+        "first_seen": "",
+        "reasons": json.dumps(rejection.reasons, ensure_ascii=False),
+    }

@@ -1,0 +1,5 @@
+"""The Celery app that workers, Flower and the celery CLI load with `-A tasks`."""
+from celery import Celery
+
+app = Celery("orders", include=["tasks.orders"])
+app.config_from_object("celeryconfig")
