@@ -97,7 +97,7 @@ def evaluate(incoming: Incoming, settings: Settings, now: datetime | None = None
         return reject({BODY_ERRORS: [problem]})
     order_id = data.get("order_id") if isinstance(data.get("order_id"), str) else None
     try:
-        order = _load(data, incoming, settings)
+        order = _load(data, incoming, settings, now)
     except ValidationError as exc:
         return reject(exc.messages, order_id)
     if order.placed_at > now + timedelta(seconds=settings.max_future_seconds):
@@ -145,10 +145,10 @@ def _json_type(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _load(data: dict, incoming: Incoming, settings: Settings) -> Order:
+def _load(data: dict, incoming: Incoming, settings: Settings, now: datetime) -> Order:
     if "items" not in data and "order_value" not in data and "amount" in data:
         legacy = LegacyOrderSchema().load(data)
-        placed_at = legacy["order_timestamp"] or incoming.sent_at or datetime.now(timezone.utc)
+        placed_at = legacy["order_timestamp"] or incoming.sent_at or now
         return Order(order_id=legacy["order_id"] or incoming.message_id,
                      user_id=legacy["user_id"], placed_at=placed_at,
                      value_cents=to_cents(legacy["amount"]),

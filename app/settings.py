@@ -35,6 +35,8 @@ class Settings:
     max_future_seconds: int = 86400
     task_max_retries: int = 5
     retry_backoff_max: int = 60
+    api_bind: str = "127.0.0.1:8000"
+    api_workers: int = 4
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -99,6 +101,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             raise ValueError(f"{field.name.upper()} must be {type(default).__name__}, not {raw!r}")
     return Settings(**values)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that make from_env() rebuild these settings."""
+    return {f.name.upper(): str(getattr(settings, f.name)) for f in fields(Settings)}
 
 
 def variables() -> list[tuple[str, object]]:

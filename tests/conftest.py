@@ -1,0 +1,165 @@
+"""Session-wide real services (redis-server, LocalStack SQS) and per-test settings."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+
+from app import sqs
+from app.settings import Settings, to_env
+from app.store import Store
+from stack.services import RedisServer, SqsServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free port for the whole session."""
+    server = RedisServer(free_port(), log_dir=tmp_path_factory.mktemp("redis-log"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sqs_server(tmp_path_factory):
+    """LocalStack's SQS on a free port for the whole session."""
+    server = SqsServer(free_port(), data_dir=tmp_path_factory.mktemp("sqs"),
+                       log_dir=tmp_path_factory.mktemp("sqs-log"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server, sqs_server, request) -> Settings:
+    """Settings on the session's servers with a fresh queue pair and an empty Redis db."""
+    name = f"t-{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:6]}"
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
+    settings = Settings(redis_url=redis_server.url, sqs_endpoint_url=sqs_server.endpoint_url,
+                        orders_queue=name, max_receive_count=3, failure_backoff=1,
+                        visibility_timeout=30, retry_backoff_max=4)
+    Store.from_url(settings.redis_url).redis.flushdb()
+    sqs.ensure_queues(settings)
+    return settings
+
+
+@pytest.fixture
+def store(settings) -> Store:
+    """The Redis gateway on the test's database."""
+    return Store.from_url(settings.redis_url)
+
+
+@pytest.fixture
+def sqs_client(settings):
+    """A boto3 SQS client on the test server."""
+    return sqs.client(settings)
+
+
+class Worker:
+    """A real `celery -A tasks worker` process with the test's settings."""
+
+    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2,
+                 name: str = "w1"):
+        self.settings = settings
+        self.log_path = log_path
+        self.args = [str(BIN / "celery"), "-A", "tasks", "worker", "--loglevel", "INFO",
+                     "--concurrency", str(concurrency), "-n", f"{name}@%h"]
+        self.process = None
+
+    def start(self, timeout: float = 60) -> "Worker":
+        """Start the worker and wait until it says it is ready."""
+        env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in self.log_path.read_bytes():
+                return self
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"worker did not start:\n{self.tail()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30):
+        """Stop the worker (warm shutdown by default) and wait for it."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        if self.process:
+            self.log.close()
+
+    def tail(self, lines: int = 60) -> str:
+        """The end of the worker's log."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def start_worker(settings, tmp_path):
+    """Factory starting real workers; every one is stopped at the end of the test."""
+    workers = []
+
+    def start(**options) -> Worker:
+        worker = Worker(options.pop("settings", settings),
+                        tmp_path / f"worker-{len(workers)}.log", **options)
+        workers.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def api_server(settings, tmp_path):
+    """The API under real gunicorn, on a free port; yields its base URL."""
+    port = free_port()
+    api_settings = replace(settings, api_bind=f"127.0.0.1:{port}", api_workers=2)
+    env = {**os.environ, **to_env(api_settings)}
+    log = open(tmp_path / "gunicorn.log", "ab")
+    process = subprocess.Popen([str(BIN / "gunicorn"), "-c", "web/gunicorn.conf.py",
+                                "web:create_app()"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"{base}/stats/global", timeout=1)
+            break
+        except requests.ConnectionError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    else:
+        process.kill()
+        raise RuntimeError((tmp_path / "gunicorn.log").read_text())
+    yield base
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(15)
+    log.close()
+
+
+def wait_for(condition, timeout: float = 60, interval: float = 0.25, message: str = ""):
+    """Poll until condition() is truthy; fail with message after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
