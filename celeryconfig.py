@@ -1,6 +1,7 @@
 """Celery settings, derived from app.settings (the environment); check with python -m celeryconfig."""
 from urllib.parse import urlsplit as _urlsplit
 
+from app.deadletters import ORIGINAL_ID_ATTRIBUTE as _ORIGINAL_ID
 from app.settings import from_env as _from_env
 
 _settings = _from_env()
@@ -19,7 +20,10 @@ broker_transport_options = {
     # Only used if kombu ever creates a queue; the real queue is created by
     # app.sqs.ensure_queues with the same timeout and a RedrivePolicy.
     "visibility_timeout": _settings.visibility_timeout,
-    "fetch_message_attributes": ["ApproximateReceiveCount", "SentTimestamp"],
+    "fetch_message_attributes": {
+        "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+        "MessageAttributeNames": [_ORIGINAL_ID],
+    },
     # A listed queue is never created or looked up by kombu; the URL comes from settings.
     "predefined_queues": {
         _settings.orders_queue: {
@@ -58,7 +62,9 @@ task_soft_time_limit = max(1, task_time_limit - 5)
 
 # Up to 10 messages per ReceiveMessage (SQS's maximum) for two pool processes.
 worker_prefetch_multiplier = 5
+# Events and remote control ride on the control-plane Redis (tasks/control.py).
 worker_consumer = "tasks.consumer:OrderConsumer"
+worker_send_task_events = True
 worker_hijack_root_logger = False
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from urllib.parse import quote
 
 import redis
 
-from app.orders import Evaluated, Order, Rejection
+from app.orders import Evaluated, Order
 
 GLOBAL_KEY = "global:stats"
 OUTCOMES_KEY = "pipeline:outcomes"
 REJECTED_INDEX = "rejected"
+REJECTED_BY_ORDER = "rejected-by-order"
 TOP_USERS_BY_SPEND = "top:users:spend"
 TOP_USERS_BY_ORDERS = "top:users:orders"
 TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
@@ -73,11 +74,32 @@ local function record_rejection(r, now)
              'reasons', r.reasons, 'order_id', r.order_id, 'at', now,
              'first_seen', r.first_seen)
   redis.call('ZADD', KEYS[3], now, r.message_id)
+  if r.order_id ~= '' then redis.call('HSET', KEYS[9], r.order_id, r.message_id) end
   redis.call('HINCRBY', KEYS[2], r.kind == 'conflict' and 'conflict' or 'rejected', 1)
   return 1
 end
 local batch = cjson.decode(ARGV[1])
 local now = tonumber(ARGV[2])
+-- Redis does not roll a script back when a command fails half-way, so every key is
+-- checked first: a key of the wrong type fails the whole call before anything is written.
+local expected = {}
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[8], KEYS[9]}) do expected[key] = 'hash' end
+for i = 3, 7 do expected[KEYS[i]] = 'zset' end
+for _, o in ipairs(batch.orders) do
+  expected[o.order_key] = 'string'
+  expected[o.user_key] = 'hash'
+  expected[o.day_key] = 'hash'
+  expected[o.day_customers_key] = 'set'
+  for _, p in ipairs(o.products) do expected[p[1]] = 'hash' end
+  expected[o.conflict_key] = 'hash'
+end
+for _, r in ipairs(batch.rejections) do expected[r.key] = 'hash' end
+for key, kind in pairs(expected) do
+  local actual = redis.call('TYPE', key).ok
+  if actual ~= 'none' and actual ~= kind then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. kind)
+  end
+end
 local results = {}
 for i, o in ipairs(batch.orders) do
   local seen = redis.call('GET', o.order_key)
@@ -130,7 +152,23 @@ end
 return results
 """
 BATCH_KEYS = [GLOBAL_KEY, OUTCOMES_KEY, REJECTED_INDEX, TOP_USERS_BY_SPEND,
-              TOP_USERS_BY_ORDERS, TOP_PRODUCTS_BY_REVENUE, TOP_PRODUCTS_BY_UNITS, CORRECTIONS_KEY]
+              TOP_USERS_BY_ORDERS, TOP_PRODUCTS_BY_REVENUE, TOP_PRODUCTS_BY_UNITS, CORRECTIONS_KEY,
+              REJECTED_BY_ORDER]
+
+# Removes a rejection record (before its body is sent again) and its count, together.
+FORGET_REJECTION = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return 0 end
+local fields = {}
+for i = 1, #record, 2 do fields[record[i]] = record[i + 1] end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], fields.message_id)
+if fields.order_id ~= '' and redis.call('HGET', KEYS[3], fields.order_id) == fields.message_id then
+  redis.call('HDEL', KEYS[3], fields.order_id)
+end
+redis.call('HINCRBY', KEYS[4], fields.kind == 'conflict' and 'conflict' or 'rejected', -1)
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -156,6 +194,7 @@ class Store:
     def __init__(self, client: redis.Redis):
         self.redis = client
         self._apply_batch = client.register_script(APPLY_BATCH)
+        self._forget_rejection = client.register_script(FORGET_REJECTION)
 
     @classmethod
     def from_url(cls, url: str, **options) -> "Store":
@@ -172,13 +211,21 @@ class Store:
         orders = [e for e in evaluated if e.order]
         batch = {
             "orders": [_order_entry(e.order, e) for e in orders],
-            "rejections": [_rejection_entry(e.rejection) for e in evaluated if e.rejection],
+            "rejections": [_rejection_entry(r.message_id, r.kind, r.body, r.order_id, r.reasons)
+                           for r in (e.rejection for e in evaluated) if r],
         }
-        # cjson turns an empty list into {}, which ipairs walks as empty: harmless.
-        results = self._apply_batch(keys=BATCH_KEYS,
-                                    args=[json.dumps(batch, ensure_ascii=False), time.time()])
-        by_order = iter(results)
+        by_order = iter(self._run_batch(batch))
         return [next(by_order) if e.order else "rejected" for e in evaluated]
+
+    def restore_rejection(self, record: dict):
+        """Put back a record taken by forget_rejection (when sending it again failed)."""
+        entry = _rejection_entry(record["message_id"], record["kind"], record["body"],
+                                 record["order_id"], record["reasons"], record["first_seen"])
+        self._run_batch({"orders": [], "rejections": [entry]})
+
+    def _run_batch(self, batch: dict) -> list[str]:
+        return self._apply_batch(keys=BATCH_KEYS,
+                                 args=[json.dumps(batch, ensure_ascii=False), time.time()])
 
     def user_stats(self, user_id: str) -> UserStats | None:
         """A user's all-time totals, or None when the user has no counted order."""
@@ -202,14 +249,22 @@ class Store:
         ids = self.redis.zrevrange(REJECTED_INDEX, offset, offset + limit - 1)
         return [r for r in map(self.rejection, ids) if r]
 
-    def rejection(self, message_id: str) -> dict | None:
-        """One rejected message with its body and reasons, or None."""
-        record = self.redis.hgetall(rejected_key(message_id))
+    def rejection(self, some_id: str) -> dict | None:
+        """One rejected message by message id or order id, with its body and reasons."""
+        record = self.redis.hgetall(rejected_key(some_id))
+        if not record:
+            message_id = self.redis.hget(REJECTED_BY_ORDER, some_id)
+            record = self.redis.hgetall(rejected_key(message_id)) if message_id else {}
         if not record:
             return None
         record["reasons"] = json.loads(record["reasons"])
         record["at"] = float(record["at"])
         return record
+
+    def forget_rejection(self, message_id: str) -> bool:
+        """Delete a rejection record and uncount it; False when there was none."""
+        return bool(self._forget_rejection(
+            keys=[rejected_key(message_id), REJECTED_INDEX, REJECTED_BY_ORDER, OUTCOMES_KEY]))
 
     def ping(self) -> bool:
         """True when Redis answers."""
@@ -247,13 +302,8 @@ def _correction(order: Order) -> str:
                        "counted_cents": order.value_cents})
 
 
-def _rejection_entry(rejection: Rejection) -> dict:
-    return {
-        "key": rejected_key(rejection.message_id),
-        "message_id": rejection.message_id,
-        "kind": rejection.kind,
-        "body": rejection.body,
-        "order_id": rejection.order_id or "",
-        "first_seen": "",
-        "reasons": json.dumps(rejection.reasons, ensure_ascii=False),
-    }
+def _rejection_entry(message_id: str, kind: str, body: str, order_id: str | None,
+                     reasons: dict, first_seen: str = "") -> dict:
+    return {"key": rejected_key(message_id), "message_id": message_id, "kind": kind,
+            "body": body, "order_id": order_id or "", "first_seen": first_seen,
+            "reasons": json.dumps(reasons, ensure_ascii=False)}

@@ -4,6 +4,9 @@ from __future__ import annotations
 from celery.worker.consumer import Consumer
 from kombu.serialization import dumps
 
+from app.deadletters import original_id
+from app.settings import from_env
+
 RAW_ORDER_TASK = "orders.process"
 
 
@@ -17,7 +20,9 @@ def adopt_raw_order(app, message) -> bool:
     sqs_message = (message.delivery_info or {}).get("sqs_message")
     if not sqs_message:
         return False
-    message_id = sqs_message["MessageId"]
+    # A redriven or requeued message keeps the id it first had: orders without an
+    # order_id are counted under it.
+    message_id = original_id(sqs_message)
     sent_at_ms = (sqs_message.get("Attributes") or {}).get("SentTimestamp")
     headers, properties, body, _ = app.amqp.as_task_v2(
         message_id, RAW_ORDER_TASK, args=(sqs_message["Body"],),
@@ -31,7 +36,19 @@ def adopt_raw_order(app, message) -> bool:
 
 
 class OrderConsumer(Consumer):
-    """Celery's Consumer with raw order bodies adopted as orders.process tasks."""
+    """Celery's Consumer: raw order bodies adopted as tasks, events and control on Redis."""
+
+    class Blueprint(Consumer.Blueprint):
+        """Celery's consumer steps with remote control served from the control plane."""
+
+        default_steps = [step.replace("celery.worker.consumer.control:Control",
+                                      "tasks.control:RedisControl")
+                         for step in Consumer.Blueprint.default_steps]
+
+    def connection_for_write(self, url=None, heartbeat=None):
+        """Events go to the control-plane Redis: SQS would drop them (no fanout)."""
+        return self.ensure_connected(self.app.connection_for_write(
+            url=url or from_env().control_plane_url, heartbeat=heartbeat))
 
     def create_task_handler(self, *args, **kwargs):
         handle_task_message = super().create_task_handler(*args, **kwargs)
