@@ -1,0 +1,44 @@
+"""Create the orders queue and its dead-letter queue: `python -m stack.init_queues`.
+
+docker compose runs this once (the `init` service) before the workers start, so the
+RedrivePolicy is in place before any message is received. Safe to run again.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app import sqs
+from app.settings import from_env
+
+
+def _transient(exc: Exception) -> bool:
+    """True for errors of an SQS endpoint that is still starting."""
+    if isinstance(exc, ClientError):
+        # 4xx is a real answer (bad attribute, access denied): retrying won't help.
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500) >= 500
+    return True  # connection refused, unknown host, timeouts
+
+
+def main(attempts: int = 30, delay: float = 2.0) -> int:
+    """Ensure both queues exist, retrying while the endpoint comes up; print their URLs."""
+    settings = from_env()  # a bad setting fails at once, not after the retries
+    for attempt in range(1, attempts + 1):
+        try:
+            urls = sqs.ensure_queues(settings)
+            break
+        except (BotoCoreError, ClientError) as exc:
+            if attempt == attempts or not _transient(exc):
+                raise
+            print(f"SQS at {settings.sqs_endpoint_url or 'AWS'} not ready ({exc}); "
+                  f"try {attempt}/{attempts}, next in {delay:g}s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+    print(f"orders queue: {urls['orders']}", flush=True)
+    print(f"dead-letter queue: {urls['dlq']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""`python -m stack.init_queues` against a real SQS server (the session's LocalStack)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from app import sqs
+from app.settings import Settings, from_env, variables
+from stack import init_queues
+
+# Own queue name: the server is shared by the session, and main() rewrites the
+# attributes of whatever queue it is pointed at.
+QUEUE = "t-init-orders"
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """A clean environment: only the variables a test sets reach from_env()."""
+    for name, _ in variables():
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def redrive_policy(settings: Settings) -> dict:
+    client = sqs.client(settings)
+    attrs = client.get_queue_attributes(
+        QueueUrl=sqs.queue_url(settings, settings.orders_queue, client),
+        AttributeNames=["RedrivePolicy", "VisibilityTimeout"])["Attributes"]
+    return {**json.loads(attrs["RedrivePolicy"]), "VisibilityTimeout": attrs["VisibilityTimeout"]}
+
+
+def test_main_creates_both_queues_and_the_redrive_policy(sqs_server, env, capsys):
+    settings = Settings(sqs_endpoint_url=sqs_server.endpoint_url, orders_queue=QUEUE,
+                        max_receive_count=3)
+    env.setenv("SQS_ENDPOINT_URL", sqs_server.endpoint_url)
+    env.setenv("ORDERS_QUEUE", QUEUE)
+    env.setenv("MAX_RECEIVE_COUNT", "3")
+    assert from_env() == settings
+
+    # Twice: compose may rerun init on every `up`; the second run must change nothing.
+    for _ in range(2):
+        assert init_queues.main(attempts=1) == 0
+        out = capsys.readouterr().out
+        assert QUEUE in out and f"{QUEUE}-dlq" in out
+
+    policy = redrive_policy(settings)
+    assert int(policy["maxReceiveCount"]) == 3
+    assert policy["deadLetterTargetArn"].endswith(f":{QUEUE}-dlq")
+    assert policy["VisibilityTimeout"] == str(settings.visibility_timeout)
+
+
+def test_rerun_applies_a_changed_max_receive_count(sqs_server, env, capsys):
+    env.setenv("SQS_ENDPOINT_URL", sqs_server.endpoint_url)
+    env.setenv("ORDERS_QUEUE", QUEUE)
+    for count in (4, 7):
+        env.setenv("MAX_RECEIVE_COUNT", str(count))
+        init_queues.main(attempts=1)
+        assert int(redrive_policy(from_env())["maxReceiveCount"]) == count
+
+
+def test_main_retries_then_gives_up_while_the_endpoint_is_down(env, capsys):
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    env.setenv("SQS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with pytest.raises(EndpointConnectionError):
+        init_queues.main(attempts=2, delay=0)
+    assert "try 1/2" in capsys.readouterr().err
+
+
+def test_main_does_not_retry_a_client_error(env, monkeypatch):
+    calls = []
+
+    def refuse(settings, sqs=None):
+        calls.append(settings)
+        raise ClientError({"Error": {"Code": "InvalidAttributeValue", "Message": "no"},
+                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "SetQueueAttributes")
+
+    monkeypatch.setattr(sqs, "ensure_queues", refuse)
+    with pytest.raises(ClientError):
+        init_queues.main(attempts=5, delay=0)
+    assert len(calls) == 1
