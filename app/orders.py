@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from functools import lru_cache
 
 from marshmallow import ValidationError
 
@@ -147,13 +148,13 @@ def _json_type(value) -> str:
 
 def _load(data: dict, incoming: Incoming, settings: Settings, now: datetime) -> Order:
     if "items" not in data and "order_value" not in data and "amount" in data:
-        legacy = LegacyOrderSchema().load(data)
+        legacy = _legacy_schema().load(data)
         placed_at = legacy["order_timestamp"] or incoming.sent_at or now
         return Order(order_id=legacy["order_id"] or incoming.message_id,
                      user_id=legacy["user_id"], placed_at=placed_at,
                      value_cents=to_cents(legacy["amount"]),
                      timestamp_given=legacy["order_timestamp"] is not None)
-    loaded = OrderSchema(max_items=settings.max_items).load(data)
+    loaded = _order_schema(settings.max_items).load(data)
     lines = tuple(Line(item["product_id"], item["quantity"],
                        to_cents(item["quantity"] * item["price_per_unit"]))
                   for item in loaded["items"])
@@ -161,6 +162,17 @@ def _load(data: dict, incoming: Incoming, settings: Settings, now: datetime) -> 
                  placed_at=loaded["order_timestamp"],
                  value_cents=to_cents(loaded["order_value"]), lines=lines,
                  payment_method=loaded["payment_method"])
+
+
+@lru_cache(maxsize=8)
+def _order_schema(max_items: int) -> OrderSchema:
+    # Building a schema costs more than loading an order; loading does not mutate it.
+    return OrderSchema(max_items=max_items)
+
+
+@lru_cache(maxsize=1)
+def _legacy_schema() -> LegacyOrderSchema:
+    return LegacyOrderSchema()
 
 
 def _reconcile(order: Order, settings: Settings):

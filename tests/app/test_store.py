@@ -1,0 +1,134 @@
+"""The Redis gateway against a real redis-server: exact, exactly once, safe keys."""
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from app.orders import Incoming, evaluate
+from app.settings import Settings
+from app.store import user_key
+
+NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def body(order_id, user_id="U1", cents=1000, product="P1", quantity=1, day="2024-12-13"):
+    price = cents / quantity / 100
+    return json.dumps({"order_id": order_id, "user_id": user_id,
+                       "order_timestamp": f"{day}T10:00:00Z", "order_value": cents / 100,
+                       "items": [{"product_id": product, "quantity": quantity,
+                                  "price_per_unit": price}]})
+
+
+def apply(store, *bodies, settings=None):
+    evaluated = [evaluate(Incoming(b, f"msg-{i}-{hash(b)}"), settings or Settings(), now=NOW)
+                 for i, b in enumerate(bodies)]
+    return store.apply(evaluated)
+
+
+def test_a_counted_order_updates_user_and_global_totals(store):
+    assert apply(store, body("O1", cents=1999), body("O2", cents=1)) == ["counted", "counted"]
+    user = store.user_stats("U1")
+    assert (user.order_count, user.total_spend_cents) == (2, 2000)
+    assert store.global_stats().total_revenue_cents == 2000
+    # The seeds' hash layout stays readable, with exact decimal strings.
+    assert store.redis.hget("user:U1", "total_spend") == "20.00"
+    assert store.redis.hget("global:stats", "total_revenue") == "20.00"
+
+
+def test_the_same_order_delivered_again_is_counted_once(store):
+    first = body("O1", cents=500)
+    assert apply(store, first, first) == ["counted", "duplicate"]
+    assert apply(store, first) == ["duplicate"]
+    assert store.user_stats("U1").order_count == 1
+    assert store.outcomes()["duplicate"] == 2
+
+
+def test_a_reused_order_id_with_other_content_is_a_recorded_conflict(store):
+    evaluated = [evaluate(Incoming(body("O1", user_id="U1"), "m1"), Settings(), now=NOW),
+                 evaluate(Incoming(body("O1", user_id="U2"), "m2"), Settings(), now=NOW)]
+    assert store.apply(evaluated) == ["counted", "conflict"]
+    assert store.user_stats("U2") is None
+    conflict = store.rejection("m2")
+    assert conflict["kind"] == "conflict"
+    assert json.loads(conflict["body"])["user_id"] == "U2"
+    assert '"U1"' in conflict["first_seen"]
+    assert store.outcomes()["conflict"] == 1
+
+
+def test_a_rejection_is_recorded_once_per_message(store):
+    evaluated = evaluate(Incoming("not json", "m-bad"), Settings(), now=NOW)
+    assert store.apply([evaluated, evaluated]) == ["rejected", "rejected"]
+    assert store.outcomes()["rejected"] == 1
+    record = store.rejection("m-bad")
+    assert record["body"] == "not json"
+    assert "not valid JSON" in record["reasons"]["_schema"][0]
+    assert [r["message_id"] for r in store.rejected()] == ["m-bad"]
+
+
+def test_twenty_thousand_orders_of_ten_cents_total_exactly(store):
+    count = 20_000
+    bodies = [body(f"O{i}", user_id=f"U{i % 7}", cents=10) for i in range(count)]
+    for start in range(0, count, 500):
+        apply(store, *bodies[start:start + 500])
+    float_total = 0.0
+    for _ in range(count):
+        float_total += 0.10
+    assert float_total != 2000.0  # what accumulating floats would report
+    assert store.global_stats().total_revenue_cents == 200_000
+    assert store.redis.hget("global:stats", "total_revenue") == "2000.00"
+
+
+@pytest.mark.parametrize("user_id", ["a:b", "*", "a b", "a/b", "é😀", "user:U1", "%41", "U1:x"])
+def test_any_user_id_addresses_only_its_own_key(store, user_id):
+    apply(store, body("O-plain", user_id="U1", cents=100),
+          body("O-odd", user_id=user_id, cents=700))
+    assert store.user_stats(user_id).total_spend_cents == 700
+    assert store.user_stats("U1").total_spend_cents == 100
+    assert user_key(user_id) != user_key("U1")
+    assert len(store.redis.keys("user:*")) == 2
+
+
+def test_day_product_and_top_aggregates_follow_the_order_time(store):
+    apply(store, body("O1", user_id="A", cents=300, product="P1", quantity=3, day="2024-12-01"),
+          body("O2", user_id="B", cents=500, product="P2", quantity=1, day="2024-12-01"),
+          body("O3", user_id="A", cents=200, product="P1", quantity=2, day="2024-12-02"))
+    day = store.redis.hgetall("day:2024-12-01")
+    assert day == {"total_orders": "2", "total_revenue_cents": "800", "total_items_sold": "4",
+                   "unique_customers": "2"}
+    assert store.redis.hgetall("product:P1") == {"units_sold": "5", "revenue_cents": "500",
+                                                  "orders": "2"}
+    assert store.redis.zscore("top:users:spend", "A") == 500
+    assert store.redis.zscore("top:users:spend", "B") == 500
+    assert store.redis.zscore("top:users:orders", "A") == 2
+    assert store.redis.zscore("top:products:units", "P1") == 5
+
+
+def test_corrections_are_recorded_beside_the_counted_value(store):
+    apply(store, body("O1", cents=1000).replace('"order_value": 10.0', '"order_value": 12.0'),
+          settings=Settings(order_value_mismatch="correct"))
+    assert store.user_stats("U1").total_spend_cents == 1000
+    assert json.loads(store.redis.hget("corrections", "O1")) == {
+        "sent_cents": 1200, "counted_cents": 1000}
+    assert store.outcomes()["corrected"] == 1
+
+
+def test_a_key_of_the_wrong_type_fails_the_whole_batch_before_any_write(store):
+    store.redis.set("user:U2", "corrupted")
+    with pytest.raises(Exception, match="WRONGTYPE user:U2"):
+        apply(store, body("O1", user_id="U1"), body("O2", user_id="U2"))
+    assert store.global_stats().total_orders == 0
+    assert store.redis.get("order:O1") is None
+    store.redis.delete("user:U2")
+    assert apply(store, body("O1", user_id="U1"), body("O2", user_id="U2")) == ["counted"] * 2
+
+
+def test_a_forgotten_rejection_is_uncounted_and_can_be_restored(store):
+    apply(store, '{"order_id": "X1"}')
+    record = store.rejection("X1")
+    assert record and store.outcomes()["rejected"] == 1
+    assert store.forget_rejection(record["message_id"])
+    assert store.rejection("X1") is None and store.outcomes()["rejected"] == 0
+    assert not store.forget_rejection(record["message_id"])
+    store.restore_rejection(record)
+    assert store.rejection("X1")["reasons"] == record["reasons"]
+    assert store.outcomes()["rejected"] == 1

@@ -1,0 +1,90 @@
+"""`celery -A tasks dlq ...` and `celery -A tasks rejected ...` against real SQS and Redis."""
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from app.deadletters import ORIGINAL_ID_ATTRIBUTE
+from app.orders import Incoming, evaluate
+from app.settings import Settings, to_env
+from conftest import ROOT
+
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+def celery(settings, *args, check=True):
+    result = subprocess.run([CELERY, "-A", "tasks", *args], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, **to_env(settings)}, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def receive_all(sqs_client, url):
+    messages = []
+    while batch := sqs_client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+            MessageAttributeNames=["All"]).get("Messages", []):
+        messages += batch
+    return messages
+
+
+def task_envelope(task_id, retries):
+    """A Celery task message as kombu puts it on SQS (base64 of the JSON envelope)."""
+    envelope = {"body": "W1tdLCB7fSwge31d", "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": {"task": "orders.process", "id": task_id, "retries": retries},
+                "properties": {"delivery_tag": "x"}}
+    return base64.b64encode(json.dumps(envelope).encode()).decode()
+
+
+def test_dlq_list_show_redrive_and_purge(settings, sqs_client):
+    dlq_url = sqs_client.get_queue_url(QueueName=settings.dlq_name)["QueueUrl"]
+    raw_ids = [sqs_client.send_message(QueueUrl=dlq_url, MessageBody=f'{{"n": {i}}}')["MessageId"]
+               for i in range(3)]
+    sqs_client.send_message(QueueUrl=dlq_url, MessageBody=task_envelope("task-42", retries=5))
+
+    listed = json.loads(celery(settings, "dlq", "list", "--json").stdout)
+    assert sorted(m["task_id"] for m in listed) == sorted(raw_ids + ["task-42"])
+    assert "task-42" in celery(settings, "dlq", "list").stdout  # the table form
+    shown = json.loads(celery(settings, "dlq", "show", "task-42", "--json").stdout)
+    assert shown["retries"] == 5
+
+    redriven = json.loads(celery(settings, "dlq", "redrive", raw_ids[0], "task-42", "--json").stdout)
+    assert len(redriven["redriven"]) == 2 and redriven["not_found"] == []
+    back = receive_all(sqs_client, settings.orders_url)
+    by_original = {m["MessageAttributes"][ORIGINAL_ID_ATTRIBUTE]["StringValue"]: m for m in back}
+    assert set(by_original) == {raw_ids[0], shown["message_id"]}
+    assert by_original[raw_ids[0]]["Body"] == '{"n": 0}'
+    envelope = json.loads(base64.b64decode(by_original[shown["message_id"]]["Body"]))
+    assert envelope["headers"]["retries"] == 0 and envelope["headers"]["id"] == "task-42"
+
+    missing = celery(settings, "dlq", "redrive", "no-such-id", check=False)
+    assert missing.returncode == 1 and "no-such-id" in missing.stderr
+    assert len(json.loads(celery(settings, "dlq", "list", "--json").stdout)) == 2
+    assert "Deleted 2 message(s)." in celery(settings, "dlq", "purge", "--yes").stdout
+    assert json.loads(celery(settings, "dlq", "list", "--json").stdout) == []
+
+
+def test_rejected_list_show_and_requeue(settings, store, sqs_client):
+    bad = json.dumps({"order_id": "ORD-BAD", "user_id": "U1",
+                      "order_timestamp": "2024-12-01T00:00:00Z", "order_value": 5.02,
+                      "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": 5}]})
+    store.apply([evaluate(Incoming(bad, "msg-1"), Settings()),
+                 evaluate(Incoming("not json", "msg-2"), Settings())])
+
+    listed = json.loads(celery(settings, "rejected", "list", "--json").stdout)
+    assert {r["message_id"] for r in listed} == {"msg-1", "msg-2"}
+    shown = json.loads(celery(settings, "rejected", "show", "ORD-BAD", "--json").stdout)
+    assert shown["body"] == bad
+    assert shown["reasons"] == {"order_value": ["5.02 does not match the item total 5.00."]}
+
+    assert "Requeued msg-1" in celery(settings, "rejected", "requeue", "ORD-BAD").stdout
+    assert store.rejection("msg-1") is None and store.outcomes()["rejected"] == 1
+    [message] = receive_all(sqs_client, settings.orders_url)
+    assert message["Body"] == bad
+    assert message["MessageAttributes"][ORIGINAL_ID_ATTRIBUTE]["StringValue"] == "msg-1"
+    unknown = celery(settings, "rejected", "requeue", "nope", check=False)
+    assert unknown.returncode == 1 and "nope" in unknown.stderr

@@ -1,0 +1,108 @@
+"""Raw JSON orders sent with boto3 -> real Celery worker -> Redis -> API under gunicorn."""
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import defaultdict
+from decimal import Decimal
+
+import requests
+
+from app import sqs
+from app.settings import to_env
+from app.store import Store
+from conftest import ROOT, wait_for
+
+
+def valid_orders(count, users, rng):
+    """Orders whose totals the test knows exactly, as (body dict, Decimal value)."""
+    orders = []
+    for i in range(count):
+        items = [{"product_id": f"P{rng.randint(1, 30):03d}", "quantity": rng.randint(1, 4),
+                  "price_per_unit": float(Decimal(rng.randint(1, 50000)) / 100)}
+                 for _ in range(rng.randint(1, 4))]
+        value = sum(Decimal(str(it["price_per_unit"])) * it["quantity"] for it in items)
+        orders.append(({"order_id": f"ORD{i:05d}", "user_id": f"U{rng.randint(1, users):03d}",
+                        "order_timestamp": f"2024-12-{rng.randint(1, 28):02d}T10:00:00Z",
+                        "order_value": float(value), "items": items,
+                        "shipping_address": "1 Main St", "payment_method": "UPI"}, value))
+    return orders
+
+
+INVALID_BODIES = [
+    "not json", " ", "[1, 2]", "null",  # SQS refuses a truly empty body
+    json.dumps({"order_id": "BAD1", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",
+                "order_value": "two hundred", "items": [
+                    {"product_id": "P1", "quantity": 1, "price_per_unit": 1}]}),
+    json.dumps({"order_id": "BAD2", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",
+                "order_value": 5.02, "items": [
+                    {"product_id": "P1", "quantity": 1, "price_per_unit": 5}]}),
+    '{"order_id": "BAD3", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",'
+    ' "order_value": NaN, "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": 1}]}',
+]
+
+
+def test_raw_orders_are_counted_exactly_once_and_served(settings, sqs_client, start_worker,
+                                                        api_server):
+    rng = random.Random(7)
+    orders = valid_orders(300, users=25, rng=rng)
+    bodies = [json.dumps(body) for body, _ in orders]
+    duplicates = rng.sample(bodies, 40)
+    legacy = [json.dumps({"user_id": "L1", "amount": 100}), json.dumps({"user_id": "L1", "amount": 2.5})]
+    conflicting = json.dumps({**orders[0][0], "user_id": "SOMEONE-ELSE"})
+    raw = bodies + duplicates + INVALID_BODIES + legacy
+    rng.shuffle(raw)
+    for batch in sqs.chunks(raw):
+        assert sqs.send_bodies(sqs_client, settings.orders_url, batch) == []
+
+    # A Celery-native producer: send_task with the order as the argument.
+    native = {"order_id": "NATIVE1", "user_id": "N1", "order_timestamp": "2024-12-05T08:00:00Z",
+              "order_value": 12.5, "items": [{"product_id": "P1", "quantity": 5, "price_per_unit": 2.5}]}
+    subprocess.run([sys.executable, "-c",
+                    "import json, sys; from tasks import celery_app; "
+                    "celery_app.send_task('orders.process', args=[json.loads(sys.argv[1])])",
+                    json.dumps(native)], cwd=ROOT, env={**os.environ, **to_env(settings)},
+                   check=True, timeout=60)
+
+    expected_user = defaultdict(lambda: [0, Decimal(0)])
+    for body, value in orders:
+        expected_user[body["user_id"]][0] += 1
+        expected_user[body["user_id"]][1] += value
+    expected_user["L1"] = [2, Decimal("102.5")]
+    expected_user["N1"] = [1, Decimal("12.5")]
+    expected_orders = len(orders) + 2 + 1
+    expected_revenue = sum(v for _, v in orders) + Decimal("102.5") + Decimal("12.5")
+
+    start_worker()
+    wait_for(lambda: _settled(settings) >= len(raw) + 1, timeout=180,
+             message="every message to reach an outcome")
+    # Sent once the original is counted, so which of the two wins is known.
+    assert sqs.send_bodies(sqs_client, settings.orders_url, [conflicting]) == []
+    wait_for(lambda: _settled(settings) >= len(raw) + 2, timeout=60,
+             message="the conflicting order to reach an outcome")
+
+    assert _outcomes(settings) == {"counted": expected_orders, "duplicate": len(duplicates),
+                                   "rejected": len(INVALID_BODIES), "conflict": 1,
+                                   "corrected": 0}
+    assert requests.get(f"{api_server}/stats/global").json() == {
+        "total_orders": expected_orders, "total_revenue": float(expected_revenue)}
+    for user_id, (order_count, spend) in expected_user.items():
+        response = requests.get(f"{api_server}/users/{user_id}/stats")
+        assert response.json() == {"user_id": user_id, "order_count": order_count,
+                                   "total_spend": float(spend)}, user_id
+    assert requests.get(f"{api_server}/users/SOMEONE-ELSE/stats").status_code == 404
+    # Every message was acknowledged: nothing is left visible or in flight.
+    wait_for(lambda: sqs.depth(settings, settings.orders_queue) == {
+        "visible": 0, "in_flight": 0, "delayed": 0}, timeout=30, message="queue to drain")
+    assert sqs.depth(settings, settings.dlq_name)["visible"] == 0
+
+
+def _outcomes(settings):
+    return Store.from_url(settings.redis_url).outcomes()
+
+
+def _settled(settings):
+    """Messages that reached an outcome ('corrected' is a kind of 'counted')."""
+    outcomes = _outcomes(settings)
+    return sum(outcomes.values()) - outcomes["corrected"]

@@ -1,0 +1,97 @@
+"""The statistics API on a real Redis: shapes, aliases, errors as JSON."""
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+
+from app.orders import Incoming, evaluate
+from app.settings import Settings
+from stack.services import free_port
+from web import create_app
+
+
+@pytest.fixture
+def client(settings):
+    return create_app(settings).test_client()
+
+
+def count(store, user_id, order_id, value, items):
+    body = json.dumps({"order_id": order_id, "user_id": user_id,
+                       "order_timestamp": "2024-12-13T10:00:00Z", "order_value": value,
+                       "items": items})
+    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    assert store.apply([evaluate(Incoming(body, order_id), Settings(), now=now)]) == ["counted"]
+
+
+def test_user_stats_have_the_documented_shape(client, store):
+    count(store, "U5678", "O1", 99.99, [{"product_id": "P1", "quantity": 1, "price_per_unit": 99.99}])
+    count(store, "U5678", "O2", 659.91, [{"product_id": "P2", "quantity": 9, "price_per_unit": 73.3233}])
+    expected = {"user_id": "U5678", "order_count": 2, "total_spend": 759.9}
+    for path in ("/users/U5678/stats", "/user/U5678/stats"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert response.get_json() == expected
+
+
+def test_global_stats_are_zero_when_empty_and_exact_after(client, store):
+    assert client.get("/stats/global").get_json() == {"total_orders": 0, "total_revenue": 0}
+    count(store, "U1", "O1", 0.1, [{"product_id": "P1", "quantity": 1, "price_per_unit": 0.1}])
+    count(store, "U2", "O2", 0.2, [{"product_id": "P1", "quantity": 2, "price_per_unit": 0.1}])
+    for path in ("/stats/global", "/global/stats"):
+        assert client.get(path).get_json() == {"total_orders": 2, "total_revenue": 0.3}
+
+
+@pytest.mark.parametrize("user_id, path", [
+    ("a/b", "/users/a%2Fb/stats"), ("a:b", "/users/a:b/stats"), ("é 1", "/users/%C3%A9%201/stats"),
+    ("*", "/users/*/stats")])
+def test_odd_user_ids_reach_their_own_stats(client, store, user_id, path):
+    count(store, user_id, "O-" + user_id, 5, [{"product_id": "P", "quantity": 1, "price_per_unit": 5}])
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.get_json()["user_id"] == user_id
+
+
+def test_unknown_user_is_a_json_404(client):
+    response = client.get("/users/nobody/stats")
+    assert response.status_code == 404
+    assert response.is_json and "nobody" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("get", "/no/such/page", 404), ("post", "/stats/global", 405), ("delete", "/users/U1/stats", 405)])
+def test_errors_are_json_not_html(client, method, path, status):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.is_json
+    assert response.get_json()["status"] == status
+
+
+def test_health_is_ok_when_redis_and_sqs_answer(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "redis": "ok", "sqs": "ok", "down": []}
+
+
+def test_redis_down_gives_503_json_naming_it(settings):
+    dead = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    client = create_app(dead).test_client()
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["down"] == ["redis"]
+    stats = client.get("/stats/global")
+    assert stats.status_code == 503
+    assert "Redis" in stats.get_json()["error"]
+
+
+def test_sqs_down_is_named_by_health(settings):
+    dead = replace(settings, sqs_endpoint_url=f"http://127.0.0.1:{free_port()}")
+    response = create_app(dead).test_client().get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["down"] == ["sqs"]
+
+
+def test_openapi_document_lists_every_route(client):
+    spec = client.get("/openapi.json").get_json()
+    assert {"/users/{user_id}/stats", "/user/{user_id}/stats", "/stats/global",
+            "/global/stats", "/health"} <= set(spec["paths"])
