@@ -1,0 +1,359 @@
+"""Start and stop the real local services (redis-server, LocalStack SQS) and other children."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Mapping, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_LOG_DIR = PROJECT_ROOT / "var" / "log"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+PR_SET_PDEATHSIG = 1
+# Loaded once here: the forked child only calls into it.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or did not become ready."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could bind host:port now."""
+    with socket.socket() as sock:
+        # Same option the servers use, so leftover TIME_WAIT connections do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def require_free_port(port: int, what: str) -> None:
+    """Raise a clear ServiceError if port is already taken."""
+    if not port_is_free(port):
+        raise ServiceError(
+            f"port {port} is already in use, so {what} cannot start there: a previous run "
+            f"may still be running, or another server holds it (see: ss -ltnp 'sport = :{port}')")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name, which may itself contain spaces and parentheses.
+        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """Last lines of a text file, or a note that it is missing."""
+    try:
+        with open(path, errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines))
+    except FileNotFoundError:
+        return f"(no log at {path})"
+
+
+def _prepare_child(parent_mask: set, death_signal: int) -> None:
+    """In the child before exec: restore the signal mask and die with the parent."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
+    # If the supervisor itself is killed (SIGKILL, OOM), its children get death_signal
+    # rather than living on as orphans. Linux sends it when the *thread* that started
+    # them ends, so start children from a thread that lives as long as they should.
+    _LIBC.prctl(PR_SET_PDEATHSIG, death_signal)
+
+
+class Process:
+    """A command in its own session, logging to a file, stopped together with its children."""
+
+    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str] | None = None,
+                 log_dir: Path | str | None = None, cwd: Path | str | None = None,
+                 death_signal: int = signal.SIGTERM):
+        self.name = name
+        self.command = [str(part) for part in command]
+        self.env = dict(os.environ if env is None else env)
+        self.log_path = Path(log_dir or DEFAULT_LOG_DIR) / f"{name}.log"
+        self.cwd = str(cwd or PROJECT_ROOT)
+        self.death_signal = death_signal
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        """Start the command; its output is appended to log_path."""
+        if self.running:
+            raise ServiceError(f"{self.name} is already running (pid {self.popen.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
+                      f"{' '.join(self.command)}\n".encode())
+            log.flush()
+            # Block Ctrl-C/SIGTERM while forking so a signal cannot arrive between the
+            # child's birth and self.popen being set, which would leave an orphan.
+            parent_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                self.popen = subprocess.Popen(
+                    self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=lambda: _prepare_child(parent_mask, self.death_signal))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the command (also its process group id), once started."""
+        return self.popen.pid if self.popen else None
+
+    @property
+    def running(self) -> bool:
+        """True while the command itself has not exited."""
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once the command exited (negative: killed by that signal)."""
+        return self.popen.poll() if self.popen else None
+
+    def members(self) -> list[int]:
+        """Live processes of this command's group: the command and its children."""
+        return group_members(self.popen.pid) if self.popen else []
+
+    def send_signal(self, signum: int) -> None:
+        """Send a signal to the whole process group."""
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 10.0, signum: int = signal.SIGTERM) -> int | None:
+        """Signal the group, wait up to timeout, SIGKILL what is left; return the exit status."""
+        if self.popen is None:
+            return None
+        if self.members():
+            self.send_signal(signum)
+            if not self._wait_gone(timeout):
+                self.send_signal(signal.SIGKILL)
+                self._wait_gone(5)
+        return self.popen.wait()
+
+    def _wait_gone(self, timeout: float) -> bool:
+        """Wait until the command and every process of its group exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.popen.poll()
+            if not self.members():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Last lines of this command's log."""
+        return tail(self.log_path, lines)
+
+    def failure(self, message: str) -> ServiceError:
+        """A ServiceError carrying message and the tail of the log."""
+        return ServiceError(f"{message}\n--- last lines of {self.log_path} ---\n{self.log_tail()}")
+
+
+def find_redis_server() -> str:
+    """Path of the redis-server binary: on PATH, else /usr/bin/redis-server."""
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.access(found, os.X_OK):
+        raise ServiceError("redis-server not found on PATH nor at /usr/bin/redis-server "
+                           "(install it: apt-get install redis-server, or make redis-server)")
+    return found
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1:port; with data_dir its data survive restarts (AOF)."""
+
+    def __init__(self, port: int, data_dir: Path | str | None = None,
+                 log_dir: Path | str | None = None, name: str = "redis"):
+        self.port = port
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.log_dir = log_dir
+        self.name = name
+        self.process: Process | None = None
+        self._temp_dir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        """The redis-server command line."""
+        if self.data_dir:
+            directory, persistence = self.data_dir, ["--appendonly", "yes"]
+        else:
+            self._temp_dir = self._temp_dir or tempfile.TemporaryDirectory(prefix="redis-")
+            directory, persistence = Path(self._temp_dir.name), ["--appendonly", "no"]
+        directory.mkdir(parents=True, exist_ok=True)
+        # --save '' turns RDB snapshots off; the append-only file alone keeps the data.
+        return [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--dir", str(directory), "--daemonize", "no",
+                "--logfile", "", *persistence]
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        """Start redis-server and wait until it answers PING."""
+        require_free_port(self.port, "redis-server")
+        # Assigned before start so a stop() interrupting start() still finds the process.
+        self.process = Process(self.name, self.command(), log_dir=self.log_dir)
+        self.process.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.running:
+                raise self.process.failure(
+                    f"redis-server on port {self.port} exited with {self.process.returncode}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        self.process.stop()
+        raise self.process.failure(f"redis-server on port {self.port} did not answer PING "
+                                   f"within {timeout:.0f} s")
+
+    def ping(self) -> bool:
+        """True if the server answers PING (False while it loads its data or is down)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (Redis flushes its append-only file), wait, SIGKILL if needed."""
+        if self.process:
+            self.process.stop(timeout)
+
+    def cleanup(self) -> None:
+        """Stop and remove the temporary directory of a non-persistent server."""
+        self.stop()
+        if self._temp_dir:
+            self._temp_dir.cleanup()
+            self._temp_dir = None
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def sqs_server_python() -> Path:
+    """Python that has localstack: env SQS_SERVER_PYTHON, else <project>/.venv-sqs/bin/python."""
+    default = PROJECT_ROOT / ".venv-sqs" / "bin" / "python"
+    return Path(os.environ.get("SQS_SERVER_PYTHON") or default)
+
+
+class SqsServer:
+    """LocalStack's SQS (localstack-core, no Docker) on 127.0.0.1:port.
+
+    LocalStack's community edition keeps queues and messages in memory only: after a
+    stop and start the queues are gone and must be created again (app.sqs.ensure_queues).
+    Its SIGTERM shutdown hangs for good while a client long-polls (ReceiveMessage with
+    WaitTimeSeconds), so stop() gives it a few seconds and then kills it: nothing is
+    lost that a graceful exit would have kept.
+    """
+
+    def __init__(self, port: int, data_dir: Path | str, log_dir: Path | str | None = None,
+                 python: Path | str | None = None, name: str = "sqs"):
+        self.port = port
+        self.data_dir = Path(data_dir)
+        self.log_dir = log_dir
+        self.python = Path(python) if python else sqs_server_python()
+        self.name = name
+        self.process: Process | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        """HTTP endpoint for boto3 (endpoint_url) and SQS_ENDPOINT_URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """Environment that makes LocalStack serve only SQS, locally, without internet."""
+        address = f"127.0.0.1:{self.port}"
+        return {
+            **os.environ,
+            "SERVICES": "sqs",
+            "GATEWAY_LISTEN": address,
+            "LOCALSTACK_HOST": address,
+            # The default (twisted) gateway binds 0.0.0.0 whatever it is told.
+            "GATEWAY_SERVER": "hypercorn",
+            "SQS_ENDPOINT_STRATEGY": "path",
+            "OVERRIDE_IN_DOCKER": "0",
+            "FILESYSTEM_ROOT": str(self.data_dir),
+            # No certificate download, no analytics events (its telemetry switch), no DNS server.
+            "SKIP_SSL_CERT_DOWNLOAD": "1",
+            "DISABLE_EVENTS": "1",
+            "DNS_ADDRESS": "0",
+        }
+
+    def start(self, timeout: float = 60.0) -> "SqsServer":
+        """Start LocalStack and wait until its health endpoint reports SQS available."""
+        if not os.access(self.python, os.X_OK):
+            raise ServiceError(f"no Python with localstack at {self.python}: run `make .venv-sqs` "
+                               "or set SQS_SERVER_PYTHON to a python that has localstack-core")
+        require_free_port(self.port, "the SQS server (LocalStack)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = Process(self.name, [self.python, "-m", "localstack.runtime.main"],
+                               env=self.environment(), log_dir=self.log_dir,
+                               death_signal=signal.SIGKILL)
+        self.process.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.running:
+                raise self.process.failure(
+                    f"SQS server on port {self.port} exited with {self.process.returncode}")
+            if self.sqs_state() in ("available", "running"):
+                return self
+            time.sleep(0.2)
+        self.process.stop()
+        raise self.process.failure(f"SQS server on port {self.port} did not report sqs "
+                                   f"available within {timeout:.0f} s")
+
+    def sqs_state(self) -> str | None:
+        """State of sqs in /_localstack/health ("available", "running"...), None if unreachable."""
+        try:
+            url = f"{self.endpoint_url}/_localstack/health"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.load(response).get("services", {}).get("sqs")
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM LocalStack and its children, wait, SIGKILL if needed."""
+        if self.process:
+            self.process.stop(timeout)
+
+    def __enter__(self) -> "SqsServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
