@@ -1,0 +1,72 @@
+# Local development: make run (the whole pipeline), make test, make clean.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+# The first Python 3.13 that really runs (a pyenv shim on PATH may only print an error).
+PY313 ?= $(shell for c in python3.13 /root/.pyenv/versions/3.13*/bin/python3.13 \
+	"$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3.13; do \
+	"$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' >/dev/null 2>&1 \
+	&& { command -v "$$c"; break; }; done)
+PYTEST_ARGS ?=
+# apt-get needs root; elsewhere go through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+VENV := .venv
+SQS_VENV := .venv-sqs
+VENV_STAMP := $(VENV)/.installed
+SQS_VENV_STAMP := $(SQS_VENV)/.installed
+
+.PHONY: help deps .venv .venv-sqs redis-server run test clean distclean
+
+help:
+	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
+	@echo "make test       run the test suite (PYTEST_ARGS='-k ...' to select)"
+	@echo "make deps       build .venv, .venv-sqs and install redis-server if missing"
+	@echo "make clean      remove var/ (data and logs); distclean also removes the venvs"
+
+deps: $(VENV_STAMP) $(SQS_VENV_STAMP) redis-server
+.venv: $(VENV_STAMP)
+.venv-sqs: $(SQS_VENV_STAMP)
+
+# Main venv: the project, editable, with test tools; rebuilt when dependencies change.
+$(VENV_STAMP): setup.cfg pyproject.toml requirements/constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "error: $(PYTHON) is older than Python 3.11; use make PYTHON=python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test]'
+	touch $@
+
+# LocalStack's venv: it needs Python 3.13 (it imports warnings.deprecated).
+$(SQS_VENV_STAMP): requirements/sqs-server.txt
+	@test -n "$(PY313)" || { echo "error: no Python 3.13 found (tried python3.13 on PATH and" \
+		"pyenv's versions/3.13*); install one or pass PY313=/path/to/python3.13" >&2; exit 1; }
+	$(PY313) -m venv $(SQS_VENV)
+	$(SQS_VENV)/bin/pip install -r requirements/sqs-server.txt
+	touch $@
+
+# Debian's package may start its own service on 6379 (where there is an init system
+# and no policy-rc.d forbids it); make run wants that port, so stop and disable it.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends redis-server && \
+		if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now redis-server; \
+		else \
+			if service redis-server status >/dev/null 2>&1; then $(SUDO) service redis-server stop; fi; \
+			$(SUDO) update-rc.d redis-server disable >/dev/null 2>&1 || true; \
+		fi; }
+
+# exec: make's shell becomes orders-stack, so Ctrl-C reaches it and it cleans up.
+run: deps
+	exec $(VENV)/bin/orders-stack run
+
+test: deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var
+
+distclean: clean
+	rm -rf $(VENV) $(SQS_VENV) *.egg-info
