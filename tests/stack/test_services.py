@@ -1,0 +1,194 @@
+"""The real local services (redis-server, LocalStack SQS), Process and `orders-stack run`."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+import requests
+
+from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
+                            free_port, port_is_free)
+
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+
+
+def wait_until(condition, timeout: float, message: str):
+    """Poll condition() until truthy; fail with message after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s: {message}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Live processes whose environment contains marker (NAME=value)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in environ and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_redis_restart_keeps_appendonly_data(tmp_path):
+    server = RedisServer(free_port(), data_dir=tmp_path / "data", log_dir=tmp_path / "log")
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.hset("global:stats", mapping={"total_orders": 3, "total_revenue": "12.50"})
+        server.stop()
+        assert port_is_free(server.port)
+        assert not server.process.members()
+
+        server.start()
+        assert redis.Redis.from_url(server.url).hgetall("global:stats") == {
+            b"total_orders": b"3", b"total_revenue": b"12.50"}
+    finally:
+        server.stop()
+    assert (tmp_path / "data" / "appendonlydir").is_dir()
+    assert "Ready to accept connections" in (tmp_path / "log" / "redis.log").read_text()
+
+
+def test_redis_without_data_dir_keeps_nothing(tmp_path):
+    with RedisServer(free_port(), log_dir=tmp_path) as server:
+        temp_dir = Path(server._temp_dir.name)
+        redis.Redis.from_url(server.url).set("k", "v")
+        server.stop()
+        server.start()
+        assert redis.Redis.from_url(server.url).get("k") is None
+        assert not list(temp_dir.iterdir())  # no RDB snapshot, no append-only file
+    assert not temp_dir.exists()
+    assert port_is_free(server.port)
+
+
+def test_redis_refuses_a_taken_port_naming_it(tmp_path):
+    with RedisServer(free_port(), log_dir=tmp_path / "first") as server:
+        with pytest.raises(ServiceError, match=f"port {server.port} is already in use"):
+            RedisServer(server.port, log_dir=tmp_path / "second").start()
+
+
+def test_sqs_server_serves_sqs_and_restarts_on_the_same_port(tmp_path):
+    server = SqsServer(free_port(), data_dir=tmp_path / "sqs", log_dir=tmp_path / "log")
+    client = boto3.client("sqs", endpoint_url=server.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+
+    def round_trip(queue: str) -> str:
+        url = client.create_queue(QueueName=queue)["QueueUrl"]
+        client.send_message(QueueUrl=url, MessageBody='{"order_id": "o-1"}')
+        message = client.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"][0]
+        client.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return message["Body"]
+
+    server.start()
+    try:
+        assert round_trip("orders-queue") == '{"order_id": "o-1"}'
+        server.stop()
+        assert port_is_free(server.port)
+        assert not server.process.members()
+
+        server.start()
+        # LocalStack's community edition keeps queues in memory: a restart empties it.
+        assert "QueueUrls" not in client.list_queues()
+        assert round_trip("orders-queue") == '{"order_id": "o-1"}'
+    finally:
+        server.stop()
+
+
+def test_sqs_server_without_localstack_says_how_to_get_it(tmp_path):
+    server = SqsServer(free_port(), data_dir=tmp_path, python=tmp_path / "no-python")
+    with pytest.raises(ServiceError, match="make .venv-sqs"):
+        server.start()
+
+
+def test_process_stop_ends_the_whole_group(tmp_path):
+    # The shell ignores SIGTERM and its background sleep is a grandchild: both must go.
+    process = Process("stubborn", ["bash", "-c", "trap '' TERM; sleep 300 & wait"],
+                      log_dir=tmp_path).start()
+    wait_until(lambda: len(process.members()) == 2, 5, "bash and its sleep started")
+    members = process.members()
+    started = time.monotonic()
+    assert process.stop(timeout=1) == -signal.SIGKILL
+    assert time.monotonic() - started < 5
+    assert not any(pid_alive(pid) for pid in members)
+    assert "starting: bash -c" in process.log_tail()
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path):
+    script = ("import sys, time; from stack.services import Process; "
+              f"p = Process('sleeper', ['sleep', '300'], log_dir={str(tmp_path)!r}).start(); "
+              "print(p.pid, flush=True); time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert pid_alive(child)
+    parent.kill()
+    parent.wait()
+    wait_until(lambda: not pid_alive(child), 5, f"child {child} exited after its parent died")
+
+
+@pytest.mark.slow
+def test_orders_stack_run_stops_everything_on_sigint(tmp_path):
+    ports = {name: free_port() for name in ("API_PORT", "FLOWER_PORT", "SQS_PORT", "REDIS_PORT")}
+    # Every process of the run inherits this variable: that is how leftovers are found.
+    run_id = uuid.uuid4().hex
+    marker = f"ORDERS_STACK_TEST_RUN={run_id}"
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("REDIS_URL", "SQS_ENDPOINT_URL", "CONTROL_URL", "API_BIND")}
+    env.update({name: str(port) for name, port in ports.items()},
+               DEMO_ORDERS="0", STACK_VAR_DIR=str(tmp_path / "var"), ORDERS_STACK_TEST_RUN=run_id)
+    output = tmp_path / "orders-stack.out"
+    with open(output, "wb") as out:
+        run = subprocess.Popen([str(SCRIPTS / "orders-stack"), "run"], cwd=PROJECT_ROOT, env=env,
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy() -> bool:
+        assert run.poll() is None, f"orders-stack exited early:\n{output.read_text()}"
+        try:
+            return requests.get(f"http://127.0.0.1:{ports['API_PORT']}/health",
+                                timeout=10).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(healthy, 120, "the API's /health answering 200")
+        wait_until(lambda: "running; Ctrl-C" in output.read_text(), 30, "the stack running")
+        assert requests.get(f"http://127.0.0.1:{ports['FLOWER_PORT']}/", timeout=5).ok
+        # Worker, its pool, gunicorn and its workers, Flower, redis-server, LocalStack.
+        assert len(processes_with_env(marker)) >= 7
+        run.send_signal(signal.SIGINT)
+        assert run.wait(120) == 0, output.read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    text = output.read_text()
+    assert "SIGINT received" in text and "stopped" in text
+    assert processes_with_env(marker) == [], text
+    for name, port in ports.items():
+        assert port_is_free(port), f"{name} {port} still taken"
+    for log in ("worker", "web", "flower", "redis", "sqs"):
+        assert (tmp_path / "var" / "log" / f"{log}.log").exists()
