@@ -136,12 +136,12 @@ def api_server(settings, tmp_path):
                                 "web:create_app()"], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            requests.get(f"{base}/stats/global", timeout=1)
+            requests.get(f"{base}/stats/global", timeout=5)
             break
-        except requests.ConnectionError:
+        except requests.RequestException:
             if process.poll() is not None:
                 break
             time.sleep(0.2)

@@ -9,6 +9,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from app import settings as app_settings
+from app import sqs
 from app.store import Store
 from web.schemas import ErrorSchema
 
@@ -51,11 +52,15 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     flask_app.json.sort_keys = False  # keep the documented field order
     flask_app.extensions["settings"] = settings
     flask_app.extensions["store"] = Store.from_url(settings.redis_url)
+    # Short timeouts: /health and /metrics must answer even when SQS does not.
+    flask_app.extensions["sqs"] = sqs.client(settings, timeout=2)
 
     api = JsonApi(flask_app)
-    from web import health, stats  # blueprints import the app's helpers
+    from web import health, metrics, stats  # blueprints import the app's helpers
     api.register_blueprint(stats.blp)
     api.register_blueprint(health.blp)
+    metrics.init_app(flask_app, settings, flask_app.extensions["store"],
+                     flask_app.extensions["sqs"])
 
     @flask_app.errorhandler(redis.RedisError)
     def redis_unavailable(error):

@@ -1,4 +1,8 @@
 """gunicorn settings for the API, from the same environment as everything else."""
+import os
+import shutil
+import tempfile
+
 from app.settings import from_env
 
 _settings = from_env()
@@ -13,3 +17,20 @@ timeout = 30
 limit_request_line = 4094
 limit_request_fields = 50
 accesslog = "-"
+
+# Each worker process counts its own requests; prometheus_client's multiprocess mode
+# merges them at /metrics. The directory must be set before the workers import the app,
+# and be empty at start, or counts from a previous run would be summed in.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="orders-api-metrics-")
+
+
+def on_exit(server):
+    """Remove the metrics files this server created."""
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (its counters stay summed in)."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)

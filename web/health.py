@@ -3,7 +3,6 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from app import sqs
 from web.schemas import HealthSchema
 
 blp = Blueprint("health", __name__, description="Service health")
@@ -25,7 +24,7 @@ class Health(MethodView):
         """State of Redis and SQS: 200 when both answer, 503 naming what is down."""
         settings = current_app.extensions["settings"]
         store = current_app.extensions["store"]
-        client = current_app.extensions.setdefault("sqs", sqs.client(settings, timeout=2))
+        client = current_app.extensions["sqs"]
         checks = {
             "redis": _check(store.ping),
             "sqs": _check(lambda: client.get_queue_attributes(

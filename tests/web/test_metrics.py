@@ -1,0 +1,47 @@
+"""/metrics: valid Prometheus text whose counters match what happened."""
+import json
+from datetime import datetime, timezone
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import sqs
+from app.orders import Incoming, evaluate
+from app.settings import Settings
+
+
+def samples(text):
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_outcomes_queue_depth_and_requests(settings, store, sqs_client, api_server):
+    good = json.dumps({"order_id": "O1", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",
+                       "order_value": 5, "items": [{"product_id": "P", "quantity": 1,
+                                                    "price_per_unit": 5}]})
+    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    store.apply([evaluate(Incoming(body, f"m{i}"), Settings(), now=now)
+                 for i, body in enumerate([good, good, "junk"])])
+    sqs.send_bodies(sqs_client, settings.orders_url, ["waiting-1", "waiting-2"])
+    for _ in range(3):
+        requests.get(f"{api_server}/users/U1/stats")
+    requests.get(f"{api_server}/users/nobody/stats")
+
+    response = requests.get(f"{api_server}/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    found = samples(response.text)
+    assert found[("orders_messages_total", (("outcome", "counted"),))] == 1
+    assert found[("orders_messages_total", (("outcome", "duplicate"),))] == 1
+    assert found[("orders_messages_total", (("outcome", "rejected"),))] == 1
+    assert found[("orders_queue_messages",
+                  (("queue", settings.orders_queue), ("state", "visible")))] == 2
+    route = "/users/<path:user_id>/stats"
+    # Requests are counted across gunicorn's worker processes.
+    assert found[("api_requests_total",
+                  (("method", "GET"), ("route", route), ("status", "200")))] == 3
+    assert found[("api_requests_total",
+                  (("method", "GET"), ("route", route), ("status", "404")))] == 1
+    assert found[("api_request_duration_seconds_count",
+                  (("method", "GET"), ("route", route)))] == 4
+    assert found[("orders_dependency_up", (("dependency", "redis"),))] == 1
