@@ -1,0 +1,115 @@
+"""Remote control and events over the Redis control plane, seen by the CLI and Flower."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from app import sqs
+from app.settings import to_env
+from app.store import user_key
+from conftest import ROOT, wait_for
+from stack.services import free_port
+
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+def celery(settings, *args):
+    return subprocess.run([CELERY, "-A", "tasks", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **to_env(settings)}, timeout=120)
+
+
+def replies(settings, *command):
+    """Worker name -> reply of an inspect/control command, as JSON."""
+    result = celery(settings, *command, "--json", "--timeout", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    merged = {}
+    for reply in json.loads(result.stdout) if result.stdout.strip().startswith("[") else [
+            json.loads(result.stdout)]:
+        merged.update(reply)
+    return merged
+
+
+def order(order_id, user_id="U1", cents=500):
+    return json.dumps({"order_id": order_id, "user_id": user_id,
+                       "order_timestamp": "2024-12-13T10:00:00Z", "order_value": cents / 100,
+                       "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": cents / 100}]})
+
+
+@pytest.mark.slow
+def test_inspect_reaches_every_worker_and_shutdown_stops_one(settings, start_worker):
+    first = start_worker(name="alpha")
+    second = start_worker(name="beta")
+    answered = replies(settings, "inspect", "ping")
+    assert {name.split("@")[0] for name in answered} == {"alpha", "beta"}
+    assert all(reply == {"ok": "pong"} for reply in answered.values())
+
+    registered = replies(settings, "inspect", "registered")
+    assert all("orders.process" in tasks for tasks in registered.values())
+    stats = replies(settings, "inspect", "stats")
+    assert all(s["pool"]["max-concurrency"] == 2 for s in stats.values())
+    rate = replies(settings, "control", "rate_limit", "orders.process", "50/s")
+    assert all("new rate limit set successfully" in r["ok"] for r in rate.values())
+
+    beta = next(name for name in answered if name.startswith("beta@"))
+    celery(settings, "control", "shutdown", "--destination", beta)
+    wait_for(lambda: second.process.poll() is not None, timeout=30,
+             message="beta to shut down")
+    assert first.process.poll() is None
+    assert {n.split("@")[0] for n in replies(settings, "inspect", "ping")} == {"alpha"}
+
+
+@pytest.fixture
+def flower(settings, tmp_path):
+    port = free_port()
+    env = {**os.environ, **to_env(settings), "FLOWER_UNAUTHENTICATED_API": "true"}
+    log = open(tmp_path / "flower.log", "ab")
+    process = subprocess.Popen(
+        [CELERY, "-A", "tasks", "--broker", settings.control_plane_url, "flower",
+         f"--port={port}", "--address=127.0.0.1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return requests.get(f"{base}/healthcheck", timeout=2).ok
+        except requests.RequestException:
+            return False
+    wait_for(up, timeout=60, message="Flower to answer")
+    yield base
+    process.terminate()
+    process.wait(15)
+    log.close()
+
+
+@pytest.mark.slow
+def test_flower_lists_the_worker_and_every_task_with_failures(settings, store, sqs_client,
+                                                              start_worker, flower):
+    start_worker(name="gamma")
+    good = [order(f"F{i}") for i in range(12)]
+    # A key of the wrong type makes the task raise every time: a real poison message.
+    store.redis.set(user_key("POISON"), "not a hash")
+    sqs.send_bodies(sqs_client, settings.orders_url, good[:10])
+    sqs.send_bodies(sqs_client, settings.orders_url, good[10:] + [order("BAD", "POISON")])
+
+    def tasks():
+        return requests.get(f"{flower}/api/tasks", params={"taskname": "orders.process"},
+                            timeout=5).json()
+    wait_for(lambda: sum(t["state"] == "SUCCESS" for t in tasks().values()) == 12
+             and any(t["state"] == "FAILURE" for t in tasks().values()),
+             timeout=90, message="Flower to see 12 successes and the failure")
+    failure = next(t for t in tasks().values() if t["state"] == "FAILURE")
+    assert "ResponseError" in failure["exception"]
+    assert "WRONGTYPE" in failure["traceback"]
+    assert "BAD" in failure["args"]
+    assert all(t["runtime"] is not None for t in tasks().values() if t["state"] == "SUCCESS")
+
+    workers = wait_for(lambda: requests.get(f"{flower}/api/workers", params={"refresh": 1},
+                                            timeout=10).json(), timeout=30)
+    [name] = [n for n in workers if n.startswith("gamma@")]
+    assert workers[name]["stats"]["pool"]["max-concurrency"] == 2
+    metrics = requests.get(f"{flower}/metrics", timeout=5).text
+    assert 'flower_events_total{task="orders.process",type="task-succeeded"' in metrics
