@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -16,7 +15,7 @@ import requests
 from app import sqs
 from app.settings import Settings, to_env
 from app.store import Store
-from stack.services import RedisServer, SqsServer, free_port
+from stack.services import Process, RedisServer, SqsServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -69,44 +68,39 @@ def sqs_client(settings):
 class Worker:
     """A real `celery -A tasks worker` process with the test's settings."""
 
-    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2,
-                 name: str = "w1"):
+    def __init__(self, settings: Settings, log_dir: Path, concurrency: int = 2, name: str = "w1"):
         self.settings = settings
-        self.log_path = log_path
-        self.args = [str(BIN / "celery"), "-A", "tasks", "worker", "--loglevel", "INFO",
-                     "--concurrency", str(concurrency), "-n", f"{name}@%h"]
-        self.process = None
+        command = [BIN / "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
+                   "--concurrency", str(concurrency), "-n", f"{name}@%h"]
+        env = {**os.environ, **to_env(settings), "PYTHONUNBUFFERED": "1"}
+        self.service = Process(f"worker-{name}", command, env=env, log_dir=log_dir, cwd=ROOT)
+        self.log_path = self.service.log_path
+
+    @property
+    def process(self):
+        """The worker's Popen (poll() tells whether it still runs)."""
+        return self.service.popen
 
     def start(self, timeout: float = 60) -> "Worker":
         """Start the worker and wait until it says it is ready."""
-        env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        already = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
+        self.service.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if b" ready." in self.log_path.read_bytes():
+            if self.log_path.read_bytes().count(b" ready.") > already:
                 return self
-            if self.process.poll() is not None:
+            if not self.service.running:
                 break
             time.sleep(0.2)
         raise RuntimeError(f"worker did not start:\n{self.tail()}")
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30):
-        """Stop the worker (warm shutdown by default) and wait for it."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        if self.process:
-            self.log.close()
+        """Stop the worker and its pool (warm shutdown by default) and wait for them."""
+        self.service.stop(timeout=timeout, signum=sig)
 
     def tail(self, lines: int = 60) -> str:
         """The end of the worker's log."""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.service.log_tail(lines)
 
 
 @pytest.fixture
@@ -115,8 +109,7 @@ def start_worker(settings, tmp_path):
     workers = []
 
     def start(**options) -> Worker:
-        worker = Worker(options.pop("settings", settings),
-                        tmp_path / f"worker-{len(workers)}.log", **options)
+        worker = Worker(options.pop("settings", settings), tmp_path, **options)
         workers.append(worker)
         return worker.start()
 
@@ -130,28 +123,24 @@ def api_server(settings, tmp_path):
     """The API under real gunicorn, on a free port; yields its base URL."""
     port = free_port()
     api_settings = replace(settings, api_bind=f"127.0.0.1:{port}", api_workers=2)
-    env = {**os.environ, **to_env(api_settings)}
-    log = open(tmp_path / "gunicorn.log", "ab")
-    process = subprocess.Popen([str(BIN / "gunicorn"), "-c", "web/gunicorn.conf.py",
-                                "web:create_app()"], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    gunicorn = Process("gunicorn", [BIN / "gunicorn", "-c", "web/gunicorn.conf.py",
+                                    "web:create_app()"],
+                       env={**os.environ, **to_env(api_settings)}, log_dir=tmp_path, cwd=ROOT)
+    gunicorn.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{base}/stats/global", timeout=5)
-            break
-        except requests.RequestException:
-            if process.poll() is not None:
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{base}/stats/global", timeout=5)
                 break
-            time.sleep(0.2)
-    else:
-        process.kill()
-        raise RuntimeError((tmp_path / "gunicorn.log").read_text())
-    yield base
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(15)
-    log.close()
+            except requests.RequestException:
+                if not gunicorn.running or time.monotonic() > deadline:
+                    raise RuntimeError(gunicorn.log_tail()) from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        gunicorn.stop(timeout=15)
 
 
 def wait_for(condition, timeout: float = 60, interval: float = 0.25, message: str = ""):
