@@ -40,10 +40,11 @@ def process_order(self, order, message_id: str | None = None, sent_at_ms: int | 
                if sent_at_ms else None)
     incoming = Incoming(order, message_id or self.request.id, sent_at)
     [outcome] = pipeline.process([incoming], store(), settings)
-    if outcome.reasons:
-        logger.info("task %s order %s message %s %s: %s", self.request.id, outcome.order_id,
-                    outcome.message_id, outcome.status, outcome.reasons)
-    else:
-        logger.info("task %s order %s message %s %s", self.request.id, outcome.order_id,
-                    outcome.message_id, outcome.status)
+    # One line per outcome; the extra fields become keys with LOG_FORMAT=json.
+    logger.info("order %s: %s (task %s, message %s)%s", outcome.order_id, outcome.status,
+                self.request.id, outcome.message_id,
+                f": {outcome.reasons}" if outcome.reasons else "",
+                extra={"task_id": self.request.id, "order_id": outcome.order_id,
+                       "message_id": outcome.message_id, "outcome": outcome.status,
+                       "reasons": outcome.reasons})
     return outcome.as_dict()

@@ -1,0 +1,54 @@
+"""Loud failures if the Celery/kombu internals the SQS adaptations rely on change shape.
+
+tasks/consumer.py and tasks/control.py subclass or call these; an upgrade that moves
+them must fail here, by name, rather than as messages silently not consumed.
+"""
+import inspect
+
+import celery
+import kombu
+from celery.app.control import Control
+from celery.worker.consumer import Consumer
+from celery.worker.consumer.control import Control as ControlStep
+from celery.worker.pidbox import Pidbox
+from kombu.pidbox import Mailbox
+from kombu.transport.SQS import QoS
+
+from tasks import celery_app
+from tasks.consumer import OrderConsumer
+
+
+def test_versions_are_the_pinned_ones():
+    assert celery.__version__.startswith("5.7."), celery.__version__
+    assert kombu.__version__.startswith("5.7."), kombu.__version__
+
+
+def test_the_consumer_builds_its_task_handler_and_steps_as_expected():
+    assert "promise" in inspect.signature(Consumer.create_task_handler).parameters
+    assert "celery.worker.consumer.control:Control" in Consumer.Blueprint.default_steps
+    assert "tasks.control:RedisControl" in OrderConsumer.Blueprint.default_steps
+    assert "celery.worker.consumer.control:Control" not in OrderConsumer.Blueprint.default_steps
+    assert "url" in inspect.signature(Consumer.connection_for_write).parameters
+
+
+def test_task_messages_are_built_by_as_task_v2():
+    message = celery_app.amqp.as_task_v2("id-1", "orders.process", args=("{}",),
+                                         kwargs={"message_id": "id-1"})
+    assert message.headers["task"] == "orders.process" and message.headers["id"] == "id-1"
+    assert message.body == (("{}",), {"message_id": "id-1"},
+                            {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+
+
+def test_remote_control_internals_used_by_the_control_plane():
+    assert "include_if" in vars(ControlStep)
+    assert {"on_message", "start", "stop", "shutdown"} <= set(vars(Pidbox))
+    assert "_producer_pool" in inspect.getsource(Mailbox.__init__)
+    assert "connection" in inspect.signature(Control.broadcast).parameters
+    assert type(celery_app.control).__name__ == "ControlPlane"
+    assert celery_app.control.mailbox._producer_pool is None
+
+
+def test_sqs_backoff_policy_reads_the_task_name_from_headers():
+    # Our adopted raw messages get headers['task'] set, which this relies on.
+    source = inspect.getsource(QoS.extract_task_name_and_number_of_retries)
+    assert "message_headers['task']" in source and "ApproximateReceiveCount" in source
