@@ -154,8 +154,10 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
                                    "--concurrency", "2", "-n", "worker1@%h"], env)
     stack.start_process("web", [str(SCRIPTS / "gunicorn"), "-c", "web/gunicorn.conf.py",
                                 "--bind", env["API_BIND"], "web:create_app()"], env)
+    # Bound to loopback: its JSON API may go without a password here (compose sets one).
     stack.start_process("flower", [celery, "-A", "tasks", "--broker", settings.control_plane_url,
-                                   "flower", f"--port={flower_port}", "--address=127.0.0.1"], env)
+                                   "flower", f"--port={flower_port}", "--address=127.0.0.1"],
+                        {**env, "FLOWER_UNAUTHENTICATED_API": "true"})
     api_url = f"http://127.0.0.1:{api_port}"
     say(f"waiting for {api_url}/health")
     wait_for_health(f"{api_url}/health", stack.processes, HEALTH_TIMEOUT)
