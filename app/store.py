@@ -53,6 +53,35 @@ def day_customers_key(day: str) -> str:
     return f"day:{day}:customers"
 
 
+def month_key(month: str) -> str:
+    """Hash of one UTC month's KPIs (month is YYYY-MM), the day hash's fields."""
+    return f"month:{month}"
+
+
+def top_users_key(by: str, day: str = "", month: str = "") -> str:
+    """Sorted set of users by spend (cents) or orders: all-time, of one day or one month."""
+    if by not in ("spend", "orders"):
+        raise ValueError(f"no ranking of users by {by!r}")
+    if day:
+        return f"top:users:{by}:day:{day}"
+    if month:
+        return f"top:users:{by}:month:{month}"
+    return f"top:users:{by}"
+
+
+def top_products_key(by: str) -> str:
+    """Sorted set of products by revenue (cents) or units, all-time."""
+    if by not in ("revenue", "units"):
+        raise ValueError(f"no ranking of products by {by!r}")
+    return f"top:products:{by}"
+
+
+def user_days_key(user_id: str) -> str:
+    """Hash of one user's days: field YYYY-MM-DD, value "<orders>:<cents>"."""
+    # Not under user:*, where each key is one user's totals hash.
+    return f"user-days:{_part(user_id)}"
+
+
 def rejected_key(message_id: str) -> str:
     """Hash of one rejected message: body, reasons, time."""
     return f"rejected:{_part(message_id)}"
@@ -90,6 +119,9 @@ for _, o in ipairs(batch.orders) do
   expected[o.user_key] = 'hash'
   expected[o.day_key] = 'hash'
   expected[o.day_customers_key] = 'set'
+  expected[o.month_key] = 'hash'
+  expected[o.user_days_key] = 'hash'
+  for _, key in ipairs(o.user_rankings) do expected[key] = 'zset' end
   for _, p in ipairs(o.products) do expected[p[1]] = 'hash' end
   expected[o.conflict_key] = 'hash'
 end
@@ -131,6 +163,28 @@ for i, o in ipairs(batch.orders) do
     if redis.call('SADD', o.day_customers_key, o.user_id) == 1 then
       redis.call('HINCRBY', o.day_key, 'unique_customers', 1)
     end
+    -- user_rankings: spend and orders of the order's day, then of its month.
+    local r = o.user_rankings
+    redis.call('ZINCRBY', r[1], o.cents, o.user_id)
+    redis.call('ZINCRBY', r[2], 1, o.user_id)
+    redis.call('ZINCRBY', r[3], o.cents, o.user_id)
+    -- The month's order ranking doubles as its set of customers: a first order makes 1.
+    if tonumber(redis.call('ZINCRBY', r[4], 1, o.user_id)) == 1 then
+      redis.call('HINCRBY', o.month_key, 'unique_customers', 1)
+    end
+    redis.call('HINCRBY', o.month_key, 'total_orders', 1)
+    redis.call('HINCRBY', o.month_key, 'total_revenue_cents', o.cents)
+    redis.call('HINCRBY', o.month_key, 'total_items_sold', o.units)
+    -- One packed field per day keeps a user's days in one small (listpack) hash.
+    local day_orders, day_cents = 0, 0
+    local packed = redis.call('HGET', o.user_days_key, o.day)
+    if packed then
+      local sep = string.find(packed, ':', 1, true)
+      day_orders = tonumber(string.sub(packed, 1, sep - 1))
+      day_cents = tonumber(string.sub(packed, sep + 1))
+    end
+    redis.call('HSET', o.user_days_key, o.day,
+               string.format('%d:%d', day_orders + 1, day_cents + tonumber(o.cents)))
     for _, p in ipairs(o.products) do
       redis.call('HINCRBY', p[1], 'units_sold', p[3])
       redis.call('HINCRBY', p[1], 'revenue_cents', p[4])
@@ -170,6 +224,75 @@ redis.call('HINCRBY', KEYS[4], fields.kind == 'conflict' and 'conflict' or 'reje
 return 1
 """
 
+# The first n members of a ranking: highest score first, equal scores by member in byte
+# order. A sorted set keeps ties in ascending member order, so ZREVRANGE lists them
+# backwards and its n-th entry may cut a tie group at the wrong end: that group is read
+# again from its first member. KEYS: p sorted sets to rank by (their scores added up),
+# then p sorted sets of a second measure of the same buckets, added up for the chosen
+# members. ARGV[1]: n. Returns member, score, second score, ... (scores as integers).
+RANKED = """
+local n = tonumber(ARGV[1])
+local p = #KEYS / 2
+local chosen = {}
+-- Append the best of a flat list in ascending (score, member) order: tie groups from
+-- the highest score down, each from its first member, until n are chosen.
+local function take_best(list)
+  local last = #list
+  while last > 0 and #chosen < 2 * n do
+    local first = last
+    while first > 2 and list[first - 2] == list[last] do first = first - 2 end
+    for i = first, last, 2 do
+      if #chosen < 2 * n then
+        chosen[#chosen + 1] = list[i - 1]
+        chosen[#chosen + 1] = list[i]
+      end
+    end
+    last = first - 2
+  end
+end
+if p == 1 then
+  -- O(log N + n).
+  local top = redis.call('ZREVRANGE', KEYS[1], 0, n - 1, 'WITHSCORES')
+  local boundary = nil
+  if #top == 2 * n then boundary = top[#top] end
+  local above = {}
+  for i = #top - 1, 1, -2 do
+    if top[i + 1] ~= boundary then
+      above[#above + 1] = top[i]
+      above[#above + 1] = top[i + 1]
+    end
+  end
+  take_best(above)
+  if boundary then
+    local group = redis.call('ZRANGEBYSCORE', KEYS[1], boundary, boundary, 'WITHSCORES',
+                             'LIMIT', 0, n - #chosen / 2)
+    for i = 1, #group do chosen[#chosen + 1] = group[i] end
+  end
+else
+  -- O(N + M log M): N entries in the p sets, M distinct members among them.
+  local union = {'ZUNION', p}
+  for k = 1, p do union[#union + 1] = KEYS[k] end
+  union[#union + 1] = 'WITHSCORES'
+  take_best(redis.call(unpack(union)))
+end
+local result, members = {}, {}
+for i = 1, #chosen, 2 do
+  members[#members + 1] = chosen[i]
+  result[#result + 1] = chosen[i]
+  result[#result + 1] = tonumber(chosen[i + 1])
+  result[#result + 1] = 0
+end
+if #members > 0 then
+  for k = p + 1, 2 * p do
+    local scores = redis.call('ZMSCORE', KEYS[k], unpack(members))
+    for j = 1, #members do
+      if scores[j] then result[3 * j] = result[3 * j] + tonumber(scores[j]) end
+    end
+  end
+end
+return result
+"""
+
 
 @dataclass(frozen=True)
 class UserStats:
@@ -195,6 +318,7 @@ class Store:
         self.redis = client
         self._apply_batch = client.register_script(APPLY_BATCH)
         self._forget_rejection = client.register_script(FORGET_REJECTION)
+        self._ranked = client.register_script(RANKED)
 
     @classmethod
     def from_url(cls, url: str, **options) -> "Store":
@@ -266,6 +390,17 @@ class Store:
         return bool(self._forget_rejection(
             keys=[rejected_key(message_id), REJECTED_INDEX, REJECTED_BY_ORDER, OUTCOMES_KEY]))
 
+    def ranked(self, keys: list[str], second_keys: list[str], n: int
+               ) -> list[tuple[str, int, int]]:
+        """The n best members of the summed sorted sets, ties by member, with a second measure.
+
+        One round trip: O(log N + n) for one set, O(N + M log M) to add up several.
+        """
+        if not keys or len(keys) != len(second_keys) or n < 1:
+            raise ValueError("ranked needs as many second keys as keys, and n >= 1")
+        flat = self._ranked(keys=[*keys, *second_keys], args=[n])
+        return [(flat[i], int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
     def ping(self) -> bool:
         """True when Redis answers."""
         return bool(self.redis.ping())
@@ -283,6 +418,12 @@ def _order_entry(order: Order, evaluated: Evaluated) -> dict:
         "ts": int(order.placed_at.timestamp() * 1000),
         "day_key": day_key(day),
         "day_customers_key": day_customers_key(day),
+        "day": day,
+        "month_key": month_key(day[:7]),
+        "user_days_key": user_days_key(order.user_id),
+        "user_rankings": [top_users_key("spend", day=day), top_users_key("orders", day=day),
+                          top_users_key("spend", month=day[:7]),
+                          top_users_key("orders", month=day[:7])],
         "units": sum(line.quantity for line in order.lines),
         "products": [[product_key(line.product_id), line.product_id, line.quantity,
                       str(line.line_cents)] for line in order.lines],
