@@ -31,7 +31,10 @@ class JsonApi(Api):
             payload["errors"] = {name: messages for location in errors.values()
                                  for name, messages in location.items()}
             payload["error"] = "Invalid arguments: " + ", ".join(sorted(payload["errors"]))
-        return payload, error.code, data.get("headers", {})
+        # The exception's own headers (Allow on a 405) stay; its HTML Content-Type does not.
+        headers = {name: value for name, value in error.get_headers()
+                   if name.lower() != "content-type"}
+        return payload, error.code, {**headers, **(data.get("headers") or {})}
 
 
 def create_app(settings: app_settings.Settings | None = None) -> Flask:
@@ -56,8 +59,9 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     flask_app.extensions["sqs"] = sqs.client(settings, timeout=2)
 
     api = JsonApi(flask_app)
-    from web import health, metrics, stats  # blueprints import the app's helpers
+    from web import analytics, health, metrics, stats  # blueprints import the app's helpers
     api.register_blueprint(stats.blp)
+    api.register_blueprint(analytics.blp)
     api.register_blueprint(health.blp)
     metrics.init_app(flask_app, settings, flask_app.extensions["store"],
                      flask_app.extensions["sqs"])

@@ -4,7 +4,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from app.money import from_cents
-from web.schemas import ErrorSchema, GlobalStatsSchema, UserStatsSchema
+from web.analytics import user_period
+from web.schemas import (ErrorSchema, GlobalStatsSchema, OptionalDayRangeArgsSchema,
+                         UserStatsRangeSchema)
 
 blp = Blueprint("stats", __name__, description="Order statistics")
 
@@ -16,10 +18,13 @@ def store():
 
 @blp.route("/users/<path:user_id>/stats")
 class UserStats(MethodView):
-    @blp.response(200, UserStatsSchema)
+    @blp.arguments(OptionalDayRangeArgsSchema, location="query")
+    @blp.response(200, UserStatsRangeSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No order counted for this user")
-    def get(self, user_id):
-        """All-time order count and spend of one user."""
+    def get(self, args, user_id):
+        """All-time order count and spend of one user; with from/to, of those days."""
+        if args["period"]:
+            return user_period(user_id, args["period"])
         stats = store().user_stats(user_id)
         if stats is None:
             abort(404, message=f"No orders counted for user {user_id!r}.")
