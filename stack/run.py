@@ -170,7 +170,9 @@ def send_demo_orders(env: dict[str, str]) -> None:
     if count <= 0:
         return
     say(f"sending {count} demo orders")
-    command = [str(SCRIPTS / "orders-produce"), "--count", str(count)]
+    # A few percent of bad and re-sent orders, as a real shop platform sends.
+    command = [str(SCRIPTS / "orders-produce"), "--count", str(count),
+               "--invalid-share", "0.03", "--duplicate-share", "0.02", "--legacy-share", "0.01"]
     try:
         status = subprocess.run(command, env=env, cwd=PROJECT_ROOT).returncode
     except FileNotFoundError:
