@@ -150,7 +150,7 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
                            f"{exc}")
 
     celery = str(SCRIPTS / "celery")
-    stack.start_process("worker", [celery, "-A", "tasks", "worker", "--loglevel", "INFO",
+    stack.start_process("worker", [celery, "-A", "tasks", "worker", "--loglevel", settings.log_level,
                                    "--concurrency", "2", "-n", "worker1@%h"], env)
     stack.start_process("web", [str(SCRIPTS / "gunicorn"), "-c", "web/gunicorn.conf.py",
                                 "--bind", env["API_BIND"], "web:create_app()"], env)

@@ -17,6 +17,7 @@ timeout = 30
 limit_request_line = 4094
 limit_request_fields = 50
 accesslog = "-"
+loglevel = _settings.log_level.lower()
 
 # Each worker process counts its own requests; prometheus_client's multiprocess mode
 # merges them at /metrics. The directory must be set before the workers import the app,
