@@ -17,11 +17,12 @@ SQS_VENV := .venv-sqs
 VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
-.PHONY: help deps .venv .venv-sqs redis-server run test clean distclean
+.PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk
 
 help:
 	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
 	@echo "make test       run the test suite (PYTEST_ARGS='-k ...' to select)"
+	@echo "make bench      run every benchmark once, print the table (BENCH_ARGS='--orders N ...')"
 	@echo "make deps       build .venv, .venv-sqs and install redis-server if missing"
 	@echo "make clean      remove var/ (data and logs); distclean also removes the venvs"
 
@@ -57,6 +58,26 @@ redis-server:
 			if service redis-server status >/dev/null 2>&1; then $(SUDO) service redis-server stop; fi; \
 			$(SUDO) update-rc.d redis-server disable >/dev/null 2>&1 || true; \
 		fi; }
+
+# make bench: FastAPI and uvicorn for the peer API (bench/fastapi_peer.py) in the project's
+# venv, and wrk, the load generator of the API benchmark.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+bench-deps: deps $(BENCH_STAMP) wrk
+
+$(BENCH_STAMP): $(VENV_STAMP) setup.cfg requirements/constraints.txt
+	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test,bench]'
+	touch $@
+
+wrk:
+	@command -v wrk >/dev/null || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; }
+
+# One run, one table: printed, and written to bench/results/latest.md and latest.json.
+bench: bench-deps
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 # exec: make's shell becomes orders-stack, so Ctrl-C reaches it and it cleans up.
 run: deps
