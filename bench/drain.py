@@ -1,0 +1,57 @@
+"""The SQS server's raw drain rate: ReceiveMessage 10 + DeleteMessageBatch, no processing.
+
+The ceiling of every consumer on the same server. Processes share a counter and the
+parent stops them all as soon as --expect messages were deleted, then prints JSON:
+
+    python -m bench.drain --endpoint URL --queue-url URL --expect 20000 [--processes 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+
+import boto3
+
+
+def run(endpoint: str, queue_url: str, deleted):
+    """Receive and delete in batches of ten, forever."""
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    while True:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                       WaitTimeSeconds=1).get("Messages", [])
+        if not messages:
+            continue
+        sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+        with deleted.get_lock():
+            deleted.value += len(messages)
+
+
+def main(argv=None):
+    """Drain --expect messages with --processes processes; print the elapsed time."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--queue-url", required=True)
+    parser.add_argument("--expect", type=int, required=True)
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    deleted = multiprocessing.Value("q", 0)
+    workers = [multiprocessing.Process(target=run, args=(args.endpoint, args.queue_url, deleted),
+                                       daemon=True) for _ in range(args.processes)]
+    for worker in workers:
+        worker.start()
+    # Polling a shared counter: the last receive of the other process need not be waited for.
+    while deleted.value < args.expect and any(w.is_alive() for w in workers):
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    for worker in workers:
+        worker.terminate()
+    print(json.dumps({"deleted": deleted.value, "seconds": elapsed}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
