@@ -36,7 +36,7 @@ broker_transport_options = {
             # this many seconds by receive count, until SQS moves it to the DLQ after
             # MAX_RECEIVE_COUNT receives.
             "backoff_policy": _settings.failure_backoff_policy,
-            "backoff_tasks": ["orders.process"],
+            "backoff_tasks": ["orders.process", "orders.process_batch"],
             **({"access_key_id": "test", "secret_access_key": "test"}
                if _endpoint.netloc else {}),
         },
@@ -64,8 +64,9 @@ task_reject_on_worker_lost = True
 task_time_limit = max(1, min(60, _settings.visibility_timeout // 2))
 task_soft_time_limit = max(1, task_time_limit - 5)
 
-# Up to 10 messages per ReceiveMessage (SQS's maximum) for two pool processes.
-worker_prefetch_multiplier = 5
+# Messages held unacknowledged per pool process: three receives of 10, so each process
+# has its next batch waiting while it works on one (acks are per batch, late).
+worker_prefetch_multiplier = 30
 # Events and remote control ride on the control-plane Redis (tasks/control.py).
 worker_consumer = "tasks.consumer:OrderConsumer"
 worker_send_task_events = True

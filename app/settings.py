@@ -30,6 +30,9 @@ class Settings:
     failure_backoff: int = 5
     visibility_timeout: int = 300
     order_value_mismatch: str = "reject"
+    # Raw messages run as one task per batch of up to this many (SQS returns at most 10
+    # per receive); 1 runs every order as its own orders.process task.
+    consume_batch_size: int = 10
     max_order_bytes: int = 131072
     max_items: int = 1000
     max_future_seconds: int = 86400
@@ -52,6 +55,8 @@ class Settings:
         # message becomes visible again, or SQS hands it to a second worker.
         if not 1 <= self.max_receive_count <= 1000:
             raise ValueError("MAX_RECEIVE_COUNT must be between 1 and 1000")
+        if not 1 <= self.consume_batch_size <= 10:
+            raise ValueError("CONSUME_BATCH_SIZE must be between 1 and 10")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
 

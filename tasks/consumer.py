@@ -1,4 +1,4 @@
-"""The worker's consumer, taught to run plain JSON order bodies as orders.process tasks."""
+"""The worker's consumer, taught to run plain JSON order bodies as Celery tasks."""
 from __future__ import annotations
 
 from celery.worker.consumer import Consumer
@@ -6,27 +6,27 @@ from kombu.serialization import dumps
 
 from app.deadletters import original_id
 from app.settings import from_env
+from tasks.batching import BATCH_TASK, BatchMessage, raw_entry
 
 RAW_ORDER_TASK = "orders.process"
+# A ReceiveMessage hands its messages over one after the other in the same loop turn;
+# this short wait only matters for a last, incomplete batch.
+BATCH_WINDOW_SECONDS = 0.02
 
 
 def adopt_raw_order(app, message) -> bool:
-    """Turn a raw SQS order message into a Celery task message in place.
+    """Turn one raw SQS order message into an orders.process task message in place.
 
     Ordinary SQS producers send the order JSON as the whole body. kombu hands it over
     with no task headers; given headers and an encoded (args, kwargs) body it runs
     through Celery's own strategy: the same acks, retries, events and time limits.
     """
-    sqs_message = (message.delivery_info or {}).get("sqs_message")
-    if not sqs_message:
+    if not (message.delivery_info or {}).get("sqs_message"):
         return False
-    # A redriven or requeued message keeps the id it first had: orders without an
-    # order_id are counted under it.
-    message_id = original_id(sqs_message)
-    sent_at_ms = (sqs_message.get("Attributes") or {}).get("SentTimestamp")
+    entry = raw_entry(message, _message_id(message))
     headers, properties, body, _ = app.amqp.as_task_v2(
-        message_id, RAW_ORDER_TASK, args=(sqs_message["Body"],),
-        kwargs={"message_id": message_id, "sent_at_ms": int(sent_at_ms) if sent_at_ms else None},
+        entry["message_id"], RAW_ORDER_TASK, args=(entry["body"],),
+        kwargs={"message_id": entry["message_id"], "sent_at_ms": entry["sent_at_ms"]},
     )
     message.content_type, message.content_encoding, message.body = dumps(body, serializer="json")
     message.headers = headers
@@ -35,8 +35,14 @@ def adopt_raw_order(app, message) -> bool:
     return True
 
 
+def _message_id(message) -> str:
+    # A redriven or requeued message keeps the id it first had: orders without an
+    # order_id are counted under it.
+    return original_id(message.delivery_info["sqs_message"])
+
+
 class OrderConsumer(Consumer):
-    """Celery's Consumer: raw order bodies adopted as tasks, events and control on Redis."""
+    """Celery's Consumer: raw order bodies run as tasks, events and control on Redis."""
 
     class Blueprint(Consumer.Blueprint):
         """Celery's consumer steps with remote control served from the control plane."""
@@ -45,17 +51,54 @@ class OrderConsumer(Consumer):
                                       "tasks.control:RedisControl")
                          for step in Consumer.Blueprint.default_steps]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        settings = from_env()
+        self.batch_size = settings.consume_batch_size
+        self.orders_queue = settings.orders_queue
+        self.control_plane_url = settings.control_plane_url
+        self._raw_batch = []
+        self._flush_timer = None
+
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""
         return self.ensure_connected(self.app.connection_for_write(
-            url=url or from_env().control_plane_url, heartbeat=heartbeat))
+            url=url or self.control_plane_url, heartbeat=heartbeat))
 
     def create_task_handler(self, *args, **kwargs):
         handle_task_message = super().create_task_handler(*args, **kwargs)
+        self._handle_task_message = handle_task_message
 
         def on_message(message):
-            if "task" not in (message.headers or {}):
+            if "task" in (message.headers or {}):
+                return handle_task_message(message)
+            if "sqs_message" in (message.delivery_info or {}):
+                # A message kombu did not publish lacks the routing key that kombu's SQS
+                # backoff policy (and Celery's retry routing) look up its queue by.
+                message.delivery_info.setdefault("routing_key", self.orders_queue)
+                message.delivery_info.setdefault("exchange", "")
+            if self.batch_size <= 1 or not (message.delivery_info or {}).get("sqs_message"):
                 adopt_raw_order(self.app, message)
-            return handle_task_message(message)
+                return handle_task_message(message)
+            return self._add_to_batch(message)
 
         return on_message
+
+    def _add_to_batch(self, message):
+        # kombu's SQS backoff policy finds the task name in the headers of a message it
+        # rejects; raw messages have none.
+        message.headers = {"task": BATCH_TASK}
+        self._raw_batch.append(message)
+        if len(self._raw_batch) >= self.batch_size:
+            self._flush_batch()
+        elif self._flush_timer is None:
+            self._flush_timer = self.timer.call_after(BATCH_WINDOW_SECONDS, self._flush_batch)
+
+    def _flush_batch(self):
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        messages, self._raw_batch = self._raw_batch, []
+        if messages:
+            entries = [raw_entry(m, _message_id(m)) for m in messages]
+            self._handle_task_message(BatchMessage(self.app, messages, entries))

@@ -52,3 +52,17 @@ def test_sqs_backoff_policy_reads_the_task_name_from_headers():
     # Our adopted raw messages get headers['task'] set, which this relies on.
     source = inspect.getsource(QoS.extract_task_name_and_number_of_retries)
     assert "message_headers['task']" in source and "ApproximateReceiveCount" in source
+
+
+def test_batching_internals_used_to_settle_several_sqs_messages():
+    from celery.worker.request import Request
+    from kombu.message import Message
+    from kombu.transport import virtual
+    from kombu.transport.SQS import Channel
+
+    assert "self._message = message" in inspect.getsource(Request.__init__)
+    assert "self.qos.ack(delivery_tag)" in inspect.getsource(virtual.Channel.basic_ack)
+    assert "_state" in inspect.getsource(Message.ack)
+    assert {"canonical_queue_name", "sqs", "basic_reject"} <= set(dir(Channel))
+    assert "delivery_info['routing_key']" in inspect.getsource(
+        QoS._extract_backoff_policy_configuration_and_message)

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -85,9 +86,13 @@ def flower(settings, tmp_path):
     log.close()
 
 
+def flower_tasks(flower, name):
+    return requests.get(f"{flower}/api/tasks", params={"taskname": name}, timeout=5).json()
+
+
 @pytest.mark.slow
-def test_flower_lists_the_worker_and_every_task_with_failures(settings, store, sqs_client,
-                                                              start_worker, flower):
+def test_flower_lists_the_worker_and_every_batch_with_failures(settings, store, sqs_client,
+                                                               start_worker, flower):
     start_worker(name="gamma")
     good = [order(f"F{i}") for i in range(12)]
     # A key of the wrong type makes the task raise every time: a real poison message.
@@ -95,21 +100,32 @@ def test_flower_lists_the_worker_and_every_task_with_failures(settings, store, s
     sqs.send_bodies(sqs_client, settings.orders_url, good[:10])
     sqs.send_bodies(sqs_client, settings.orders_url, good[10:] + [order("BAD", "POISON")])
 
-    def tasks():
-        return requests.get(f"{flower}/api/tasks", params={"taskname": "orders.process"},
-                            timeout=5).json()
-    wait_for(lambda: sum(t["state"] == "SUCCESS" for t in tasks().values()) == 12
-             and any(t["state"] == "FAILURE" for t in tasks().values()),
-             timeout=90, message="Flower to see 12 successes and the failure")
-    failure = next(t for t in tasks().values() if t["state"] == "FAILURE")
-    assert "ResponseError" in failure["exception"]
-    assert "WRONGTYPE" in failure["traceback"]
-    assert "BAD" in failure["args"]
-    assert all(t["runtime"] is not None for t in tasks().values() if t["state"] == "SUCCESS")
+    wait_for(lambda: store.outcomes()["counted"] == 12
+             and any(t["state"] == "FAILURE"
+                     for t in flower_tasks(flower, "orders.process_batch").values()),
+             timeout=90, message="12 orders counted and Flower to see the failed batch")
+    tasks = flower_tasks(flower, "orders.process_batch")
+    failure = next(t for t in tasks.values() if t["state"] == "FAILURE")
+    assert "BatchPartlyFailed" in failure["exception"] and "WRONGTYPE" in failure["exception"]
+    assert "POISON" in failure["args"]
+    successes = [t for t in tasks.values() if t["state"] == "SUCCESS"]
+    assert successes and all(t["runtime"] is not None for t in successes)
 
     workers = wait_for(lambda: requests.get(f"{flower}/api/workers", params={"refresh": 1},
                                             timeout=10).json(), timeout=30)
     [name] = [n for n in workers if n.startswith("gamma@")]
     assert workers[name]["stats"]["pool"]["max-concurrency"] == 2
     metrics = requests.get(f"{flower}/metrics", timeout=5).text
-    assert 'flower_events_total{task="orders.process",type="task-succeeded"' in metrics
+    assert 'flower_events_total{task="orders.process_batch",type="task-succeeded"' in metrics
+
+
+@pytest.mark.slow
+def test_with_batches_of_one_flower_lists_every_order_task(settings, sqs_client, start_worker,
+                                                           flower):
+    start_worker(name="delta", settings=replace(settings, consume_batch_size=1))
+    sqs.send_bodies(sqs_client, settings.orders_url, [order(f"S{i}") for i in range(7)])
+    wait_for(lambda: sum(t["state"] == "SUCCESS"
+                         for t in flower_tasks(flower, "orders.process").values()) == 7,
+             timeout=60, message="Flower to list 7 successful orders.process tasks")
+    args = {t["args"] for t in flower_tasks(flower, "orders.process").values()}
+    assert all(any(f'"S{i}"' in a for a in args) for i in range(7))
