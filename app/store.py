@@ -19,6 +19,10 @@ TOP_USERS_BY_ORDERS = "top:users:orders"
 TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
 TOP_PRODUCTS_BY_UNITS = "top:products:units"
 CORRECTIONS_KEY = "corrections"
+REJECTED_BY_FIELD = "pipeline:rejected-by-field"
+# When the last batch was applied and when its oldest message had been sent (ms).
+LAG_KEY = "pipeline:lag"
+TASK_EVENTS_KEY = "pipeline:task-events"
 OUTCOMES = ("counted", "duplicate", "rejected", "conflict", "corrected")
 
 
@@ -105,6 +109,7 @@ local function record_rejection(r, now)
   redis.call('ZADD', KEYS[3], now, r.message_id)
   if r.order_id ~= '' then redis.call('HSET', KEYS[9], r.order_id, r.message_id) end
   redis.call('HINCRBY', KEYS[2], r.kind == 'conflict' and 'conflict' or 'rejected', 1)
+  for _, field in ipairs(r.fields) do redis.call('HINCRBY', KEYS[10], field, 1) end
   return 1
 end
 local batch = cjson.decode(ARGV[1])
@@ -112,7 +117,9 @@ local now = tonumber(ARGV[2])
 -- Redis does not roll a script back when a command fails half-way, so every key is
 -- checked first: a key of the wrong type fails the whole call before anything is written.
 local expected = {}
-for _, key in ipairs({KEYS[1], KEYS[2], KEYS[8], KEYS[9]}) do expected[key] = 'hash' end
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[8], KEYS[9], KEYS[10], KEYS[11]}) do
+  expected[key] = 'hash'
+end
 for i = 3, 7 do expected[KEYS[i]] = 'zset' end
 for _, o in ipairs(batch.orders) do
   expected[o.order_key] = 'string'
@@ -140,7 +147,7 @@ for i, o in ipairs(batch.orders) do
     results[i] = 'duplicate'
   elseif seen then
     record_rejection({key = o.conflict_key, message_id = o.message_id, kind = 'conflict',
-      body = o.body, order_id = o.order_id, first_seen = seen,
+      body = o.body, order_id = o.order_id, first_seen = seen, fields = {'order_id'},
       reasons = cjson.encode({order_id = {'Already counted with different content.'}})}, now)
     results[i] = 'conflict'
   else
@@ -203,11 +210,15 @@ end
 for _, r in ipairs(batch.rejections) do
   record_rejection(r, now)
 end
+if batch.oldest_sent_ms > 0 then
+  redis.call('HSET', KEYS[11], 'oldest_sent_ms', batch.oldest_sent_ms,
+             'applied_ms', math.floor(now * 1000))
+end
 return results
 """
 BATCH_KEYS = [GLOBAL_KEY, OUTCOMES_KEY, REJECTED_INDEX, TOP_USERS_BY_SPEND,
               TOP_USERS_BY_ORDERS, TOP_PRODUCTS_BY_REVENUE, TOP_PRODUCTS_BY_UNITS, CORRECTIONS_KEY,
-              REJECTED_BY_ORDER]
+              REJECTED_BY_ORDER, REJECTED_BY_FIELD, LAG_KEY]
 
 # Removes a rejection record (before its body is sent again) and its count, together.
 FORGET_REJECTION = """
@@ -337,6 +348,8 @@ class Store:
             "orders": [_order_entry(e.order, e) for e in orders],
             "rejections": [_rejection_entry(r.message_id, r.kind, r.body, r.order_id, r.reasons)
                            for r in (e.rejection for e in evaluated) if r],
+            "oldest_sent_ms": min((int(e.incoming.sent_at.timestamp() * 1000)
+                                   for e in evaluated if e.incoming.sent_at), default=0),
         }
         by_order = iter(self._run_batch(batch))
         return [next(by_order) if e.order else "rejected" for e in evaluated]
@@ -345,7 +358,7 @@ class Store:
         """Put back a record taken by forget_rejection (when sending it again failed)."""
         entry = _rejection_entry(record["message_id"], record["kind"], record["body"],
                                  record["order_id"], record["reasons"], record["first_seen"])
-        self._run_batch({"orders": [], "rejections": [entry]})
+        self._run_batch({"orders": [], "rejections": [entry], "oldest_sent_ms": 0})
 
     def _run_batch(self, batch: dict) -> list[str]:
         return self._apply_batch(keys=BATCH_KEYS,
@@ -367,6 +380,23 @@ class Store:
         """How many messages ended in each outcome."""
         raw = self.redis.hgetall(OUTCOMES_KEY)
         return {name: int(raw.get(name, 0)) for name in OUTCOMES}
+
+    def rejected_by_field(self) -> dict[str, int]:
+        """How many rejections named each field ('_schema': the body as a whole)."""
+        return {field: int(n) for field, n in self.redis.hgetall(REJECTED_BY_FIELD).items()}
+
+    def lag(self) -> tuple[int, int] | None:
+        """(oldest SentTimestamp, applied time) of the last applied batch, in ms, or None."""
+        sent, applied = self.redis.hmget(LAG_KEY, "oldest_sent_ms", "applied_ms")
+        return (int(sent), int(applied)) if sent and applied else None
+
+    def count_task_event(self, event: str):
+        """Count a task event such as a retry or a failure."""
+        self.redis.hincrby(TASK_EVENTS_KEY, event, 1)
+
+    def task_events(self) -> dict[str, int]:
+        """Counts of task events (retried, failed)."""
+        return {event: int(n) for event, n in self.redis.hgetall(TASK_EVENTS_KEY).items()}
 
     def rejected(self, offset: int = 0, limit: int = 50) -> list[dict]:
         """Rejected messages, newest first."""
@@ -447,4 +477,4 @@ def _rejection_entry(message_id: str, kind: str, body: str, order_id: str | None
                      reasons: dict, first_seen: str = "") -> dict:
     return {"key": rejected_key(message_id), "message_id": message_id, "kind": kind,
             "body": body, "order_id": order_id or "", "first_seen": first_seen,
-            "reasons": json.dumps(reasons, ensure_ascii=False)}
+            "reasons": json.dumps(reasons, ensure_ascii=False), "fields": sorted(reasons)}

@@ -5,6 +5,7 @@ import logging
 from datetime import datetime, timezone
 
 import redis
+from celery.signals import task_failure, task_retry
 
 from app import pipeline
 from app.orders import Incoming
@@ -94,3 +95,22 @@ def _one_by_one(incoming: list[Incoming]):
                          extra={"message_id": message.message_id})
             failed[message.message_id] = exc
     return outcomes, failed
+
+
+@task_retry.connect
+def count_retry(**kwargs):
+    """Count retries for /metrics."""
+    _count_task_event("retried")
+
+
+@task_failure.connect
+def count_failure(**kwargs):
+    """Count failed task runs (their messages go back to SQS) for /metrics."""
+    _count_task_event("failed")
+
+
+def _count_task_event(event: str):
+    try:
+        store().count_task_event(event)
+    except redis.RedisError as exc:  # often the very reason of the retry
+        logger.warning("could not count %s task: %s", event, exc)

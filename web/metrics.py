@@ -31,11 +31,7 @@ class PipelineCollector:
         up = GaugeMetricFamily("orders_dependency_up", "1 when the dependency answered",
                                labels=["dependency"])
         try:
-            outcomes = CounterMetricFamily("orders_messages", "Messages by final outcome",
-                                           labels=["outcome"])
-            for outcome, count in self.store.outcomes().items():
-                outcomes.add_metric([outcome], count)
-            yield outcomes
+            yield from self._redis_families()
             up.add_metric(["redis"], 1)
         except Exception as exc:  # a scrape must still answer while Redis is down
             logger.warning("metrics: Redis unavailable: %s", exc)
@@ -52,6 +48,36 @@ class PipelineCollector:
             logger.warning("metrics: SQS unavailable: %s", exc)
             up.add_metric(["sqs"], 0)
         yield up
+
+
+    def _redis_families(self):
+        # A gauge: a requeued rejection leaves 'rejected', so the number can go down.
+        outcomes = GaugeMetricFamily("orders_messages",
+                                     "Messages by outcome (counted, duplicate, rejected, ...)",
+                                     labels=["outcome"])
+        for outcome, count in self.store.outcomes().items():
+            outcomes.add_metric([outcome], count)
+        by_field = CounterMetricFamily("orders_rejected_by_field",
+                                       "Rejections naming each field (_schema: the whole body)",
+                                       labels=["field"])
+        for field, count in self.store.rejected_by_field().items():
+            by_field.add_metric([field], count)
+        events = CounterMetricFamily("orders_task_events", "Task retries and failed runs",
+                                     labels=["event"])
+        for event, count in self.store.task_events().items():
+            events.add_metric([event], count)
+        families = [outcomes, by_field, events]
+        lag = self.store.lag()
+        if lag:
+            oldest_sent_ms, applied_ms = lag
+            families.append(GaugeMetricFamily(
+                "orders_processing_lag_seconds",
+                "Applied time minus SQS sent time of the oldest message of the last batch",
+                value=(applied_ms - oldest_sent_ms) / 1000))
+            families.append(GaugeMetricFamily(
+                "orders_last_applied_timestamp_seconds", "When the last batch was applied",
+                value=applied_ms / 1000))
+        return families
 
 
 def registry() -> CollectorRegistry:

@@ -132,3 +132,15 @@ def test_a_forgotten_rejection_is_uncounted_and_can_be_restored(store):
     store.restore_rejection(record)
     assert store.rejection("X1")["reasons"] == record["reasons"]
     assert store.outcomes()["rejected"] == 1
+
+
+def test_rejections_are_counted_by_field_and_lag_is_recorded(store):
+    sent = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+    evaluated = [evaluate(Incoming(b, f"m{i}", sent), Settings(), now=NOW) for i, b in enumerate(
+        ['{"order_id": "X"}', "junk", body("O1"), body("O1", user_id="OTHER")])]
+    store.apply(evaluated)
+    by_field = store.rejected_by_field()
+    assert by_field["user_id"] == 1 and by_field["items"] == 1 and by_field["_schema"] == 1
+    assert by_field["order_id"] == 1  # the conflict
+    oldest, applied = store.lag()
+    assert oldest == int(sent.timestamp() * 1000) and applied >= oldest

@@ -36,6 +36,7 @@ def test_a_poison_message_is_dead_lettered_alone_and_counted_once_after_redrive(
     assert sqs.depth(settings, settings.orders_queue) == {"visible": 0, "in_flight": 0,
                                                           "delayed": 0}
     assert "BatchPartlyFailed" in worker.tail(400)
+    assert store.task_events()["failed"] == settings.max_receive_count  # one per receive
 
     store.redis.delete(user_key("POISON"))  # the cause is gone
     redrive = subprocess.run([str(Path(sys.executable).parent / "celery"), "-A", "tasks", "dlq",

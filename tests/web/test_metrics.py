@@ -20,7 +20,8 @@ def test_metrics_count_outcomes_queue_depth_and_requests(settings, store, sqs_cl
                        "order_value": 5, "items": [{"product_id": "P", "quantity": 1,
                                                     "price_per_unit": 5}]})
     now = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    store.apply([evaluate(Incoming(body, f"m{i}"), Settings(), now=now)
+    sent = datetime(2024, 12, 31, tzinfo=timezone.utc)
+    store.apply([evaluate(Incoming(body, f"m{i}", sent), Settings(), now=now)
                  for i, body in enumerate([good, good, "junk"])])
     sqs.send_bodies(sqs_client, settings.orders_url, ["waiting-1", "waiting-2"])
     for _ in range(3):
@@ -31,9 +32,9 @@ def test_metrics_count_outcomes_queue_depth_and_requests(settings, store, sqs_cl
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     found = samples(response.text)
-    assert found[("orders_messages_total", (("outcome", "counted"),))] == 1
-    assert found[("orders_messages_total", (("outcome", "duplicate"),))] == 1
-    assert found[("orders_messages_total", (("outcome", "rejected"),))] == 1
+    assert found[("orders_messages", (("outcome", "counted"),))] == 1
+    assert found[("orders_messages", (("outcome", "duplicate"),))] == 1
+    assert found[("orders_messages", (("outcome", "rejected"),))] == 1
     assert found[("orders_queue_messages",
                   (("queue", settings.orders_queue), ("state", "visible")))] == 2
     route = "/users/<path:user_id>/stats"
@@ -45,3 +46,5 @@ def test_metrics_count_outcomes_queue_depth_and_requests(settings, store, sqs_cl
     assert found[("api_request_duration_seconds_count",
                   (("method", "GET"), ("route", route)))] == 4
     assert found[("orders_dependency_up", (("dependency", "redis"),))] == 1
+    assert found[("orders_rejected_by_field_total", (("field", "_schema"),))] == 1
+    assert found[("orders_processing_lag_seconds", ())] >= 0
