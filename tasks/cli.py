@@ -25,6 +25,14 @@ def _emit(rows: list[dict], columns: list[str], as_json: bool, empty: str):
                             headers=columns))
 
 
+def _show(record: dict, as_json: bool):
+    """One record: indented JSON, or one 'field value' line per field."""
+    if as_json:
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(tabulate([(k, _short(v, 200)) for k, v in record.items()], tablefmt="plain"))
+
+
 def _short(value, width: int = 60) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -57,11 +65,7 @@ def dlq_show(message_id, as_json):
     letter = _dlq().show(message_id)
     if letter is None:
         raise click.ClickException(f"No message {message_id!r} in the dead-letter queue.")
-    summary = letter.summary()
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
-    else:
-        click.echo(tabulate(summary.items(), tablefmt="plain"))
+    _show(letter.summary(), as_json)
 
 
 @dlq.command("redrive")
@@ -121,10 +125,7 @@ def rejected_show(some_id, as_json):
     record = _store().rejection(some_id)
     if record is None:
         raise click.ClickException(f"No rejected order or message {some_id!r}.")
-    if as_json:
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
-    else:
-        click.echo(tabulate([(k, _short(v, 200)) for k, v in record.items()], tablefmt="plain"))
+    _show(record, as_json)
 
 
 @rejected.command("requeue")
