@@ -92,11 +92,26 @@ class Settings:
         return urlunsplit(parts._replace(path=f"/{db + 1}"))
 
 
-def from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from environment variables, falling back to the defaults."""
+@dataclass(frozen=True)
+class StackSettings:
+    """Settings of the local stack that `make run` starts (stack/run.py) and nothing else."""
+
+    sqs_port: int = 4566
+    redis_port: int = 6379
+    api_port: int = 8000
+    flower_port: int = 5555
+    demo_orders: int = 3000
+    # Empty means var/ in the project.
+    stack_var_dir: str = ""
+    # Empty means .venv-sqs/bin/python in the project (LocalStack needs Python 3.13).
+    sqs_server_python: str = ""
+
+
+def from_env(environ: Mapping[str, str] | None = None, cls=Settings):
+    """Build Settings (or StackSettings) from environment variables and the defaults."""
     environ = os.environ if environ is None else environ
     values = {}
-    for field in fields(Settings):
+    for field in fields(cls):
         raw = environ.get(field.name.upper())
         if raw is None:
             continue
@@ -105,7 +120,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             values[field.name] = type(default)(raw.strip())
         except ValueError:
             raise ValueError(f"{field.name.upper()} must be {type(default).__name__}, not {raw!r}")
-    return Settings(**values)
+    return cls(**values)
 
 
 def to_env(settings: Settings) -> dict[str, str]:
@@ -113,6 +128,6 @@ def to_env(settings: Settings) -> dict[str, str]:
     return {f.name.upper(): str(getattr(settings, f.name)) for f in fields(Settings)}
 
 
-def variables() -> list[tuple[str, object]]:
+def variables(cls=Settings) -> list[tuple[str, object]]:
     """Every environment variable with its default, for docs and checks."""
-    return [(f.name.upper(), f.default) for f in fields(Settings)]
+    return [(f.name.upper(), f.default) for f in fields(cls)]

@@ -35,17 +35,6 @@ def say(message: str) -> None:
     click.echo(f"[stack] {message}", err=True)
 
 
-def env_int(name: str, default: int) -> int:
-    """Integer from the environment, with a clear error."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise click.UsageError(f"{name} must be an integer, not {raw!r}")
-
-
 def wait_for_health(url: str, processes: list[Process], timeout: float) -> None:
     """Wait until url answers 200, failing early if a child dies."""
     deadline = time.monotonic() + timeout
@@ -71,9 +60,10 @@ def wait_for_health(url: str, processes: list[Process], timeout: float) -> None:
 class Stack:
     """The servers and processes of one run, stopped in a safe order."""
 
-    def __init__(self, var_dir: Path):
-        self.var_dir = var_dir
-        self.log_dir = var_dir / "log"
+    def __init__(self, settings: app_settings.StackSettings):
+        self.settings = settings
+        self.var_dir = Path(settings.stack_var_dir or PROJECT_ROOT / "var").resolve()
+        self.log_dir = self.var_dir / "log"
         self.servers: list[RedisServer | SqsServer] = []
         self.processes: list[Process] = []
 
@@ -121,19 +111,19 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     """Start everything; return settings, children's env, API and Flower URLs."""
     env = dict(os.environ)
     if "SQS_ENDPOINT_URL" not in os.environ:
-        port = env_int("SQS_PORT", 4566)
+        port = stack.settings.sqs_port
         say(f"starting SQS server (LocalStack) on 127.0.0.1:{port}, log {stack.log_dir}/sqs.log")
-        server = stack.start_server(SqsServer(port, stack.var_dir / "sqs", log_dir=stack.log_dir))
+        server = stack.start_server(SqsServer(port, stack.var_dir / "sqs", log_dir=stack.log_dir,
+                                              python=stack.settings.sqs_server_python or None))
         env["SQS_ENDPOINT_URL"] = server.endpoint_url
     if "REDIS_URL" not in os.environ:
-        port = env_int("REDIS_PORT", 6379)
+        port = stack.settings.redis_port
         say(f"starting redis-server on 127.0.0.1:{port}, data in {stack.var_dir}/redis")
         server = stack.start_server(
             RedisServer(port, stack.var_dir / "redis", log_dir=stack.log_dir))
         env["REDIS_URL"] = server.url
 
-    api_port = env_int("API_PORT", 8000)
-    flower_port = env_int("FLOWER_PORT", 5555)
+    api_port, flower_port = stack.settings.api_port, stack.settings.flower_port
     env["API_BIND"] = f"127.0.0.1:{api_port}"
     settings = app_settings.from_env(env)
     # Every resolved setting goes to the children, so worker, API and Flower agree.
@@ -164,9 +154,8 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     return settings, env, api_url, f"http://127.0.0.1:{flower_port}"
 
 
-def send_demo_orders(env: dict[str, str]) -> None:
+def send_demo_orders(env: dict[str, str], count: int) -> None:
     """Send DEMO_ORDERS sample orders with orders-produce (its progress bar on this terminal)."""
-    count = env_int("DEMO_ORDERS", 3000)
     if count <= 0:
         return
     say(f"sending {count} demo orders")
@@ -190,14 +179,14 @@ def main():
 @main.command()
 def run():
     """Start everything, send demo orders, supervise until Ctrl-C or SIGTERM."""
-    var_dir = Path(os.environ.get("STACK_VAR_DIR") or PROJECT_ROOT / "var").resolve()
-    stack = Stack(var_dir)
+    stack_settings = app_settings.from_env(cls=app_settings.StackSettings)
+    stack = Stack(stack_settings)
     signal.signal(signal.SIGINT, raise_stop)
     signal.signal(signal.SIGTERM, raise_stop)
     exit_code = 0
     try:
         settings, env, api_url, flower_url = start_stack(stack)
-        send_demo_orders(env)
+        send_demo_orders(env, stack.settings.demo_orders)
         say(f"API:    {api_url}/stats/global")
         say(f"Flower: {flower_url}")
         say(f"SQS:    {settings.sqs_endpoint_url} (queue {settings.orders_url})")

@@ -16,6 +16,8 @@ from collections import deque
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from app.settings import StackSettings, from_env
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LOG_DIR = PROJECT_ROOT / "var" / "log"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -267,9 +269,9 @@ class RedisServer:
 
 
 def sqs_server_python() -> Path:
-    """Python that has localstack: env SQS_SERVER_PYTHON, else <project>/.venv-sqs/bin/python."""
-    default = PROJECT_ROOT / ".venv-sqs" / "bin" / "python"
-    return Path(os.environ.get("SQS_SERVER_PYTHON") or default)
+    """Python that has localstack: SQS_SERVER_PYTHON, else <project>/.venv-sqs/bin/python."""
+    configured = from_env(cls=StackSettings).sqs_server_python
+    return Path(configured or PROJECT_ROOT / ".venv-sqs" / "bin" / "python")
 
 
 class SqsServer:
