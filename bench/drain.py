@@ -1,7 +1,8 @@
 """The SQS server's raw drain rate: ReceiveMessage 10 + DeleteMessageBatch, no processing.
 
 The ceiling of every consumer on the same server. Processes share a counter and the
-parent stops them all as soon as --expect messages were deleted, then prints JSON:
+parent stops them all as soon as --expect messages were deleted. It prints the count as
+a JSON line every half second, and a last one at the end:
 
     python -m bench.drain --endpoint URL --queue-url URL --expect 20000 [--processes 2]
 """
@@ -45,12 +46,21 @@ def main(argv=None):
     for worker in workers:
         worker.start()
     # Polling a shared counter: the last receive of the other process need not be waited for.
+    next_report = started
     while deleted.value < args.expect and any(w.is_alive() for w in workers):
+        if time.monotonic() >= next_report:
+            report(deleted.value, started)
+            next_report += 0.5
         time.sleep(0.01)
-    elapsed = time.monotonic() - started
+    report(deleted.value, started)
     for worker in workers:
         worker.terminate()
-    print(json.dumps({"deleted": deleted.value, "seconds": elapsed}), flush=True)
+
+
+def report(deleted: int, started: float):
+    """One JSON line: messages deleted so far and seconds since the start."""
+    print(json.dumps({"deleted": deleted, "seconds": round(time.monotonic() - started, 3)}),
+          flush=True)
 
 
 if __name__ == "__main__":

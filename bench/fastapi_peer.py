@@ -1,0 +1,42 @@
+"""The seed-style API peer: FastAPI on uvicorn, one Redis HGETALL per request.
+
+Written the way the public examples serve the same two endpoints, as the peer the API
+benchmark compares the project's gunicorn + Flask setup with. It reads whichever user
+layout it finds (the seeds' float total_spend or the project's total_spend_cents), so it
+serves the data the project's worker wrote in the same run.
+
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/0 uvicorn bench.fastapi_peer:app --port 8001
+"""
+import os
+
+import redis.asyncio as redis
+from fastapi import FastAPI, HTTPException
+
+app = FastAPI(title="seed-style order stats")
+r = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                         decode_responses=True)
+
+
+def money(data: dict, name: str) -> float:
+    """A float amount from either layout: <name> in units, or <name>_cents."""
+    if name in data:
+        return round(float(data[name]), 2)
+    return int(data.get(f"{name}_cents", 0)) / 100
+
+
+@app.get("/users/{user_id}/stats")
+async def user_stats(user_id: str):
+    """One user's order count and spend."""
+    data = await r.hgetall(f"user:{user_id}")
+    if not data:
+        raise HTTPException(status_code=404, detail="User not found")
+    return {"user_id": user_id, "order_count": int(data.get("order_count", 0)),
+            "total_spend": money(data, "total_spend")}
+
+
+@app.get("/stats/global")
+async def global_stats():
+    """The platform's order count and revenue."""
+    data = await r.hgetall("global:stats")
+    return {"total_orders": int(data.get("total_orders", 0)),
+            "total_revenue": money(data, "total_revenue")}

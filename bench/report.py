@@ -1,0 +1,228 @@
+"""The machine a run measured on, and the Markdown table of its results."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+
+from stack.services import PROJECT_ROOT, sqs_server_python
+
+PACKAGES = ("celery", "kombu", "boto3", "redis", "gunicorn", "flask", "fastapi", "uvicorn")
+# The project code the run measured: its worker is whatever these files hold right now.
+PROJECT_CODE = ("app", "tasks", "web", "celeryconfig.py")
+
+
+def _run(command: list, cwd=PROJECT_ROOT) -> str:
+    """A command's first output line, or '?' if it cannot run."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=cwd)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def cpu_model() -> str:
+    """The model name in /proc/cpuinfo."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def machine() -> dict:
+    """Date, CPU, memory, load, versions and the project code's commit."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    mem_kb = next((int(line.split()[1]) for line in open("/proc/meminfo")
+                   if line.startswith("MemTotal:")), 0)
+    changes = subprocess.run(["git", "status", "--porcelain", "--", *PROJECT_CODE],
+                             capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
+    localstack = _run([str(sqs_server_python()), "-c", "import importlib.metadata as m, sys; "
+                       "print(m.version('localstack-core'), 'on Python', sys.version.split()[0])"])
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "nproc": os.cpu_count(), "cpu": cpu_model(), "memory_gib": round(mem_kb / 2**20),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(), "packages": versions,
+        "localstack": localstack, "wrk": _run(["wrk", "-v"]).split(" [")[0],
+        "commit": _run(["git", "rev-parse", "--short", "HEAD"]),
+        "uncommitted_project_changes": bool(changes.strip()),
+    }
+
+
+def _n(value, digits: int = 0) -> str:
+    """A number with thousands separators, or a dash."""
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _per(count: int, orders: int) -> str:
+    return f"{count / orders:.2f}" if orders else "–"
+
+
+def _busy(cpu: dict, names) -> str:
+    """CPU use as percent of one core, in the order of names."""
+    return " · ".join(f"{cpu.get(name, 0) * 100:.0f}" for name in names)
+
+
+def _top(calls: dict, limit: int = 4) -> str:
+    """The most frequent entries of a counter, e.g. 'EVALSHA 2,000, HGETALL 12'."""
+    ranked = sorted(calls.items(), key=lambda item: -item[1])
+    text = ", ".join(f"{name} {count:,}" for name, count in ranked[:limit])
+    return text + (", …" if len(ranked) > limit else "") if text else "none"
+
+
+def _header(results: dict) -> list[str]:
+    meta, settings = results["meta"], results["settings"]
+    packages = ", ".join(f"{k} {v}" for k, v in meta["packages"].items())
+    code = meta["commit"] + (" + uncommitted changes in app/, tasks/, web/"
+                             if meta["uncommitted_project_changes"] else "")
+    return [
+        f"## Benchmark run of {meta['date']}",
+        "",
+        f"Machine: {meta['nproc']} × {meta['cpu']} (nproc {meta['nproc']}), "
+        f"{meta['memory_gib']} GiB, load average {meta['load_average'][0]} at start; "
+        f"Python {meta['python']}; {packages}; redis-server {meta.get('redis_server', '?')}; "
+        f"LocalStack SQS (localstack-core {meta['localstack']}); {meta['wrk']}. "
+        f"Project code: {code}. Everything shares the same cores: the SQS server, Redis, "
+        f"the contender, the counting proxy and the harness.",
+        "",
+        f"Orders: {settings.get('describe', '')}; the same bodies for every contender, "
+        f"pre-queued on a fresh queue, Redis flushed before each.",
+    ]
+
+
+def _ingest(results: dict) -> list[str]:
+    rows = results["ingest"]
+    lines = ["", "### Ingest: orders/s from worker start until everything is processed", "",
+             "| contender | orders/s | orders/s after the first | seconds | SQS requests "
+             "per order | Redis round trips per order | Redis commands per order (incl. in Lua) "
+             "| control-plane round trips per order | "
+             "CPU % of a core: SQS server · contender · Redis · proxy | check |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in rows:
+        orders = r["done"] or r["orders"]
+        sqs = sum(r["sqs_requests"].values())
+        proxied = "no proxy" not in r["contender"]
+        lines.append(
+            f"| {r['contender']} | {_n(r['orders_per_s'])} | {_n(r['steady_per_s'])} | "
+            f"{r['seconds']:.1f} | {_per(sqs, orders) if proxied else '(not counted)'} | "
+            f"{_per(r['redis_round_trips'], orders)} | "
+            f"{_per(sum(r['redis_commands'].values()), orders)} | "
+            f"{_per(r['control_round_trips'], orders)} | "
+            f"{_busy(r['cpu_busy'], ('sqs', 'contender', 'redis', 'proxy'))} | "
+            f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
+    lines += ["", "Where the requests went (whole run of each contender):", "",
+              "| contender | SQS requests by action | messages received | Redis commands | "
+              "control-plane commands |", "| --- | --- | ---: | --- | --- |"]
+    for r in rows:
+        if "no proxy" in r["contender"]:
+            continue
+        lines.append(f"| {r['contender']} | {_top(r['sqs_requests'])} | "
+                     f"{_n(r['sqs_messages'].get('received', 0))} | "
+                     f"{_top({k.upper(): v for k, v in r['redis_commands'].items()})} | "
+                     f"{_top({k.upper(): v for k, v in r['control_commands'].items()})} |")
+    direct, proxied = _find(rows, "raw drain (no proxy)"), _find(rows, "raw drain")
+    if direct and proxied and direct["orders_per_s"]:
+        lines += ["", f"Counting proxy check: the raw drain ran at {_n(direct['orders_per_s'])} "
+                  f"msg/s straight to LocalStack and {_n(proxied['orders_per_s'])} msg/s through "
+                  f"the proxy ({proxied['orders_per_s'] / direct['orders_per_s']:.2f}×), the "
+                  f"proxy using {proxied['cpu_busy'].get('proxy', 0) * 100:.0f}% of a core."]
+    return lines
+
+
+def _api(results: dict) -> list[str]:
+    seconds = results["settings"]["api_seconds"]
+    lines = ["", f"### API: wrk, 2 threads, 32 connections, {seconds} s per row "
+             "(user ids drawn from the users with a counted order)", "",
+             "| server | endpoint | requests/s | p50 ms | p99 ms | errors · non-2xx | "
+             "CPU % of a core: server · Redis |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in results["api"]:
+        lines.append(f"| {r['server']} | `{r['endpoint']}` | {_n(r['requests_per_s'])} | "
+                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} · {r['non_2xx']} | "
+                     f"{_busy(r['cpu_busy'], ('server', 'redis'))} |")
+    return lines
+
+
+def _scale(results: dict) -> list[str]:
+    count = results["settings"]["scale_orders"]
+    lines = ["", f"### Scale: the project's ingest of {count:,} orders at each number of users",
+             "", "| users | users with an order | orders/s | orders/s after the first | "
+             "ms per order | Redis used_memory Δ | bytes per user | bytes per order | check |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results["scale"]:
+        lines.append(f"| {r['users']:,} | {r['users_with_orders']:,} | "
+                     f"{_n(r['orders_per_s'])} | "
+                     f"{_n(r['steady_per_s'])} | {r['ms_per_order']:.2f} | "
+                     f"{r['memory_bytes'] / 2**20:.1f} MiB | {_n(r['bytes_per_user'])} | "
+                     f"{_n(r['bytes_per_order'])} | "
+                     f"{r['check'] if r['status'] == 'ok' else r['status']} |")
+    return lines
+
+
+def _find(rows: list[dict], name: str) -> dict | None:
+    return next((r for r in rows if r["contender"] == name), None)
+
+
+def targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue 6's targets against this run's figures: (target, measured, met)."""
+    rows = results["ingest"]
+    project = _find(rows, "this project as shipped")
+    if project is None:
+        return []
+    orders = project["done"] or project["orders"]
+    sqs = sum(project["sqs_requests"].values()) / orders
+    rtt = project["redis_round_trips"] / orders
+    found = [("≤ 0.25 SQS requests per order", f"{sqs:.2f}", sqs <= 0.25),
+             ("≤ 0.15 Redis round trips per order", f"{rtt:.2f}", rtt <= 0.15)]
+    for name, factor in (("seed-style worker", 3), ("stock Celery", 2), ("raw drain", 0.7)):
+        other = _find(rows, name)
+        if other and other["orders_per_s"]:
+            ratio = project["orders_per_s"] / other["orders_per_s"]
+            found.append((f"orders/s ≥ {factor}× {name}", f"{ratio:.2f}×", ratio >= factor))
+    api = results.get("api", [])
+    for endpoint in ("/users/<id>/stats", "/stats/global"):
+        ours = next((r for r in api if r["endpoint"] == endpoint and "project" in r["server"]),
+                    None)
+        peer = next((r for r in api if r["endpoint"] == endpoint and "FastAPI" in r["server"]),
+                    None)
+        if ours and peer and peer["requests_per_s"]:
+            ratio = ours["requests_per_s"] / peer["requests_per_s"]
+            found.append((f"`{endpoint}` requests/s ≥ the FastAPI peer", f"{ratio:.2f}×",
+                          ratio >= 1))
+        if ours:
+            found.append((f"`{endpoint}` p99 < 20 ms at 32 connections",
+                          f"{ours['p99_ms']:.1f} ms", ours["p99_ms"] < 20))
+    return found
+
+
+def _targets(results: dict) -> list[str]:
+    found = targets(results)
+    if not found:
+        return []
+    lines = ["", "### Issue 6's targets, from this run's figures", "",
+             "| target | this run | met |", "| --- | ---: | --- |"]
+    lines += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in found]
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The whole table: header, ingest, API, scale and targets."""
+    lines = _header(results) + _ingest(results)
+    if results.get("api"):
+        lines += _api(results)
+    if results.get("scale"):
+        lines += _scale(results)
+    lines += _targets(results)
+    return "\n".join(lines) + "\n"
