@@ -46,7 +46,12 @@ class TopUsers(MethodView):
     @blp.arguments(TopUsersArgsSchema, location="query")
     @blp.response(200, TopUsersSchema)
     def get(self, args):
-        """The n users with the highest spend or order count, all-time or over a period."""
+        """The n users with the highest spend or order count, all-time or over a period.
+
+        Equal figures are ordered by user id (byte order). Cost: all-time, one day or one
+        month O(log N + n); from/to adds up the range's whole months and other days,
+        O(N + M log M) for N entries in them and M distinct users.
+        """
         ranked = analytics.top_users(store(), args["n"], args["by"], args["period"])
         return {"by": args["by"], "n": args["n"], "period": args["period"], "users": [
             {"rank": u.rank, "user_id": u.user_id, "total_spend": from_cents(u.spend_cents),
@@ -59,7 +64,10 @@ class TopProducts(MethodView):
     @blp.arguments(TopProductsArgsSchema, location="query")
     @blp.response(200, TopProductsSchema)
     def get(self, args):
-        """The n products with the highest all-time revenue or units sold."""
+        """The n products with the highest all-time revenue or units sold.
+
+        Equal figures are ordered by product id (byte order). Cost: O(log N + n).
+        """
         ranked = analytics.top_products(store(), args["n"], args["by"])
         return {"by": args["by"], "n": args["n"], "products": [
             {"rank": p.rank, "product_id": p.product_id,
@@ -72,7 +80,10 @@ class Daily(MethodView):
     @blp.arguments(DayRangeArgsSchema, location="query")
     @blp.response(200, DailySchema)
     def get(self, args):
-        """The platform's KPIs for each UTC day from..to, zeros on days without orders."""
+        """The platform's KPIs for each UTC day from..to, zeros on days without orders.
+
+        Orders count on the UTC day of their own order_timestamp. Cost: O(days).
+        """
         period = args["period"]
         return {"first": period.first, "last": period.last,
                 "days": [{"date": date.fromisoformat(row.bucket), **kpis(row)}
@@ -84,7 +95,10 @@ class Monthly(MethodView):
     @blp.arguments(MonthRangeArgsSchema, location="query")
     @blp.response(200, MonthlySchema)
     def get(self, args):
-        """The platform's KPIs for each UTC month from..to, zeros in months without orders."""
+        """The platform's KPIs for each UTC month from..to, zeros in months without orders.
+
+        Cost: O(months).
+        """
         rows = analytics.monthly(store(), args["first"], args["last"])
         return {"first": args["first"], "last": args["last"],
                 "months": [{"month": row.bucket, **kpis(row)} for row in rows]}
@@ -95,7 +109,10 @@ class UserSummary(MethodView):
     @blp.response(200, UserSummarySchema)
     @blp.alt_response(404, schema=ErrorSchema, description="No order counted for this user")
     def get(self, user_id):
-        """A user's all-time totals, average order value and first and last order times."""
+        """A user's all-time totals, average order value and first and last order times.
+
+        Cost: O(1).
+        """
         summary = analytics.user_summary(store(), user_id)
         if summary is None:
             abort(404, message=f"No orders counted for user {user_id!r}.")
@@ -110,7 +127,10 @@ class ProductStats(MethodView):
     @blp.response(200, ProductStatsSchema)
     @blp.alt_response(404, schema=ErrorSchema, description="This product was never sold")
     def get(self, product_id):
-        """A product's all-time units sold, revenue and number of orders."""
+        """A product's all-time units sold, revenue and number of orders.
+
+        Cost: O(1).
+        """
         stats = analytics.product_stats(store(), product_id)
         if stats is None:
             abort(404, message=f"No sales counted for product {product_id!r}.")
