@@ -19,6 +19,8 @@ TOP_USERS_BY_ORDERS = "top:users:orders"
 TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
 TOP_PRODUCTS_BY_UNITS = "top:products:units"
 CORRECTIONS_KEY = "corrections"
+# Where RANKED adds up several sorted sets; it exists only while the script runs.
+RANKED_SCRATCH = "ranked:scratch"
 REJECTED_BY_FIELD = "pipeline:rejected-by-field"
 # When the last batch was applied and when its oldest message had been sent (ms).
 LAG_KEY = "pipeline:lag"
@@ -240,57 +242,51 @@ return 1
 # backwards and its n-th entry may cut a tie group at the wrong end: that group is read
 # again from its first member. KEYS: p sorted sets to rank by (their scores added up),
 # then p sorted sets of a second measure of the same buckets, added up for the chosen
-# members. ARGV[1]: n. Returns member, score, second score, ... (scores as integers).
+# members, then a scratch key for the sum of several sets, deleted before the script
+# returns. ARGV[1]: n. Returns member, score, second score, ... (scores as integers).
 RANKED = """
 local n = tonumber(ARGV[1])
-local p = #KEYS / 2
-local chosen = {}
--- Append the best of a flat list in ascending (score, member) order: tie groups from
--- the highest score down, each from its first member, until n are chosen.
-local function take_best(list)
-  local last = #list
-  while last > 0 and #chosen < 2 * n do
-    local first = last
-    while first > 2 and list[first - 2] == list[last] do first = first - 2 end
-    for i = first, last, 2 do
-      if #chosen < 2 * n then
-        chosen[#chosen + 1] = list[i - 1]
-        chosen[#chosen + 1] = list[i]
-      end
-    end
-    last = first - 2
-  end
-end
-if p == 1 then
-  -- O(log N + n).
-  local top = redis.call('ZREVRANGE', KEYS[1], 0, n - 1, 'WITHSCORES')
-  local boundary = nil
-  if #top == 2 * n then boundary = top[#top] end
-  local above = {}
-  for i = #top - 1, 1, -2 do
-    if top[i + 1] ~= boundary then
-      above[#above + 1] = top[i]
-      above[#above + 1] = top[i + 1]
-    end
-  end
-  take_best(above)
-  if boundary then
-    local group = redis.call('ZRANGEBYSCORE', KEYS[1], boundary, boundary, 'WITHSCORES',
-                             'LIMIT', 0, n - #chosen / 2)
-    for i = 1, #group do chosen[#chosen + 1] = group[i] end
-  end
-else
-  -- O(N + M log M): N entries in the p sets, M distinct members among them.
-  local union = {'ZUNION', p}
+local p = (#KEYS - 1) / 2
+local source = KEYS[1]
+if p > 1 then
+  -- O(N + M log M), N entries in the p sets and M distinct members, all in C: the M
+  -- members never travel to Lua.
+  source = KEYS[#KEYS]
+  local union = {'ZUNIONSTORE', source, p}
   for k = 1, p do union[#union + 1] = KEYS[k] end
-  union[#union + 1] = 'WITHSCORES'
-  take_best(redis.call(unpack(union)))
+  redis.call(unpack(union))
 end
+-- O(log M + n) from here on.
+local top = redis.call('ZREVRANGE', source, 0, n - 1, 'WITHSCORES')
+local boundary = nil
+if #top == 2 * n then boundary = top[#top] end
+local stop = #top
+if boundary then
+  while stop > 0 and top[stop] == boundary do stop = stop - 2 end
+end
+-- Above the boundary score: each tie group turned into ascending member order.
+local chosen = {}
+local i = 2
+while i <= stop do
+  local j = i
+  while j + 2 <= stop and top[j + 2] == top[i] do j = j + 2 end
+  for k = j, i, -2 do
+    chosen[#chosen + 1] = top[k - 1]
+    chosen[#chosen + 1] = top[k]
+  end
+  i = j + 2
+end
+if boundary then
+  local group = redis.call('ZRANGEBYSCORE', source, boundary, boundary, 'WITHSCORES',
+                           'LIMIT', 0, n - #chosen / 2)
+  for k = 1, #group do chosen[#chosen + 1] = group[k] end
+end
+if p > 1 then redis.call('UNLINK', source) end
 local result, members = {}, {}
-for i = 1, #chosen, 2 do
-  members[#members + 1] = chosen[i]
-  result[#result + 1] = chosen[i]
-  result[#result + 1] = tonumber(chosen[i + 1])
+for k = 1, #chosen, 2 do
+  members[#members + 1] = chosen[k]
+  result[#result + 1] = chosen[k]
+  result[#result + 1] = tonumber(chosen[k + 1])
   result[#result + 1] = 0
 end
 if #members > 0 then
@@ -424,11 +420,12 @@ class Store:
                ) -> list[tuple[str, int, int]]:
         """The n best members of the summed sorted sets, ties by member, with a second measure.
 
-        One round trip: O(log N + n) for one set, O(N + M log M) to add up several.
+        One round trip: O(log N + n) for one set, O(N + M log M) to add up several
+        (N entries, M distinct members).
         """
         if not keys or len(keys) != len(second_keys) or n < 1:
             raise ValueError("ranked needs as many second keys as keys, and n >= 1")
-        flat = self._ranked(keys=[*keys, *second_keys], args=[n])
+        flat = self._ranked(keys=[*keys, *second_keys, RANKED_SCRATCH], args=[n])
         return [(flat[i], int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     def ping(self) -> bool:
