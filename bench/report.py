@@ -91,7 +91,8 @@ def _header(results: dict) -> list[str]:
         f"## Benchmark run of {meta['date']}",
         "",
         f"Machine: {meta['nproc']} × {meta['cpu']} (nproc {meta['nproc']}), "
-        f"{meta['memory_gib']} GiB, load average {meta['load_average'][0]} at start; "
+        f"{meta['memory_gib']} GiB, 1-minute load average {meta['load_average'][0]} at start "
+        f"and {meta.get('load_average_end', ['?'])[0]} at the end; "
         f"Python {meta['python']}; {packages}; redis-server {meta.get('redis_server', '?')}; "
         f"LocalStack SQS (localstack-core {meta['localstack']}); {meta['wrk']}. "
         f"Project code: {code}. Everything shares the same cores: the SQS server, Redis, "
@@ -106,10 +107,10 @@ def _ingest(results: dict) -> list[str]:
     rows = results["ingest"]
     lines = ["", "### Ingest: orders/s from worker start until everything is processed", "",
              "| contender | orders/s | orders/s after the first | seconds | SQS requests "
-             "per order | Redis round trips per order | Redis commands per order (incl. in Lua) "
-             "| control-plane round trips per order | "
+             "per order | SQS requests/s | Redis round trips per order | Redis commands per "
+             "order (incl. in Lua) | control-plane round trips per order | "
              "CPU % of a core: SQS server · contender · Redis · proxy | check |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in rows:
         orders = r["done"] or r["orders"]
         sqs = sum(r["sqs_requests"].values())
@@ -117,6 +118,7 @@ def _ingest(results: dict) -> list[str]:
         lines.append(
             f"| {r['contender']} | {_n(r['orders_per_s'])} | {_n(r['steady_per_s'])} | "
             f"{r['seconds']:.1f} | {_per(sqs, orders) if proxied else '(not counted)'} | "
+            f"{_n(sqs / r['seconds']) if proxied else '–'} | "
             f"{_per(r['redis_round_trips'], orders)} | "
             f"{_per(sum(r['redis_commands'].values()), orders)} | "
             f"{_per(r['control_round_trips'], orders)} | "
