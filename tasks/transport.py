@@ -1,0 +1,95 @@
+"""kombu's SQS transport with the fixes the worker needs (celeryconfig.broker_transport).
+
+1. A requeue (task_reject_on_worker_lost after a pool process died, or a hard time limit)
+   makes the message visible again after wait_time_seconds, and on the way kombu 5.7
+   drops 'sqs_message' from its delivery_info; QoS.reject then applies the backoff policy,
+   which reads that key: KeyError, 'Unrecoverable error', the worker stops. A requeued
+   message is not a failure: no backoff for it.
+
+2. kombu parses every body as JSON to tell its own envelopes from raw bodies, and only a
+   JSONDecodeError or TypeError counts as "raw": an array nested 1,000 deep raised
+   RecursionError, and an order with a top-level "properties" field that is not an
+   object raised AttributeError, both in the consumer, and either stopped the worker
+   (then the next one, at every redelivery). Such bodies are raw bodies, for the task to
+   reject or count like any other.
+
+3. When ReceiveMessage times out, gets a 5xx or cannot connect at all (curl's 599), kombu's
+   async client hands the channel [] "to prevent hanging", but the channel expects a
+   dict: AttributeError in a timer, the promise chain that schedules the next poll is
+   broken, and the worker, alive and silent, never receives again. A failed receive is
+   counted as one and polled again after a short backoff (0.5 s doubling up to 5 s).
+"""
+from __future__ import annotations
+
+import logging
+
+from kombu.transport import SQS, virtual
+
+logger = logging.getLogger(__name__)
+
+# Seconds before polling again after a failed ReceiveMessage: first and most.
+RECEIVE_RETRY_FIRST = 0.5
+RECEIVE_RETRY_MAX = 5.0
+
+
+class QoS(SQS.QoS):
+    """SQS QoS whose requeue does not run the failure backoff policy."""
+
+    def reject(self, delivery_tag, requeue=False):
+        if requeue:
+            virtual.QoS.reject(self, delivery_tag, requeue=True)
+            return
+        super().reject(delivery_tag, requeue=requeue)
+
+
+class Channel(SQS.Channel):
+    """SQS channel that survives odd bodies and failed receives."""
+
+    QoS = QoS
+    _failed_receives = 0
+
+    def _on_messages_ready(self, queue, qname, messages):
+        if isinstance(messages, dict):
+            if self._failed_receives:
+                logger.warning("SQS: receiving from %s again", qname)
+                self._failed_receives = 0
+            return super()._on_messages_ready(queue, qname, messages)
+        self._failed_receives += 1
+        logger.warning("SQS: ReceiveMessage on %s failed (timeout, 5xx or endpoint "
+                       "unreachable), %d in a row; polling again in %.1f s", qname,
+                       self._failed_receives, self._receive_retry_delay())
+        return 0
+
+    def _receive_retry_delay(self) -> float:
+        return min(RECEIVE_RETRY_MAX, RECEIVE_RETRY_FIRST * 2 ** (self._failed_receives - 1))
+
+    def _loop1(self, queue, messages_fetched=None):
+        if self._failed_receives:
+            self.hub.call_later(self._receive_retry_delay(), self._schedule_queue, queue)
+            return
+        super()._loop1(queue, messages_fetched)
+
+    def _prepare_json_payload(self, text):
+        try:
+            return super()._prepare_json_payload(text)
+        except (RecursionError, ValueError):
+            return {}
+
+    def _envelope_payload(self, payload, raw_text, message, q_url):
+        if not _is_envelope(payload):
+            payload = {}  # wrapped as a raw body by kombu
+        return super()._envelope_payload(payload, raw_text, message, q_url)
+
+
+def _is_envelope(payload: dict) -> bool:
+    """Whether a decoded body has the shape of a kombu message (as kombu publishes it)."""
+    properties = payload.get("properties")
+    return ("body" in payload and isinstance(payload.get("headers"), dict)
+            and isinstance(properties, dict)
+            and isinstance(properties.get("delivery_info", {}), dict))
+
+
+class Transport(SQS.Transport):
+    """kombu's SQS transport with the channel above."""
+
+    Channel = Channel
