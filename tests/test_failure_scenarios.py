@@ -384,6 +384,8 @@ def test_redis_down_for_15_seconds_then_back(settings, sqs_client, start_worker,
         assert worker.process.poll() is None, worker.tail()
 
         redis_server.start()
+        # Read at once, before the retries resume: the outage came mid-stream.
+        assert store.outcomes()["counted"] < len(orders), "Redis stopped after the stream"
         wait_for(lambda: requests.get(f"{api}/stats/global", timeout=10).status_code == 200,
                  timeout=15, message="the API to recover by itself")
         wait_for(lambda: store.outcomes()["counted"] == len(orders)
@@ -434,6 +436,7 @@ def test_sqs_unreachable_for_15_seconds_worker_reconnects(settings, store, sqs_c
         stalled = store.outcomes()["counted"]
         time.sleep(max(0.0, 15 - (time.monotonic() - cut_at)))
         assert store.outcomes()["counted"] == stalled, "counting went on without SQS?"
+        assert stalled < len(orders), "the outage came after the stream"
         assert worker.process.poll() is None, worker.tail()
         proxy.restore()
 
