@@ -6,7 +6,7 @@ ports; then, each on a fresh queue and a flushed Redis:
 
 1. ingest of the same pre-queued orders by the raw SQS drain (direct and through the
    proxy), the seed-style worker, stock Celery and the project's worker as shipped,
-   counting SQS requests (at the proxy) and Redis round trips (INFO commandstats);
+   counting SQS requests (at the proxy), Redis round trips (INFO stats) and commands;
 2. wrk against the project's gunicorn API and the seed-style FastAPI peer;
 3. the project's ingest at several user counts, with Redis memory per user.
 
