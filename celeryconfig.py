@@ -10,9 +10,9 @@ _endpoint = _urlsplit(_settings.sqs_endpoint_url)
 # Tasks travel on SQS. With an endpoint (LocalStack, a VPC endpoint) kombu talks to that
 # host; without one, "sqs://" means real AWS and boto3's usual credential chain.
 broker_url = f"sqs://test:test@{_endpoint.netloc}" if _endpoint.netloc else "sqs://"
-# kombu's SQS transport with fixes for requeues, odd bodies and failed receives (see
-# tasks/transport.py): without them each of these stopped or silenced the worker.
-broker_transport = "tasks.transport:Transport"
+# sqs:// runs kombu's SQS transport with fixes for requeues, odd bodies and failed receives
+# (tasks/transport.py, registered by tasks/celery.py): without them each of these stopped
+# or silenced the worker.
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     "region": _settings.aws_region,

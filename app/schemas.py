@@ -106,6 +106,25 @@ class ItemSchema(Schema):
     price_per_unit = Amount(required=True)
 
 
+class ItemList(fields.List):
+    """A non-empty list of items, its length checked before any item is read.
+
+    fields.List would validate every element first: 10,000 bad items would make 30,000
+    reasons where one says what is wrong.
+    """
+
+    default_error_messages = {"too_many": "Must have at most {max} items."}
+
+    def __init__(self, *, max_items: int = 1000, **kwargs):
+        super().__init__(fields.Nested(ItemSchema), validate=validate.Length(min=1), **kwargs)
+        self.max_items = max_items
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list) and len(value) > self.max_items:
+            raise self.make_error("too_many", max=self.max_items)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class OrderSchema(Schema):
     """An order event as the shop platform sends it."""
 
@@ -116,15 +135,13 @@ class OrderSchema(Schema):
     user_id = Identifier(required=True)
     order_timestamp = Timestamp(required=True)
     order_value = Amount(required=True)
-    items = fields.List(fields.Nested(ItemSchema), required=True,
-                        validate=validate.Length(min=1))
+    items = ItemList(required=True)
     shipping_address = fields.String(load_default=None, allow_none=True)
     payment_method = fields.String(load_default=None, allow_none=True)
 
     def __init__(self, *, max_items: int = 1000, **kwargs):
         super().__init__(**kwargs)
-        self.fields["items"].validators.append(
-            validate.Length(max=max_items, error="Must have at most {max} items."))
+        self.fields["items"].max_items = max_items
 
 
 class LegacyOrderSchema(Schema):

@@ -6,7 +6,9 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from pythonjsonlogger.json import JsonFormatter
 
 from app.settings import from_env
+from tasks.transport import use_for_sqs_urls
 
+use_for_sqs_urls()
 app = Celery("orders", include=["tasks.orders"], control="tasks.control:ControlPlane")
 app.config_from_object("celeryconfig")
 

@@ -7,6 +7,7 @@ from kombu.serialization import dumps
 from app.deadletters import original_id
 from app.settings import from_env
 from tasks.batching import BATCH_TASK, BatchMessage, raw_entry
+from tasks.control import control_connection
 
 RAW_ORDER_TASK = "orders.process"
 # A ReceiveMessage hands its messages over one after the other in the same loop turn;
@@ -62,8 +63,8 @@ class OrderConsumer(Consumer):
 
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""
-        return self.ensure_connected(self.app.connection_for_write(
-            url=url or self.control_plane_url, heartbeat=heartbeat))
+        return self.ensure_connected(
+            control_connection(url or self.control_plane_url, heartbeat=heartbeat))
 
     def create_task_handler(self, *args, **kwargs):
         handle_task_message = super().create_task_handler(*args, **kwargs)

@@ -22,9 +22,12 @@ from app.settings import from_env
 logger = logging.getLogger(__name__)
 
 
-def control_connection() -> Connection:
-    """A new connection to the control-plane Redis."""
-    return Connection(from_env().control_plane_url)
+def control_connection(url: str | None = None, heartbeat: float | None = None) -> Connection:
+    """A new connection to the control-plane Redis.
+
+    Not the app's connection_for_write: that one carries the SQS transport options.
+    """
+    return Connection(url or from_env().control_plane_url, heartbeat=heartbeat or 0)
 
 
 class ControlPlane(AppControl):

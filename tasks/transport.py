@@ -1,4 +1,4 @@
-"""kombu's SQS transport with the fixes the worker needs (celeryconfig.broker_transport).
+"""kombu's SQS transport with the fixes the worker needs, used for every sqs:// URL.
 
 1. A requeue (task_reject_on_worker_lost after a pool process died, or a hard time limit)
    makes the message visible again after wait_time_seconds, and on the way kombu 5.7
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 
-from kombu.transport import SQS, virtual
+from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +93,12 @@ class Transport(SQS.Transport):
     """kombu's SQS transport with the channel above."""
 
     Channel = Channel
+
+
+def use_for_sqs_urls() -> None:
+    """Make sqs:// URLs in this process use this Transport; redis:// URLs keep Redis.
+
+    Not celeryconfig.broker_transport: Celery passes it with every URL, so the events
+    connection and Flower's --broker on the control-plane Redis became SQS connections.
+    """
+    TRANSPORT_ALIASES["sqs"] = f"{__name__}:Transport"

@@ -7,6 +7,7 @@ import inspect
 
 import celery
 import kombu
+import kombu.transport.redis
 from celery.app.control import Control
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.control import Control as ControlStep
@@ -16,6 +17,7 @@ from kombu.transport.SQS import QoS
 
 from tasks import celery_app
 from tasks.consumer import OrderConsumer
+from tasks.transport import Transport as OrdersSqsTransport
 
 
 def test_versions_are_the_pinned_ones():
@@ -29,6 +31,15 @@ def test_the_consumer_builds_its_task_handler_and_steps_as_expected():
     assert "tasks.control:RedisControl" in OrderConsumer.Blueprint.default_steps
     assert "celery.worker.consumer.control:Control" not in OrderConsumer.Blueprint.default_steps
     assert "url" in inspect.signature(Consumer.connection_for_write).parameters
+
+
+def test_sqs_urls_get_the_fixed_transport_and_redis_urls_stay_redis():
+    """Flower (--broker CONTROL_URL) and the worker's events read the transport from the URL."""
+    assert not celery_app.conf.broker_transport
+    sqs_connection = celery_app.connection_for_write("sqs://test:test@127.0.0.1:1")
+    assert sqs_connection.get_transport_cls() is OrdersSqsTransport
+    redis_connection = celery_app.connection_for_read("redis://127.0.0.1:1/1")
+    assert redis_connection.get_transport_cls() is kombu.transport.redis.Transport
 
 
 def test_task_messages_are_built_by_as_task_v2():
