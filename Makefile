@@ -83,7 +83,8 @@ bench: bench-deps
 run: deps
 	exec $(VENV)/bin/orders-stack run
 
-test: deps
+# bench-deps too: tests/bench smoke-runs the harness (wrk, the FastAPI peer) on a few orders.
+test: bench-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:
