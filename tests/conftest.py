@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 import time
 import uuid
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,18 @@ def wait_for(condition, timeout: float = 60, interval: float = 0.25, message: st
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
+
+
+def make_orders(prefix: str, count: int, users: int, rng: random.Random):
+    """Valid orders as (body dict, exact Decimal value); order_value equals the item sum."""
+    orders = []
+    for i in range(count):
+        items = [{"product_id": f"P{rng.randint(1, 30):03d}", "quantity": rng.randint(1, 4),
+                  "price_per_unit": float(Decimal(rng.randint(1, 50000)) / 100)}
+                 for _ in range(rng.randint(1, 4))]
+        value = sum(Decimal(str(item["price_per_unit"])) * item["quantity"] for item in items)
+        orders.append(({"order_id": f"{prefix}{i:05d}", "user_id": f"U{rng.randint(1, users):03d}",
+                        "order_timestamp": f"2024-12-{rng.randint(1, 28):02d}T10:00:00Z",
+                        "order_value": float(value), "items": items,
+                        "shipping_address": "1 Main St", "payment_method": "UPI"}, value))
+    return orders

@@ -27,7 +27,7 @@ from app.deadletters import ORIGINAL_ID_ATTRIBUTE, DeadLetterQueue
 from app.orders import Incoming, evaluate
 from app.settings import Settings, to_env
 from app.store import REJECTED_INDEX, Store, user_key
-from conftest import BIN, ROOT, wait_for
+from conftest import BIN, ROOT, make_orders, wait_for
 from stack.services import Process, RedisServer, free_port, group_members
 from tcp_proxy import TcpProxy
 
@@ -38,21 +38,6 @@ EMPTY_QUEUE = {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
 # --- what the test sends and expects --------------------------------------------------------
-
-def make_orders(prefix: str, count: int, users: int, rng: random.Random):
-    """Valid orders as (body dict, exact Decimal value); order_value equals the item sum."""
-    orders = []
-    for i in range(count):
-        items = [{"product_id": f"P{rng.randint(1, 30):03d}", "quantity": rng.randint(1, 4),
-                  "price_per_unit": float(Decimal(rng.randint(1, 50000)) / 100)}
-                 for _ in range(rng.randint(1, 4))]
-        value = sum(Decimal(str(item["price_per_unit"])) * item["quantity"] for item in items)
-        orders.append(({"order_id": f"{prefix}{i:05d}", "user_id": f"U{rng.randint(1, users):03d}",
-                        "order_timestamp": f"2024-12-{rng.randint(1, 28):02d}T10:00:00Z",
-                        "order_value": float(value), "items": items,
-                        "shipping_address": "1 Main St", "payment_method": "UPI"}, value))
-    return orders
-
 
 @dataclass
 class Expected:

@@ -12,22 +12,7 @@ import requests
 from app import sqs
 from app.settings import to_env
 from app.store import Store
-from conftest import ROOT, wait_for
-
-
-def valid_orders(count, users, rng):
-    """Orders whose totals the test knows exactly, as (body dict, Decimal value)."""
-    orders = []
-    for i in range(count):
-        items = [{"product_id": f"P{rng.randint(1, 30):03d}", "quantity": rng.randint(1, 4),
-                  "price_per_unit": float(Decimal(rng.randint(1, 50000)) / 100)}
-                 for _ in range(rng.randint(1, 4))]
-        value = sum(Decimal(str(it["price_per_unit"])) * it["quantity"] for it in items)
-        orders.append(({"order_id": f"ORD{i:05d}", "user_id": f"U{rng.randint(1, users):03d}",
-                        "order_timestamp": f"2024-12-{rng.randint(1, 28):02d}T10:00:00Z",
-                        "order_value": float(value), "items": items,
-                        "shipping_address": "1 Main St", "payment_method": "UPI"}, value))
-    return orders
+from conftest import ROOT, make_orders, wait_for
 
 
 INVALID_BODIES = [
@@ -46,7 +31,7 @@ INVALID_BODIES = [
 def test_raw_orders_are_counted_exactly_once_and_served(settings, sqs_client, start_worker,
                                                         api_server):
     rng = random.Random(7)
-    orders = valid_orders(300, users=25, rng=rng)
+    orders = make_orders("ORD", 300, users=25, rng=rng)
     bodies = [json.dumps(body) for body, _ in orders]
     duplicates = rng.sample(bodies, 40)
     legacy = [json.dumps({"user_id": "L1", "amount": 100}), json.dumps({"user_id": "L1", "amount": 2.5})]

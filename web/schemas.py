@@ -38,25 +38,6 @@ class HealthSchema(Schema):
     down = fields.List(fields.String(), required=True)
 
 
-class PageArgsSchema(Schema):
-    """Paging of a list."""
-
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-
-
-class RejectionSchema(Schema):
-    """A message that was not counted, with its original body and the reasons."""
-
-    message_id = fields.String(required=True)
-    order_id = fields.String(required=True)
-    kind = fields.String(required=True, metadata={"description": "invalid or conflict"})
-    reasons = fields.Dict(required=True, metadata={"description": "Field -> messages"})
-    body = fields.String(required=True, metadata={"description": "The body as received"})
-    first_seen = fields.String(metadata={"description": "For a conflict: the counted version"})
-    at = fields.Float(required=True, metadata={"description": "Unix time it was recorded"})
-
-
 # Analytics: request arguments (query strings) and responses.
 
 class Month(fields.String):
