@@ -1,6 +1,8 @@
 """Celery settings, derived from app.settings (the environment); check with python -m celeryconfig."""
 from urllib.parse import urlsplit as _urlsplit
 
+from kombu import Exchange as _Exchange, Queue as _Queue
+
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE as _ORIGINAL_ID
 from app.settings import from_env as _from_env
 
@@ -33,8 +35,8 @@ broker_transport_options = {
     },
     # A listed queue is never created or looked up by kombu; the URL comes from settings.
     "predefined_queues": {
-        _settings.orders_queue: {
-            "url": _settings.orders_url,
+        name: {
+            "url": url,
             # A failed delivery is left on the queue (not deleted) and comes back after
             # this many seconds by receive count, until SQS moves it to the DLQ after
             # MAX_RECEIVE_COUNT receives.
@@ -42,11 +44,15 @@ broker_transport_options = {
             "backoff_tasks": ["orders.process", "orders.process_batch"],
             **({"access_key_id": "test", "secret_access_key": "test"}
                if _endpoint.netloc else {}),
-        },
+        }
+        for name, url in _settings.consumed_queue_urls.items()
     },
 }
 
+# Tasks are sent to the orders queue; workers also take raw orders from EXTRA_ORDERS_QUEUES.
 task_default_queue = _settings.orders_queue
+task_queues = [_Queue(name, _Exchange(name), routing_key=name)
+               for name in _settings.consumed_queue_urls]
 task_serializer = "json"
 accept_content = ["json"]
 task_ignore_result = True

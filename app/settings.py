@@ -23,6 +23,9 @@ class Settings:
     orders_queue: str = "orders-queue"
     # Empty means the local server's URL for ORDERS_QUEUE; required with real AWS.
     orders_queue_url: str = ""
+    # More queues of raw orders, comma-separated names beside ORDERS_QUEUE in the same
+    # account (make run and docker-compose consume OrderQueue, an existing producer's).
+    extra_orders_queues: str = ""
     # Empty means "<orders_queue>-dlq".
     orders_dlq: str = ""
     max_receive_count: int = 5
@@ -69,6 +72,18 @@ class Settings:
     def orders_url(self) -> str:
         """URL of the orders queue."""
         return self.url_of(self.orders_queue) if not self.orders_queue_url else self.orders_queue_url
+
+    @property
+    def extra_queue_urls(self) -> dict[str, str]:
+        """Name -> URL of each extra orders queue: the orders queue's URL with its name."""
+        base = self.orders_url.rsplit("/", 1)[0]
+        names = (name.strip() for name in self.extra_orders_queues.split(","))
+        return {name: f"{base}/{name}" for name in names if name and name != self.orders_queue}
+
+    @property
+    def consumed_queue_urls(self) -> dict[str, str]:
+        """Name -> URL of every queue the workers take orders from."""
+        return {self.orders_queue: self.orders_url, **self.extra_queue_urls}
 
     def url_of(self, queue: str) -> str:
         """URL of a queue on the local SQS server (LocalStack's path-style URLs)."""

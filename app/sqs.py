@@ -37,7 +37,10 @@ def client(settings: Settings, timeout: float = 10):
 
 
 def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
-    """Create the orders queue and its dead-letter queue (idempotent); return their URLs."""
+    """Create the orders queues and their dead-letter queue (idempotent); return their URLs.
+
+    Extra orders queues share the dead-letter queue: a redrive sends to ORDERS_QUEUE.
+    """
     sqs = sqs or client(settings)
     dlq_url = sqs.create_queue(QueueName=settings.dlq_name)["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(
@@ -47,10 +50,12 @@ def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                      "maxReceiveCount": str(settings.max_receive_count)}),
     }
-    orders_url = sqs.create_queue(QueueName=settings.orders_queue)["QueueUrl"]
-    # create_queue keeps an existing queue's attributes: set them explicitly.
-    sqs.set_queue_attributes(QueueUrl=orders_url, Attributes=attributes)
-    return {"orders": orders_url, "dlq": dlq_url}
+    urls = {}
+    for name in settings.consumed_queue_urls:
+        urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
+        # create_queue keeps an existing queue's attributes: set them explicitly.
+        sqs.set_queue_attributes(QueueUrl=urls[name], Attributes=attributes)
+    return {"orders": urls.pop(settings.orders_queue), "dlq": dlq_url, **urls}
 
 
 def queue_url(settings: Settings, name: str, sqs=None) -> str:

@@ -123,6 +123,8 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
             RedisServer(port, stack.var_dir / "redis", log_dir=stack.log_dir))
         env["REDIS_URL"] = server.url
 
+    # An existing producer sends to OrderQueue: it works unchanged against the local stack.
+    env.setdefault("EXTRA_ORDERS_QUEUES", "OrderQueue")
     api_port, flower_port = stack.settings.api_port, stack.settings.flower_port
     env["API_BIND"] = f"127.0.0.1:{api_port}"
     settings = app_settings.from_env(env)
@@ -132,7 +134,7 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     require_free_port(api_port, "the API (gunicorn)")
     require_free_port(flower_port, "Flower")
 
-    say(f"creating queues {settings.orders_queue} and {settings.dlq_name}")
+    say(f"creating queues {', '.join(settings.consumed_queue_urls)} and {settings.dlq_name}")
     try:
         sqs.ensure_queues(settings)
     except (BotoCoreError, ClientError) as exc:

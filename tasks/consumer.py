@@ -57,6 +57,7 @@ class OrderConsumer(Consumer):
         settings = from_env()
         self.batch_size = settings.consume_batch_size
         self.orders_queue = settings.orders_queue
+        self.queue_by_url = {url: name for name, url in settings.consumed_queue_urls.items()}
         self.control_plane_url = settings.control_plane_url
         self._raw_batch = []
         self._flush_timer = None
@@ -76,7 +77,9 @@ class OrderConsumer(Consumer):
             if "sqs_message" in (message.delivery_info or {}):
                 # A message kombu did not publish lacks the routing key that kombu's SQS
                 # backoff policy (and Celery's retry routing) look up its queue by.
-                message.delivery_info.setdefault("routing_key", self.orders_queue)
+                queue = self.queue_by_url.get(message.delivery_info.get("sqs_queue"),
+                                              self.orders_queue)
+                message.delivery_info.setdefault("routing_key", queue)
                 message.delivery_info.setdefault("exchange", "")
             if self.batch_size <= 1 or not (message.delivery_info or {}).get("sqs_message"):
                 adopt_raw_order(self.app, message)
@@ -89,6 +92,9 @@ class OrderConsumer(Consumer):
         # kombu's SQS backoff policy finds the task name in the headers of a message it
         # rejects; raw messages have none.
         message.headers = {"task": BATCH_TASK}
+        if self._raw_batch and (self._raw_batch[0].delivery_info["sqs_queue"]
+                                != message.delivery_info["sqs_queue"]):
+            self._flush_batch()  # one DeleteMessageBatch deletes from one queue
         self._raw_batch.append(message)
         if len(self._raw_batch) >= self.batch_size:
             self._flush_batch()

@@ -5,6 +5,7 @@ import random
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from decimal import Decimal
 
 import requests
@@ -91,3 +92,31 @@ def _settled(settings):
     """Messages that reached an outcome ('corrected' is a kind of 'counted')."""
     outcomes = _outcomes(settings)
     return sum(outcomes.values()) - outcomes["corrected"]
+
+
+def test_orders_on_an_extra_queue_are_counted_like_the_others(settings, sqs_client, start_worker,
+                                                              api_server):
+    """A producer sending to another queue (OrderQueue) is consumed by the same workers."""
+    settings = replace(settings, extra_orders_queues=f"{settings.orders_queue}-x")
+    urls = sqs.ensure_queues(settings)
+    extra_name, extra_url = next(iter(settings.extra_queue_urls.items()))
+    assert urls[extra_name].endswith(f"/{extra_name}")
+
+    orders = make_orders("XQ", 60, users=6, rng=random.Random(11))
+    bodies = [json.dumps(body) for body, _ in orders]
+    # Half on each queue, and the same order on both: counted once.
+    for url, share in ((settings.orders_url, bodies[:30]),
+                       (extra_url, bodies[30:] + bodies[:1] + INVALID_BODIES[:1])):
+        for batch in sqs.chunks(share):
+            assert sqs.send_bodies(sqs_client, url, batch) == []
+
+    start_worker(settings=settings)
+    wait_for(lambda: _settled(settings) == len(bodies) + 2, timeout=120,
+             message="every message of both queues to reach an outcome")
+    assert _outcomes(settings) == {"counted": 60, "duplicate": 1, "rejected": 1, "conflict": 0,
+                                   "corrected": 0}
+    assert requests.get(f"{api_server}/stats/global").json() == {
+        "total_orders": 60, "total_revenue": float(sum(value for _, value in orders))}
+    for name in (settings.orders_queue, extra_name):
+        wait_for(lambda: sqs.depth(settings, name) == {"visible": 0, "in_flight": 0, "delayed": 0},
+                 timeout=30, message=f"{name} to drain")

@@ -39,7 +39,7 @@ class PipelineCollector:
         try:
             depth = GaugeMetricFamily("orders_queue_messages", "Approximate SQS queue depth",
                                       labels=["queue", "state"])
-            for queue in (self.settings.orders_queue, self.settings.dlq_name):
+            for queue in (*self.settings.consumed_queue_urls, self.settings.dlq_name):
                 for state, count in sqs.depth(self.settings, queue, self.sqs).items():
                     depth.add_metric([queue, state], count)
             yield depth
