@@ -17,7 +17,8 @@ SQS_VENV := .venv-sqs
 VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
-.PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk
+.PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk \
+	compose-cli
 
 help:
 	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
@@ -83,9 +84,16 @@ bench: bench-deps
 run: deps
 	exec $(VENV)/bin/orders-stack run
 
-# bench-deps too: tests/bench smoke-runs the harness (wrk, the FastAPI peer) on a few orders.
-test: bench-deps
+# bench-deps too: tests/bench smoke-runs the harness (wrk, the FastAPI peer) on a few orders;
+# compose-cli: tests/test_compose.py has compose parse docker-compose.yml (no engine needed).
+test: bench-deps compose-cli
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+compose-cli:
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends docker-compose; }
 
 clean:
 	rm -rf var
