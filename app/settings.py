@@ -42,7 +42,8 @@ class Settings:
     task_max_retries: int = 5
     retry_backoff_max: int = 60
     api_bind: str = "127.0.0.1:8000"
-    api_workers: int = 4
+    # gunicorn sync workers; 0 means CPU cores + 1 (on 2 cores, 3 kept p99 lowest).
+    api_workers: int = 0
     log_format: str = "text"
     log_level: str = "INFO"
 
