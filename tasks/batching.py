@@ -28,7 +28,9 @@ class BatchPartlyFailed(Exception):
         self.failed_ids = failed_ids
 
     def __str__(self):
-        return f"{len(self.failed_ids)} order message(s) failed: {self.args[1]}"
+        # The ids are what `celery -A tasks dlq redrive` takes once they are dead-lettered.
+        return (f"{len(self.failed_ids)} order message(s) failed "
+                f"({', '.join(self.failed_ids)}): {self.args[1]}")
 
 
 def raw_entry(message: Message, message_id: str) -> dict:

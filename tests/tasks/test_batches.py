@@ -1,6 +1,7 @@
 """Raw messages run in batches: one bad message neither fails nor delays its neighbours."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +36,15 @@ def test_a_poison_message_is_dead_lettered_alone_and_counted_once_after_redrive(
                                 "corrected": 0}
     assert sqs.depth(settings, settings.orders_queue) == {"visible": 0, "in_flight": 0,
                                                           "delayed": 0}
-    assert "BatchPartlyFailed" in worker.tail(400)
+    # The failure names the failed order's message, the id an operator redrives it by.
+    failed = re.search(r"BatchPartlyFailed: 1 order message\(s\) failed \(([^)]+)\)",
+                       worker.tail(400))
+    assert failed, worker.tail(400)
     assert store.task_events()["failed"] == settings.max_receive_count  # one per receive
 
     store.redis.delete(user_key("POISON"))  # the cause is gone
     redrive = subprocess.run([str(Path(sys.executable).parent / "celery"), "-A", "tasks", "dlq",
-                              "redrive", "--all"], cwd=ROOT, capture_output=True, text=True,
+                              "redrive", failed.group(1)], cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, **to_env(settings)}, timeout=120)
     assert redrive.returncode == 0, redrive.stderr
     wait_for(lambda: store.outcomes()["counted"] == 10, timeout=60, message="redriven order")
