@@ -61,6 +61,9 @@ class Settings:
             raise ValueError("MAX_RECEIVE_COUNT must be between 1 and 1000")
         if not 1 <= self.consume_batch_size <= 10:
             raise ValueError("CONSUME_BATCH_SIZE must be between 1 and 10")
+        if self.dlq_name in self.extra_queue_names or self.dlq_name == self.orders_queue:
+            # Its RedrivePolicy would point at itself and it would be consumed as orders.
+            raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
 
@@ -75,11 +78,16 @@ class Settings:
         return self.url_of(self.orders_queue) if not self.orders_queue_url else self.orders_queue_url
 
     @property
+    def extra_queue_names(self) -> list[str]:
+        """EXTRA_ORDERS_QUEUES as names, without blanks, repeats or ORDERS_QUEUE."""
+        names = (name.strip() for name in self.extra_orders_queues.split(","))
+        return list(dict.fromkeys(n for n in names if n and n != self.orders_queue))
+
+    @property
     def extra_queue_urls(self) -> dict[str, str]:
         """Name -> URL of each extra orders queue: the orders queue's URL with its name."""
         base = self.orders_url.rsplit("/", 1)[0]
-        names = (name.strip() for name in self.extra_orders_queues.split(","))
-        return {name: f"{base}/{name}" for name in names if name and name != self.orders_queue}
+        return {name: f"{base}/{name}" for name in self.extra_queue_names}
 
     @property
     def consumed_queue_urls(self) -> dict[str, str]:

@@ -23,7 +23,7 @@ def _transient(exc: Exception) -> bool:
 
 
 def main(attempts: int = 30, delay: float = 2.0) -> int:
-    """Ensure both queues exist, retrying while the endpoint comes up; print their URLs."""
+    """Ensure the queues exist, retrying while the endpoint comes up; print their URLs."""
     settings = from_env()  # a bad setting fails at once, not after the retries
     for attempt in range(1, attempts + 1):
         try:
@@ -35,8 +35,10 @@ def main(attempts: int = 30, delay: float = 2.0) -> int:
             print(f"SQS at {settings.sqs_endpoint_url or 'AWS'} not ready ({exc}); "
                   f"try {attempt}/{attempts}, next in {delay:g}s", file=sys.stderr, flush=True)
             time.sleep(delay)
-    print(f"orders queue: {urls['orders']}", flush=True)
-    print(f"dead-letter queue: {urls['dlq']}", flush=True)
+    print(f"orders queue: {urls.pop('orders')}", flush=True)
+    print(f"dead-letter queue: {urls.pop('dlq')}", flush=True)
+    for url in urls.values():
+        print(f"extra orders queue: {url}", flush=True)
     return 0
 
 

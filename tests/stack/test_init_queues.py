@@ -51,6 +51,18 @@ def test_main_creates_both_queues_and_the_redrive_policy(sqs_server, env, capsys
     assert policy["VisibilityTimeout"] == str(settings.visibility_timeout)
 
 
+def test_extra_orders_queues_get_the_same_redrive_policy(sqs_server, env, capsys):
+    env.setenv("SQS_ENDPOINT_URL", sqs_server.endpoint_url)
+    env.setenv("ORDERS_QUEUE", QUEUE)
+    env.setenv("EXTRA_ORDERS_QUEUES", f"{QUEUE}-extra")
+    assert init_queues.main(attempts=1) == 0
+    assert "extra orders queue: " in capsys.readouterr().out
+    extra = from_env()
+    assert redrive_policy(extra) == redrive_policy(
+        Settings(sqs_endpoint_url=sqs_server.endpoint_url, orders_queue=f"{QUEUE}-extra"))
+    assert redrive_policy(extra)["deadLetterTargetArn"].endswith(f":{QUEUE}-dlq")
+
+
 def test_rerun_applies_a_changed_max_receive_count(sqs_server, env, capsys):
     env.setenv("SQS_ENDPOINT_URL", sqs_server.endpoint_url)
     env.setenv("ORDERS_QUEUE", QUEUE)
