@@ -37,7 +37,7 @@ def client(settings: Settings, timeout: float = 10):
 
 
 def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
-    """Create the orders queues and their dead-letter queue (idempotent); return their URLs.
+    """Create the orders queues and their dead-letter queue (idempotent); name -> URL of each.
 
     Extra orders queues share the dead-letter queue: a redrive sends to ORDERS_QUEUE.
     """
@@ -55,7 +55,7 @@ def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
         urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
         # create_queue keeps an existing queue's attributes: set them explicitly.
         sqs.set_queue_attributes(QueueUrl=urls[name], Attributes=attributes)
-    return {"orders": urls.pop(settings.orders_queue), "dlq": dlq_url, **urls}
+    return {**urls, settings.dlq_name: dlq_url}
 
 
 def queue_url(settings: Settings, name: str, sqs=None) -> str:

@@ -422,7 +422,7 @@ def run_project(stack: Stack, orders: Orders, label: str = "this project as ship
     settings = stack.settings(queue)
     urls = sqs.ensure_queues(replace(settings, sqs_endpoint_url=stack.sqs.endpoint_url),
                              stack.direct)
-    send(stack, urls["orders"], orders.bodies, label)
+    send(stack, urls[queue], orders.bodies, label)
     total = len(orders.bodies)
     env = {**to_env(settings)}
     result = ingest(

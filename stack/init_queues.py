@@ -35,8 +35,8 @@ def main(attempts: int = 30, delay: float = 2.0) -> int:
             print(f"SQS at {settings.sqs_endpoint_url or 'AWS'} not ready ({exc}); "
                   f"try {attempt}/{attempts}, next in {delay:g}s", file=sys.stderr, flush=True)
             time.sleep(delay)
-    print(f"orders queue: {urls.pop('orders')}", flush=True)
-    print(f"dead-letter queue: {urls.pop('dlq')}", flush=True)
+    print(f"orders queue: {urls.pop(settings.orders_queue)}", flush=True)
+    print(f"dead-letter queue: {urls.pop(settings.dlq_name)}", flush=True)
     for url in urls.values():
         print(f"extra orders queue: {url}", flush=True)
     return 0

@@ -144,7 +144,7 @@ def resolve_queue(settings: Settings, queue: str | None, create: bool, client) -
     where = settings.sqs_endpoint_url or "AWS"
     try:
         if create:
-            return sqs.ensure_queues(settings, client)["orders"]
+            return sqs.ensure_queues(settings, client)[settings.orders_queue]
         return settings.orders_queue_url or sqs.queue_url(settings, settings.orders_queue, client)
     except ClientError as exc:
         if create or exc.response["Error"].get("Code") not in MISSING_QUEUE_CODES:

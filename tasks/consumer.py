@@ -58,14 +58,12 @@ class OrderConsumer(Consumer):
         self.batch_size = settings.consume_batch_size
         self.orders_queue = settings.orders_queue
         self.queue_by_url = {url: name for name, url in settings.consumed_queue_urls.items()}
-        self.control_plane_url = settings.control_plane_url
         self._raw_batch = []
         self._flush_timer = None
 
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""
-        return self.ensure_connected(
-            control_connection(url or self.control_plane_url, heartbeat=heartbeat))
+        return self.ensure_connected(control_connection(url, heartbeat=heartbeat))
 
     def create_task_handler(self, *args, **kwargs):
         handle_task_message = super().create_task_handler(*args, **kwargs)
