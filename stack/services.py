@@ -196,8 +196,11 @@ class RedisServer:
     """A redis-server on 127.0.0.1:port; with data_dir its data survive restarts (AOF)."""
 
     def __init__(self, port: int, data_dir: Path | str | None = None,
-                 log_dir: Path | str | None = None, name: str = "redis"):
+                 log_dir: Path | str | None = None, name: str = "redis",
+                 extra_args: Sequence[str] = ()):
         self.port = port
+        # More redis-server options, e.g. ("--replicaof", "127.0.0.1", "6380").
+        self.extra_args = list(extra_args)
         self.data_dir = Path(data_dir) if data_dir else None
         self.log_dir = log_dir
         self.name = name
@@ -220,7 +223,7 @@ class RedisServer:
         # --save '' turns RDB snapshots off; the append-only file alone keeps the data.
         return [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--dir", str(directory), "--daemonize", "no",
-                "--logfile", "", *persistence]
+                "--logfile", "", *persistence, *self.extra_args]
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         """Start redis-server and wait until it answers PING."""
