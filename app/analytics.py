@@ -57,6 +57,23 @@ def months_between(first: date, last: date) -> int:
     return (last.year - first.year) * 12 + last.month - first.month + 1
 
 
+class RangeError(ValueError):
+    """A range of days or months a query refuses; `end` is the end at fault, first or last."""
+
+    def __init__(self, end: str, message: str):
+        super().__init__(message)
+        self.end = end
+
+
+def check_range(first: date, last: date, count: int, most: int, unit: str):
+    """Refuse a range that starts after it ends or holds more than `most` units."""
+    if first > last:
+        raise RangeError("first", "Must not be after the end of the range.")
+    if count > most:
+        raise RangeError("last", f"Must be at most {most - 1} {unit} after the start "
+                                 f"(a range holds at most {most} {unit}).")
+
+
 @dataclass(frozen=True)
 class Period:
     """Whole UTC days first..last, both included, at most MAX_DAYS of them."""
@@ -65,10 +82,7 @@ class Period:
     last: date
 
     def __post_init__(self):
-        if self.first > self.last:
-            raise ValueError(f"the period starts ({self.first}) after it ends ({self.last})")
-        if self.days > MAX_DAYS:
-            raise ValueError(f"the period spans {self.days} days, more than {MAX_DAYS}")
+        check_range(self.first, self.last, self.days, MAX_DAYS, "days")
 
     @classmethod
     def of_day(cls, day: date) -> "Period":
@@ -108,6 +122,34 @@ class Period:
                 break
             start = end + timedelta(days=1)
         return buckets
+
+
+@dataclass(frozen=True)
+class MonthRange:
+    """Whole UTC months first..last (the first day of each), at most MAX_MONTHS of them."""
+
+    first: date
+    last: date
+
+    def __post_init__(self):
+        # Any day stands for its month.
+        object.__setattr__(self, "first", self.first.replace(day=1))
+        object.__setattr__(self, "last", self.last.replace(day=1))
+        check_range(self.first, self.last, self.months, MAX_MONTHS, "months")
+
+    @property
+    def months(self) -> int:
+        """How many months the range holds."""
+        return months_between(self.first, self.last)
+
+    def each_month(self) -> list[date]:
+        """The first day of each month in order."""
+        months, start = [], self.first.replace(day=1)
+        for _ in range(self.months):
+            months.append(start)
+            if len(months) < self.months:
+                start = next_month(start)
+        return months
 
 
 @dataclass(frozen=True)
@@ -174,14 +216,14 @@ class UserPeriod:
         return sum(d.order_count for d in self.days)
 
     @property
-    def spend_cents(self) -> int:
+    def total_spend_cents(self) -> int:
         """Spend over the period, in cents."""
         return sum(d.spend_cents for d in self.days)
 
     @property
     def avg_order_cents(self) -> int:
         """Average order value over the period, in cents."""
-        return average_cents(self.spend_cents, self.order_count)
+        return average_cents(self.total_spend_cents, self.order_count)
 
 
 @dataclass(frozen=True)
@@ -190,14 +232,14 @@ class UserSummary:
 
     user_id: str
     order_count: int
-    spend_cents: int
+    total_spend_cents: int
     first_order_at: datetime | None
     last_order_at: datetime | None
 
     @property
     def avg_order_cents(self) -> int:
         """All-time average order value, in cents."""
-        return average_cents(self.spend_cents, self.order_count)
+        return average_cents(self.total_spend_cents, self.order_count)
 
 
 @dataclass(frozen=True)
@@ -264,20 +306,9 @@ def daily(store: Store, period: Period) -> list[Kpis]:
     return _kpis(store, [d.isoformat() for d in period.each_day()], day_key)
 
 
-def monthly(store: Store, first: date, last: date) -> list[Kpis]:
-    """The platform's KPIs for each month first..last (any day of each), zeros included."""
-    count = months_between(first, last)
-    if count < 1:
-        raise ValueError(f"the months start ({month_text(first)}) after they end "
-                         f"({month_text(last)})")
-    if count > MAX_MONTHS:
-        raise ValueError(f"the range spans {count} months, more than {MAX_MONTHS}")
-    months, start = [], first.replace(day=1)
-    for _ in range(count):
-        months.append(month_text(start))
-        if len(months) < count:
-            start = next_month(start)
-    return _kpis(store, months, month_key)
+def monthly(store: Store, months: MonthRange) -> list[Kpis]:
+    """The platform's KPIs for each month of the range, zeros included."""
+    return _kpis(store, [month_text(m) for m in months.each_month()], month_key)
 
 
 def user_period(store: Store, user_id: str, period: Period) -> UserPeriod | None:

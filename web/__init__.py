@@ -74,9 +74,10 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
 
     @flask_app.errorhandler(Exception)
     def unexpected(error):
-        """Any bug: logged with its traceback, answered as a plain 500 JSON."""
-        if isinstance(error, HTTPException):
-            return api.handle_http_exception(error)
+        """Any bug: logged with its traceback, answered as a plain 500 JSON.
+
+        HTTP errors never get here: flask-smorest's handler for them is more specific.
+        """
         logger.exception("Unhandled error")
         return {"error": "Internal server error.", "status": 500}, 500
 

@@ -1,9 +1,11 @@
-"""marshmallow schemas of the API's responses (they also generate the OpenAPI document)."""
+"""marshmallow schemas of the API's arguments and responses (they also generate the OpenAPI
+document). Responses dump the domain's dataclasses; limits and formats come from the domain."""
 from datetime import date
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from app import analytics
+from app.money import from_cents
 
 
 class ErrorSchema(Schema):
@@ -14,19 +16,31 @@ class ErrorSchema(Schema):
     errors = fields.Dict(metadata={"description": "Field -> messages, for invalid arguments"})
 
 
+class Cents(fields.Float):
+    """An amount held in integer cents, shown as a JSON number rounded to cents (759.9)."""
+
+    def __init__(self, attribute: str, **kwargs):
+        metadata = {"description": "Rounded to cents", **kwargs.pop("metadata", {})}
+        kwargs.setdefault("required", True)
+        super().__init__(attribute=attribute, metadata=metadata, **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else from_cents(value)
+
+
 class UserStatsSchema(Schema):
     """A user's all-time totals."""
 
     user_id = fields.String(required=True)
     order_count = fields.Integer(required=True)
-    total_spend = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    total_spend = Cents("total_spend_cents")
 
 
 class GlobalStatsSchema(Schema):
     """The platform's all-time totals."""
 
     total_orders = fields.Integer(required=True)
-    total_revenue = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    total_revenue = Cents("total_revenue_cents")
 
 
 class HealthSchema(Schema):
@@ -46,7 +60,7 @@ class Month(fields.String):
     default_error_messages = {"invalid_month": "Not a valid month: expected YYYY-MM."}
 
     def __init__(self, **kwargs):
-        metadata = {"pattern": r"^\d{4}-(0[1-9]|1[0-2])$", "example": "2024-12",
+        metadata = {"pattern": analytics.MONTH_FORMAT.pattern, "example": "2024-12",
                     **kwargs.pop("metadata", {})}
         super().__init__(metadata=metadata, **kwargs)
 
@@ -63,21 +77,27 @@ class Month(fields.String):
         return super()._serialize(value, attr, obj, **kwargs)
 
 
+# The API's names of a range's ends.
+RANGE_ARGUMENTS = {"first": "from", "last": "to"}
+
+
+def _checked_range(kind, first: date, last: date):
+    """A Period or MonthRange; the domain's refusal names the argument at fault."""
+    try:
+        return kind(first, last)
+    except analytics.RangeError as exc:
+        raise ValidationError(str(exc), RANGE_ARGUMENTS[exc.end]) from None
+
+
 def _day_range(data: dict, required: bool) -> analytics.Period | None:
     """The from/to days of loaded arguments as a Period; errors name the argument."""
-    first, last = data.get("first"), data.get("last")
+    first, last = data.pop("first", None), data.pop("last", None)
     if first is None and last is None and not required:
         return None
     if first is None or last is None:
         missing, given = ("from", "to") if first is None else ("to", "from")
         raise ValidationError(f"Required with {given}.", missing)
-    if first > last:
-        raise ValidationError("Must not be after to.", "from")
-    if (last - first).days + 1 > analytics.MAX_DAYS:
-        raise ValidationError(
-            f"Must be at most {analytics.MAX_DAYS - 1} days after from "
-            f"(a range holds at most {analytics.MAX_DAYS} days).", "to")
-    return analytics.Period(first, last)
+    return _checked_range(analytics.Period, first, last)
 
 
 def _from_day(required: bool = False):
@@ -116,7 +136,6 @@ class TopUsersArgsSchema(TopArgsSchema):
         if len(given) > 1:
             raise ValidationError({name: ["Give only one of day, month or from/to."]
                                    for name in given})
-        _day_range(data, required=False)
 
     @post_load
     def to_period(self, data, **kwargs):
@@ -127,8 +146,6 @@ class TopUsersArgsSchema(TopArgsSchema):
             period = analytics.Period.of_month(data.pop("month"))
         else:
             period = _day_range(data, required=False)
-        data.pop("first", None)
-        data.pop("last", None)
         return {**data, "period": period}
 
 
@@ -146,14 +163,9 @@ class DayRangeArgsSchema(Schema):
     first = _from_day(required=True)
     last = _to_day(required=True)
 
-    @validates_schema
-    def bounded(self, data, **kwargs):
-        """from <= to, at most a year apart."""
-        _day_range(data, required=True)
-
     @post_load
     def to_period(self, data, **kwargs):
-        """from/to as a period."""
+        """from/to as a period: from <= to, at most a year apart."""
         return {"period": _day_range(data, required=True)}
 
 
@@ -163,14 +175,9 @@ class OptionalDayRangeArgsSchema(Schema):
     first = _from_day()
     last = _to_day()
 
-    @validates_schema
-    def bounded(self, data, **kwargs):
-        """Both or neither; from <= to, at most a year apart."""
-        _day_range(data, required=False)
-
     @post_load
     def to_period(self, data, **kwargs):
-        """from/to as a period, None without them."""
+        """from/to as a period (both or neither; from <= to, at most a year apart)."""
         return {"period": _day_range(data, required=False)}
 
 
@@ -183,18 +190,10 @@ class MonthRangeArgsSchema(Schema):
                  metadata={"description": "Last month (YYYY-MM), included; from..to holds "
                            f"at most {analytics.MAX_MONTHS} months"})
 
-    @validates_schema
-    def bounded(self, data, **kwargs):
-        """from <= to, at most a year of months."""
-        if "first" not in data or "last" not in data:
-            return
-        count = analytics.months_between(data["first"], data["last"])
-        if count < 1:
-            raise ValidationError("Must not be after to.", "from")
-        if count > analytics.MAX_MONTHS:
-            raise ValidationError(f"Must be at most {analytics.MAX_MONTHS - 1} months after "
-                                  f"from (a range holds at most {analytics.MAX_MONTHS} months).",
-                                  "to")
+    @post_load
+    def to_months(self, data, **kwargs):
+        """from/to as a range of months: from <= to, at most a year of months."""
+        return {"months": _checked_range(analytics.MonthRange, data["first"], data["last"])}
 
 
 class PeriodSchema(Schema):
@@ -209,9 +208,9 @@ class TopUserSchema(Schema):
 
     rank = fields.Integer(required=True, metadata={"description": "1 for the first place"})
     user_id = fields.String(required=True)
-    total_spend = fields.Float(required=True, metadata={"description": "Over the period"})
+    total_spend = Cents("spend_cents", metadata={"description": "Over the period"})
     order_count = fields.Integer(required=True, metadata={"description": "Over the period"})
-    avg_order_value = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    avg_order_value = Cents("avg_order_cents")
 
 
 class TopUsersSchema(Schema):
@@ -229,7 +228,7 @@ class TopProductSchema(Schema):
 
     rank = fields.Integer(required=True, metadata={"description": "1 for the first place"})
     product_id = fields.String(required=True)
-    revenue = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    revenue = Cents("revenue_cents")
     units_sold = fields.Integer(required=True)
 
 
@@ -245,24 +244,25 @@ class KpisSchema(Schema):
     """The platform's figures of one day or month."""
 
     total_orders = fields.Integer(required=True)
-    total_revenue = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    total_revenue = Cents("total_revenue_cents")
     total_items_sold = fields.Integer(required=True, metadata={"description": "Sum of quantities"})
     unique_customers = fields.Integer(required=True,
                                       metadata={"description": "Distinct users, exact"})
-    avg_order_value = fields.Float(required=True, metadata={
+    avg_order_value = Cents("avg_order_cents", metadata={
         "description": "Revenue / orders rounded to cents; 0 without orders"})
 
 
 class DayKpisSchema(KpisSchema):
     """The platform's figures of one UTC day."""
 
-    date = fields.Date(required=True)
+    # The bucket is already the day as YYYY-MM-DD.
+    date = fields.String(attribute="bucket", required=True, metadata={"format": "date"})
 
 
 class MonthKpisSchema(KpisSchema):
     """The platform's figures of one UTC month."""
 
-    month = Month(required=True)
+    month = Month(attribute="bucket", required=True)
 
 
 class DailySchema(Schema):
@@ -284,17 +284,20 @@ class MonthlySchema(Schema):
 class UserDaySchema(Schema):
     """One user's orders and spend on one UTC day."""
 
-    date = fields.Date(required=True)
+    date = fields.Date(attribute="day", required=True)
     order_count = fields.Integer(required=True)
-    total_spend = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    total_spend = Cents("spend_cents")
 
 
 class UserStatsRangeSchema(UserStatsSchema):
     """A user's all-time totals; with from/to, the totals of those days and each day."""
 
-    first = fields.Date(data_key="from", metadata={"description": "With from/to only"})
-    last = fields.Date(data_key="to", metadata={"description": "With from/to only"})
-    avg_order_value = fields.Float(metadata={"description": "With from/to only"})
+    first = fields.Date(data_key="from", attribute="period.first",
+                        metadata={"description": "With from/to only"})
+    last = fields.Date(data_key="to", attribute="period.last",
+                       metadata={"description": "With from/to only"})
+    avg_order_value = Cents("avg_order_cents", required=False,
+                            metadata={"description": "With from/to only; rounded to cents"})
     days = fields.List(fields.Nested(UserDaySchema),
                        metadata={"description": "With from/to only: every day, zeros included"})
 
@@ -302,7 +305,7 @@ class UserStatsRangeSchema(UserStatsSchema):
 class UserSummarySchema(UserStatsSchema):
     """A user's all-time totals, average order value and first and last order times."""
 
-    avg_order_value = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    avg_order_value = Cents("avg_order_cents")
     first_order_at = fields.DateTime(required=True, allow_none=True,
                                      metadata={"description": "UTC, from the order's timestamp"})
     last_order_at = fields.DateTime(required=True, allow_none=True,
@@ -314,5 +317,5 @@ class ProductStatsSchema(Schema):
 
     product_id = fields.String(required=True)
     units_sold = fields.Integer(required=True)
-    revenue = fields.Float(required=True, metadata={"description": "Rounded to cents"})
+    revenue = Cents("revenue_cents")
     orders = fields.Integer(required=True, metadata={"description": "Orders with this product"})

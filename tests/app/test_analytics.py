@@ -5,7 +5,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from app import analytics
-from app.analytics import Kpis, Period, TopProduct, TopUser, UserDay
+from app.analytics import Kpis, MonthRange, Period, RangeError, TopProduct, TopUser, UserDay
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 
@@ -80,7 +80,7 @@ def test_daily_kpis_count_each_order_on_its_own_utc_day_with_zeros_between(shop)
 
 
 def test_monthly_kpis_have_exact_unique_customers_and_zeros(shop):
-    rows = analytics.monthly(shop, date(2024, 11, 1), date(2025, 2, 1))
+    rows = analytics.monthly(shop, MonthRange(date(2024, 11, 1), date(2025, 2, 1)))
     # December: O1, O2, O3, O4, O6, O8 = 1000 + 1000 + 800 + 500 + 500 + 1000 cents,
     # 2 + 1 + 4 + 5 + 1 + 1 items, users A, B, C, D (A, B and C ordered more than once).
     assert rows == [Kpis("2024-11", 1, 2000, 2, 1), Kpis("2024-12", 6, 4800, 14, 4),
@@ -88,12 +88,15 @@ def test_monthly_kpis_have_exact_unique_customers_and_zeros(shop):
     assert [row.avg_order_cents for row in rows] == [2000, 800, 1000, 0]
 
 
-def test_monthly_ranges_are_bounded(shop):
-    with pytest.raises(ValueError, match="after they end"):
-        analytics.monthly(shop, date(2025, 1, 1), date(2024, 12, 1))
-    with pytest.raises(ValueError, match="13 months"):
-        analytics.monthly(shop, date(2024, 1, 1), date(2025, 1, 1))
-    assert len(analytics.monthly(shop, date(9999, 1, 1), date(9999, 12, 31))) == 12
+def test_month_ranges_are_ordered_and_at_most_12_months(shop):
+    with pytest.raises(RangeError, match="after the end") as backwards:
+        MonthRange(date(2025, 1, 1), date(2024, 12, 1))
+    assert backwards.value.end == "first"
+    with pytest.raises(RangeError, match="at most 12 months") as too_long:
+        MonthRange(date(2024, 1, 1), date(2025, 1, 1))
+    assert too_long.value.end == "last"
+    assert MonthRange(date(2025, 1, 15), date(2025, 1, 1)).months == 1  # a day stands for its month
+    assert len(analytics.monthly(shop, MonthRange(date(9999, 1, 1), date(9999, 12, 31)))) == 12
 
 
 def test_top_users_all_time_break_ties_by_user_id(shop):
@@ -191,17 +194,17 @@ def test_user_period_lists_every_day_with_zeros(shop):
     stats = analytics.user_period(shop, "A", Period(date(2024, 11, 30), date(2024, 12, 2)))
     assert stats.days == (UserDay(date(2024, 11, 30), 0, 0), UserDay(date(2024, 12, 1), 1, 1000),
                           UserDay(date(2024, 12, 2), 1, 500))
-    assert (stats.order_count, stats.spend_cents, stats.avg_order_cents) == (2, 1500, 750)
+    assert (stats.order_count, stats.total_spend_cents, stats.avg_order_cents) == (2, 1500, 750)
     late = analytics.user_period(shop, "C", Period.of_day(date(2024, 12, 1)))
-    assert (late.order_count, late.spend_cents) == (2, 1800)
+    assert (late.order_count, late.total_spend_cents) == (2, 1800)
     quiet = analytics.user_period(shop, "D", Period(date(2024, 12, 1), date(2024, 12, 2)))
-    assert (quiet.order_count, quiet.spend_cents, quiet.avg_order_cents) == (0, 0, 0)
+    assert (quiet.order_count, quiet.total_spend_cents, quiet.avg_order_cents) == (0, 0, 0)
     assert analytics.user_period(shop, "nobody", Period.of_day(date(2024, 12, 1))) is None
 
 
 def test_user_summary_has_first_and_last_order_times(shop):
     a = analytics.user_summary(shop, "A")
-    assert (a.order_count, a.spend_cents, a.avg_order_cents) == (3, 2500, 833)
+    assert (a.order_count, a.total_spend_cents, a.avg_order_cents) == (3, 2500, 833)
     assert a.first_order_at == datetime(2024, 12, 1, 9, tzinfo=timezone.utc)
     assert a.last_order_at == datetime(2025, 1, 1, 0, 30, tzinfo=timezone.utc)
     # The late O8 (12:00) is earlier than O3 (23:59:59) on the same day.
@@ -214,8 +217,9 @@ def test_user_summary_has_first_and_last_order_times(shop):
 @pytest.mark.parametrize("first, last", [("2024-12-02", "2024-12-01"),
                                          ("2024-01-01", "2025-01-01")])
 def test_a_period_is_ordered_and_at_most_366_days(first, last):
-    with pytest.raises(ValueError):
+    with pytest.raises(RangeError) as refused:
         Period(date.fromisoformat(first), date.fromisoformat(last))
+    assert refused.value.end == ("first" if first > last else "last")
 
 
 def test_a_leap_year_is_a_valid_period():
