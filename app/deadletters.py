@@ -98,6 +98,10 @@ def _dead_letter(message: dict) -> DeadLetter:
     )
 
 
+class PurgeInProgress(RuntimeError):
+    """SQS refused a purge because another one started less than 60 s ago."""
+
+
 class DeadLetterQueue:
     """Operations on the orders queue's dead-letter queue."""
 
@@ -169,12 +173,15 @@ class DeadLetterQueue:
             moved += sent
         return moved
 
-    def purge(self, limit: int = 100_000) -> int:
-        """Delete every message in the DLQ; return how many were deleted."""
-        deleted = 0
-        while True:
-            letters = self._receive_all(min(limit - deleted, 1000))
-            if not letters:
-                return deleted
-            self._delete(letters)
-            deleted += len(letters)
+    def purge(self) -> int:
+        """Delete every message in the DLQ (SQS PurgeQueue); return about how many it held.
+
+        SQS allows one purge per queue every 60 s: a second one raises PurgeInProgress.
+        """
+        held = sum(sqs_api.depth(self.settings, self.settings.dlq_name, self.sqs).values())
+        try:
+            self.sqs.purge_queue(QueueUrl=self.url)
+        except self.sqs.exceptions.PurgeQueueInProgress:
+            raise PurgeInProgress("A purge of the dead-letter queue is already in progress "
+                                  "(SQS allows one every 60 s); try again in a minute.") from None
+        return held

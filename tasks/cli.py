@@ -7,7 +7,7 @@ import click
 from tabulate import tabulate
 
 from app import sqs
-from app.deadletters import DeadLetterQueue
+from app.deadletters import DeadLetterQueue, PurgeInProgress
 from app.rejections import requeue
 from app.settings import from_env
 from app.store import Store
@@ -95,7 +95,10 @@ def dlq_purge(yes):
     """Delete every message in the dead-letter queue."""
     if not yes:
         click.confirm("Delete every message in the dead-letter queue?", abort=True)
-    click.echo(f"Deleted {_dlq().purge()} message(s).")
+    try:
+        click.echo(f"Deleted {_dlq().purge()} message(s).")
+    except PurgeInProgress as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
