@@ -139,12 +139,25 @@ def from_env(environ: Mapping[str, str] | None = None, cls=Settings):
         raw = environ.get(field.name.upper())
         if raw is None:
             continue
-        default = field.default
         try:
-            values[field.name] = type(default)(raw.strip())
+            values[field.name] = _cast(raw.strip(), type(field.default))
         except ValueError:
-            raise ValueError(f"{field.name.upper()} must be {type(default).__name__}, not {raw!r}")
+            raise ValueError(f"{field.name.upper()} must be {type(field.default).__name__}, "
+                             f"not {raw!r}") from None
     return cls(**values)
+
+
+BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+                 "0": False, "false": False, "no": False, "off": False}
+
+
+def _cast(text: str, kind: type):
+    # bool("false") is True: booleans are read from words, not by calling the type.
+    if kind is bool:
+        if text.lower() not in BOOLEAN_WORDS:
+            raise ValueError(text)
+        return BOOLEAN_WORDS[text.lower()]
+    return kind(text)
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -1,4 +1,6 @@
 """Settings derived from the environment: queue URLs and the checks that refuse bad ones."""
+from dataclasses import dataclass
+
 import pytest
 
 from app.settings import Settings, from_env
@@ -26,3 +28,22 @@ def test_no_extra_queues_by_default():
 def test_the_dead_letter_queue_cannot_be_an_orders_queue(extra, dlq):
     with pytest.raises(ValueError, match="dead-letter queue"):
         Settings(extra_orders_queues=extra, orders_dlq=dlq)
+
+
+@dataclass(frozen=True)
+class Toggles:
+    enabled: bool = False
+    retries: int = 3
+
+
+@pytest.mark.parametrize("raw, expected", [("true", True), ("Yes", True), ("1", True),
+                                           ("on", True), ("false", False), ("0", False),
+                                           ("NO", False), (" off ", False)])
+def test_booleans_are_read_from_words(raw, expected):
+    assert from_env({"ENABLED": raw}, cls=Toggles).enabled is expected
+
+
+@pytest.mark.parametrize("variable, raw", [("ENABLED", "maybe"), ("RETRIES", "three")])
+def test_a_value_of_the_wrong_type_is_refused_by_name(variable, raw):
+    with pytest.raises(ValueError, match=f"{variable} must be"):
+        from_env({variable: raw}, cls=Toggles)
