@@ -17,6 +17,7 @@ import requests
 from app import sqs
 from app.settings import Settings, to_env
 from app.store import Store
+from stack.cluster import LocalRedisCluster
 from stack.services import Process, RedisServer, SqsServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,15 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A local Redis Cluster of 3 primaries, started once for the tests that ask for it."""
+    cluster = LocalRedisCluster(primaries=3, log_dir=tmp_path_factory.mktemp("cluster-log"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,132 @@
+"""A local Redis Cluster from Debian's redis-server: primaries (and replicas) on loopback ports.
+
+`REDIS_CLUSTER=3 make run` and the tests' session fixture start the same cluster: one
+redis-server per node with cluster mode on, joined by `redis-cli --cluster create`, the tool
+Redis ships for it. Slots are spread evenly; with replicas, each primary gets its own.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+from redis.cluster import RedisCluster
+
+from stack.services import RedisServer, ServiceError, port_is_free
+
+# Seconds without an answer before the cluster fails a primary over to its replica.
+NODE_TIMEOUT_MS = 3000
+SLOTS = 16384
+# Each node also listens on its port + 10000 (the cluster bus), so ports stay below 55536.
+BUS_OFFSET = 10000
+PORT_RANGE = (20000, 45000)
+
+
+def free_node_port(taken: set[int] = frozenset()) -> int:
+    """A port whose cluster-bus port (+10000) is free too, not in taken."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(*PORT_RANGE)
+        if (port not in taken and port + BUS_OFFSET not in taken and port_is_free(port)
+                and port_is_free(port + BUS_OFFSET)):
+            return port
+    raise ServiceError(f"no free pair of ports (port, port + {BUS_OFFSET}) in {PORT_RANGE}")
+
+
+def find_redis_cli() -> str:
+    """Path of redis-cli (Debian's redis-tools, which redis-server depends on)."""
+    found = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    if not Path(found).exists():
+        raise ServiceError("redis-cli not found (install it: apt-get install redis-server)")
+    return found
+
+
+class LocalRedisCluster:
+    """`primaries` redis-server primaries with `replicas` replicas each, as one cluster."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 0, ports: list[int] | None = None,
+                 log_dir: Path | str | None = None):
+        if primaries < 3:
+            raise ValueError("a Redis Cluster needs at least 3 primaries")
+        count = primaries * (1 + replicas)
+        if not ports:
+            ports = []
+            for _ in range(count):
+                ports.append(free_node_port(set(ports)))
+        self.ports = list(ports)
+        if len(self.ports) != count:
+            raise ValueError(f"{primaries} primaries with {replicas} replicas need {count} ports")
+        self.primaries, self.replicas = primaries, replicas
+        self.nodes = [RedisServer(port, log_dir=log_dir, name=f"redis-cluster-{port}",
+                                  extra_args=["--cluster-enabled", "yes",
+                                              "--cluster-config-file", f"nodes-{port}.conf",
+                                              "--cluster-node-timeout", str(NODE_TIMEOUT_MS)])
+                      for port in self.ports]
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of the first node; a cluster client discovers the others from it."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self, timeout: float = 60.0) -> "LocalRedisCluster":
+        """Start every node, join them into one cluster and wait until it serves all slots."""
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run([find_redis_cli(), "--cluster", "create",
+                            *(f"127.0.0.1:{port}" for port in self.ports),
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                           check=True, capture_output=True, text=True, timeout=timeout)
+            self._wait_ready(timeout)
+        except (subprocess.SubprocessError, ServiceError) as exc:
+            self.stop()
+            detail = getattr(exc, "stdout", "") or ""
+            raise ServiceError(f"the local Redis Cluster did not form: {exc}\n{detail}") from exc
+        return self
+
+    def _wait_ready(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._node_ready(port) for port in self.ports):
+                return
+            time.sleep(0.2)
+        raise ServiceError(f"the cluster on ports {self.ports} did not become ready "
+                           f"within {timeout:.0f} s")
+
+    def _node_ready(self, port: int) -> bool:
+        # Every node must agree: all slots served and every node known, replicas synced.
+        try:
+            with redis.Redis(port=port, socket_timeout=1) as node:
+                info = node.cluster("INFO")
+                synced = node.info("replication").get("master_link_status", "up") == "up"
+        except redis.RedisError:
+            return False
+        return (info.get("cluster_state") == "ok"
+                and int(info.get("cluster_slots_assigned", 0)) == SLOTS
+                and int(info.get("cluster_known_nodes", 0)) == len(self.ports) and synced)
+
+    def client(self, **options) -> RedisCluster:
+        """A cluster client on this cluster."""
+        return RedisCluster.from_url(self.url, **options)
+
+    def describe(self) -> list[str]:
+        """One line per node: address, role and slot ranges, for make run to print."""
+        with redis.Redis(port=self.ports[0], decode_responses=True) as node:
+            nodes = node.cluster("NODES")
+        return [f"{address}  {', '.join(sorted(set(meta['flags'].split(',')) - {'myself'}))}"
+                f"{'  slots ' + ' '.join('-'.join(r) for r in meta['slots']) if meta['slots'] else ''}"
+                for address, meta in sorted(nodes.items())]
+
+    def stop(self) -> None:
+        """Stop every node and remove their data."""
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> "LocalRedisCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
