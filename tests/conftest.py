@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -131,28 +132,48 @@ def start_worker(settings, tmp_path):
 
 
 @pytest.fixture
-def api_server(settings, tmp_path):
-    """The API under real gunicorn, on a free port; yields its base URL."""
-    port = free_port()
-    api_settings = replace(settings, api_bind=f"127.0.0.1:{port}", api_workers=2)
-    gunicorn = Process("gunicorn", [BIN / "gunicorn", "-c", "web/gunicorn.conf.py",
-                                    "web:create_app()"],
-                       env={**os.environ, **to_env(api_settings)}, log_dir=tmp_path, cwd=ROOT)
-    gunicorn.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
+def start_api(tmp_path):
+    """Factory: the API under real gunicorn on given settings, on a free port; its base URL."""
+    servers = []
+
+    def start(settings: Settings) -> str:
+        port = free_port()
+        api_settings = replace(settings, api_bind=f"127.0.0.1:{port}", api_workers=2)
+        server = Process(f"gunicorn-{len(servers)}", [BIN / "gunicorn", "-c",
+                                                      "web/gunicorn.conf.py", "web:create_app()"],
+                         env={**os.environ, **to_env(api_settings)}, log_dir=tmp_path, cwd=ROOT)
+        servers.append(server)
+        server.start()
+        base = f"http://127.0.0.1:{port}"
+
+        def answers():
             try:
-                requests.get(f"{base}/stats/global", timeout=5)
-                break
+                return requests.get(f"{base}/health", timeout=5).status_code > 0
             except requests.RequestException:
-                if not gunicorn.running or time.monotonic() > deadline:
-                    raise RuntimeError(gunicorn.log_tail()) from None
-                time.sleep(0.2)
-        yield base
-    finally:
-        gunicorn.stop(timeout=15)
+                assert server.running, server.log_tail()
+                return False
+
+        wait_for(answers, timeout=60, message="gunicorn to answer")
+        return base
+
+    yield start
+    for server in servers:
+        server.stop(timeout=15)
+
+
+@pytest.fixture
+def api_server(settings, start_api) -> str:
+    """The API under real gunicorn on the test's settings; its base URL."""
+    return start_api(settings)
+
+
+def celery_cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `celery -A tasks ...` with the settings' environment; by default it must succeed."""
+    result = subprocess.run([BIN / "celery", "-A", "tasks", *args], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, **to_env(settings)}, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 def wait_for(condition, timeout: float = 60, interval: float = 0.25, message: str = ""):

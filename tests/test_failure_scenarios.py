@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -25,10 +24,10 @@ from botocore.exceptions import ClientError
 from app import sqs
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE, DeadLetterQueue
 from app.orders import Incoming, evaluate
-from app.settings import Settings, to_env
+from app.settings import Settings
 from app.store import REJECTED_INDEX, Store, user_key
-from conftest import BIN, ROOT, make_orders, wait_for
-from stack.services import Process, RedisServer, free_port, group_members
+from conftest import BIN, celery_cli, make_orders, wait_for
+from stack.services import RedisServer, free_port, group_members
 from tcp_proxy import TcpProxy
 
 CELERY = str(BIN / "celery")
@@ -158,44 +157,6 @@ def assert_worker_survived(worker):
 def pool_processes(worker) -> list[int]:
     """Pids of the worker's prefork pool children."""
     return [pid for pid in group_members(worker.process.pid) if pid != worker.process.pid]
-
-
-def celery_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    """Run `celery -A tasks ...` with the settings' environment."""
-    result = subprocess.run([CELERY, "-A", "tasks", *args], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, **to_env(settings)}, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-@pytest.fixture
-def start_api(tmp_path):
-    """Factory: the API under real gunicorn on given settings; yields its base URL."""
-    servers = []
-
-    def start(settings: Settings) -> str:
-        port = free_port()
-        api_settings = replace(settings, api_bind=f"127.0.0.1:{port}", api_workers=2)
-        server = Process(f"gunicorn-{len(servers)}", [BIN / "gunicorn", "-c",
-                                                      "web/gunicorn.conf.py", "web:create_app()"],
-                         env={**os.environ, **to_env(api_settings)}, log_dir=tmp_path, cwd=ROOT)
-        servers.append(server)
-        server.start()
-        base = f"http://127.0.0.1:{port}"
-
-        def answers():
-            try:
-                return requests.get(f"{base}/health", timeout=5).status_code > 0
-            except requests.RequestException:
-                assert server.running, server.log_tail()
-                return False
-
-        wait_for(answers, timeout=60, message="gunicorn to answer")
-        return base
-
-    yield start
-    for server in servers:
-        server.stop(timeout=15)
 
 
 # --- 1. duplicate deliveries ---------------------------------------------------------------

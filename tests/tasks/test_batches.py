@@ -4,14 +4,13 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from app import sqs
 from app.settings import to_env
 from app.store import user_key
-from conftest import ROOT, wait_for
+from conftest import ROOT, celery_cli, wait_for
 
 
 def order(order_id, user_id="U1", cents=250):
@@ -43,10 +42,7 @@ def test_a_poison_message_is_dead_lettered_alone_and_counted_once_after_redrive(
     assert store.task_events()["failed"] == settings.max_receive_count  # one per receive
 
     store.redis.delete(user_key("POISON"))  # the cause is gone
-    redrive = subprocess.run([str(Path(sys.executable).parent / "celery"), "-A", "tasks", "dlq",
-                              "redrive", failed.group(1)], cwd=ROOT, capture_output=True, text=True,
-                             env={**os.environ, **to_env(settings)}, timeout=120)
-    assert redrive.returncode == 0, redrive.stderr
+    celery_cli(settings, "dlq", "redrive", failed.group(1))
     wait_for(lambda: store.outcomes()["counted"] == 10, timeout=60, message="redriven order")
     assert store.user_stats("POISON").total_spend_cents == 700
     assert store.global_stats().total_revenue_cents == 9 * 250 + 700

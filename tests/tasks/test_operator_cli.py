@@ -1,25 +1,12 @@
 """`celery -A tasks dlq ...` and `celery -A tasks rejected ...` against real SQS and Redis."""
 import base64
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
 from app.orders import Incoming, evaluate
-from app.settings import Settings, to_env
-from conftest import ROOT
+from app.settings import Settings
+from conftest import celery_cli
 
-CELERY = str(Path(sys.executable).parent / "celery")
-
-
-def celery(settings, *args, check=True):
-    result = subprocess.run([CELERY, "-A", "tasks", *args], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, **to_env(settings)}, timeout=120)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def receive_all(sqs_client, url):
@@ -46,13 +33,13 @@ def test_dlq_list_show_redrive_and_purge(settings, sqs_client):
                for i in range(3)]
     sqs_client.send_message(QueueUrl=dlq_url, MessageBody=task_envelope("task-42", retries=5))
 
-    listed = json.loads(celery(settings, "dlq", "list", "--json").stdout)
+    listed = json.loads(celery_cli(settings, "dlq", "list", "--json").stdout)
     assert sorted(m["task_id"] for m in listed) == sorted(raw_ids + ["task-42"])
-    assert "task-42" in celery(settings, "dlq", "list").stdout  # the table form
-    shown = json.loads(celery(settings, "dlq", "show", "task-42", "--json").stdout)
+    assert "task-42" in celery_cli(settings, "dlq", "list").stdout  # the table form
+    shown = json.loads(celery_cli(settings, "dlq", "show", "task-42", "--json").stdout)
     assert shown["retries"] == 5
 
-    redriven = json.loads(celery(settings, "dlq", "redrive", raw_ids[0], "task-42", "--json").stdout)
+    redriven = json.loads(celery_cli(settings, "dlq", "redrive", raw_ids[0], "task-42", "--json").stdout)
     assert len(redriven["redriven"]) == 2 and redriven["not_found"] == []
     back = receive_all(sqs_client, settings.orders_url)
     by_original = {m["MessageAttributes"][ORIGINAL_ID_ATTRIBUTE]["StringValue"]: m for m in back}
@@ -61,11 +48,11 @@ def test_dlq_list_show_redrive_and_purge(settings, sqs_client):
     envelope = json.loads(base64.b64decode(by_original[shown["message_id"]]["Body"]))
     assert envelope["headers"]["retries"] == 0 and envelope["headers"]["id"] == "task-42"
 
-    missing = celery(settings, "dlq", "redrive", "no-such-id", check=False)
+    missing = celery_cli(settings, "dlq", "redrive", "no-such-id", check=False)
     assert missing.returncode == 1 and "no-such-id" in missing.stderr
-    assert len(json.loads(celery(settings, "dlq", "list", "--json").stdout)) == 2
-    assert "Deleted 2 message(s)." in celery(settings, "dlq", "purge", "--yes").stdout
-    assert json.loads(celery(settings, "dlq", "list", "--json").stdout) == []
+    assert len(json.loads(celery_cli(settings, "dlq", "list", "--json").stdout)) == 2
+    assert "Deleted 2 message(s)." in celery_cli(settings, "dlq", "purge", "--yes").stdout
+    assert json.loads(celery_cli(settings, "dlq", "list", "--json").stdout) == []
 
 
 def test_rejected_list_show_and_requeue(settings, store, sqs_client):
@@ -75,16 +62,16 @@ def test_rejected_list_show_and_requeue(settings, store, sqs_client):
     store.apply([evaluate(Incoming(bad, "msg-1"), Settings()),
                  evaluate(Incoming("not json", "msg-2"), Settings())])
 
-    listed = json.loads(celery(settings, "rejected", "list", "--json").stdout)
+    listed = json.loads(celery_cli(settings, "rejected", "list", "--json").stdout)
     assert {r["message_id"] for r in listed} == {"msg-1", "msg-2"}
-    shown = json.loads(celery(settings, "rejected", "show", "ORD-BAD", "--json").stdout)
+    shown = json.loads(celery_cli(settings, "rejected", "show", "ORD-BAD", "--json").stdout)
     assert shown["body"] == bad
     assert shown["reasons"] == {"order_value": ["5.02 does not match the item total 5.00."]}
 
-    assert "Requeued msg-1" in celery(settings, "rejected", "requeue", "ORD-BAD").stdout
+    assert "Requeued msg-1" in celery_cli(settings, "rejected", "requeue", "ORD-BAD").stdout
     assert store.rejection("msg-1") is None and store.outcomes()["rejected"] == 1
     [message] = receive_all(sqs_client, settings.orders_url)
     assert message["Body"] == bad
     assert message["MessageAttributes"][ORIGINAL_ID_ATTRIBUTE]["StringValue"] == "msg-1"
-    unknown = celery(settings, "rejected", "requeue", "nope", check=False)
+    unknown = celery_cli(settings, "rejected", "requeue", "nope", check=False)
     assert unknown.returncode == 1 and "nope" in unknown.stderr
