@@ -1,4 +1,7 @@
-"""Celery adapters: `celery -A tasks` finds the app here."""
-from tasks.celery import app as celery_app
+"""Celery adapters: `celery -A tasks` finds the app, built from the environment, here."""
+from app.settings import from_env
+from tasks.celery import create_celery
 
-__all__ = ("celery_app",)
+app = create_celery(from_env())
+
+__all__ = ("app",)

@@ -15,9 +15,9 @@ from kombu.message import Message
 from kombu.serialization import dumps
 from kombu.transport import virtual
 
-logger = logging.getLogger(__name__)
+from tasks.names import PROCESS_BATCH
 
-BATCH_TASK = "orders.process_batch"
+logger = logging.getLogger(__name__)
 
 
 class BatchPartlyFailed(Exception):
@@ -45,7 +45,7 @@ class BatchMessage(Message):
     """One task message standing for several raw SQS messages, settled together."""
 
     def __init__(self, app, messages: list[Message], entries: list[dict]):
-        headers, properties, body, _ = app.amqp.as_task_v2(str(uuid.uuid4()), BATCH_TASK,
+        headers, properties, body, _ = app.amqp.as_task_v2(str(uuid.uuid4()), PROCESS_BATCH,
                                                            args=(entries,))
         content_type, content_encoding, payload = dumps(body, serializer="json")
         first = messages[0]

@@ -9,7 +9,7 @@ from tabulate import tabulate
 from app import sqs
 from app.deadletters import DeadLetterQueue, PurgeInProgress
 from app.rejections import requeue
-from app.settings import from_env
+from app.settings import Settings
 from app.store import Store
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -38,8 +38,13 @@ def _short(value, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _settings() -> Settings:
+    """The settings of the app that `celery -A tasks` loaded."""
+    return click.get_current_context().obj.app.settings
+
+
 def _dlq() -> DeadLetterQueue:
-    return DeadLetterQueue(from_env())
+    return DeadLetterQueue(_settings())
 
 
 @click.group()
@@ -107,7 +112,7 @@ def rejected():
 
 
 def _store() -> Store:
-    return Store.from_url(from_env().redis_url)
+    return Store.from_url(_settings().redis_url)
 
 
 @rejected.command("list")
@@ -135,7 +140,7 @@ def rejected_show(some_id, as_json):
 @click.argument("ids", nargs=-1, required=True)
 def rejected_requeue(ids):
     """Send rejected orders' original bodies to the orders queue again."""
-    settings = from_env()
+    settings = _settings()
     store, client = Store.from_url(settings.redis_url), sqs.client(settings)
     unknown = []
     for some_id in ids:

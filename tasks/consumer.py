@@ -5,11 +5,9 @@ from celery.worker.consumer import Consumer
 from kombu.serialization import dumps
 
 from app.deadletters import original_id
-from app.settings import from_env
-from tasks.batching import BATCH_TASK, BatchMessage, raw_entry
+from tasks.batching import BatchMessage, raw_entry
 from tasks.control import control_connection
-
-RAW_ORDER_TASK = "orders.process"
+from tasks.names import PROCESS_BATCH, PROCESS_ORDER
 # A ReceiveMessage hands its messages over one after the other in the same loop turn;
 # this short wait only matters for a last, incomplete batch.
 BATCH_WINDOW_SECONDS = 0.02
@@ -26,7 +24,7 @@ def adopt_raw_order(app, message) -> bool:
         return False
     entry = raw_entry(message, _message_id(message))
     headers, properties, body, _ = app.amqp.as_task_v2(
-        entry["message_id"], RAW_ORDER_TASK, args=(entry["body"],),
+        entry["message_id"], PROCESS_ORDER, args=(entry["body"],),
         kwargs={"message_id": entry["message_id"], "sent_at_ms": entry["sent_at_ms"]},
     )
     message.content_type, message.content_encoding, message.body = dumps(body, serializer="json")
@@ -54,7 +52,7 @@ class OrderConsumer(Consumer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        settings = from_env()
+        settings = self.app.settings
         self.batch_size = settings.consume_batch_size
         self.orders_queue = settings.orders_queue
         self.queue_by_url = {url: name for name, url in settings.consumed_queue_urls.items()}
@@ -63,7 +61,8 @@ class OrderConsumer(Consumer):
 
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""
-        return self.ensure_connected(control_connection(url, heartbeat=heartbeat))
+        return self.ensure_connected(
+            control_connection(url or self.app.settings.control_plane_url, heartbeat=heartbeat))
 
     def create_task_handler(self, *args, **kwargs):
         handle_task_message = super().create_task_handler(*args, **kwargs)
@@ -89,7 +88,7 @@ class OrderConsumer(Consumer):
     def _add_to_batch(self, message):
         # kombu's SQS backoff policy finds the task name in the headers of a message it
         # rejects; raw messages have none.
-        message.headers = {"task": BATCH_TASK}
+        message.headers = {"task": PROCESS_BATCH}
         if self._raw_batch and (self._raw_batch[0].delivery_info["sqs_queue"]
                                 != message.delivery_info["sqs_queue"]):
             self._flush_batch()  # one DeleteMessageBatch deletes from one queue

@@ -17,17 +17,16 @@ from celery.worker.consumer.control import Control as ControlStep
 from celery.worker.pidbox import Pidbox
 from kombu import Connection
 
-from app.settings import from_env
 
 logger = logging.getLogger(__name__)
 
 
-def control_connection(url: str | None = None, heartbeat: float | None = None) -> Connection:
-    """A new connection to the control-plane Redis.
+def control_connection(url: str, heartbeat: float | None = None) -> Connection:
+    """A new connection to the control-plane Redis (settings.control_plane_url).
 
     Not the app's connection_for_write: that one carries the SQS transport options.
     """
-    return Connection(url or from_env().control_plane_url, heartbeat=heartbeat or 0)
+    return Connection(url, heartbeat=heartbeat or 0)
 
 
 class ControlPlane(AppControl):
@@ -43,7 +42,7 @@ class ControlPlane(AppControl):
         """Broadcast a control command over the control-plane Redis."""
         if connection is not None:
             return super().broadcast(command, arguments, destination, connection, **kwargs)
-        with control_connection() as connection:
+        with control_connection(self.app.settings.control_plane_url) as connection:
             return super().broadcast(command, arguments, destination, connection, **kwargs)
 
 
@@ -63,7 +62,7 @@ class ThreadedPidbox(Pidbox):
 
     def _serve(self):
         while not self._stop.is_set():
-            connection = control_connection()
+            connection = control_connection(self.c.app.settings.control_plane_url)
             try:
                 with connection:
                     self.node.channel = connection.channel()

@@ -4,36 +4,53 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
+from functools import cached_property
+
 import redis
+from celery import Task, shared_task
 from celery.signals import task_failure, task_retry
 
 from app import pipeline
 from app.orders import Incoming
-from app.settings import from_env
+from app.settings import Settings
 from app.store import Store
-from tasks.batching import BATCH_TASK, BatchPartlyFailed
-from tasks.celery import app
+from tasks.batching import BatchPartlyFailed
+from tasks.names import PROCESS_BATCH, PROCESS_ORDER
 
 logger = logging.getLogger(__name__)
-settings = from_env()
 
 # Faults that pass by themselves: retried with backoff. Anything else is a bug or a poison
 # message: the task fails, the message is left on SQS and, after MAX_RECEIVE_COUNT
 # receives, SQS moves it to the dead-letter queue.
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
-RETRY_OPTIONS = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 2, "retry_jitter": True,
-                 "retry_backoff_max": settings.retry_backoff_max,
-                 "max_retries": settings.task_max_retries}
-
-_store: Store | None = None
 
 
-def store() -> Store:
-    """The Store of this process, created on first use (after the pool forked)."""
-    global _store
-    if _store is None:
-        _store = Store.from_url(settings.redis_url)
-    return _store
+class OrderTask(Task):
+    """Base of the orders tasks: the app's settings and Store, transient errors retried."""
+
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 2
+    retry_jitter = True
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the app was built with."""
+        return self.app.settings
+
+    @property
+    def retry_backoff_max(self) -> int:
+        """Cap of the retry backoff (settings keep it below the visibility timeout)."""
+        return self.settings.retry_backoff_max
+
+    @property
+    def max_retries(self) -> int:
+        """Retries of a transient failure before the task fails."""
+        return self.settings.task_max_retries
+
+    @cached_property
+    def store(self) -> Store:
+        """This process's Store, created on first use (after the pool forked)."""
+        return Store.from_url(self.settings.redis_url)
 
 
 def _incoming(body, message_id: str, sent_at_ms: int | None) -> Incoming:
@@ -51,21 +68,21 @@ def _log(outcome: pipeline.Outcome, task_id: str):
                        "reasons": outcome.reasons})
 
 
-@app.task(name="orders.process", bind=True, **RETRY_OPTIONS)
+@shared_task(name=PROCESS_ORDER, bind=True, base=OrderTask)
 def process_order(self, order, message_id: str | None = None, sent_at_ms: int | None = None):
     """Validate one order event and count it exactly once, or record why not."""
     [outcome] = pipeline.process([_incoming(order, message_id or self.request.id, sent_at_ms)],
-                                 store(), settings)
+                                 self.store, self.settings)
     _log(outcome, self.request.id)
     return outcome.as_dict()
 
 
-@app.task(name=BATCH_TASK, bind=True, Request="tasks.batching:BatchRequest", **RETRY_OPTIONS)
+@shared_task(name=PROCESS_BATCH, bind=True, base=OrderTask, Request="tasks.batching:BatchRequest")
 def process_batch(self, messages: list[dict]):
     """Validate up to ten raw order messages and apply them in one Redis call."""
     incoming = [_incoming(m["body"], m["message_id"], m["sent_at_ms"]) for m in messages]
     try:
-        outcomes = pipeline.process(incoming, store(), settings)
+        outcomes = pipeline.process(incoming, self.store, self.settings)
         failed = {}
     except TRANSIENT_ERRORS:
         raise
@@ -74,7 +91,7 @@ def process_batch(self, messages: list[dict]):
         # so only the culprit is left to SQS's redelivery and dead-lettering.
         logger.warning("batch %s failed as a whole; applying its orders one by one",
                        self.request.id, exc_info=True)
-        outcomes, failed = _one_by_one(incoming)
+        outcomes, failed = _one_by_one(self, incoming)
     for outcome in outcomes:
         _log(outcome, self.request.id)
     if failed:
@@ -83,11 +100,11 @@ def process_batch(self, messages: list[dict]):
     return [outcome.as_dict() for outcome in outcomes]
 
 
-def _one_by_one(incoming: list[Incoming]):
+def _one_by_one(task: OrderTask, incoming: list[Incoming]):
     outcomes, failed = [], {}
     for message in incoming:
         try:
-            outcomes += pipeline.process([message], store(), settings)
+            outcomes += pipeline.process([message], task.store, task.settings)
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:
@@ -98,19 +115,21 @@ def _one_by_one(incoming: list[Incoming]):
 
 
 @task_retry.connect
-def count_retry(**kwargs):
+def count_retry(sender=None, **kwargs):
     """Count retries for /metrics."""
-    _count_task_event("retried")
+    _count_task_event(sender, "retried")
 
 
 @task_failure.connect
-def count_failure(**kwargs):
+def count_failure(sender=None, **kwargs):
     """Count failed task runs (their messages go back to SQS) for /metrics."""
-    _count_task_event("failed")
+    _count_task_event(sender, "failed")
 
 
-def _count_task_event(event: str):
+def _count_task_event(task, event: str):
+    if not isinstance(task, OrderTask):
+        return
     try:
-        store().count_task_event(event)
+        task.store.count_task_event(event)
     except redis.RedisError as exc:  # often the very reason of the retry
         logger.warning("could not count %s task: %s", event, exc)

@@ -46,8 +46,8 @@ def test_raw_orders_are_counted_exactly_once_and_served(settings, sqs_client, st
     native = {"order_id": "NATIVE1", "user_id": "N1", "order_timestamp": "2024-12-05T08:00:00Z",
               "order_value": 12.5, "items": [{"product_id": "P1", "quantity": 5, "price_per_unit": 2.5}]}
     subprocess.run([sys.executable, "-c",
-                    "import json, sys; from tasks import celery_app; "
-                    "celery_app.send_task('orders.process', args=[json.loads(sys.argv[1])])",
+                    "import json, sys; from tasks import app; "
+                    "app.send_task('orders.process', args=[json.loads(sys.argv[1])])",
                     json.dumps(native)], cwd=ROOT, env={**os.environ, **to_env(settings)},
                    check=True, timeout=60)
 

@@ -56,8 +56,8 @@ def test_native_and_retried_messages_still_run_beside_batches(settings, store, s
     for batch in sqs.chunks([order(f"B{i}") for i in range(25)]):
         sqs.send_bodies(sqs_client, settings.orders_url, batch)
     subprocess.run([sys.executable, "-c",
-                    "import sys, json; from tasks import celery_app; "
-                    "celery_app.send_task('orders.process', args=[json.loads(sys.argv[1])])",
+                    "import sys, json; from tasks import app; "
+                    "app.send_task('orders.process', args=[json.loads(sys.argv[1])])",
                     order("NATIVE", user_id="N1")], cwd=ROOT, check=True, timeout=60,
                    env={**os.environ, **to_env(settings)})
     wait_for(lambda: store.outcomes()["counted"] == 26, timeout=60, message="26 orders")

@@ -15,9 +15,12 @@ from celery.worker.pidbox import Pidbox
 from kombu.pidbox import Mailbox
 from kombu.transport.SQS import QoS
 
-from tasks import celery_app
+from app.settings import Settings
+from tasks.celery import create_celery
 from tasks.consumer import OrderConsumer
 from tasks.transport import Transport as OrdersSqsTransport
+
+celery_app = create_celery(Settings())
 
 
 def test_versions_are_the_pinned_ones():

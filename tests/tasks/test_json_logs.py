@@ -3,25 +3,41 @@ import io
 import json
 import logging
 
-from tasks.celery import use_json_logs
+from celery import current_app
+
+from app.settings import Settings
+from tasks.celery import create_celery, json_logs, use_json_logs
 
 
-def test_json_format_emits_one_object_per_line_with_extra_fields(monkeypatch):
-    monkeypatch.setenv("LOG_FORMAT", "json")
-    stream = io.StringIO()
-    logger = logging.getLogger("test-json-logs")
+def logger_on(stream, name):
+    logger = logging.getLogger(name)
     logger.handlers = [logging.StreamHandler(stream)]
-    use_json_logs(logger)
+    return logger
+
+
+def test_json_format_emits_one_object_per_line_with_extra_fields():
+    stream = io.StringIO()
+    logger = logger_on(stream, "test-json-logs")
+    json_logs(logger, Settings(log_format="json"))
     logger.warning("order %s: %s", "O1", "counted", extra={"order_id": "O1", "task_id": "t-1"})
     line = json.loads(stream.getvalue())
     assert line["message"] == "order O1: counted"
     assert (line["order_id"], line["task_id"], line["level"]) == ("O1", "t-1", "WARNING")
 
 
-def test_text_format_leaves_handlers_alone(monkeypatch):
-    monkeypatch.setenv("LOG_FORMAT", "text")
-    handler = logging.StreamHandler(io.StringIO())
-    logger = logging.getLogger("test-text-logs")
-    logger.handlers = [handler]
-    use_json_logs(logger)
-    assert handler.formatter is None
+def test_text_format_leaves_handlers_alone():
+    logger = logger_on(io.StringIO(), "test-text-logs")
+    json_logs(logger, Settings(log_format="text"))
+    assert logger.handlers[0].formatter is None
+
+
+def test_celerys_logger_setup_follows_the_current_apps_settings():
+    previous = current_app._get_current_object()
+    try:
+        for log_format, formatted in (("json", True), ("text", False)):
+            create_celery(Settings(log_format=log_format)).set_current()
+            logger = logger_on(io.StringIO(), f"test-signal-{log_format}")
+            use_json_logs(logger)  # what Celery's after_setup_logger signal calls
+            assert (logger.handlers[0].formatter is not None) is formatted
+    finally:
+        previous.set_current()
