@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import time
 from collections import defaultdict
@@ -201,7 +202,8 @@ def test_every_message_delivered_two_or_three_times_counts_once(settings, store,
     wait_for(lambda: {k: store.outcomes()[k] for k in want} == want
              and drained(sqs_client, settings),
              timeout=180, message=f"outcomes {want} and an empty queue")
-    time.sleep(2)  # nothing more may arrive
+    # Nothing visible, in flight or delayed means every message was deleted: no more can
+    # arrive, and assert_accounted below would see any outcome too many.
 
     # An order id reused with other content, once the original is counted: a conflict.
     conflict_id, = send(sqs_client, settings.orders_url,
@@ -630,7 +632,14 @@ def test_poison_message_is_dead_lettered_then_redriven_and_counted_once(settings
     assert_totals(store, expected)
     assert_accounted(store, settings, distinct=len(orders) + len(poisoned), counted=len(orders),
                      dead=poison_ids)
-    assert "WRONGTYPE" in worker.log_path.read_text(errors="replace")
+    log = worker.log_path.read_text(errors="replace")
+    assert "WRONGTYPE" in log
+    # Their batches' neighbours were counted and deleted at once (duplicates=0 above), and
+    # each failed batch names its failed orders' message ids, the ids dlq redrive takes.
+    named = {some_id for match in re.finditer(
+        r"BatchPartlyFailed: \d+ order message\(s\) failed \(([^)]+)\)", log)
+        for some_id in match.group(1).split(", ")}
+    assert named == set(poison_ids), log[-3000:]
 
     # Redriven while the cause is still there: back in the DLQ, under the same id.
     celery_cli(settings, "dlq", "redrive", "--all")
