@@ -61,7 +61,10 @@ def decode_task_envelope(body: str) -> dict | None:
             envelope = json.loads(candidate)
         except ValueError:
             continue
-        if isinstance(envelope, dict) and "task" in (envelope.get("headers") or {}):
+        # Any body can be dead-lettered (a failed delivery keeps it): only an object with a
+        # headers object naming a task is an envelope.
+        headers = envelope.get("headers") if isinstance(envelope, dict) else None
+        if isinstance(headers, dict) and isinstance(headers.get("task"), str):
             return envelope
     return None
 
@@ -83,6 +86,14 @@ def reset_retries(body: str) -> str:
     return base64.b64encode(json.dumps(envelope).encode()).decode()
 
 
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _whole_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _dead_letter(message: dict) -> DeadLetter:
     attributes = message.get("Attributes") or {}
     sent = attributes.get("SentTimestamp")
@@ -93,8 +104,9 @@ def _dead_letter(message: dict) -> DeadLetter:
         receipt_handle=message["ReceiptHandle"], body=message["Body"],
         sent_at=datetime.fromtimestamp(int(sent) / 1000, timezone.utc) if sent else None,
         receive_count=int(attributes.get("ApproximateReceiveCount", 0)),
-        task_id=headers.get("id") or (None if envelope else original_id(message)),
-        retries=headers.get("retries") if envelope else None,
+        # A forged envelope may hold anything: only a string id and a whole retry count.
+        task_id=(_text_or_none(headers.get("id")) if envelope else original_id(message)),
+        retries=_whole_or_none(headers.get("retries")),
     )
 
 

@@ -1,0 +1,34 @@
+"""pipeline.process: every message of a batch gets one outcome, in order, in one Redis call."""
+import json
+
+from app import pipeline
+from app.orders import Incoming
+from app.settings import Settings
+
+
+def body(order_id, user_id="U1", cents=500):
+    return json.dumps({"order_id": order_id, "user_id": user_id,
+                       "order_timestamp": "2024-12-13T10:00:00Z", "order_value": cents / 100,
+                       "items": [{"product_id": "P1", "quantity": 1,
+                                  "price_per_unit": cents / 100}]})
+
+
+def test_each_message_gets_its_outcome_in_the_order_sent(store):
+    store.apply([])  # an empty batch writes nothing and fails nothing
+    first = pipeline.process([Incoming(body("A"), "m-a")], store, Settings())
+    assert [o.status for o in first] == ["counted"]
+    batch = [Incoming("[]", "m-1"), Incoming(body("B"), "m-2"), Incoming(body("A"), "m-3"),
+             Incoming(body("A", user_id="U2"), "m-4")]
+    outcomes = pipeline.process(batch, store, Settings())
+    assert [(o.message_id, o.order_id, o.status) for o in outcomes] == [
+        ("m-1", None, "rejected"), ("m-2", "B", "counted"), ("m-3", "A", "duplicate"),
+        ("m-4", "A", "conflict")]
+    assert outcomes[0].reasons == {"_schema": ["Body must be a JSON object, not an array."]}
+    assert store.global_stats().total_orders == 2
+
+
+def test_an_outcome_as_a_task_result_leaves_out_what_it_lacks():
+    assert pipeline.Outcome("m-1", None, "rejected", {"_schema": ["x"]}).as_dict() == {
+        "message_id": "m-1", "status": "rejected", "reasons": {"_schema": ["x"]}}
+    assert pipeline.Outcome("m-2", "O2", "counted").as_dict() == {
+        "message_id": "m-2", "order_id": "O2", "status": "counted"}
