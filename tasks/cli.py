@@ -25,8 +25,10 @@ def _emit(rows: list[dict], columns: list[str], as_json: bool, empty: str):
                             headers=columns))
 
 
-def _show(record: dict, as_json: bool):
-    """One record: indented JSON, or one 'field value' line per field."""
+def _show(record: dict | None, as_json: bool, missing: str):
+    """One record: indented JSON, or one 'field value' line per field; missing if None."""
+    if record is None:
+        raise click.ClickException(missing)
     if as_json:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False, default=str))
     else:
@@ -68,9 +70,8 @@ def dlq_list(limit, as_json):
 def dlq_show(message_id, as_json):
     """Show one message by message id, original id or task id."""
     letter = _dlq().show(message_id)
-    if letter is None:
-        raise click.ClickException(f"No message {message_id!r} in the dead-letter queue.")
-    _show(letter.summary(), as_json)
+    _show(letter and letter.summary(), as_json,
+          f"No message {message_id!r} in the dead-letter queue.")
 
 
 @dlq.command("redrive")
@@ -130,10 +131,7 @@ def rejected_list(limit, offset, as_json):
 @json_option
 def rejected_show(some_id, as_json):
     """Show one rejected message by order id or message id."""
-    record = _store().rejection(some_id)
-    if record is None:
-        raise click.ClickException(f"No rejected order or message {some_id!r}.")
-    _show(record, as_json)
+    _show(_store().rejection(some_id), as_json, f"No rejected order or message {some_id!r}.")
 
 
 @rejected.command("requeue")

@@ -1,14 +1,13 @@
 """Analytics endpoints: rankings, daily and monthly KPIs, user summaries, product sales."""
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 
 from app import analytics
-from web.context import store
+from web.context import found, no_orders_of, store
 from web.schemas import (DailySchema, DayRangeArgsSchema, ErrorSchema, MonthlySchema,
                          MonthRangeArgsSchema, ProductStatsSchema, TopProductsArgsSchema,
                          TopProductsSchema, TopUsersArgsSchema, TopUsersSchema,
                          UserSummarySchema)
-from web.stats import unknown_user
 
 blp = Blueprint("analytics", __name__, description="Rankings, time series, products")
 
@@ -77,10 +76,7 @@ class UserSummary(MethodView):
 
         Cost: O(1).
         """
-        summary = analytics.user_summary(store(), user_id)
-        if summary is None:
-            unknown_user(user_id)
-        return summary
+        return found(analytics.user_summary(store(), user_id), no_orders_of(user_id))
 
 
 @blp.route("/products/<path:product_id>/stats")
@@ -92,7 +88,5 @@ class ProductStats(MethodView):
 
         Cost: O(1).
         """
-        stats = analytics.product_stats(store(), product_id)
-        if stats is None:
-            abort(404, message=f"No sales counted for product {product_id!r}.")
-        return stats
+        return found(analytics.product_stats(store(), product_id),
+                     f"No sales counted for product {product_id!r}.")

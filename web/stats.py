@@ -1,18 +1,13 @@
 """Statistics endpoints."""
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 
 from app import analytics
-from web.context import store
+from web.context import found, no_orders_of, store
 from web.schemas import (ErrorSchema, GlobalStatsSchema, OptionalDayRangeArgsSchema,
                          UserStatsRangeSchema)
 
 blp = Blueprint("stats", __name__, description="Order statistics")
-
-
-def unknown_user(user_id: str):
-    """404: no order was counted for this user."""
-    abort(404, message=f"No orders counted for user {user_id!r}.")
 
 
 @blp.route("/users/<path:user_id>/stats")
@@ -26,9 +21,7 @@ class UserStats(MethodView):
             stats = analytics.user_period(store(), user_id, args["period"])
         else:
             stats = store().user_stats(user_id)
-        if stats is None:
-            unknown_user(user_id)
-        return stats
+        return found(stats, no_orders_of(user_id))
 
 
 @blp.route("/stats/global")
