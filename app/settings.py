@@ -32,6 +32,9 @@ class Settings:
     # Seconds a failed delivery stays hidden before its next try, doubled per receive.
     failure_backoff: int = 5
     visibility_timeout: int = 300
+    # How long the orders queues keep a message (SQS allows 60 s to 14 days; the
+    # dead-letter queue always keeps 14 days, see app/sqs.py).
+    orders_retention_seconds: int = 4 * 86400
     order_value_mismatch: str = "reject"
     # Raw messages run as one task per batch of up to this many (SQS returns at most 10
     # per receive); 1 runs every order as its own orders.process task.
@@ -64,6 +67,8 @@ class Settings:
         if self.dlq_name in self.extra_queue_names or self.dlq_name == self.orders_queue:
             # Its RedrivePolicy would point at itself and it would be consumed as orders.
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
+        if not 60 <= self.orders_retention_seconds <= 14 * 86400:
+            raise ValueError("ORDERS_RETENTION_SECONDS must be between 60 and 1209600 (14 days)")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
 
