@@ -74,6 +74,18 @@ def test_redis_restart_keeps_appendonly_data(tmp_path):
     assert "Ready to accept connections" in (tmp_path / "log" / "redis.log").read_text()
 
 
+def test_redis_with_a_data_dir_fsyncs_every_write_unless_told_otherwise(tmp_path):
+    # An acknowledged write must survive a crash of the host, not only of redis-server.
+    with RedisServer(free_port(), data_dir=tmp_path / "data", log_dir=tmp_path) as server:
+        config = redis.Redis.from_url(server.url).config_get("append*")
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
+    # extra_args come last, so a benchmark can still choose another level.
+    with RedisServer(free_port(), data_dir=tmp_path / "other", log_dir=tmp_path,
+                     extra_args=["--appendfsync", "everysec"]) as server:
+        assert redis.Redis.from_url(server.url).config_get("appendfsync") == {
+            "appendfsync": "everysec"}
+
+
 def test_redis_without_data_dir_keeps_nothing(tmp_path):
     with RedisServer(free_port(), log_dir=tmp_path) as server:
         temp_dir = Path(server._temp_dir.name)
