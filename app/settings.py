@@ -14,6 +14,8 @@ class Settings:
     """Typed settings; field name upper-cased is the environment variable."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis URL the API reads with, e.g. a read-only ACL user's; empty means REDIS_URL.
+    api_redis_url: str = ""
     # Redis for worker events and remote control (Celery's control plane); empty means
     # the aggregates' Redis with the next database number.
     control_url: str = ""
@@ -110,6 +112,11 @@ class Settings:
         """Seconds hidden after the n-th failed receive: base, 2x base, 4x base..."""
         return {n: min(self.failure_backoff * 2 ** (n - 1), self.visibility_timeout)
                 for n in range(1, self.max_receive_count + 1)}
+
+    @property
+    def api_store_url(self) -> str:
+        """Redis URL of the API: API_REDIS_URL, else REDIS_URL."""
+        return self.api_redis_url or self.redis_url
 
     @property
     def control_plane_url(self) -> str:

@@ -54,7 +54,7 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     )
     flask_app.json.sort_keys = False  # keep the documented field order
     flask_app.extensions["settings"] = settings
-    flask_app.extensions["store"] = Store.from_url(settings.redis_url)
+    flask_app.extensions["store"] = Store.from_url(settings.api_store_url)
     # Short timeouts: /health and /metrics must answer even when SQS does not.
     flask_app.extensions["sqs"] = sqs.client(settings, timeout=2)
 
