@@ -5,6 +5,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 from pythonjsonlogger.json import JsonFormatter
 
+from app.display import printable
 from app.settings import from_env
 from tasks.transport import use_for_sqs_urls
 
@@ -23,3 +24,27 @@ def use_json_logs(logger: logging.Logger, **kwargs):
                               rename_fields={"levelname": "level", "asctime": "time"})
     for handler in logger.handlers:
         handler.setFormatter(formatter)
+
+
+class EscapedMessages(logging.Filter):
+    """Escapes each record's message: ids and bodies come from any SQS sender."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the message by its escaped text (its traceback, if any, stays as it is)."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging's own error report shows it
+            return True
+        record.msg, record.args = printable(message), None
+        return True
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def escape_text_logs(logger: logging.Logger, **kwargs):
+    """In text logs no message can forge a line or send terminal escapes (JSON escapes)."""
+    if from_env().log_format != "text":
+        return
+    for handler in logger.handlers:
+        if not any(isinstance(f, EscapedMessages) for f in handler.filters):
+            handler.addFilter(EscapedMessages())
