@@ -49,6 +49,9 @@ class Settings:
     api_bind: str = "127.0.0.1:8000"
     # gunicorn sync workers; 0 means CPU cores + 1 (on 2 cores, 3 kept p99 lowest).
     api_workers: int = 0
+    # Seconds between two reads of the SQS queue depths by each API process, in the
+    # background: /metrics and /health serve the last figures and never wait on SQS.
+    metrics_sqs_interval: int = 5
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -69,6 +72,8 @@ class Settings:
         if self.dlq_name in self.extra_queue_names or self.dlq_name == self.orders_queue:
             # Its RedrivePolicy would point at itself and it would be consumed as orders.
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
+        if self.metrics_sqs_interval < 1:
+            raise ValueError("METRICS_SQS_INTERVAL must be at least 1 second")
         if not 60 <= self.orders_retention_seconds <= 14 * 86400:
             raise ValueError("ORDERS_RETENTION_SECONDS must be between 60 and 1209600 (14 days)")
         if self.retry_backoff_max >= self.visibility_timeout:

@@ -24,8 +24,8 @@ DEPTH_ATTRIBUTES = {
 DLQ_RETENTION_SECONDS = 14 * 86400
 
 
-def client(settings: Settings, timeout: float = 10):
-    """A boto3 SQS client for the configured endpoint and region."""
+def client(settings: Settings, timeout: float = 10, attempts: int = 3):
+    """A boto3 SQS client for the configured endpoint and region (attempts: retries + 1)."""
     local = bool(settings.sqs_endpoint_url)
     return boto3.client(
         "sqs",
@@ -35,7 +35,7 @@ def client(settings: Settings, timeout: float = 10):
         aws_access_key_id="test" if local else None,
         aws_secret_access_key="test" if local else None,
         config=Config(connect_timeout=timeout, read_timeout=timeout,
-                      retries={"max_attempts": 3, "mode": "standard"}),
+                      retries={"max_attempts": attempts, "mode": "standard"}),
     )
 
 
