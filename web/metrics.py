@@ -64,11 +64,14 @@ class SqsFigures:
             depths = {queue: sqs.depth(self.settings, queue, self._client)
                       for queue in (*self.settings.consumed_queue_urls, self.settings.dlq_name)}
         except Exception as exc:  # any failure means "down"; the reason helps the operator
-            logger.warning("SQS queue depths unavailable: %s", exc)
             with self._lock:
-                self._error = type(exc).__name__
+                changed, self._error = self._error != type(exc).__name__, type(exc).__name__
+            if changed:  # once per outage, not every interval
+                logger.warning("SQS queue depths unavailable: %s", exc)
         else:
             with self._lock:
+                if self._error not in (None, "not read yet"):
+                    logger.info("SQS queue depths available again")
                 self._depths, self._read_at, self._error = depths, time.monotonic(), None
         self._first.set()
 
