@@ -14,6 +14,8 @@ class Settings:
     """Typed settings; field name upper-cased is the environment variable."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis URL the API reads with, e.g. a read-only ACL user's; empty means REDIS_URL.
+    api_redis_url: str = ""
     # Redis for worker events and remote control (Celery's control plane); empty means
     # the aggregates' Redis with the next database number.
     control_url: str = ""
@@ -32,6 +34,9 @@ class Settings:
     # Seconds a failed delivery stays hidden before its next try, doubled per receive.
     failure_backoff: int = 5
     visibility_timeout: int = 300
+    # How long the orders queues keep a message (SQS allows 60 s to 14 days; the
+    # dead-letter queue always keeps 14 days, see app/sqs.py).
+    orders_retention_seconds: int = 4 * 86400
     order_value_mismatch: str = "reject"
     # Raw messages run as one task per batch of up to this many (SQS returns at most 10
     # per receive); 1 runs every order as its own orders.process task.
@@ -44,6 +49,9 @@ class Settings:
     api_bind: str = "127.0.0.1:8000"
     # gunicorn sync workers; 0 means CPU cores + 1 (on 2 cores, 3 kept p99 lowest).
     api_workers: int = 0
+    # Seconds between two reads of the SQS queue depths by each API process, in the
+    # background: /metrics and /health serve the last figures and never wait on SQS.
+    metrics_sqs_interval: int = 5
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -64,6 +72,10 @@ class Settings:
         if self.dlq_name in self.extra_queue_names or self.dlq_name == self.orders_queue:
             # Its RedrivePolicy would point at itself and it would be consumed as orders.
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
+        if self.metrics_sqs_interval < 1:
+            raise ValueError("METRICS_SQS_INTERVAL must be at least 1 second")
+        if not 60 <= self.orders_retention_seconds <= 14 * 86400:
+            raise ValueError("ORDERS_RETENTION_SECONDS must be between 60 and 1209600 (14 days)")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
 
@@ -105,6 +117,11 @@ class Settings:
         """Seconds hidden after the n-th failed receive: base, 2x base, 4x base..."""
         return {n: min(self.failure_backoff * 2 ** (n - 1), self.visibility_timeout)
                 for n in range(1, self.max_receive_count + 1)}
+
+    @property
+    def api_store_url(self) -> str:
+        """Redis URL of the API: API_REDIS_URL, else REDIS_URL."""
+        return self.api_redis_url or self.redis_url
 
     @property
     def control_plane_url(self) -> str:

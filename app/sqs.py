@@ -19,10 +19,13 @@ DEPTH_ATTRIBUTES = {
     "ApproximateNumberOfMessagesNotVisible": "in_flight",
     "ApproximateNumberOfMessagesDelayed": "delayed",
 }
+# SQS's maximum. A message's age counts from its first send, and a dead-lettered message
+# keeps that age: with the default 4 days, one that waited 3 days would have one left.
+DLQ_RETENTION_SECONDS = 14 * 86400
 
 
-def client(settings: Settings, timeout: float = 10):
-    """A boto3 SQS client for the configured endpoint and region."""
+def client(settings: Settings, timeout: float = 10, attempts: int = 3):
+    """A boto3 SQS client for the configured endpoint and region (attempts: retries + 1)."""
     local = bool(settings.sqs_endpoint_url)
     return boto3.client(
         "sqs",
@@ -32,7 +35,7 @@ def client(settings: Settings, timeout: float = 10):
         aws_access_key_id="test" if local else None,
         aws_secret_access_key="test" if local else None,
         config=Config(connect_timeout=timeout, read_timeout=timeout,
-                      retries={"max_attempts": 3, "mode": "standard"}),
+                      retries={"max_attempts": attempts, "mode": "standard"}),
     )
 
 
@@ -43,17 +46,20 @@ def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
     """
     sqs = sqs or client(settings)
     dlq_url = sqs.create_queue(QueueName=settings.dlq_name)["QueueUrl"]
+    # create_queue keeps an existing queue's attributes: set them explicitly.
+    sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={
+        "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
     dlq_arn = sqs.get_queue_attributes(
         QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     attributes = {
         "VisibilityTimeout": str(settings.visibility_timeout),
+        "MessageRetentionPeriod": str(settings.orders_retention_seconds),
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                      "maxReceiveCount": str(settings.max_receive_count)}),
     }
     urls = {}
     for name in settings.consumed_queue_urls:
         urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
-        # create_queue keeps an existing queue's attributes: set them explicitly.
         sqs.set_queue_attributes(QueueUrl=urls[name], Attributes=attributes)
     return {**urls, settings.dlq_name: dlq_url}
 

@@ -1,7 +1,8 @@
-"""Create the orders queue and its dead-letter queue: `python -m stack.init_queues`.
+"""Create or update the orders queues and their dead-letter queue: `python -m stack.init_queues`.
 
 docker compose runs this once (the `init` service) before the workers start, so the
-RedrivePolicy is in place before any message is received. Safe to run again.
+RedrivePolicy is in place before any message is received. Safe to run again: a rerun
+applies changed settings (receive count, visibility, retention) to existing queues.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -10,12 +11,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app import settings as app_settings
 from app import sqs
+from stack import redis_users
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             require_free_port)
 
@@ -24,6 +27,7 @@ HEALTH_TIMEOUT = 60.0
 # Seconds the worker gets to finish its tasks (warm shutdown) before SIGKILL; a killed
 # task's message comes back after the visibility timeout, so nothing is lost either way.
 WORKER_STOP_TIMEOUT = 30.0
+FLOWER_USER = "admin"
 
 
 class StopRequested(Exception):
@@ -119,9 +123,15 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     if "REDIS_URL" not in os.environ:
         port = stack.settings.redis_port
         say(f"starting redis-server on 127.0.0.1:{port}, data in {stack.var_dir}/redis")
+        # New passwords every start: the users live in redis-server's options, not its data.
+        passwords = redis_users.new_passwords()
         server = stack.start_server(
-            RedisServer(port, stack.var_dir / "redis", log_dir=stack.log_dir))
-        env["REDIS_URL"] = server.url
+            RedisServer(port, stack.var_dir / "redis", log_dir=stack.log_dir,
+                        extra_args=redis_users.server_args(passwords)))
+        env["REDIS_URL"] = redis_users.url_for(server.url, redis_users.WORKER_USER,
+                                               passwords[redis_users.WORKER_USER])
+        env["API_REDIS_URL"] = redis_users.url_for(server.url, redis_users.API_USER,
+                                                   passwords[redis_users.API_USER])
 
     # An existing producer sends to OrderQueue: it works unchanged against the local stack.
     env.setdefault("EXTRA_ORDERS_QUEUES", "OrderQueue")
@@ -141,19 +151,62 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
         raise ServiceError(f"cannot create the queues on {settings.sqs_endpoint_url or 'AWS'}: "
                            f"{exc}")
 
+    write_credentials(stack.var_dir / "redis.env", settings)
+
     celery = str(SCRIPTS / "celery")
     stack.start_process("worker", [celery, "-A", "tasks", "worker", "--loglevel", settings.log_level,
                                    "--concurrency", "2", "-n", "worker1@%h"], env)
     stack.start_process("web", [str(SCRIPTS / "gunicorn"), "-c", "web/gunicorn.conf.py",
-                                "--bind", env["API_BIND"], "web:create_app()"], env)
-    # Bound to loopback: its JSON API may go without a password here (compose sets one).
-    stack.start_process("flower", [celery, "-A", "tasks", "--broker", settings.control_plane_url,
-                                   "flower", f"--port={flower_port}", "--address=127.0.0.1"],
-                        {**env, "FLOWER_UNAUTHENTICATED_API": "true"})
+                                "--bind", env["API_BIND"], "web:create_app()"],
+                        api_environment(env, settings))
+    # Loopback only, and a password even there: any local process could otherwise read
+    # every order in the task list, revoke tasks or shut the worker down.
+    flower_password = secrets.token_urlsafe(18)
+    stack.start_process("flower", [celery, "-A", "tasks", "flower", f"--port={flower_port}",
+                                   "--address=127.0.0.1"],
+                        flower_environment(env, settings, flower_password))
     api_url = f"http://127.0.0.1:{api_port}"
     say(f"waiting for {api_url}/health")
     wait_for_health(f"{api_url}/health", stack.processes, HEALTH_TIMEOUT)
-    return settings, env, api_url, f"http://127.0.0.1:{flower_port}"
+    flower = f"http://127.0.0.1:{flower_port} (user {FLOWER_USER}, password {flower_password})"
+    return settings, env, api_url, flower
+
+
+def api_environment(env: dict[str, str], settings: app_settings.Settings) -> dict[str, str]:
+    """The API's environment: its own Redis credentials only (read-only under make run)."""
+    url = settings.api_store_url
+    # CONTROL_URL empty: derived from REDIS_URL, so no URL of the workers' user is left.
+    return {**env, "REDIS_URL": url, "API_REDIS_URL": url, "CONTROL_URL": ""}
+
+
+def flower_environment(env: dict[str, str], settings: app_settings.Settings,
+                       password: str) -> dict[str, str]:
+    """Flower's environment: the control plane as its broker, basic auth with password.
+
+    Both travel in the environment (celery's --broker option reads BROKER_URL), so the
+    process list shows no password.
+    """
+    return {**env, "BROKER_URL": settings.control_plane_url,
+            "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{password}"}
+
+
+def write_credentials(path: Path, settings: app_settings.Settings) -> None:
+    """Write the workers' Redis URLs for operators' shells (`set -a; . var/redis.env`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Created unreadable to others before anything is written into it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"REDIS_URL={settings.redis_url}\nCONTROL_URL={settings.control_plane_url}\n")
+
+
+def without_password(url: str) -> str:
+    """A URL with its password, if any, shown as ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def send_demo_orders(env: dict[str, str], count: int) -> None:
@@ -192,7 +245,8 @@ def run():
         say(f"API:    {api_url}/stats/global")
         say(f"Flower: {flower_url}")
         say(f"SQS:    {settings.sqs_endpoint_url} (queue {settings.orders_url})")
-        say(f"Redis:  {settings.redis_url}")
+        say(f"Redis:  {without_password(settings.redis_url)} (URLs for the CLI: "
+            f"set -a; . {stack.var_dir}/redis.env; set +a)")
         say(f"Logs:   {stack.log_dir}")
         say("running; Ctrl-C stops everything")
         while not (dead := stack.dead()):

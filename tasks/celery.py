@@ -8,6 +8,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger
 from pythonjsonlogger.json import JsonFormatter
 
 import celeryconfig
+from app.display import printable
 from app.settings import Settings
 from tasks.transport import use_for_sqs_urls
 
@@ -29,20 +30,38 @@ def create_celery(settings: Settings) -> PipelineCelery:
     return app
 
 
-def json_logs(logger: logging.Logger, settings: Settings):
-    """With LOG_FORMAT=json every worker log line is one JSON object (for log shippers)."""
-    if settings.log_format != "json":
+class EscapedMessages(logging.Filter):
+    """Escapes each record's message: ids and bodies come from any SQS sender."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the message by its escaped text (its traceback, if any, stays as it is)."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging's own error report shows it
+            return True
+        record.msg, record.args = printable(message), None
+        return True
+
+
+def format_logs(logger: logging.Logger, settings: Settings):
+    """JSON lines with LOG_FORMAT=json (for log shippers); otherwise text in which no
+    message can forge a line or send terminal escapes (JSON escapes by itself)."""
+    if settings.log_format == "json":
+        formatter = JsonFormatter("%(asctime)s %(levelname)s %(name)s %(processName)s "
+                                  "%(message)s",
+                                  rename_fields={"levelname": "level", "asctime": "time"})
+        for handler in logger.handlers:
+            handler.setFormatter(formatter)
         return
-    formatter = JsonFormatter("%(asctime)s %(levelname)s %(name)s %(processName)s %(message)s",
-                              rename_fields={"levelname": "level", "asctime": "time"})
     for handler in logger.handlers:
-        handler.setFormatter(formatter)
+        if not any(isinstance(f, EscapedMessages) for f in handler.filters):
+            handler.addFilter(EscapedMessages())
 
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def use_json_logs(logger: logging.Logger, **kwargs):
+def use_log_format(logger: logging.Logger, **kwargs):
     """Celery has set up a logger: format it as the current app's settings say."""
     settings = getattr(current_app, "settings", None)
     if settings is not None:
-        json_logs(logger, settings)
+        format_logs(logger, settings)

@@ -8,6 +8,7 @@ from tabulate import tabulate
 
 from app import sqs
 from app.deadletters import DeadLetterQueue, PurgeInProgress
+from app.display import printable
 from app.rejections import requeue
 from app.settings import Settings
 from app.store import Store
@@ -32,11 +33,14 @@ def _show(record: dict | None, as_json: bool, missing: str):
     if as_json:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False, default=str))
     else:
-        click.echo(tabulate([(k, _short(v, 200)) for k, v in record.items()], tablefmt="plain"))
+        click.echo(tabulate([(printable(k), _short(v, 200)) for k, v in record.items()],
+                            tablefmt="plain"))
 
 
 def _short(value, width: int = 60) -> str:
+    """A table cell: escaped (ids and bodies come from senders), cut at width."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = printable(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -90,7 +94,7 @@ def dlq_redrive(ids, redrive_all, as_json):
     else:
         click.echo(f"Redrove {len(moved)} message(s) to the orders queue.")
         for some_id in missing:
-            click.echo(f"Not found in the dead-letter queue: {some_id}", err=True)
+            click.echo(f"Not found in the dead-letter queue: {printable(some_id)}", err=True)
     if missing:
         raise SystemExit(1)
 
@@ -146,7 +150,8 @@ def rejected_requeue(ids):
         if record is None:
             unknown.append(some_id)
         else:
-            click.echo(f"Requeued {record['message_id']} (order {record['order_id'] or '-'}).")
+            click.echo(f"Requeued {printable(record['message_id'])} "
+                       f"(order {printable(record['order_id'] or '-')}).")
     for some_id in unknown:
         click.echo(f"No rejected order or message {some_id!r}.", err=True)
     if unknown:

@@ -59,7 +59,8 @@ def _incoming(body, message_id: str, sent_at_ms: int | None) -> Incoming:
 
 
 def _log(outcome: pipeline.Outcome, task_id: str):
-    # One line per outcome; the extra fields become keys with LOG_FORMAT=json.
+    # One line per outcome; the extra fields become keys with LOG_FORMAT=json. Ids come
+    # from senders: text logs escape every message (tasks.celery.escape_text_logs).
     logger.info("order %s: %s (task %s, message %s)%s", outcome.order_id, outcome.status,
                 task_id, outcome.message_id,
                 f": {outcome.reasons}" if outcome.reasons else "",

@@ -3,13 +3,14 @@
 Restarting LocalStack would lose its in-memory queues, so an outage of the SQS endpoint
 is simulated here instead: while cut, the proxy's port refuses new connections and every
 open connection is reset, as when the endpoint goes away; restored, it forwards again on
-the same port.
+the same port. A delay makes the endpoint slow instead: each answer waits that long.
 """
 from __future__ import annotations
 
 import socket
 import struct
 import threading
+import time
 
 BUFFER = 65536
 
@@ -34,6 +35,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = port
         self.connections = 0  # accepted since start, for the test's curiosity
+        self.delay = 0.0  # seconds each chunk from the server waits before it is passed on
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -108,8 +110,8 @@ class TcpProxy:
                 _reset(upstream)
                 return
             self._open.update((client, upstream))
-        pump = threading.Thread(target=self._pump, args=(upstream, client), name="proxy-pump",
-                                daemon=True)
+        pump = threading.Thread(target=self._pump, args=(upstream, client, self),
+                                name="proxy-pump", daemon=True)
         pump.start()
         self._pump(client, upstream)
         pump.join()
@@ -120,13 +122,16 @@ class TcpProxy:
         upstream.close()
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(source: socket.socket, sink: socket.socket, delayed: "TcpProxy | None" = None
+              ) -> None:
         """Copy bytes one way until EOF or an error; pass EOF on as a half-close."""
         try:
             while True:
                 data = source.recv(BUFFER)
                 if not data:
                     break
+                if delayed is not None and delayed.delay:
+                    time.sleep(delayed.delay)
                 sink.sendall(data)
             sink.shutdown(socket.SHUT_WR)
         except OSError:

@@ -16,9 +16,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
 
 from app.settings import from_env, variables
+from stack import redis_users
+from stack.services import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -30,15 +33,26 @@ APP_SERVICES = {"init", "worker", "web", "flower"}
 EXTRAS = {
     "API_BIND",  # gunicorn's bind address (web/gunicorn.conf.py)
     "FLOWER_USER", "FLOWER_PASSWORD", "FLOWER_BASIC_AUTH",  # Flower's login
+    "BROKER_URL",  # celery's --broker option, for Flower
 }
+# Settings that hold the Redis users' URLs: the API gets its own, the others the workers'.
+REDIS_URLS = {"REDIS_URL", "CONTROL_URL", "API_REDIS_URL"}
 API_CMD = ["gunicorn", "-c", "web/gunicorn.conf.py", "web:create_app()"]
 # Dummy credentials so that `docker compose config` can interpolate the file.
-DUMMY_LOGIN = {"FLOWER_USER": "test-user", "FLOWER_PASSWORD": "test-password"}
+DUMMY_LOGIN = {"FLOWER_USER": "test-user", "FLOWER_PASSWORD": "test-password",
+               "REDIS_PASSWORD": "test-worker-password",
+               "REDIS_API_PASSWORD": "test-api-password"}
+REQUIRED = r"\$\{(\w+):\?[^}]*\}"
+
+
+def interpolate(text: str, values: dict[str, str]) -> str:
+    """The file with every required ${NAME:?message} replaced by values[NAME]."""
+    return re.sub(REQUIRED, lambda match: values[match.group(1)], text)
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    return yaml.safe_load(interpolate(COMPOSE_FILE.read_text(), DUMMY_LOGIN))
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +109,93 @@ def test_app_env_variables_are_real_settings(compose, services):
 
 
 def test_app_services_get_the_same_settings(compose, services):
-    settings = {name for name, _ in variables()}
-    shared = compose["x-app-env"]
+    settings = {name for name, _ in variables()} - REDIS_URLS
+    shared = {key: value for key, value in compose["x-app-env"].items() if key in settings}
     for name in APP_SERVICES:
         env = services[name]["environment"]
         mine = {key: value for key, value in env.items() if key in settings}
         assert mine == shared, f"{name}'s settings differ from x-app-env"
+        if name != "web":
+            assert {key: env.get(key) for key in REDIS_URLS} == {
+                key: compose["x-app-env"].get(key) for key in REDIS_URLS}
+
+
+def redis_user(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.username, parts.password
+
+
+def test_the_api_holds_only_the_read_only_redis_user(compose, services):
+    web = from_env({k: str(v) for k, v in services["web"]["environment"].items()})
+    for url in (web.redis_url, web.api_store_url, web.control_plane_url):
+        assert redis_user(url) == (redis_users.API_USER, DUMMY_LOGIN["REDIS_API_PASSWORD"])
+    assert DUMMY_LOGIN["REDIS_PASSWORD"] not in json.dumps(services["web"])
+    for name in APP_SERVICES - {"web"}:
+        env = from_env({k: str(v) for k, v in services[name]["environment"].items()})
+        assert redis_user(env.redis_url) == (redis_users.WORKER_USER,
+                                             DUMMY_LOGIN["REDIS_PASSWORD"])
+    flower = services["flower"]["environment"]
+    assert flower["BROKER_URL"] == flower["CONTROL_URL"]
+
+
+def server_options(services) -> list[str]:
+    command = services["redis"]["command"]
+    assert command[0] == "redis-server"
+    return command[1:]
+
+
+def test_redis_users_are_the_stacks_and_need_the_passwords(services):
+    options = server_options(services)
+    secrets = {user: f">{DUMMY_LOGIN[var]}" for user, var in (
+        (redis_users.WORKER_USER, "REDIS_PASSWORD"), (redis_users.API_USER, "REDIS_API_PASSWORD"))}
+    expected = ["--user", "default", "off"]
+    for user in redis_users.USER_RULES:
+        expected += redis_users.user_args(user, secrets[user])
+    start = options.index("--user")
+    assert options[start:] == expected
+
+
+def test_compose_redis_command_runs_and_locks_its_doors(services, tmp_path):
+    # The image's redis-server with the file's own options (a free port, no data dir).
+    server = RedisServer(free_port(), log_dir=tmp_path, extra_args=server_options(services))
+    with server:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).ping()
+        api = redis.Redis.from_url(services["web"]["environment"]["REDIS_URL"].replace(
+            "redis:6379", f"127.0.0.1:{server.port}"))
+        assert api.ping()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            api.set("global:stats", "x")
+        # The healthcheck's own command, as the container runs it.
+        check = services["redis"]["healthcheck"]["test"]
+        assert check[0] == "CMD-SHELL"
+        done = subprocess.run(
+            ["sh", "-c", check[1].replace("redis-cli", f"redis-cli -p {server.port}")],
+            env={**os.environ, **services["redis"]["environment"]})
+        assert done.returncode == 0
+        config = redis.Redis.from_url(
+            compose_worker_url(services, server.port)).config_get("append*")
+    assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
+
+
+def compose_worker_url(services, port: int) -> str:
+    url = services["worker"]["environment"]["REDIS_URL"]
+    return url.replace("redis:6379", f"127.0.0.1:{port}")
+
+
+def test_workers_and_api_restart_and_check_their_health(services):
+    for name in ("worker", "web"):
+        assert services[name]["restart"] in ("unless-stopped", "always", "on-failure")
+        assert services[name]["healthcheck"]["test"]
+    words = argv(services["worker"])
+    node = words[words.index("-n") + 1]
+    assert node.endswith("@%h")
+    check = services["worker"]["healthcheck"]["test"]
+    assert check[0] == "CMD-SHELL"
+    # Compose turns $$ into $: the shell then fills in the container's hostname, as %h.
+    command = shlex.split(check[1].replace("$$HOSTNAME", "HOST"))
+    assert command[:5] == ["celery", "-A", "tasks", "inspect", "ping"]
+    assert command[command.index("-d") + 1] == node.replace("%h", "HOST")
 
 
 def test_dependencies_order_the_startup(services):
@@ -115,9 +210,11 @@ def test_dependencies_order_the_startup(services):
 
 
 def test_redis_persists_to_a_named_volume(compose, services):
-    redis = services["redis"]
-    assert "--appendonly" in redis["command"]
-    volume = redis["volumes"][0].split(":")[0]
+    server = services["redis"]
+    options = server_options(services)
+    assert options[options.index("--appendonly") + 1] == "yes"
+    assert options[options.index("--appendfsync") + 1] == "always"
+    volume = server["volumes"][0].split(":")[0]
     assert volume in compose["volumes"]
 
 
@@ -158,10 +255,11 @@ def test_dockerfile_runs_the_api_as_non_root():
 
 def test_no_secret_in_compose_file():
     text = COMPOSE_FILE.read_text()
-    # Every mention of the password is a required variable, never one with a default.
-    mentions = re.findall(r"\$\{FLOWER_PASSWORD([^}]*)\}", text)
-    assert mentions and all(m.startswith(":?") for m in mentions)
-    assert "FLOWER_PASSWORD:-" not in text and "FLOWER_PASSWORD-" not in text
+    # Every mention of a password is a required variable, never one with a default.
+    for variable in ("FLOWER_PASSWORD", "REDIS_PASSWORD", "REDIS_API_PASSWORD"):
+        mentions = re.findall(r"\$\{%s([^}]*)\}" % variable, text)
+        assert mentions and all(m.startswith(":?") for m in mentions), variable
+        assert f"{variable}:-" not in text and f"{variable}-" not in text
     # No literal value for anything that looks like a credential.
     credential = r"^\s*-?\s*(\w*(?:PASSWORD|SECRET|TOKEN|BASIC_AUTH)\w*)\s*[:=]\s*(.+)$"
     for key, value in re.findall(credential, text, re.M | re.I):
@@ -170,7 +268,7 @@ def test_no_secret_in_compose_file():
 
 
 def test_flower_requires_basic_auth(services):
-    flower = services["flower"]
+    flower = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["flower"]  # uninterpolated
     auth = flower["environment"].get("FLOWER_BASIC_AUTH", "") + " ".join(argv(flower))
     assert "FLOWER_USER" in auth and "FLOWER_PASSWORD" in auth
     words = argv(flower)
@@ -196,6 +294,8 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     run = [*compose_cli(), "--env-file", str(empty), "-f", str(COMPOSE_FILE), "config", "--quiet"]
     done = subprocess.run(run, env={**base, **DUMMY_LOGIN}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    # Without the login, compose refuses: there is no default password to fall back on.
-    done = subprocess.run(run, env=base, capture_output=True, text=True)
-    assert done.returncode != 0 and "FLOWER_" in done.stderr
+    # Without any one of them, compose refuses: there is no default to fall back on.
+    for missing in DUMMY_LOGIN:
+        env = {**base, **{k: v for k, v in DUMMY_LOGIN.items() if k != missing}}
+        done = subprocess.run(run, env=env, capture_output=True, text=True)
+        assert done.returncode != 0 and f"set {missing}" in done.stderr, (missing, done.stderr)

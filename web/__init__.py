@@ -9,7 +9,6 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from app import settings as app_settings
-from app import sqs
 from app.store import Store
 from web.schemas import ErrorSchema
 
@@ -54,17 +53,15 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     )
     flask_app.json.sort_keys = False  # keep the documented field order
     flask_app.extensions["settings"] = settings
-    flask_app.extensions["store"] = Store.from_url(settings.redis_url)
-    # Short timeouts: /health and /metrics must answer even when SQS does not.
-    flask_app.extensions["sqs"] = sqs.client(settings, timeout=2)
+    flask_app.extensions["store"] = Store.from_url(settings.api_store_url)
 
     api = JsonApi(flask_app)
     from web import analytics, health, metrics, stats  # blueprints import the app's helpers
     api.register_blueprint(stats.blp)
     api.register_blueprint(analytics.blp)
     api.register_blueprint(health.blp)
-    metrics.init_app(flask_app, settings, flask_app.extensions["store"],
-                     flask_app.extensions["sqs"])
+    # SQS is read by a background thread (web.metrics.SqsFigures), never by a request.
+    metrics.init_app(flask_app, settings, flask_app.extensions["store"])
 
     @flask_app.errorhandler(redis.RedisError)
     def redis_unavailable(error):

@@ -1,9 +1,12 @@
-"""Prometheus metrics: pipeline state read at scrape time, API latency per route."""
+"""Prometheus metrics: pipeline state (Redis at scrape time, SQS from a cache), API latency."""
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+import weakref
+from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
@@ -20,11 +23,91 @@ LATENCY = Histogram("api_request_duration_seconds", "API request latency", ["met
                     buckets=(.001, .0025, .005, .01, .02, .05, .1, .25, .5, 1, 2.5))
 
 
-class PipelineCollector:
-    """Reads the pipeline's counters (Redis) and queue depths (SQS) on every scrape."""
+# A refresher's SQS calls give up after this many seconds (one attempt, no retries).
+SQS_TIMEOUT = 2
+# The first /metrics or /health of a process waits at most this long for the first figures.
+FIRST_READ_WAIT = 1.0
 
-    def __init__(self, settings, store, sqs_client):
-        self.settings, self.store, self.sqs = settings, store, sqs_client
+
+@dataclass(frozen=True)
+class SqsSnapshot:
+    """The last queue depths read, how old they are, and whether they are current."""
+
+    depths: dict[str, dict[str, int]] | None
+    age: float | None
+    error: str | None
+    current: bool
+
+
+class SqsFigures:
+    """Queue depths read by a background thread of this process, never by a request.
+
+    A slow or unreachable SQS then costs one thread's time, not an API worker's: a sync
+    gunicorn worker that waited on SQS during a scrape could serve nothing else. The
+    thread starts on first use in each process (gunicorn forks the workers after the
+    app's import) and ends when the app is gone.
+    """
+
+    def __init__(self, settings, interval: float):
+        self.settings, self.interval = settings, interval
+        self._client = sqs.client(settings, timeout=SQS_TIMEOUT, attempts=1)
+        self._lock = threading.Lock()
+        self._first = threading.Event()
+        self._depths: dict[str, dict[str, int]] | None = None
+        self._read_at: float | None = None
+        self._error: str | None = "not read yet"
+        self._pid: int | None = None
+
+    def refresh(self) -> None:
+        """Read every queue's depth once; on failure keep the old figures and the error."""
+        try:
+            depths = {queue: sqs.depth(self.settings, queue, self._client)
+                      for queue in (*self.settings.consumed_queue_urls, self.settings.dlq_name)}
+        except Exception as exc:  # any failure means "down"; the reason helps the operator
+            with self._lock:
+                changed, self._error = self._error != type(exc).__name__, type(exc).__name__
+            if changed:  # once per outage, not every interval
+                logger.warning("SQS queue depths unavailable: %s", exc)
+        else:
+            with self._lock:
+                if self._error not in (None, "not read yet"):
+                    logger.info("SQS queue depths available again")
+                self._depths, self._read_at, self._error = depths, time.monotonic(), None
+        self._first.set()
+
+    def snapshot(self) -> SqsSnapshot:
+        """The cached figures: current when the last read worked and is recent."""
+        self._ensure_running()
+        self._first.wait(FIRST_READ_WAIT)
+        with self._lock:
+            depths, read_at, error = self._depths, self._read_at, self._error
+        age = time.monotonic() - read_at if read_at is not None else None
+        # A read takes at most SQS_TIMEOUT per call; two missed rounds mean it is stuck.
+        current = error is None and age is not None and age <= 2 * self.interval + SQS_TIMEOUT
+        return SqsSnapshot(depths, age, error or (None if current else "stale"), current)
+
+    def _ensure_running(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+        threading.Thread(target=_refresh_forever, args=(weakref.ref(self), self.interval),
+                         name="sqs-figures", daemon=True).start()
+
+
+def _refresh_forever(figures_ref: "weakref.ref[SqsFigures]", interval: float) -> None:
+    """Refresh the figures every interval until nothing holds them any more."""
+    while (figures := figures_ref()) is not None:
+        figures.refresh()
+        del figures  # hold no reference while sleeping
+        time.sleep(interval)
+
+
+class PipelineCollector:
+    """Reads the pipeline's counters from Redis on every scrape, queue depths from the cache."""
+
+    def __init__(self, settings, store, sqs_figures: SqsFigures):
+        self.settings, self.store, self.sqs_figures = settings, store, sqs_figures
 
     def collect(self):
         """Yield the metric families; a source that is down is reported, not raised."""
@@ -36,19 +119,21 @@ class PipelineCollector:
         except Exception as exc:  # a scrape must still answer while Redis is down
             logger.warning("metrics: Redis unavailable: %s", exc)
             up.add_metric(["redis"], 0)
-        try:
+        snapshot = self.sqs_figures.snapshot()
+        if snapshot.age is not None:
+            yield GaugeMetricFamily("orders_sqs_figures_age_seconds",
+                                    "Age of the cached SQS queue depths",
+                                    value=snapshot.age)
+        if snapshot.current:
+            # Stale depths are left out rather than shown as if they were current.
             depth = GaugeMetricFamily("orders_queue_messages", "Approximate SQS queue depth",
                                       labels=["queue", "state"])
-            for queue in (*self.settings.consumed_queue_urls, self.settings.dlq_name):
-                for state, count in sqs.depth(self.settings, queue, self.sqs).items():
+            for queue, states in snapshot.depths.items():
+                for state, count in states.items():
                     depth.add_metric([queue, state], count)
             yield depth
-            up.add_metric(["sqs"], 1)
-        except Exception as exc:
-            logger.warning("metrics: SQS unavailable: %s", exc)
-            up.add_metric(["sqs"], 0)
+        up.add_metric(["sqs"], 1 if snapshot.current else 0)
         yield up
-
 
     def _redis_families(self):
         # A gauge: a requeued rejection leaves 'rejected', so the number can go down.
@@ -98,9 +183,11 @@ def metrics():
     return Response(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
 
 
-def init_app(flask_app, settings, store, sqs_client):
+def init_app(flask_app, settings, store):
     """Register /metrics and time every request by its route template."""
-    flask_app.extensions["pipeline_collector"] = PipelineCollector(settings, store, sqs_client)
+    figures = SqsFigures(settings, settings.metrics_sqs_interval)
+    flask_app.extensions["sqs_figures"] = figures
+    flask_app.extensions["pipeline_collector"] = PipelineCollector(settings, store, figures)
     flask_app.register_blueprint(blp)
 
     @flask_app.before_request

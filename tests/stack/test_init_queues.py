@@ -92,3 +92,36 @@ def test_main_does_not_retry_a_client_error(env, monkeypatch):
     with pytest.raises(ClientError):
         init_queues.main(attempts=5, delay=0)
     assert len(calls) == 1
+
+
+def retention(settings: Settings, name: str) -> int:
+    client = sqs.client(settings)
+    attrs = client.get_queue_attributes(QueueUrl=sqs.queue_url(settings, name, client),
+                                        AttributeNames=["MessageRetentionPeriod"])["Attributes"]
+    return int(attrs["MessageRetentionPeriod"])
+
+
+def test_dead_letters_keep_the_maximum_and_orders_the_configured_retention(sqs_server, env,
+                                                                           capsys):
+    env.setenv("SQS_ENDPOINT_URL", sqs_server.endpoint_url)
+    env.setenv("ORDERS_QUEUE", QUEUE)
+    env.setenv("EXTRA_ORDERS_QUEUES", f"{QUEUE}-extra")
+    # A rerun updates queues that already exist, as after an upgrade.
+    for days in (2, 6):
+        env.setenv("ORDERS_RETENTION_SECONDS", str(days * 86400))
+        assert init_queues.main(attempts=1) == 0
+        settings = from_env()
+        for name in settings.consumed_queue_urls:
+            assert retention(settings, name) == days * 86400
+        # SQS's maximum: a dead letter keeps the age it had in the orders queue.
+        assert retention(settings, settings.dlq_name) == 14 * 86400
+
+
+def test_default_orders_retention_is_four_days():
+    assert Settings().orders_retention_seconds == 4 * 86400
+
+
+@pytest.mark.parametrize("seconds", [59, 14 * 86400 + 1])
+def test_orders_retention_outside_sqs_limits_is_refused(seconds):
+    with pytest.raises(ValueError, match="ORDERS_RETENTION_SECONDS"):
+        Settings(orders_retention_seconds=seconds)

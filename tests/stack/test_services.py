@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,18 @@ def test_redis_restart_keeps_appendonly_data(tmp_path):
         server.stop()
     assert (tmp_path / "data" / "appendonlydir").is_dir()
     assert "Ready to accept connections" in (tmp_path / "log" / "redis.log").read_text()
+
+
+def test_redis_with_a_data_dir_fsyncs_every_write_unless_told_otherwise(tmp_path):
+    # An acknowledged write must survive a crash of the host, not only of redis-server.
+    with RedisServer(free_port(), data_dir=tmp_path / "data", log_dir=tmp_path) as server:
+        config = redis.Redis.from_url(server.url).config_get("append*")
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
+    # extra_args come last, so a benchmark can still choose another level.
+    with RedisServer(free_port(), data_dir=tmp_path / "other", log_dir=tmp_path,
+                     extra_args=["--appendfsync", "everysec"]) as server:
+        assert redis.Redis.from_url(server.url).config_get("appendfsync") == {
+            "appendfsync": "everysec"}
 
 
 def test_redis_without_data_dir_keeps_nothing(tmp_path):
@@ -151,6 +164,37 @@ def test_children_die_with_a_killed_supervisor(tmp_path):
     wait_until(lambda: not pid_alive(child), 5, f"child {child} exited after its parent died")
 
 
+def check_locked_doors(output: str, ports: dict, var_dir: Path, marker: str) -> None:
+    """Flower wants the password printed; Redis wants a user; the API holds only its own."""
+    flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
+    password = re.search(r"Flower: \S+ \(user (\S+), password (\S+)\)", output)
+    assert password, output
+    assert requests.get(f"{flower}/", timeout=5).status_code == 401
+    assert requests.post(f"{flower}/api/worker/shutdown/worker1@x", timeout=5).status_code == 401
+    assert requests.get(f"{flower}/", auth=password.groups(), timeout=5).status_code == 200
+    # It reaches the workers through the control plane (BROKER_URL), not through SQS.
+    wait_until(lambda: any(name.startswith("worker1@") for name in requests.get(
+        f"{flower}/api/workers", params={"refresh": 1}, auth=password.groups(),
+        timeout=10).json()), 60, "Flower listing worker1")
+
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=ports["REDIS_PORT"]).ping()
+    credentials = var_dir / "redis.env"
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    worker_url = dict(line.split("=", 1) for line in credentials.read_text().split())["REDIS_URL"]
+    assert redis.Redis.from_url(worker_url).config_get("appendfsync") == {
+        "appendfsync": "always"}
+    worker_password = worker_url.split("@")[0].rsplit(":", 1)[1]
+    gunicorns = [pid for pid in processes_with_env(marker)
+                 if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert gunicorns
+    for pid in gunicorns:
+        assert worker_password.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    # Nor does any command line show a password (redis-server gets hashes).
+    for pid in processes_with_env(marker):
+        assert worker_password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 @pytest.mark.slow
 def test_orders_stack_run_stops_everything_on_sigint(tmp_path):
     ports = {name: free_port() for name in ("API_PORT", "FLOWER_PORT", "SQS_PORT", "REDIS_PORT")}
@@ -177,7 +221,7 @@ def test_orders_stack_run_stops_everything_on_sigint(tmp_path):
     try:
         wait_until(healthy, 120, "the API's /health answering 200")
         wait_until(lambda: "running; Ctrl-C" in output.read_text(), 30, "the stack running")
-        assert requests.get(f"http://127.0.0.1:{ports['FLOWER_PORT']}/", timeout=5).ok
+        check_locked_doors(output.read_text(), ports, tmp_path / "var", marker)
         # Worker, its pool, gunicorn and its workers, Flower, redis-server, LocalStack.
         assert len(processes_with_env(marker)) >= 7
         run.send_signal(signal.SIGINT)

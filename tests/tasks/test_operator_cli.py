@@ -75,3 +75,20 @@ def test_rejected_list_show_and_requeue(settings, store, sqs_client):
     assert message["MessageAttributes"][ORIGINAL_ID_ATTRIBUTE]["StringValue"] == "msg-1"
     unknown = celery_cli(settings, "rejected", "requeue", "nope", check=False)
     assert unknown.returncode == 1 and "nope" in unknown.stderr
+
+
+# A crafted id: a forged log-looking line, a screen clear, a C1 CSI and a bidi override.
+CRAFTED_ID = "X1\n[2026-01-01 00:00:00,000: WARNING] forged\x1b[2J\x9b31m\u202eevil"
+
+
+def test_crafted_ids_are_escaped_in_rejected_list_and_show(settings, store):
+    body = json.dumps({"order_id": CRAFTED_ID, "user_id": "U1"})
+    message_id = "m-\x1b]0;title\x07"
+    store.apply([evaluate(Incoming(body, message_id, None), Settings())])
+
+    for args in (("rejected", "list"), ("rejected", "show", CRAFTED_ID)):
+        out = celery_cli(settings, *args).stdout
+        assert "forged" in out  # shown, escaped
+        assert not any(line.startswith("[2026") for line in out.splitlines()), out
+        assert "\x1b" not in out and "\x9b" not in out and "\u202e" not in out and "\x07" not in out
+        assert "\\x1b[2J" in out and "X1\\n[2026" in out

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import sqs
 from app.orders import Incoming, evaluate
 from app.settings import Settings
+from conftest import wait_for
 
 
 def samples(text):
@@ -28,10 +29,16 @@ def test_metrics_count_outcomes_queue_depth_and_requests(settings, store, sqs_cl
         requests.get(f"{api_server}/users/U1/stats")
     requests.get(f"{api_server}/users/nobody/stats")
 
-    response = requests.get(f"{api_server}/metrics")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
-    found = samples(response.text)
+    def scrape():
+        response = requests.get(f"{api_server}/metrics")
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return samples(response.text)
+
+    # Queue depths come from each API process's cache, refreshed every METRICS_SQS_INTERVAL.
+    visible = ("orders_queue_messages", (("queue", settings.orders_queue), ("state", "visible")))
+    found = wait_for(lambda: (f := scrape()).get(visible) == 2 and f,
+                     timeout=4 * settings.metrics_sqs_interval, message="the cached depth")
     assert found[("orders_messages", (("outcome", "counted"),))] == 1
     assert found[("orders_messages", (("outcome", "duplicate"),))] == 1
     assert found[("orders_messages", (("outcome", "rejected"),))] == 1
