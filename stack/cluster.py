@@ -9,13 +9,12 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 from redis.cluster import RedisCluster
 
-from stack.services import RedisServer, ServiceError, port_is_free
+from stack.services import RedisServer, ServiceError, port_is_free, wait_for
 
 # Seconds without an answer before the cluster fails a primary over to its replica.
 NODE_TIMEOUT_MS = 3000
@@ -88,13 +87,11 @@ class LocalRedisCluster:
         return self
 
     def _wait_ready(self, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self._node_ready(port) for port in self.ports):
-                return
-            time.sleep(0.2)
-        raise ServiceError(f"the cluster on ports {self.ports} did not become ready "
-                           f"within {timeout:.0f} s")
+        try:
+            wait_for(lambda: all(self._node_ready(port) for port in self.ports), timeout,
+                     interval=0.2, message=f"the cluster on ports {self.ports} to serve all slots")
+        except TimeoutError as exc:
+            raise ServiceError(str(exc)) from None
 
     def _node_ready(self, port: int) -> bool:
         # Every node must agree: all slots served and every node known, replicas synced.

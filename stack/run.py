@@ -20,7 +20,7 @@ from app import settings as app_settings
 from app import sqs
 from stack import redis_users
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
-                            require_free_port)
+                            require_free_port, wait_for)
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 HEALTH_TIMEOUT = 60.0
@@ -41,24 +41,20 @@ def say(message: str) -> None:
 
 def wait_for_health(url: str, processes: list[Process], timeout: float) -> None:
     """Wait until url answers 200, failing early if a child dies."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
+    def healthy():
         for process in processes:
             if not process.running:
                 raise process.failure(f"{process.name} exited with {process.returncode} "
                                       "while the API was starting")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+                return response.status == 200
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.5)
-    web = next(p for p in processes if p.name == "web")
-    raise web.failure(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
+            raise OSError(f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
+    try:
+        wait_for(healthy, timeout, interval=0.5, message=f"{url} to answer 200", retry_on=(OSError,))
+    except TimeoutError as exc:
+        raise next(p for p in processes if p.name == "web").failure(str(exc)) from None
 
 
 class Stack:

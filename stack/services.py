@@ -16,6 +16,8 @@ from collections import deque
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import redis
+
 from app.settings import StackSettings, from_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,29 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 class ServiceError(RuntimeError):
     """A service could not be started or did not become ready."""
+
+
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.25, message: str = "",
+             retry_on: tuple[type[BaseException], ...] = ()):
+    """Poll condition() until it returns something truthy, and return that.
+
+    An exception in retry_on counts as "not yet" (the last one is named on timeout); any
+    other exception stops the wait, e.g. a check that the child being waited for still
+    runs. TimeoutError after timeout seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except retry_on as exc:
+            last = f" (last: {exc})"
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for "
+                               f"{message or condition}{last}")
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -166,13 +191,26 @@ class Process:
 
     def _wait_gone(self, timeout: float) -> bool:
         """Wait until the command and every process of its group exited."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.popen.poll()
-            if not self.members():
-                return True
-            time.sleep(0.1)
-        return False
+        def gone():
+            self.popen.poll()  # reap the command, so that it is no longer a member
+            return not self.members()
+        try:
+            return wait_for(gone, timeout, interval=0.1)
+        except TimeoutError:
+            return False
+
+    def wait_ready(self, ready, timeout: float, what: str, interval: float = 0.2) -> None:
+        """Wait until ready() is true; stop and fail with the log's tail if it exits or times out."""
+        def check():
+            if not self.running:
+                raise self.failure(f"{self.name} exited with {self.returncode} while waiting "
+                                   f"for {what}")
+            return ready()
+        try:
+            wait_for(check, timeout, interval, what)
+        except TimeoutError as exc:
+            self.stop()
+            raise self.failure(str(exc)) from None
 
     def log_tail(self, lines: int = 40) -> str:
         """Last lines of this command's log."""
@@ -238,27 +276,18 @@ class RedisServer:
         # Assigned before start so a stop() interrupting start() still finds the process.
         self.process = Process(self.name, self.command(), log_dir=self.log_dir)
         self.process.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.process.running:
-                raise self.process.failure(
-                    f"redis-server on port {self.port} exited with {self.process.returncode}")
-            if self.ping():
-                return self
-            time.sleep(0.05)
-        self.process.stop()
-        raise self.process.failure(f"redis-server on port {self.port} did not answer PING "
-                                   f"within {timeout:.0f} s")
+        self.process.wait_ready(self.ping, timeout, f"redis-server on port {self.port} to "
+                                                    "answer PING", interval=0.05)
+        return self
 
     def ping(self) -> bool:
         """True if the server answers PING (False while it loads its data or is down)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                # NOAUTH: up, with its default user off (stack/redis_users.py); a loading
-                # server answers -LOADING to anyone.
-                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-        except OSError:
+            with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+                return bool(client.ping())
+        except redis.AuthenticationError:
+            return True  # up, with its default user off (stack/redis_users.py)
+        except redis.RedisError:  # down, or still loading its data (BusyLoadingError)
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -340,17 +369,9 @@ class SqsServer:
                                env=self.environment(), log_dir=self.log_dir,
                                death_signal=signal.SIGKILL)
         self.process.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.process.running:
-                raise self.process.failure(
-                    f"SQS server on port {self.port} exited with {self.process.returncode}")
-            if self.sqs_state() in ("available", "running"):
-                return self
-            time.sleep(0.2)
-        self.process.stop()
-        raise self.process.failure(f"SQS server on port {self.port} did not report sqs "
-                                   f"available within {timeout:.0f} s")
+        self.process.wait_ready(lambda: self.sqs_state() in ("available", "running"), timeout,
+                                f"the SQS server on port {self.port} to report sqs available")
+        return self
 
     def sqs_state(self) -> str | None:
         """State of sqs in /_localstack/health ("available", "running"...), None if unreachable."""

@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import replace
 from decimal import Decimal
@@ -19,7 +18,7 @@ from app import sqs
 from app.settings import Settings, to_env
 from app.store import Store
 from stack.cluster import LocalRedisCluster
-from stack.services import Process, RedisServer, SqsServer, free_port
+from stack.services import Process, RedisServer, SqsServer, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -98,14 +97,9 @@ class Worker:
         """Start the worker and wait until it says it is ready."""
         already = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
         self.service.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log_path.read_bytes().count(b" ready.") > already:
-                return self
-            if not self.service.running:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"worker did not start:\n{self.tail()}")
+        self.service.wait_ready(lambda: self.log_path.read_bytes().count(b" ready.") > already,
+                                timeout, "the worker to say it is ready")
+        return self
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30):
         """Stop the worker and its pool (warm shutdown by default) and wait for them."""
@@ -174,17 +168,6 @@ def celery_cli(settings: Settings, *args: str, check: bool = True) -> subprocess
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
-
-
-def wait_for(condition, timeout: float = 60, interval: float = 0.25, message: str = ""):
-    """Poll until condition() is truthy; fail with message after timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
 
 
 def make_orders(prefix: str, count: int, users: int, rng: random.Random):

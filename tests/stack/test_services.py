@@ -17,20 +17,9 @@ import redis
 import requests
 
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
-                            free_port, port_is_free)
+                            free_port, port_is_free, wait_for)
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
-
-
-def wait_until(condition, timeout: float, message: str):
-    """Poll condition() until truthy; fail with message after timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s: {message}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -142,7 +131,7 @@ def test_process_stop_ends_the_whole_group(tmp_path):
     # The shell ignores SIGTERM and its background sleep is a grandchild: both must go.
     process = Process("stubborn", ["bash", "-c", "trap '' TERM; sleep 300 & wait"],
                       log_dir=tmp_path).start()
-    wait_until(lambda: len(process.members()) == 2, 5, "bash and its sleep started")
+    wait_for(lambda: len(process.members()) == 2, 5, message="bash and its sleep started")
     members = process.members()
     started = time.monotonic()
     assert process.stop(timeout=1) == -signal.SIGKILL
@@ -161,7 +150,7 @@ def test_children_die_with_a_killed_supervisor(tmp_path):
     assert pid_alive(child)
     parent.kill()
     parent.wait()
-    wait_until(lambda: not pid_alive(child), 5, f"child {child} exited after its parent died")
+    wait_for(lambda: not pid_alive(child), 5, message=f"child {child} exited after its parent died")
 
 
 def check_locked_doors(output: str, ports: dict, var_dir: Path, marker: str) -> None:
@@ -173,9 +162,9 @@ def check_locked_doors(output: str, ports: dict, var_dir: Path, marker: str) -> 
     assert requests.post(f"{flower}/api/worker/shutdown/worker1@x", timeout=5).status_code == 401
     assert requests.get(f"{flower}/", auth=password.groups(), timeout=5).status_code == 200
     # It reaches the workers through the control plane (BROKER_URL), not through SQS.
-    wait_until(lambda: any(name.startswith("worker1@") for name in requests.get(
+    wait_for(lambda: any(name.startswith("worker1@") for name in requests.get(
         f"{flower}/api/workers", params={"refresh": 1}, auth=password.groups(),
-        timeout=10).json()), 60, "Flower listing worker1")
+        timeout=10).json()), 60, message="Flower listing worker1")
 
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=ports["REDIS_PORT"]).ping()
@@ -219,8 +208,8 @@ def test_orders_stack_run_stops_everything_on_sigint(tmp_path):
             return False
 
     try:
-        wait_until(healthy, 120, "the API's /health answering 200")
-        wait_until(lambda: "running; Ctrl-C" in output.read_text(), 30, "the stack running")
+        wait_for(healthy, 120, message="the API's /health answering 200")
+        wait_for(lambda: "running; Ctrl-C" in output.read_text(), 30, message="the stack running")
         check_locked_doors(output.read_text(), ports, tmp_path / "var", marker)
         # Worker, its pool, gunicorn and its workers, Flower, redis-server, LocalStack.
         assert len(processes_with_env(marker)) >= 7
