@@ -18,6 +18,9 @@ from kombu.transport import virtual
 logger = logging.getLogger(__name__)
 
 BATCH_TASK = "orders.process_batch"
+# delivery_info key under which the transport leaves why it did not run a task-shaped body
+# as a task (tasks/task_messages.py); the pipeline adds it to the body's rejection.
+REFUSED_KEY = "orders_refused_task"
 
 
 class BatchPartlyFailed(Exception):
@@ -38,7 +41,8 @@ def raw_entry(message: Message, message_id: str) -> dict:
     sqs_message = message.delivery_info["sqs_message"]
     sent_at_ms = (sqs_message.get("Attributes") or {}).get("SentTimestamp")
     return {"body": sqs_message["Body"], "message_id": message_id,
-            "sent_at_ms": int(sent_at_ms) if sent_at_ms else None}
+            "sent_at_ms": int(sent_at_ms) if sent_at_ms else None,
+            "refused_task": message.delivery_info.get(REFUSED_KEY)}
 
 
 class BatchMessage(Message):
