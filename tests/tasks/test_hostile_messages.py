@@ -7,14 +7,19 @@ worker keeps answering `inspect ping` through the control plane.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from dataclasses import replace
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings
 from kombu import Connection
 
 import strategies
 from app import sqs
+from app.settings import to_env
 from app.store import Store
-from conftest import wait_for
+from conftest import BIN, ROOT, wait_for
 from tasks import celery_app
 
 OUTCOMES = ("counted", "duplicate", "rejected", "conflict")
@@ -102,9 +107,13 @@ def killers() -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("batch_size", [10, 1])
 def test_each_known_killer_is_a_rejection_with_a_reason(settings, store, sqs_client,
-                                                        start_worker):
-    """Every killer is stored as a rejection; the orders beside them, in any form, count."""
+                                                        start_worker, batch_size):
+    """Every killer is stored as a rejection; the orders beside them, in any form, count.
+
+    With batches of one, raw bodies run as orders.process tasks of their own.
+    """
     counted = {
         "raw order": json.dumps(order("G-1")),
         "orders.process from a producer": envelope("orders.process", [order("G-2")]),
@@ -120,7 +129,8 @@ def test_each_known_killer_is_a_rejection_with_a_reason(settings, store, sqs_cli
              "sent_at_ms": 1733000000000} for i in range(2)]],
             change=lambda m: m["headers"].update(retries=1)),
     }
-    worker = start_worker()
+    settings = replace(settings, consume_batch_size=batch_size)
+    worker = start_worker(settings=settings)
     bad = killers()
     ids = send_all(sqs_client, settings.orders_url,
                    [(body, {}) for body in [*bad.values(), *counted.values()]])
@@ -138,6 +148,11 @@ def test_each_known_killer_is_a_rejection_with_a_reason(settings, store, sqs_cli
     assert "celery.accumulate" in json.dumps(missing["a Celery task"]["reasons"])
     assert "order_timestamp" in missing["year 1"]["reasons"]
     assert_healthy(worker, settings, sqs_client)
+    # The operator finds them where every rejection is listed.
+    listed = subprocess.run([str(BIN / "celery"), "-A", "tasks", "rejected", "list", "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **to_env(settings)})
+    assert {row["message_id"] for row in json.loads(listed.stdout)} >= set(ids[:len(bad)])
 
 
 # Messages the property test sends in all, and per wave (the worker is checked after each).
