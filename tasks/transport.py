@@ -90,6 +90,10 @@ class Channel(SQS.Channel):
                 payload = accepted_task_message(payload, max_eta_seconds=self.visibility_timeout)
             except Refused as exc:
                 payload, refused = {}, str(exc)
+            except Exception as exc:  # a gap in the check must not stop the consumer
+                logger.exception("SQS message %s: task message check failed",
+                                 message.get("MessageId"))
+                payload, refused = {}, f"the task message could not be checked ({exc!r:.80})."
         else:
             payload = {}  # wrapped as a raw body by kombu
         payload = super()._envelope_payload(payload, raw_text, message, q_url)
