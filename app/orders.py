@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -16,6 +17,7 @@ from app.settings import Settings
 BODY_ERRORS = "_schema"
 # Shop totals are rounded per line and summed: allow one cent either way.
 TOLERANCE_CENTS = 1
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Incoming:
     body: str | dict
     message_id: str
     sent_at: datetime | None = None
+    # Why the transport did not run the body as a task message (it looked like one).
+    refused_task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,17 @@ class Evaluated:
 def evaluate(incoming: Incoming, settings: Settings, now: datetime | None = None) -> Evaluated:
     """Validate one message body under the settings' limits and mismatch policy."""
     now = now or datetime.now(timezone.utc)
+    if LONE_SURROGATE.search(incoming.message_id):
+        incoming = replace(incoming, message_id=storable(incoming.message_id))
     raw = _as_text(incoming.body)
 
     def reject(reasons, order_id=None):
-        return Evaluated(incoming, rejection=Rejection(incoming.message_id, raw, reasons, order_id),
-                         raw_body=raw)
+        if incoming.refused_task:
+            reasons = {**reasons, BODY_ERRORS: [*reasons.get(BODY_ERRORS, ()),
+                                                f"Not run as a task: {incoming.refused_task}"]}
+        rejection = Rejection(incoming.message_id, raw, _storable_reasons(reasons),
+                              storable(order_id) if order_id is not None else None)
+        return Evaluated(incoming, rejection=rejection, raw_body=raw)
 
     if len(raw.encode("utf-8", "surrogatepass")) > settings.max_order_bytes:
         return reject({BODY_ERRORS: [f"Body is larger than {settings.max_order_bytes} bytes."]})
@@ -104,22 +114,44 @@ def evaluate(incoming: Incoming, settings: Settings, now: datetime | None = None
         return reject({"order_timestamp": [
             f"Must not be more than {settings.max_future_seconds} seconds in the future."]},
             order_id)
+    if order.timestamp_given and order.placed_at < settings.earliest_order_at:
+        return reject({"order_timestamp": [
+            f"Must not be earlier than {settings.min_order_timestamp}."]}, order_id)
     order, mismatch = _reconcile(order, settings)
     if mismatch:
         return reject({"order_value": [mismatch]}, order_id)
     return Evaluated(incoming, order=order, raw_body=raw)
 
 
+def storable(text: str) -> str:
+    """The text with each lone surrogate written as its JSON escape, so it encodes to UTF-8.
+
+    JSON's "\\ud800" decodes to a lone surrogate, which no store can encode; inside a JSON
+    string its escape means the same, so a body keeps its meaning and stays requeueable.
+    """
+    return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _storable_reasons(reasons):
+    if isinstance(reasons, dict):
+        return {k if not isinstance(k, str) else storable(k): _storable_reasons(v)
+                for k, v in reasons.items()}
+    if isinstance(reasons, (list, tuple)):
+        return [_storable_reasons(r) for r in reasons]
+    return storable(reasons) if isinstance(reasons, str) else reasons
+
+
 def _as_text(body) -> str:
+    """The body as text that encodes to UTF-8: what is stored with a rejection or conflict."""
     if isinstance(body, bytes):
         return body.decode("utf-8", "replace")
     if isinstance(body, str):
-        return body
+        return storable(body)
     # Celery-native producers send the order already decoded.
     try:
-        return json.dumps(body, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(body)
+        return storable(json.dumps(body, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return storable(repr(body))
 
 
 def _parse(body, raw: str):

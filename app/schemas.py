@@ -11,9 +11,27 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 MAX_ID_LENGTH = 128
 MAX_AMOUNT = Decimal("1000000000")  # a billion per order or per unit: beyond is a bug upstream
 MAX_QUANTITY = 1_000_000
+NOT_TEXT = "Must be text: a lone surrogate (such as \\ud800) is not a character."
 
 
-class Identifier(fields.String):
+def has_lone_surrogate(text: str) -> bool:
+    """Whether the text holds a lone surrogate, which JSON's \\ud800 escape can spell."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+class Text(fields.String):
+    """A string of characters: a lone surrogate can be neither stored nor shown."""
+
+    default_error_messages = {"not_text": NOT_TEXT}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if has_lone_surrogate(text):
+            raise self.make_error("not_text")
+        return text
+
+
+class Identifier(Text):
     """A trimmed, non-blank id without control characters."""
 
     default_error_messages = {
@@ -81,6 +99,7 @@ class Timestamp(fields.Field):
     default_error_messages = {
         "invalid": "Must be an ISO-8601 date-time string.",
         "naive": "Must include a time zone (Z or an offset such as +02:00).",
+        "range": "Must be a date-time that exists in UTC (years 1 to 9999).",
     }
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -92,7 +111,10 @@ class Timestamp(fields.Field):
             raise self.make_error("invalid") from None
         if moment.tzinfo is None:
             raise self.make_error("naive")
-        return moment.astimezone(timezone.utc)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+            raise self.make_error("range") from None
 
 
 class ItemSchema(Schema):
@@ -136,8 +158,8 @@ class OrderSchema(Schema):
     order_timestamp = Timestamp(required=True)
     order_value = Amount(required=True)
     items = ItemList(required=True)
-    shipping_address = fields.String(load_default=None, allow_none=True)
-    payment_method = fields.String(load_default=None, allow_none=True)
+    shipping_address = Text(load_default=None, allow_none=True)
+    payment_method = Text(load_default=None, allow_none=True)
 
     def __init__(self, *, max_items: int = 1000, **kwargs):
         super().__init__(**kwargs)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +45,9 @@ class Settings:
     max_order_bytes: int = 131072
     max_items: int = 1000
     max_future_seconds: int = 86400
+    # The earliest order_timestamp accepted (ISO-8601 with a zone): older is a data error
+    # (a default or zero date upstream), not a first_order_at.
+    min_order_timestamp: str = "2000-01-01T00:00:00+00:00"
     task_max_retries: int = 5
     retry_backoff_max: int = 60
     api_bind: str = "127.0.0.1:8000"
@@ -78,6 +82,19 @@ class Settings:
             raise ValueError("ORDERS_RETENTION_SECONDS must be between 60 and 1209600 (14 days)")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
+        self.earliest_order_at  # raises ValueError when unusable
+
+    @property
+    def earliest_order_at(self) -> datetime:
+        """MIN_ORDER_TIMESTAMP as an aware datetime."""
+        try:
+            moment = datetime.fromisoformat(self.min_order_timestamp)
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise ValueError("MIN_ORDER_TIMESTAMP must be an ISO-8601 date-time with a zone, "
+                             f"not {self.min_order_timestamp!r}")
+        return moment
 
     @property
     def dlq_name(self) -> str:

@@ -19,6 +19,10 @@ from tasks.names import PROCESS_BATCH
 
 logger = logging.getLogger(__name__)
 
+# delivery_info key under which the transport leaves why it did not run a task-shaped body
+# as a task (tasks/task_messages.py); the pipeline adds it to the body's rejection.
+REFUSED_KEY = "orders_refused_task"
+
 
 class BatchPartlyFailed(Exception):
     """Some orders of a batch failed for a reason other than bad data; the rest counted."""
@@ -38,7 +42,8 @@ def raw_entry(message: Message, message_id: str) -> dict:
     sqs_message = message.delivery_info["sqs_message"]
     sent_at_ms = (sqs_message.get("Attributes") or {}).get("SentTimestamp")
     return {"body": sqs_message["Body"], "message_id": message_id,
-            "sent_at_ms": int(sent_at_ms) if sent_at_ms else None}
+            "sent_at_ms": int(sent_at_ms) if sent_at_ms else None,
+            "refused_task": message.delivery_info.get(REFUSED_KEY)}
 
 
 class BatchMessage(Message):

@@ -7,7 +7,9 @@ from kombu.serialization import dumps
 from app.deadletters import original_id
 from tasks.batching import BatchMessage, raw_entry
 from tasks.control import control_connection
-from tasks.names import PROCESS_BATCH, PROCESS_ORDER
+from tasks.names import ORDER_TASKS, PROCESS_BATCH, PROCESS_ORDER
+from tasks.task_messages import is_message_id
+
 # A ReceiveMessage hands its messages over one after the other in the same loop turn;
 # this short wait only matters for a last, incomplete batch.
 BATCH_WINDOW_SECONDS = 0.02
@@ -25,7 +27,8 @@ def adopt_raw_order(app, message) -> bool:
     entry = raw_entry(message, _message_id(message))
     headers, properties, body, _ = app.amqp.as_task_v2(
         entry["message_id"], PROCESS_ORDER, args=(entry["body"],),
-        kwargs={"message_id": entry["message_id"], "sent_at_ms": entry["sent_at_ms"]},
+        kwargs={"message_id": entry["message_id"], "sent_at_ms": entry["sent_at_ms"],
+                "refused_task": entry["refused_task"]},
     )
     message.content_type, message.content_encoding, message.body = dumps(body, serializer="json")
     message.headers = headers
@@ -36,8 +39,11 @@ def adopt_raw_order(app, message) -> bool:
 
 def _message_id(message) -> str:
     # A redriven or requeued message keeps the id it first had: orders without an
-    # order_id are counted under it.
-    return original_id(message.delivery_info["sqs_message"])
+    # order_id are counted under it. Any sender can set that attribute: only an id that
+    # is short printable text is taken (a retried batch must pass the same check).
+    sqs_message = message.delivery_info["sqs_message"]
+    first = original_id(sqs_message)
+    return first if is_message_id(first) else sqs_message["MessageId"]
 
 
 class OrderConsumer(Consumer):
@@ -69,15 +75,18 @@ class OrderConsumer(Consumer):
         self._handle_task_message = handle_task_message
 
         def on_message(message):
-            if "task" in (message.headers or {}):
-                return handle_task_message(message)
             if "sqs_message" in (message.delivery_info or {}):
-                # A message kombu did not publish lacks the routing key that kombu's SQS
-                # backoff policy (and Celery's retry routing) look up its queue by.
+                # kombu's SQS backoff policy (and Celery's retry routing) look a message's
+                # queue up by its routing key: a raw body has none, and an envelope's own
+                # could name a queue that is not defined, which stopped the worker.
                 queue = self.queue_by_url.get(message.delivery_info.get("sqs_queue"),
                                               self.orders_queue)
-                message.delivery_info.setdefault("routing_key", queue)
-                message.delivery_info.setdefault("exchange", "")
+                message.delivery_info.update(routing_key=queue, exchange="")
+            # The transport lets through only checked orders task messages; whatever else
+            # has headers is not one of them, and runs as a raw body.
+            if (message.headers or {}).get("task") in ORDER_TASKS:
+                return handle_task_message(message)
+            message.headers = {}
             if self.batch_size <= 1 or not (message.delivery_info or {}).get("sqs_message"):
                 adopt_raw_order(self.app, message)
                 return handle_task_message(message)

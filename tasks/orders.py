@@ -53,9 +53,10 @@ class OrderTask(Task):
         return Store.from_url(self.settings.redis_url)
 
 
-def _incoming(body, message_id: str, sent_at_ms: int | None) -> Incoming:
+def _incoming(body, message_id: str, sent_at_ms: int | None,
+              refused_task: str | None = None) -> Incoming:
     sent_at = datetime.fromtimestamp(sent_at_ms / 1000, timezone.utc) if sent_at_ms else None
-    return Incoming(body, message_id, sent_at)
+    return Incoming(body, message_id, sent_at, refused_task)
 
 
 def _log(outcome: pipeline.Outcome, task_id: str):
@@ -70,10 +71,11 @@ def _log(outcome: pipeline.Outcome, task_id: str):
 
 
 @shared_task(name=PROCESS_ORDER, bind=True, base=OrderTask)
-def process_order(self, order, message_id: str | None = None, sent_at_ms: int | None = None):
+def process_order(self, order, message_id: str | None = None, sent_at_ms: int | None = None,
+                  refused_task: str | None = None):
     """Validate one order event and count it exactly once, or record why not."""
-    [outcome] = pipeline.process([_incoming(order, message_id or self.request.id, sent_at_ms)],
-                                 self.store, self.settings)
+    [outcome] = pipeline.process([_incoming(order, message_id or self.request.id, sent_at_ms,
+                                            refused_task)], self.store, self.settings)
     _log(outcome, self.request.id)
     return outcome.as_dict()
 
@@ -81,7 +83,8 @@ def process_order(self, order, message_id: str | None = None, sent_at_ms: int | 
 @shared_task(name=PROCESS_BATCH, bind=True, base=OrderTask, Request="tasks.batching:BatchRequest")
 def process_batch(self, messages: list[dict]):
     """Validate up to ten raw order messages and apply them in one Redis call."""
-    incoming = [_incoming(m["body"], m["message_id"], m["sent_at_ms"]) for m in messages]
+    incoming = [_incoming(m["body"], m["message_id"], m["sent_at_ms"], m.get("refused_task"))
+                for m in messages]
     try:
         outcomes = pipeline.process(incoming, self.store, self.settings)
         failed = {}

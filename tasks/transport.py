@@ -11,7 +11,12 @@
    RecursionError, and an order with a top-level "properties" field that is not an
    object raised AttributeError, both in the consumer, and either stopped the worker
    (then the next one, at every redelivery). Such bodies are raw bodies, for the task to
-   reject or count like any other.
+   reject or count like any other. A body shaped like a kombu envelope is run as a task
+   only when tasks/task_messages.py accepts it (orders.process and orders.process_batch,
+   every part checked, the envelope rebuilt): a body that did not decode (binascii.Error
+   in kombu's decode_body), an unhashable or unknown task name, an unknown body_encoding
+   or content type stopped, wedged or silenced the worker, and any registered task ran.
+   Refused envelopes are raw bodies too, with the reason for the rejection.
 
 3. When ReceiveMessage times out, gets a 5xx or cannot connect at all (curl's 599), kombu's
    async client hands the channel [] "to prevent hanging", but the channel expects a
@@ -24,6 +29,9 @@ from __future__ import annotations
 import logging
 
 from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
+
+from tasks.task_messages import REFUSED_KEY, Refused, accepted_task_message, \
+    looks_like_task_message
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +84,25 @@ class Channel(SQS.Channel):
             return {}
 
     def _envelope_payload(self, payload, raw_text, message, q_url):
-        if not _is_envelope(payload):
+        refused = None
+        if looks_like_task_message(payload):
+            try:
+                payload = accepted_task_message(payload, max_eta_seconds=self.visibility_timeout)
+            except Refused as exc:
+                payload, refused = {}, str(exc)
+            except Exception as exc:  # a gap in the check must not stop the consumer
+                logger.exception("SQS message %s: task message check failed",
+                                 message.get("MessageId"))
+                payload, refused = {}, f"the task message could not be checked ({exc!r:.80})."
+        else:
             payload = {}  # wrapped as a raw body by kombu
-        return super()._envelope_payload(payload, raw_text, message, q_url)
-
-
-def _is_envelope(payload: dict) -> bool:
-    """Whether a decoded body has the shape of a kombu message (as kombu publishes it)."""
-    properties = payload.get("properties")
-    return ("body" in payload and isinstance(payload.get("headers"), dict)
-            and isinstance(properties, dict)
-            and isinstance(properties.get("delivery_info", {}), dict))
+        payload = super()._envelope_payload(payload, raw_text, message, q_url)
+        if refused:
+            # The pipeline rejects the body with this reason unless it is an order itself.
+            payload["properties"]["delivery_info"][REFUSED_KEY] = refused
+            logger.warning("SQS message %s looks like a task message but is not run as one: %s",
+                           message.get("MessageId"), refused)
+        return payload
 
 
 class Transport(SQS.Transport):

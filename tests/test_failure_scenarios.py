@@ -488,7 +488,7 @@ CATALOGUE = [
                                                    items=item(product_id="P\u200b1"))),
      ("items", "0", "product_id"), "control characters"),
     ("lone surrogate in user_id", dumps(order(order_id="CAT-SURR", user_id="U\ud8001")),
-     ("user_id",), "control characters"),
+     ("user_id",), "lone surrogate"),
     ("blank user_id", dumps(order(order_id="CAT-BLANK", user_id="   ")), ("user_id",), "blank"),
     ("missing user_id", dumps({k: v for k, v in order(order_id="CAT-NOUSER").items()
                                if k != "user_id"}), ("user_id",), "Missing"),

@@ -80,3 +80,19 @@ def test_batching_internals_used_to_settle_several_sqs_messages():
     assert {"canonical_queue_name", "sqs", "basic_reject"} <= set(dir(Channel))
     assert "delivery_info['routing_key']" in inspect.getsource(
         QoS._extract_backoff_policy_configuration_and_message)
+
+
+def test_sqs_envelope_internals_the_task_message_check_relies_on():
+    """tasks/transport.py decides in _envelope_payload what runs as a task message."""
+    from kombu.transport import virtual
+    from kombu.transport.SQS import Channel
+
+    assert list(inspect.signature(Channel._envelope_payload).parameters) == [
+        "self", "payload", "raw_text", "message", "q_url"]
+    assert "self._envelope_payload(payload, text, message, q_url)" in inspect.getsource(
+        Channel._message_to_python)
+    # kombu wraps a payload without 'properties' as a raw body (what a refusal relies on).
+    assert "'properties' not in payload" in inspect.getsource(Channel._envelope_payload)
+    # The body is decoded when the message is built, after _envelope_payload: a body that
+    # did not decode raised there, in the consumer.
+    assert "decode_body" in inspect.getsource(virtual.Message.__init__)
