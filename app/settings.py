@@ -40,6 +40,11 @@ class Settings:
     max_items: int = 1000
     max_future_seconds: int = 86400
     task_max_retries: int = 5
+    # Days a rejected message's record (body, reasons) stays in Redis.
+    rejected_retention_days: int = 30
+    # Replicas that must confirm each batch (Redis WAIT) before its messages are deleted
+    # from SQS; fewer in time and the batch is retried. 0 trusts the primary alone.
+    redis_wait_replicas: int = 0
     retry_backoff_max: int = 60
     api_bind: str = "127.0.0.1:8000"
     # gunicorn sync workers; 0 means CPU cores + 1 (on 2 cores, 3 kept p99 lowest).
@@ -64,6 +69,10 @@ class Settings:
         if self.dlq_name in self.extra_queue_names or self.dlq_name == self.orders_queue:
             # Its RedrivePolicy would point at itself and it would be consumed as orders.
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
+        if self.rejected_retention_days < 1:
+            raise ValueError("REJECTED_RETENTION_DAYS must be at least 1")
+        if self.redis_wait_replicas < 0:
+            raise ValueError("REDIS_WAIT_REPLICAS must not be negative")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
 

@@ -8,7 +8,7 @@ from tabulate import tabulate
 
 from app import sqs
 from app.deadletters import DeadLetterQueue
-from app.rejections import requeue
+from app.rejections import NotRequeueable, requeue
 from app.settings import from_env
 from app.store import Store
 
@@ -104,7 +104,7 @@ def rejected():
 
 
 def _store() -> Store:
-    return Store.from_url(from_env().redis_url)
+    return Store.from_settings(from_env())
 
 
 @rejected.command("list")
@@ -133,10 +133,13 @@ def rejected_show(some_id, as_json):
 def rejected_requeue(ids):
     """Send rejected orders' original bodies to the orders queue again."""
     settings = from_env()
-    store, client = Store.from_url(settings.redis_url), sqs.client(settings)
+    store, client = Store.from_settings(settings), sqs.client(settings)
     unknown = []
     for some_id in ids:
-        record = requeue(store, client, settings.orders_url, some_id)
+        try:
+            record = requeue(store, client, settings.orders_url, some_id)
+        except NotRequeueable as exc:
+            raise click.ClickException(f"Cannot requeue {exc}") from None
         if record is None:
             unknown.append(some_id)
         else:

@@ -10,7 +10,7 @@ from celery.signals import task_failure, task_retry
 from app import pipeline
 from app.orders import Incoming
 from app.settings import from_env
-from app.store import Store
+from app.store import NotReplicated, Store
 from tasks.batching import BATCH_TASK, BatchPartlyFailed
 from tasks.celery import app
 
@@ -19,8 +19,9 @@ settings = from_env()
 
 # Faults that pass by themselves: retried with backoff. Anything else is a bug or a poison
 # message: the task fails, the message is left on SQS and, after MAX_RECEIVE_COUNT
-# receives, SQS moves it to the dead-letter queue.
-TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# receives, SQS moves it to the dead-letter queue. NotReplicated: too few replicas confirmed
+# the batch (REDIS_WAIT_REPLICAS), so its messages must stay on SQS.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, NotReplicated)
 RETRY_OPTIONS = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 2, "retry_jitter": True,
                  "retry_backoff_max": settings.retry_backoff_max,
                  "max_retries": settings.task_max_retries}
@@ -32,7 +33,7 @@ def store() -> Store:
     """The Store of this process, created on first use (after the pool forked)."""
     global _store
     if _store is None:
-        _store = Store.from_url(settings.redis_url)
+        _store = Store.from_settings(settings)
     return _store
 
 
