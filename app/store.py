@@ -184,8 +184,8 @@ local function current(key, field, is_score)
     value = 0
     if raw then
       value = tonumber(raw)
-      -- HINCRBY needs digits ('1e3' is a number to Lua, not to Redis).
-      local digits = is_score or string.match(raw, '^%-?%d+$')
+      -- HINCRBY takes only canonical digits: not '1e3', '007' or '-0' as Lua would.
+      local digits = is_score or raw == '0' or string.match(raw, '^%-?[1-9]%d*$')
       if not digits or not value or value ~= math.floor(value) or math.abs(value) > max_total then
         error({err = 'ERR corrupt figure ' .. key .. ' ' .. field .. ': ' .. raw})
       end
@@ -442,7 +442,8 @@ local fields = {}
 for i = 1, #record, 2 do fields[record[i]] = record[i + 1] end
 if tonumber(fields.at) ~= tonumber(ARGV[1]) then return 0 end
 local outcome = fields.kind == 'conflict' and 'conflict' or 'rejected'
-if not string.match(redis.call('HGET', outcomes_key, outcome) or '0', '^%-?%d+$') then
+local count = redis.call('HGET', outcomes_key, outcome) or '0'
+if count ~= '0' and not string.match(count, '^%-?[1-9]%d*$') then
   return redis.error_reply('ERR corrupt figure ' .. outcomes_key .. ' ' .. outcome)
 end
 redis.call('DEL', record_key)

@@ -132,6 +132,7 @@ def test_in_one_batch_the_orders_that_fit_are_counted_and_the_rest_rejected(stor
 @pytest.mark.parametrize("key,field,value", [
     (user_key("U1"), "total_spend_cents", "abc"),
     (GLOBAL_KEY, "total_orders", "1.5"),
+    (day_key(DAY), "total_orders", "007"),
     (product_key("P1"), "units_sold", "99999999999999999999"),
     ("pipeline:outcomes", "counted", "x"),
     ("user-days:U1", DAY, "1:x"),
