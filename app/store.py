@@ -220,8 +220,8 @@ local function is_day_customer(o)
 end
 
 -- What counting one order adds: {key, field, by, score, reason (the field to blame:
--- order_value, items, or _schema for a count), what (the figure), in_cents}. No figure appears twice: lines
--- arrive merged per product.
+-- order_value, items, or _schema for a count), what (the figure), in_cents}. No figure
+-- appears twice: lines arrive merged per product.
 local function additions(o)
   local cents, units, r = tonumber(o.cents), tonumber(o.units), o.user_rankings
   local list = {}
