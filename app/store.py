@@ -585,26 +585,27 @@ class Store:
                 self.retention_seconds]
         if not self.wait_replicas:
             return self._apply_batch(keys=BATCH_KEYS, args=args)
-        # WAIT counts the replicas holding this connection's writes, so it goes on the
-        # script's connection: both in one pipeline, one round trip.
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(self._apply_batch.sha, len(BATCH_KEYS), *BATCH_KEYS, *args)
-            pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
-            results, confirmed = pipe.execute(raise_on_error=False)
-            if isinstance(results, redis.exceptions.NoScriptError) and attempt == 1:
-                self.redis.script_load(APPLY_BATCH)
-                continue
-            break
-        if isinstance(results, Exception):
-            raise results
-        if isinstance(confirmed, Exception):
-            raise confirmed
+        results, confirmed = self._script_then_wait(args)
+        if isinstance(results, redis.exceptions.NoScriptError):  # a new or restarted primary
+            self.redis.script_load(APPLY_BATCH)
+            results, confirmed = self._script_then_wait(args)
+        for reply in (results, confirmed):
+            if isinstance(reply, Exception):
+                raise reply
         if confirmed < self.wait_replicas:
             # The script ran: a retry finds these orders counted and calls them duplicates.
             raise NotReplicated(f"{confirmed} of {self.wait_replicas} replica(s) confirmed "
                                 f"the batch within {WAIT_TIMEOUT_MS} ms")
         return results
+
+    def _script_then_wait(self, args: list) -> list:
+        """The batch script, then WAIT: the replies, errors included."""
+        # WAIT counts the replicas holding this connection's writes, so it goes on the
+        # script's connection: both in one pipeline, one round trip.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._apply_batch.sha, len(BATCH_KEYS), *BATCH_KEYS, *args)
+        pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
+        return pipe.execute(raise_on_error=False)
 
     def _order_entry(self, order: Order, evaluated: Evaluated) -> dict:
         day = order.placed_at.date().isoformat()

@@ -3,6 +3,7 @@ import json
 import time
 
 import pytest
+import redis
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
@@ -51,3 +52,11 @@ def test_with_a_replica_apply_returns_once_the_replica_holds_the_batch(tmp_path)
     finally:
         replica.cleanup()
         primary.cleanup()
+
+
+def test_with_wait_a_failing_script_raises_its_own_error(settings):
+    store = Store.from_url(settings.redis_url, Settings(redis_wait_replicas=1))
+    store.redis.set("user:U1", "corrupted")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE user:U1"):
+        store.apply(orders("O1"))
+    assert store.redis.get(order_key("O1")) is None
