@@ -174,25 +174,42 @@ end
 -- 2^53, so max_total bounds the integer hash fields too. values holds each figure as the
 -- orders accepted so far in this batch leave it.
 local values = {}
-local function current(key, field, is_score)
-  values[key] = values[key] or {}
-  local value = values[key][field]
-  if value == nil then
-    local raw
-    if is_score then raw = redis.call('ZSCORE', key, field)
-    else raw = redis.call('HGET', key, field) end
-    value = 0
-    if raw then
-      value = tonumber(raw)
-      -- HINCRBY takes only canonical digits: not '1e3', '007' or '-0' as Lua would.
-      local digits = is_score or raw == '0' or string.match(raw, '^%-?[1-9]%d*$')
-      if not digits or not value or value ~= math.floor(value) or math.abs(value) > max_total then
-        error({err = 'ERR corrupt figure ' .. key .. ' ' .. field .. ': ' .. raw})
-      end
+local function remember(key, field, raw, is_score)
+  local value = 0
+  if raw then
+    value = tonumber(raw)
+    -- HINCRBY takes only canonical digits: not '1e3', '007' or '-0' as Lua would.
+    local digits = is_score or raw == '0' or string.match(raw, '^%-?[1-9]%d*$')
+    if not digits or not value or value ~= math.floor(value) or math.abs(value) > max_total then
+      error({err = 'ERR corrupt figure ' .. key .. ' ' .. field .. ': ' .. raw})
     end
-    values[key][field] = value
   end
+  values[key] = values[key] or {}
+  values[key][field] = value
   return value
+end
+local function current(key, field, is_score)
+  local value = values[key] and values[key][field]
+  if value ~= nil then return value end
+  local raw
+  if is_score then raw = redis.call('ZSCORE', key, field)
+  else raw = redis.call('HGET', key, field) end
+  return remember(key, field, raw, is_score)
+end
+-- Reads the hash fields of additions not read yet, one HMGET per key.
+local function read_ahead(list)
+  local wanted, order = {}, {}
+  for _, a in ipairs(list) do
+    local key, field, is_score = a[1], a[2], a[4]
+    if not is_score and not (values[key] and values[key][field]) then
+      if not wanted[key] then wanted[key] = {}; order[#order + 1] = key end
+      table.insert(wanted[key], field)
+    end
+  end
+  for _, key in ipairs(order) do
+    local raws = redis.call('HMGET', key, unpack(wanted[key]))
+    for i, field in ipairs(wanted[key]) do remember(key, field, raws[i], false) end
+  end
 end
 -- A user's day is one packed field "<orders>:<cents>".
 local function current_day(key, day)
@@ -219,67 +236,70 @@ local function is_day_customer(o)
     or redis.call('SISMEMBER', o.day_customers_key, o.user_id) == 1
 end
 
--- What counting one order adds: {key, field, by, score, reason (the field to blame:
--- order_value, items, or _schema for a count), what (the figure), in_cents}. No figure
--- appears twice: lines arrive merged per product.
+-- What counting one order adds, one entry per figure: {key, field, by, is_score, unit,
+-- what, product}. unit is cents, units or orders; what names the figure (of the product,
+-- if any) in a rejection. No figure appears twice: lines arrive merged per product.
 local function additions(o)
-  local cents, units, r = tonumber(o.cents), tonumber(o.units), o.user_rankings
-  local list = {}
-  local function add(key, field, by, score, reason, what, in_cents)
-    list[#list + 1] = {key = key, field = field, by = by, score = score, reason = reason,
-                       what = what, in_cents = in_cents}
-  end
-  add(o.user_key, 'total_spend_cents', cents, false, 'order_value', "the user's spend", true)
-  add(o.user_key, 'order_count', 1, false, '_schema', "the user's order count")
-  add(global_key, 'total_revenue_cents', cents, false, 'order_value', 'the total revenue', true)
-  add(global_key, 'total_orders', 1, false, '_schema', 'the total order count')
-  add(top_users_spend, o.user_id, cents, true, 'order_value', "the user's spend", true)
-  add(top_users_orders, o.user_id, 1, true, '_schema', "the user's order count")
-  add(o.day_key, 'total_orders', 1, false, '_schema', "the day's order count")
-  add(o.day_key, 'total_revenue_cents', cents, false, 'order_value', "the day's revenue", true)
-  add(o.day_key, 'total_items_sold', units, false, 'items', "the day's items sold")
+  local cents, units, u, r = tonumber(o.cents), tonumber(o.units), o.user_id, o.user_rankings
+  local list = {
+    {o.user_key, 'total_spend_cents', cents, false, 'cents', "the user's spend"},
+    {o.user_key, 'order_count', 1, false, 'orders', "the user's order count"},
+    {global_key, 'total_revenue_cents', cents, false, 'cents', 'the total revenue'},
+    {global_key, 'total_orders', 1, false, 'orders', 'the total order count'},
+    {top_users_spend, u, cents, true, 'cents', "the user's spend"},
+    {top_users_orders, u, 1, true, 'orders', "the user's order count"},
+    {o.day_key, 'total_orders', 1, false, 'orders', "the day's order count"},
+    {o.day_key, 'total_revenue_cents', cents, false, 'cents', "the day's revenue"},
+    {o.day_key, 'total_items_sold', units, false, 'units', "the day's items sold"},
+    {r[1], u, cents, true, 'cents', "the user's spend that day"},
+    {r[2], u, 1, true, 'orders', "the user's orders that day"},
+    {r[3], u, cents, true, 'cents', "the user's spend that month"},
+    {r[4], u, 1, true, 'orders', "the user's orders that month"},
+    {o.month_key, 'total_orders', 1, false, 'orders', "the month's order count"},
+    {o.month_key, 'total_revenue_cents', cents, false, 'cents', "the month's revenue"},
+    {o.month_key, 'total_items_sold', units, false, 'units', "the month's items sold"},
+  }
   if not is_day_customer(o) then
-    add(o.day_key, 'unique_customers', 1, false, '_schema', "the day's customers")
+    list[#list + 1] = {o.day_key, 'unique_customers', 1, false, 'orders', "the day's customers"}
   end
-  add(r[1], o.user_id, cents, true, 'order_value', "the user's spend that day", true)
-  add(r[2], o.user_id, 1, true, '_schema', "the user's orders that day")
-  add(r[3], o.user_id, cents, true, 'order_value', "the user's spend that month", true)
-  if current(r[4], o.user_id, true) == 0 then
-    add(o.month_key, 'unique_customers', 1, false, '_schema', "the month's customers")
+  if current(r[4], u, true) == 0 then
+    list[#list + 1] = {o.month_key, 'unique_customers', 1, false, 'orders',
+                       "the month's customers"}
   end
-  add(r[4], o.user_id, 1, true, '_schema', "the user's orders that month")
-  add(o.month_key, 'total_orders', 1, false, '_schema', "the month's order count")
-  add(o.month_key, 'total_revenue_cents', cents, false, 'order_value', "the month's revenue",
-      true)
-  add(o.month_key, 'total_items_sold', units, false, 'items', "the month's items sold")
   for _, p in ipairs(o.products) do
-    local product = 'product ' .. p[2] .. "'s"
-    add(p[1], 'units_sold', tonumber(p[3]), false, 'items', product .. ' units sold')
-    add(p[1], 'revenue_cents', tonumber(p[4]), false, 'items', product .. ' revenue', true)
-    add(p[1], 'orders', 1, false, 'items', product .. ' order count')
-    add(top_products_revenue, p[2], tonumber(p[4]), true, 'items', product .. ' revenue', true)
-    add(top_products_units, p[2], tonumber(p[3]), true, 'items', product .. ' units sold')
+    local p_units, p_cents = tonumber(p[3]), tonumber(p[4])
+    list[#list + 1] = {p[1], 'units_sold', p_units, false, 'units', 'units sold', p[2]}
+    list[#list + 1] = {p[1], 'revenue_cents', p_cents, false, 'cents', 'revenue', p[2]}
+    list[#list + 1] = {p[1], 'orders', 1, false, 'orders', 'order count', p[2]}
+    list[#list + 1] = {top_products_revenue, p[2], p_cents, true, 'cents', 'revenue', p[2]}
+    list[#list + 1] = {top_products_units, p[2], p_units, true, 'units', 'units sold', p[2]}
   end
   return list
+end
+-- The order's field a rejection names: a product's figures blame its items.
+local blamed = {cents = 'order_value', units = 'items', orders = '_schema'}
+local function past_limit(a)
+  local field, what = blamed[a[5]], a[6]
+  if a[7] then field, what = 'items', 'product ' .. a[7] .. "'s " .. what end
+  local limit = a[5] == 'cents' and money(max_total) or string.format('%d', max_total)
+  return {[field] = {'Counting this order would take ' .. what .. ' past ' .. limit ..
+                     ', the largest total kept exactly.'}}
 end
 -- Reasons (marshmallow's shape) when counting o would take a figure past max_total, or nil;
 -- when it fits, values moves on to the figures counting it leaves.
 local function over_limit(o)
   local list, after = additions(o), {}
+  read_ahead(list)
   for i, a in ipairs(list) do
-    after[i] = current(a.key, a.field, a.score) + a.by
-    if after[i] > max_total then
-      local limit = a.in_cents and money(max_total) or string.format('%d', max_total)
-      return {[a.reason] = {'Counting this order would take ' .. a.what .. ' past ' .. limit ..
-                            ', the largest total kept exactly.'}}
-    end
+    after[i] = current(a[1], a[2], a[4]) + a[3]
+    if after[i] > max_total then return past_limit(a) end
   end
   local day = current_day(o.user_days_key, o.day)
   if day[1] + 1 > max_total or day[2] + tonumber(o.cents) > max_total then
     return {order_value = {"Counting this order would take the user's day past the largest "
                            .. 'total kept exactly.'}}
   end
-  for i, a in ipairs(list) do values[a.key][a.field] = after[i] end
+  for i, a in ipairs(list) do values[a[1]][a[2]] = after[i] end
   values[o.user_days_key][o.day] = {day[1] + 1, day[2] + tonumber(o.cents)}
   customers[o.day_customers_key][o.user_id] = true
   return nil
