@@ -10,7 +10,7 @@ from functools import lru_cache
 from marshmallow import ValidationError
 
 from app.money import format_cents, to_cents
-from app.schemas import LegacyOrderSchema, OrderSchema
+from app.schemas import MAX_AMOUNT, LegacyOrderSchema, OrderSchema
 from app.settings import Settings
 
 # marshmallow's key for errors that belong to no single field.
@@ -18,6 +18,9 @@ BODY_ERRORS = "_schema"
 # Shop totals are rounded per line and summed: allow one cent either way.
 TOLERANCE_CENTS = 1
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# The largest order counted (the largest order_value the schema takes): an item total
+# above it (ORDER_VALUE_MISMATCH=correct) is rejected here, before Redis.
+MAX_ORDER_CENTS = to_cents(MAX_AMOUNT)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ def evaluate(incoming: Incoming, settings: Settings, now: datetime | None = None
     order, mismatch = _reconcile(order, settings)
     if mismatch:
         return reject({"order_value": [mismatch]}, order_id)
+    too_large = _above_largest_order(order)
+    if too_large:
+        return reject({"order_value": [too_large]}, order_id)
     return Evaluated(incoming, order=order, raw_body=raw)
 
 
@@ -139,6 +145,14 @@ def _storable_reasons(reasons):
     if isinstance(reasons, (list, tuple)):
         return [_storable_reasons(r) for r in reasons]
     return storable(reasons) if isinstance(reasons, str) else reasons
+
+
+def _above_largest_order(order: Order) -> str | None:
+    """Why the order is larger than the largest order counted, or None."""
+    if order.value_cents <= MAX_ORDER_CENTS:
+        return None
+    return (f"The order's value {format_cents(order.value_cents)} is more than "
+            f"{format_cents(MAX_ORDER_CENTS)}, the largest order counted.")
 
 
 def _as_text(body) -> str:

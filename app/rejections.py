@@ -2,22 +2,29 @@
 from __future__ import annotations
 
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
-from app.store import Store
+from app.store import KEPT_BODY_BYTES, Store
+
+
+class NotRequeueable(ValueError):
+    """The record kept only the head of an oversized body: there is nothing whole to send."""
 
 
 def requeue(store: Store, sqs, orders_url: str, some_id: str) -> dict | None:
     """Send one rejected message's original body to the orders queue; None if unknown.
 
-    The record is removed first: a worker that rejects the body again before we return
-    then records it afresh instead of finding the old record and skipping it.
+    Sent first, forgotten after: a crash in between leaves the record, and requeueing it
+    again sends a second copy, which is harmless since an order is counted exactly once.
+    If a worker rejects the body again before the record is forgotten, the record it
+    writes is newer than the one read here and stays.
     """
     record = store.rejection(some_id)
-    if record is None or not store.forget_rejection(record["message_id"]):
+    if record is None:
         return None
-    try:
-        sqs.send_message(QueueUrl=orders_url, MessageBody=record["body"], MessageAttributes={
-            ORIGINAL_ID_ATTRIBUTE: {"DataType": "String", "StringValue": record["message_id"]}})
-    except Exception:
-        store.restore_rejection(record)
-        raise
+    if "body_sha256" in record:
+        raise NotRequeueable(
+            f"{record['message_id']}: its body of {record['body_bytes']} bytes was kept as its "
+            f"first {KEPT_BODY_BYTES} bytes only; resend it from its source.")
+    sqs.send_message(QueueUrl=orders_url, MessageBody=record["body"], MessageAttributes={
+        ORIGINAL_ID_ATTRIBUTE: {"DataType": "String", "StringValue": record["message_id"]}})
+    store.forget_rejection(record)
     return record

@@ -49,6 +49,11 @@ class Settings:
     # (a default or zero date upstream), not a first_order_at.
     min_order_timestamp: str = "2000-01-01T00:00:00+00:00"
     task_max_retries: int = 5
+    # Days a rejected message's record (body, reasons) stays in Redis.
+    rejected_retention_days: int = 30
+    # Replicas that must confirm each batch (Redis WAIT) before its messages are deleted
+    # from SQS; fewer in time and the batch is retried. 0 trusts the primary alone.
+    redis_wait_replicas: int = 0
     retry_backoff_max: int = 60
     api_bind: str = "127.0.0.1:8000"
     # gunicorn sync workers; 0 means CPU cores + 1 (on 2 cores, 3 kept p99 lowest).
@@ -80,6 +85,10 @@ class Settings:
             raise ValueError("METRICS_SQS_INTERVAL must be at least 1 second")
         if not 60 <= self.orders_retention_seconds <= 14 * 86400:
             raise ValueError("ORDERS_RETENTION_SECONDS must be between 60 and 1209600 (14 days)")
+        if self.rejected_retention_days < 1:
+            raise ValueError("REJECTED_RETENTION_DAYS must be at least 1")
+        if self.redis_wait_replicas < 0:
+            raise ValueError("REDIS_WAIT_REPLICAS must not be negative")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
         self.earliest_order_at  # raises ValueError when unusable

@@ -1,6 +1,7 @@
 """The Redis gateway: every key name, the atomic update script and the reads."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -9,11 +10,11 @@ from urllib.parse import quote
 import redis
 
 from app.orders import Evaluated, Order
+from app.settings import Settings
 
 GLOBAL_KEY = "global:stats"
 OUTCOMES_KEY = "pipeline:outcomes"
 REJECTED_INDEX = "rejected"
-REJECTED_BY_ORDER = "rejected-by-order"
 TOP_USERS_BY_SPEND = "top:users:spend"
 TOP_USERS_BY_ORDERS = "top:users:orders"
 TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
@@ -26,6 +27,18 @@ REJECTED_BY_FIELD = "pipeline:rejected-by-field"
 LAG_KEY = "pipeline:lag"
 TASK_EVENTS_KEY = "pipeline:task-events"
 OUTCOMES = ("counted", "duplicate", "rejected", "conflict", "corrected")
+# The largest total kept (cents, units or orders, per user, product, day, month or all):
+# sorted-set scores and Lua numbers are doubles, exact up to 2^53. An order that would
+# take any total past it is rejected whole, with the figure named in its reasons.
+MAX_TOTAL = 2**53 - 1
+# What a rejection record keeps of a body larger than MAX_ORDER_BYTES.
+KEPT_BODY_BYTES = 4096
+# How long a WAIT for replicas may block; well below the client's 5 s socket timeout.
+WAIT_TIMEOUT_MS = 1000
+
+
+class NotReplicated(redis.RedisError):
+    """Fewer replicas than REDIS_WAIT_REPLICAS confirmed a batch in time: retry it."""
 
 
 def _part(value: str) -> str:
@@ -89,40 +102,50 @@ def user_days_key(user_id: str) -> str:
 
 
 def rejected_key(message_id: str) -> str:
-    """Hash of one rejected message: body, reasons, time."""
+    """Hash of one rejected message: body, reasons, time (expires after the retention)."""
     return f"rejected:{_part(message_id)}"
+
+
+def rejected_order_key(order_id: str) -> str:
+    """The message id of an order id's latest rejection; expires with that record."""
+    # A key per order rather than one hash, so each pointer expires with its record.
+    return f"rejected-order:{_part(order_id)}"
 
 
 # One call applies a whole batch: for each order the 'seen' check and every increment
 # happen together, so a crash or a redelivery can never count half an order or count it
 # twice. Money arrives as integer cents in strings; the decimal strings kept beside them
-# (total_spend, total_revenue) are for readers of the seeds' layout.
+# (total_spend, total_revenue) are for readers of the seeds' layout. ARGV: the batch as
+# JSON, the time, MAX_TOTAL, the rejected records' retention in seconds.
 APPLY_BATCH = """
-local function money(c)
-  local sign = ''
-  if c < 0 then sign = '-'; c = -c end
-  return string.format('%s%d.%02d', sign, math.floor(c / 100), c % 100)
-end
-local function record_rejection(r, now)
-  if redis.call('EXISTS', r.key) == 1 then return 0 end
-  redis.call('HSET', r.key, 'message_id', r.message_id, 'kind', r.kind, 'body', r.body,
-             'reasons', r.reasons, 'order_id', r.order_id, 'at', now,
-             'first_seen', r.first_seen)
-  redis.call('ZADD', KEYS[3], now, r.message_id)
-  if r.order_id ~= '' then redis.call('HSET', KEYS[9], r.order_id, r.message_id) end
-  redis.call('HINCRBY', KEYS[2], r.kind == 'conflict' and 'conflict' or 'rejected', 1)
-  for _, field in ipairs(r.fields) do redis.call('HINCRBY', KEYS[10], field, 1) end
-  return 1
-end
+local global_key, outcomes_key, rejected_index = KEYS[1], KEYS[2], KEYS[3]
+local top_users_spend, top_users_orders = KEYS[4], KEYS[5]
+local top_products_revenue, top_products_units = KEYS[6], KEYS[7]
+local corrections_key, rejected_by_field, lag_key = KEYS[8], KEYS[9], KEYS[10]
 local batch = cjson.decode(ARGV[1])
 local now = tonumber(ARGV[2])
--- Redis does not roll a script back when a command fails half-way, so every key is
--- checked first: a key of the wrong type fails the whole call before anything is written.
+local max_total = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
+
+local function money(cents)
+  -- From the digits, not from a division of doubles: exact for every total up to max_total.
+  local sign = ''
+  if cents < 0 then sign = '-'; cents = -cents end
+  local digits = string.format('%03d', cents)
+  return sign .. string.sub(digits, 1, -3) .. '.' .. string.sub(digits, -2)
+end
+
+-- Redis does not roll a script back when a command fails half-way, so everything that
+-- could fail is checked before the first write: 1. the type of every key.
 local expected = {}
-for _, key in ipairs({KEYS[1], KEYS[2], KEYS[8], KEYS[9], KEYS[10], KEYS[11]}) do
+for _, key in ipairs({global_key, outcomes_key, corrections_key, rejected_by_field,
+                      lag_key}) do
   expected[key] = 'hash'
 end
-for i = 3, 7 do expected[KEYS[i]] = 'zset' end
+for _, key in ipairs({rejected_index, top_users_spend, top_users_orders,
+                      top_products_revenue, top_products_units}) do
+  expected[key] = 'zset'
+end
 for _, o in ipairs(batch.orders) do
   expected[o.order_key] = 'string'
   expected[o.user_key] = 'hash'
@@ -132,26 +155,234 @@ for _, o in ipairs(batch.orders) do
   expected[o.user_days_key] = 'hash'
   for _, key in ipairs(o.user_rankings) do expected[key] = 'zset' end
   for _, p in ipairs(o.products) do expected[p[1]] = 'hash' end
-  expected[o.conflict_key] = 'hash'
+  expected[o.rejection_key] = 'hash'
+  if o.order_ref_key ~= '' then expected[o.order_ref_key] = 'string' end
 end
-for _, r in ipairs(batch.rejections) do expected[r.key] = 'hash' end
+for _, r in ipairs(batch.rejections) do
+  expected[r.key] = 'hash'
+  if r.order_ref_key ~= '' then expected[r.order_ref_key] = 'string' end
+end
 for key, kind in pairs(expected) do
   local actual = redis.call('TYPE', key).ok
   if actual ~= 'none' and actual ~= kind then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. kind)
   end
 end
+
+-- 2. Every figure an increment touches: a whole number within max_total now, and still
+-- within it after the increment. Scores and Lua numbers are doubles, exact only up to
+-- 2^53, so max_total bounds the integer hash fields too. values holds each figure as the
+-- orders accepted so far in this batch leave it.
+local values = {}
+local function remember(key, field, raw, is_score)
+  local value = 0
+  if raw then
+    value = tonumber(raw)
+    -- HINCRBY takes only canonical digits: not '1e3', '007' or '-0' as Lua would.
+    local digits = is_score or raw == '0' or string.match(raw, '^%-?[1-9]%d*$')
+    if not digits or not value or value ~= math.floor(value) or math.abs(value) > max_total then
+      error({err = 'ERR corrupt figure ' .. key .. ' ' .. field .. ': ' .. raw})
+    end
+  end
+  values[key] = values[key] or {}
+  values[key][field] = value
+  return value
+end
+local function current(key, field, is_score)
+  local value = values[key] and values[key][field]
+  if value ~= nil then return value end
+  local raw
+  if is_score then raw = redis.call('ZSCORE', key, field)
+  else raw = redis.call('HGET', key, field) end
+  return remember(key, field, raw, is_score)
+end
+-- Reads the hash fields of additions not read yet, one HMGET per key.
+local function read_ahead(list)
+  local wanted, order = {}, {}
+  for _, a in ipairs(list) do
+    local key, field, is_score = a[1], a[2], a[4]
+    if not is_score and not (values[key] and values[key][field]) then
+      if not wanted[key] then wanted[key] = {}; order[#order + 1] = key end
+      table.insert(wanted[key], field)
+    end
+  end
+  for _, key in ipairs(order) do
+    local raws = redis.call('HMGET', key, unpack(wanted[key]))
+    for i, field in ipairs(wanted[key]) do remember(key, field, raws[i], false) end
+  end
+end
+-- A user's day is one packed field "<orders>:<cents>".
+local function current_day(key, day)
+  values[key] = values[key] or {}
+  local pair = values[key][day]
+  if pair == nil then
+    pair = {0, 0}
+    local raw = redis.call('HGET', key, day)
+    if raw then
+      local orders, cents = string.match(raw, '^(%d+):(%d+)$')
+      pair = {tonumber(orders), tonumber(cents)}
+      if not orders or pair[1] > max_total or pair[2] > max_total then
+        error({err = 'ERR corrupt figure ' .. key .. ' ' .. day .. ': ' .. raw})
+      end
+    end
+    values[key][day] = pair
+  end
+  return pair
+end
+local customers = {}  -- set key -> user -> true: day customers added earlier in this batch
+local function is_day_customer(o)
+  customers[o.day_customers_key] = customers[o.day_customers_key] or {}
+  return customers[o.day_customers_key][o.user_id]
+    or redis.call('SISMEMBER', o.day_customers_key, o.user_id) == 1
+end
+
+-- What counting one order adds, one entry per figure: {key, field, by, is_score, unit,
+-- what, product}. unit is cents, units or orders; what names the figure (of the product,
+-- if any) in a rejection. No figure appears twice: lines arrive merged per product.
+local function additions(o)
+  local cents, units, u, r = tonumber(o.cents), tonumber(o.units), o.user_id, o.user_rankings
+  local list = {
+    {o.user_key, 'total_spend_cents', cents, false, 'cents', "the user's spend"},
+    {o.user_key, 'order_count', 1, false, 'orders', "the user's order count"},
+    {global_key, 'total_revenue_cents', cents, false, 'cents', 'the total revenue'},
+    {global_key, 'total_orders', 1, false, 'orders', 'the total order count'},
+    {top_users_spend, u, cents, true, 'cents', "the user's spend"},
+    {top_users_orders, u, 1, true, 'orders', "the user's order count"},
+    {o.day_key, 'total_orders', 1, false, 'orders', "the day's order count"},
+    {o.day_key, 'total_revenue_cents', cents, false, 'cents', "the day's revenue"},
+    {o.day_key, 'total_items_sold', units, false, 'units', "the day's items sold"},
+    {r[1], u, cents, true, 'cents', "the user's spend that day"},
+    {r[2], u, 1, true, 'orders', "the user's orders that day"},
+    {r[3], u, cents, true, 'cents', "the user's spend that month"},
+    {r[4], u, 1, true, 'orders', "the user's orders that month"},
+    {o.month_key, 'total_orders', 1, false, 'orders', "the month's order count"},
+    {o.month_key, 'total_revenue_cents', cents, false, 'cents', "the month's revenue"},
+    {o.month_key, 'total_items_sold', units, false, 'units', "the month's items sold"},
+  }
+  if not is_day_customer(o) then
+    list[#list + 1] = {o.day_key, 'unique_customers', 1, false, 'orders', "the day's customers"}
+  end
+  if current(r[4], u, true) == 0 then
+    list[#list + 1] = {o.month_key, 'unique_customers', 1, false, 'orders',
+                       "the month's customers"}
+  end
+  for _, p in ipairs(o.products) do
+    local p_units, p_cents = tonumber(p[3]), tonumber(p[4])
+    list[#list + 1] = {p[1], 'units_sold', p_units, false, 'units', 'units sold', p[2]}
+    list[#list + 1] = {p[1], 'revenue_cents', p_cents, false, 'cents', 'revenue', p[2]}
+    list[#list + 1] = {p[1], 'orders', 1, false, 'orders', 'order count', p[2]}
+    list[#list + 1] = {top_products_revenue, p[2], p_cents, true, 'cents', 'revenue', p[2]}
+    list[#list + 1] = {top_products_units, p[2], p_units, true, 'units', 'units sold', p[2]}
+  end
+  return list
+end
+-- The order's field a rejection names: a product's figures blame its items.
+local blamed = {cents = 'order_value', units = 'items', orders = '_schema'}
+local function past_limit(a)
+  local field, what = blamed[a[5]], a[6]
+  if a[7] then field, what = 'items', 'product ' .. a[7] .. "'s " .. what end
+  local limit = a[5] == 'cents' and money(max_total) or string.format('%d', max_total)
+  return {[field] = {'Counting this order would take ' .. what .. ' past ' .. limit ..
+                     ', the largest total kept exactly.'}}
+end
+-- Reasons (marshmallow's shape) when counting o would take a figure past max_total, or nil;
+-- when it fits, values moves on to the figures counting it leaves.
+local function over_limit(o)
+  local list, after = additions(o), {}
+  read_ahead(list)
+  for i, a in ipairs(list) do
+    after[i] = current(a[1], a[2], a[4]) + a[3]
+    if after[i] > max_total then return past_limit(a) end
+  end
+  local day = current_day(o.user_days_key, o.day)
+  if day[1] + 1 > max_total or day[2] + tonumber(o.cents) > max_total then
+    return {order_value = {"Counting this order would take the user's day past the largest "
+                           .. 'total kept exactly.'}}
+  end
+  for i, a in ipairs(list) do values[a[1]][a[2]] = after[i] end
+  values[o.user_days_key][o.day] = {day[1] + 1, day[2] + tonumber(o.cents)}
+  customers[o.day_customers_key][o.user_id] = true
+  return nil
+end
+
+-- Each order's verdict, decided before any write.
+local verdicts = {}
+local markers = {}  -- order key -> fingerprint of an order counted earlier in this batch
+local counters = {}  -- fields of the bookkeeping hashes the batch will add to
+for _, field in ipairs({'counted', 'duplicate', 'conflict', 'rejected', 'corrected'}) do
+  counters[#counters + 1] = {outcomes_key, field}
+end
+for i, o in ipairs(batch.orders) do
+  local seen = markers[o.order_key] or redis.call('GET', o.order_key)
+  if seen == o.fingerprint then
+    verdicts[i] = {outcome = 'duplicate'}
+  elseif seen then
+    verdicts[i] = {outcome = 'conflict', first_seen = seen,
+                   reasons = {order_id = {'Already counted with different content.'}}}
+  else
+    local reasons = over_limit(o)
+    if reasons then
+      verdicts[i] = {outcome = 'rejected', reasons = reasons}
+    else
+      markers[o.order_key] = o.fingerprint
+      verdicts[i] = {outcome = 'counted'}
+    end
+  end
+  for field in pairs(verdicts[i].reasons or {}) do
+    counters[#counters + 1] = {rejected_by_field, field}
+  end
+end
+for _, r in ipairs(batch.rejections) do
+  for _, field in ipairs(r.fields) do counters[#counters + 1] = {rejected_by_field, field} end
+end
+local room = #batch.orders + #batch.rejections
+for _, c in ipairs(counters) do
+  if current(c[1], c[2], false) + room > max_total then
+    return redis.error_reply('ERR counter ' .. c[1] .. ' ' .. c[2] .. ' is full')
+  end
+end
+
+-- Writes from here on; none of them can fail.
+local recorded = false
+local function record_rejection(r)
+  -- A message rejected again (redelivered, or requeued and still invalid) replaces its
+  -- record, with a fresh time and expiry, and is not counted twice.
+  local fresh = redis.call('EXISTS', r.key) == 0
+  redis.call('DEL', r.key)
+  redis.call('HSET', r.key, 'message_id', r.message_id, 'kind', r.kind, 'body', r.body,
+             'reasons', r.reasons, 'order_id', r.order_id, 'at', now,
+             'first_seen', r.first_seen)
+  if r.body_sha256 then
+    redis.call('HSET', r.key, 'body_bytes', r.body_bytes, 'body_sha256', r.body_sha256)
+  end
+  redis.call('EXPIRE', r.key, retention)
+  redis.call('ZADD', rejected_index, now, r.message_id)
+  if r.order_ref_key ~= '' then
+    redis.call('SET', r.order_ref_key, r.message_id, 'EX', retention)
+  end
+  if fresh then
+    redis.call('HINCRBY', outcomes_key, r.kind == 'conflict' and 'conflict' or 'rejected', 1)
+    for _, field in ipairs(r.fields) do redis.call('HINCRBY', rejected_by_field, field, 1) end
+  end
+  recorded = true
+end
+local function order_rejection(o, verdict)
+  local fields = {}
+  for field in pairs(verdict.reasons) do fields[#fields + 1] = field end
+  return {key = o.rejection_key, message_id = o.message_id,
+          kind = verdict.outcome == 'conflict' and 'conflict' or 'invalid', body = o.body,
+          body_bytes = o.body_bytes, body_sha256 = o.body_sha256, order_id = o.order_id,
+          order_ref_key = o.order_ref_key, first_seen = verdict.first_seen or '',
+          fields = fields, reasons = cjson.encode(verdict.reasons)}
+end
 local results = {}
 for i, o in ipairs(batch.orders) do
-  local seen = redis.call('GET', o.order_key)
-  if seen == o.fingerprint then
-    redis.call('HINCRBY', KEYS[2], 'duplicate', 1)
-    results[i] = 'duplicate'
-  elseif seen then
-    record_rejection({key = o.conflict_key, message_id = o.message_id, kind = 'conflict',
-      body = o.body, order_id = o.order_id, first_seen = seen, fields = {'order_id'},
-      reasons = cjson.encode({order_id = {'Already counted with different content.'}})}, now)
-    results[i] = 'conflict'
+  local verdict = verdicts[i]
+  results[i] = verdict.outcome
+  if verdict.outcome == 'duplicate' then
+    redis.call('HINCRBY', outcomes_key, 'duplicate', 1)
+  elseif verdict.outcome ~= 'counted' then
+    record_rejection(order_rejection(o, verdict))
   else
     redis.call('SET', o.order_key, o.fingerprint)
     local spend = redis.call('HINCRBY', o.user_key, 'total_spend_cents', o.cents)
@@ -161,11 +392,11 @@ for i, o in ipairs(batch.orders) do
     if not first or o.ts < first then redis.call('HSET', o.user_key, 'first_order_ts', o.ts) end
     local last = tonumber(redis.call('HGET', o.user_key, 'last_order_ts') or '')
     if not last or o.ts > last then redis.call('HSET', o.user_key, 'last_order_ts', o.ts) end
-    local revenue = redis.call('HINCRBY', KEYS[1], 'total_revenue_cents', o.cents)
-    redis.call('HINCRBY', KEYS[1], 'total_orders', 1)
-    redis.call('HSET', KEYS[1], 'total_revenue', money(revenue))
-    redis.call('ZINCRBY', KEYS[4], o.cents, o.user_id)
-    redis.call('ZINCRBY', KEYS[5], 1, o.user_id)
+    local revenue = redis.call('HINCRBY', global_key, 'total_revenue_cents', o.cents)
+    redis.call('HINCRBY', global_key, 'total_orders', 1)
+    redis.call('HSET', global_key, 'total_revenue', money(revenue))
+    redis.call('ZINCRBY', top_users_spend, o.cents, o.user_id)
+    redis.call('ZINCRBY', top_users_orders, 1, o.user_id)
     redis.call('HINCRBY', o.day_key, 'total_orders', 1)
     redis.call('HINCRBY', o.day_key, 'total_revenue_cents', o.cents)
     redis.call('HINCRBY', o.day_key, 'total_items_sold', o.units)
@@ -184,56 +415,63 @@ for i, o in ipairs(batch.orders) do
     redis.call('HINCRBY', o.month_key, 'total_orders', 1)
     redis.call('HINCRBY', o.month_key, 'total_revenue_cents', o.cents)
     redis.call('HINCRBY', o.month_key, 'total_items_sold', o.units)
-    -- One packed field per day keeps a user's days in one small (listpack) hash.
-    local day_orders, day_cents = 0, 0
-    local packed = redis.call('HGET', o.user_days_key, o.day)
-    if packed then
-      local sep = string.find(packed, ':', 1, true)
-      day_orders = tonumber(string.sub(packed, 1, sep - 1))
-      day_cents = tonumber(string.sub(packed, sep + 1))
-    end
-    redis.call('HSET', o.user_days_key, o.day,
-               string.format('%d:%d', day_orders + 1, day_cents + tonumber(o.cents)))
+    -- One packed field per day keeps a user's days in one small (listpack) hash; values
+    -- already holds what it becomes.
+    local day = values[o.user_days_key][o.day]
+    redis.call('HSET', o.user_days_key, o.day, string.format('%d:%d', day[1], day[2]))
+    -- One entry per product, so 'orders' counts the order once however many lines.
     for _, p in ipairs(o.products) do
       redis.call('HINCRBY', p[1], 'units_sold', p[3])
       redis.call('HINCRBY', p[1], 'revenue_cents', p[4])
       redis.call('HINCRBY', p[1], 'orders', 1)
-      redis.call('ZINCRBY', KEYS[6], p[4], p[2])
-      redis.call('ZINCRBY', KEYS[7], p[3], p[2])
+      redis.call('ZINCRBY', top_products_revenue, p[4], p[2])
+      redis.call('ZINCRBY', top_products_units, p[3], p[2])
     end
-    redis.call('HINCRBY', KEYS[2], 'counted', 1)
+    redis.call('HINCRBY', outcomes_key, 'counted', 1)
     if o.correction ~= '' then
-      redis.call('HSET', KEYS[8], o.order_id, o.correction)
-      redis.call('HINCRBY', KEYS[2], 'corrected', 1)
+      redis.call('HSET', corrections_key, o.order_id, o.correction)
+      redis.call('HINCRBY', outcomes_key, 'corrected', 1)
     end
-    results[i] = 'counted'
   end
 end
 for _, r in ipairs(batch.rejections) do
-  record_rejection(r, now)
+  record_rejection(r)
+end
+if recorded then
+  -- Records expire by themselves; their index entries go once older than the retention.
+  redis.call('ZREMRANGEBYSCORE', rejected_index, '-inf', '(' .. (now - retention))
 end
 if batch.oldest_sent_ms > 0 then
-  redis.call('HSET', KEYS[11], 'oldest_sent_ms', batch.oldest_sent_ms,
+  redis.call('HSET', lag_key, 'oldest_sent_ms', batch.oldest_sent_ms,
              'applied_ms', math.floor(now * 1000))
 end
 return results
 """
 BATCH_KEYS = [GLOBAL_KEY, OUTCOMES_KEY, REJECTED_INDEX, TOP_USERS_BY_SPEND,
               TOP_USERS_BY_ORDERS, TOP_PRODUCTS_BY_REVENUE, TOP_PRODUCTS_BY_UNITS, CORRECTIONS_KEY,
-              REJECTED_BY_ORDER, REJECTED_BY_FIELD, LAG_KEY]
+              REJECTED_BY_FIELD, LAG_KEY]
 
-# Removes a rejection record (before its body is sent again) and its count, together.
+# Removes a rejection record and its count, together, unless it was written again (its
+# time changed) since it was read. KEYS: the record, the index, the outcomes, then the
+# order's pointer if it has an order id. ARGV[1]: the record's time as read.
 FORGET_REJECTION = """
-local record = redis.call('HGETALL', KEYS[1])
+local record_key, rejected_index, outcomes_key, order_ref_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local record = redis.call('HGETALL', record_key)
 if #record == 0 then return 0 end
 local fields = {}
 for i = 1, #record, 2 do fields[record[i]] = record[i + 1] end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], fields.message_id)
-if fields.order_id ~= '' and redis.call('HGET', KEYS[3], fields.order_id) == fields.message_id then
-  redis.call('HDEL', KEYS[3], fields.order_id)
+if tonumber(fields.at) ~= tonumber(ARGV[1]) then return 0 end
+local outcome = fields.kind == 'conflict' and 'conflict' or 'rejected'
+local count = redis.call('HGET', outcomes_key, outcome) or '0'
+if count ~= '0' and not string.match(count, '^%-?[1-9]%d*$') then
+  return redis.error_reply('ERR corrupt figure ' .. outcomes_key .. ' ' .. outcome)
 end
-redis.call('HINCRBY', KEYS[4], fields.kind == 'conflict' and 'conflict' or 'rejected', -1)
+redis.call('DEL', record_key)
+redis.call('ZREM', rejected_index, fields.message_id)
+if order_ref_key and redis.call('GET', order_ref_key) == fields.message_id then
+  redis.call('DEL', order_ref_key)
+end
+redis.call('HINCRBY', outcomes_key, outcome, -1)
 return 1
 """
 
@@ -321,28 +559,40 @@ class GlobalStats:
 class Store:
     """Reads and atomic writes of the aggregates in one Redis database."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, settings: Settings | None = None):
+        settings = settings or Settings()
         self.redis = client
+        self.wait_replicas = settings.redis_wait_replicas
+        self.retention_seconds = settings.rejected_retention_days * 86400
+        self.max_body_bytes = settings.max_order_bytes
         self._apply_batch = client.register_script(APPLY_BATCH)
         self._forget_rejection = client.register_script(FORGET_REJECTION)
         self._ranked = client.register_script(RANKED)
 
     @classmethod
-    def from_url(cls, url: str, **options) -> "Store":
+    def from_url(cls, url: str, settings: Settings | None = None, **options) -> "Store":
         """A Store on a new client for the Redis URL."""
         options.setdefault("socket_timeout", 5)
         options.setdefault("socket_connect_timeout", 5)
-        return cls(redis.Redis.from_url(url, decode_responses=True, **options))
+        return cls(redis.Redis.from_url(url, decode_responses=True, **options), settings)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Store":
+        """The Store of REDIS_URL with the settings' retention, body limit and WAIT."""
+        return cls.from_url(settings.redis_url, settings)
 
     def apply(self, evaluated: list[Evaluated]) -> list[str]:
         """Count the orders and record the rejections of a batch in one round trip.
 
-        Returns one outcome per item, in order: counted, duplicate, conflict or rejected.
+        Returns one outcome per item, in order: counted, duplicate, conflict or rejected
+        (an order that would take a total past MAX_TOTAL is rejected too). With
+        REDIS_WAIT_REPLICAS it raises NotReplicated when too few replicas confirmed.
         """
         orders = [e for e in evaluated if e.order]
         batch = {
-            "orders": [_order_entry(e.order, e) for e in orders],
-            "rejections": [_rejection_entry(r.message_id, r.kind, r.body, r.order_id, r.reasons)
+            "orders": [self._order_entry(e.order, e) for e in orders],
+            "rejections": [self._rejection_entry(r.message_id, r.kind, r.body, r.order_id,
+                                                 r.reasons)
                            for r in (e.rejection for e in evaluated) if r],
             "oldest_sent_ms": min((int(e.incoming.sent_at.timestamp() * 1000)
                                    for e in evaluated if e.incoming.sent_at), default=0),
@@ -350,15 +600,68 @@ class Store:
         by_order = iter(self._run_batch(batch))
         return [next(by_order) if e.order else "rejected" for e in evaluated]
 
-    def restore_rejection(self, record: dict):
-        """Put back a record taken by forget_rejection (when sending it again failed)."""
-        entry = _rejection_entry(record["message_id"], record["kind"], record["body"],
-                                 record["order_id"], record["reasons"], record["first_seen"])
-        self._run_batch({"orders": [], "rejections": [entry], "oldest_sent_ms": 0})
-
     def _run_batch(self, batch: dict) -> list[str]:
-        return self._apply_batch(keys=BATCH_KEYS,
-                                 args=[json.dumps(batch, ensure_ascii=False), time.time()])
+        args = [json.dumps(batch, ensure_ascii=False), time.time(), MAX_TOTAL,
+                self.retention_seconds]
+        if not self.wait_replicas:
+            return self._apply_batch(keys=BATCH_KEYS, args=args)
+        results, confirmed = self._script_then_wait(args)
+        if isinstance(results, redis.exceptions.NoScriptError):  # a new or restarted primary
+            self.redis.script_load(APPLY_BATCH)
+            results, confirmed = self._script_then_wait(args)
+        for reply in (results, confirmed):
+            if isinstance(reply, Exception):
+                raise reply
+        if confirmed < self.wait_replicas:
+            # The script ran: a retry finds these orders counted and calls them duplicates.
+            raise NotReplicated(f"{confirmed} of {self.wait_replicas} replica(s) confirmed "
+                                f"the batch within {WAIT_TIMEOUT_MS} ms")
+        return results
+
+    def _script_then_wait(self, args: list) -> list:
+        """The batch script, then WAIT: the replies, errors included."""
+        # WAIT counts the replicas holding this connection's writes, so it goes on the
+        # script's connection: both in one pipeline, one round trip.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._apply_batch.sha, len(BATCH_KEYS), *BATCH_KEYS, *args)
+        pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
+        return pipe.execute(raise_on_error=False)
+
+    def _order_entry(self, order: Order, evaluated: Evaluated) -> dict:
+        day = order.placed_at.date().isoformat()
+        return {
+            "order_id": order.order_id,
+            "order_key": order_key(order.order_id),
+            "fingerprint": order.fingerprint,
+            "user_id": order.user_id,
+            "user_key": user_key(order.user_id),
+            "cents": str(order.value_cents),
+            "ts": int(order.placed_at.timestamp() * 1000),
+            "day_key": day_key(day),
+            "day_customers_key": day_customers_key(day),
+            "day": day,
+            "month_key": month_key(day[:7]),
+            "user_days_key": user_days_key(order.user_id),
+            "user_rankings": [top_users_key("spend", day=day), top_users_key("orders", day=day),
+                              top_users_key("spend", month=day[:7]),
+                              top_users_key("orders", month=day[:7])],
+            "units": str(sum(line.quantity for line in order.lines)),
+            "products": _products(order),
+            "correction": _correction(order),
+            # Needed only if the order is rejected here: a conflict or a total past the limit.
+            "message_id": evaluated.incoming.message_id,
+            "rejection_key": rejected_key(evaluated.incoming.message_id),
+            "order_ref_key": rejected_order_key(order.order_id),
+            **kept_body(evaluated.raw_body, self.max_body_bytes),
+        }
+
+    def _rejection_entry(self, message_id: str, kind: str, body: str, order_id: str | None,
+                         reasons: dict, first_seen: str = "") -> dict:
+        return {"key": rejected_key(message_id), "message_id": message_id, "kind": kind,
+                "order_id": order_id or "", "first_seen": first_seen,
+                "order_ref_key": rejected_order_key(order_id) if order_id else "",
+                "reasons": json.dumps(reasons, ensure_ascii=False), "fields": sorted(reasons),
+                **kept_body(body, self.max_body_bytes)}
 
     def user_stats(self, user_id: str) -> UserStats | None:
         """A user's all-time totals, or None when the user has no counted order."""
@@ -395,26 +698,40 @@ class Store:
         return {event: int(n) for event, n in self.redis.hgetall(TASK_EVENTS_KEY).items()}
 
     def rejected(self, offset: int = 0, limit: int = 50) -> list[dict]:
-        """Rejected messages, newest first."""
-        ids = self.redis.zrevrange(REJECTED_INDEX, offset, offset + limit - 1)
+        """Rejected messages within the retention, newest first."""
+        ids = self.redis.zrevrangebyscore(REJECTED_INDEX, "+inf",
+                                          time.time() - self.retention_seconds,
+                                          start=offset, num=limit)
+        # A record may have expired since the index was last trimmed: skipped.
         return [r for r in map(self.rejection, ids) if r]
 
     def rejection(self, some_id: str) -> dict | None:
-        """One rejected message by message id or order id, with its body and reasons."""
+        """One rejected message by message id or order id, with its body and reasons.
+
+        A body larger than MAX_ORDER_BYTES was kept as its first KEPT_BODY_BYTES, with
+        body_bytes (its size) and body_sha256.
+        """
         record = self.redis.hgetall(rejected_key(some_id))
         if not record:
-            message_id = self.redis.hget(REJECTED_BY_ORDER, some_id)
+            message_id = self.redis.get(rejected_order_key(some_id))
             record = self.redis.hgetall(rejected_key(message_id)) if message_id else {}
         if not record:
             return None
         record["reasons"] = json.loads(record["reasons"])
         record["at"] = float(record["at"])
+        if "body_bytes" in record:
+            record["body_bytes"] = int(record["body_bytes"])
         return record
 
-    def forget_rejection(self, message_id: str) -> bool:
-        """Delete a rejection record and uncount it; False when there was none."""
-        return bool(self._forget_rejection(
-            keys=[rejected_key(message_id), REJECTED_INDEX, REJECTED_BY_ORDER, OUTCOMES_KEY]))
+    def forget_rejection(self, record: dict) -> bool:
+        """Delete a rejection record as read by rejection() and uncount it.
+
+        False when it is gone, or was written again since (the message was rejected anew).
+        """
+        keys = [rejected_key(record["message_id"]), REJECTED_INDEX, OUTCOMES_KEY]
+        if record.get("order_id"):
+            keys.append(rejected_order_key(record["order_id"]))
+        return bool(self._forget_rejection(keys=keys, args=[repr(record["at"])]))
 
     def ranked(self, keys: list[str], second_keys: list[str], n: int
                ) -> list[tuple[str, int, int]]:
@@ -433,33 +750,14 @@ class Store:
         return bool(self.redis.ping())
 
 
-def _order_entry(order: Order, evaluated: Evaluated) -> dict:
-    day = order.placed_at.date().isoformat()
-    return {
-        "order_id": order.order_id,
-        "order_key": order_key(order.order_id),
-        "fingerprint": order.fingerprint,
-        "user_id": order.user_id,
-        "user_key": user_key(order.user_id),
-        "cents": str(order.value_cents),
-        "ts": int(order.placed_at.timestamp() * 1000),
-        "day_key": day_key(day),
-        "day_customers_key": day_customers_key(day),
-        "day": day,
-        "month_key": month_key(day[:7]),
-        "user_days_key": user_days_key(order.user_id),
-        "user_rankings": [top_users_key("spend", day=day), top_users_key("orders", day=day),
-                          top_users_key("spend", month=day[:7]),
-                          top_users_key("orders", month=day[:7])],
-        "units": sum(line.quantity for line in order.lines),
-        "products": [[product_key(line.product_id), line.product_id, line.quantity,
-                      str(line.line_cents)] for line in order.lines],
-        "correction": _correction(order),
-        # Needed only if the order turns out to conflict with an earlier one.
-        "message_id": evaluated.incoming.message_id,
-        "conflict_key": rejected_key(evaluated.incoming.message_id),
-        "body": evaluated.raw_body,
-    }
+def _products(order: Order) -> list[list]:
+    """[key, product id, units, cents] per product: lines of the same product merged."""
+    merged: dict[str, tuple[int, int]] = {}
+    for line in order.lines:
+        units, cents = merged.get(line.product_id, (0, 0))
+        merged[line.product_id] = (units + line.quantity, cents + line.line_cents)
+    return [[product_key(product_id), product_id, str(units), str(cents)]
+            for product_id, (units, cents) in merged.items()]
 
 
 def _correction(order: Order) -> str:
@@ -470,8 +768,11 @@ def _correction(order: Order) -> str:
                        "counted_cents": order.value_cents})
 
 
-def _rejection_entry(message_id: str, kind: str, body: str, order_id: str | None,
-                     reasons: dict, first_seen: str = "") -> dict:
-    return {"key": rejected_key(message_id), "message_id": message_id, "kind": kind,
-            "body": body, "order_id": order_id or "", "first_seen": first_seen,
-            "reasons": json.dumps(reasons, ensure_ascii=False), "fields": sorted(reasons)}
+def kept_body(body: str, max_bytes: int) -> dict:
+    """What a rejection record keeps of a body: whole, or the head, size and SHA-256."""
+    data = body.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return {"body": body}
+    # Cut on a character boundary: a split UTF-8 sequence at the end is dropped.
+    return {"body": data[:KEPT_BODY_BYTES].decode("utf-8", "ignore"),
+            "body_bytes": len(data), "body_sha256": hashlib.sha256(data).hexdigest()}

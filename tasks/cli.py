@@ -9,7 +9,7 @@ from tabulate import tabulate
 from app import sqs
 from app.deadletters import DeadLetterQueue, PurgeInProgress
 from app.display import printable
-from app.rejections import requeue
+from app.rejections import NotRequeueable, requeue
 from app.settings import Settings
 from app.store import Store
 
@@ -117,7 +117,7 @@ def rejected():
 
 
 def _store() -> Store:
-    return Store.from_url(_settings().redis_url)
+    return Store.from_settings(_settings())
 
 
 @rejected.command("list")
@@ -143,10 +143,13 @@ def rejected_show(some_id, as_json):
 def rejected_requeue(ids):
     """Send rejected orders' original bodies to the orders queue again."""
     settings = _settings()
-    store, client = Store.from_url(settings.redis_url), sqs.client(settings)
+    store, client = Store.from_settings(settings), sqs.client(settings)
     unknown = []
     for some_id in ids:
-        record = requeue(store, client, settings.orders_url, some_id)
+        try:
+            record = requeue(store, client, settings.orders_url, some_id)
+        except NotRequeueable as exc:
+            raise click.ClickException(f"Cannot requeue {exc}") from None
         if record is None:
             unknown.append(some_id)
         else:

@@ -13,7 +13,7 @@ from celery.signals import task_failure, task_retry
 from app import pipeline
 from app.orders import Incoming
 from app.settings import Settings
-from app.store import Store
+from app.store import NotReplicated, Store
 from tasks.batching import BatchPartlyFailed
 from tasks.names import PROCESS_BATCH, PROCESS_ORDER
 
@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 
 # Faults that pass by themselves: retried with backoff. Anything else is a bug or a poison
 # message: the task fails, the message is left on SQS and, after MAX_RECEIVE_COUNT
-# receives, SQS moves it to the dead-letter queue.
-TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# receives, SQS moves it to the dead-letter queue. NotReplicated: too few replicas confirmed
+# the batch (REDIS_WAIT_REPLICAS), so its messages must stay on SQS.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, NotReplicated)
 
 
 class OrderTask(Task):
@@ -50,7 +51,7 @@ class OrderTask(Task):
     @cached_property
     def store(self) -> Store:
         """This process's Store, created on first use (after the pool forked)."""
-        return Store.from_url(self.settings.redis_url)
+        return Store.from_settings(self.settings)
 
 
 def _incoming(body, message_id: str, sent_at_ms: int | None,

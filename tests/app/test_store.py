@@ -6,7 +6,7 @@ import pytest
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import user_key
+from app.store import rejected_order_key, user_key
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -122,15 +122,24 @@ def test_a_key_of_the_wrong_type_fails_the_whole_batch_before_any_write(store):
     assert apply(store, body("O1", user_id="U1"), body("O2", user_id="U2")) == ["counted"] * 2
 
 
-def test_a_forgotten_rejection_is_uncounted_and_can_be_restored(store):
+def test_a_forgotten_rejection_is_uncounted(store):
     apply(store, '{"order_id": "X1"}')
     record = store.rejection("X1")
     assert record and store.outcomes()["rejected"] == 1
-    assert store.forget_rejection(record["message_id"])
+    assert store.forget_rejection(record)
     assert store.rejection("X1") is None and store.outcomes()["rejected"] == 0
-    assert not store.forget_rejection(record["message_id"])
-    store.restore_rejection(record)
-    assert store.rejection("X1")["reasons"] == record["reasons"]
+    assert store.redis.get(rejected_order_key("X1")) is None
+    assert not store.forget_rejection(record)
+    assert store.outcomes()["rejected"] == 0
+
+
+def test_a_rejection_written_again_since_it_was_read_is_not_forgotten(store):
+    evaluated = evaluate(Incoming('{"order_id": "X1"}', "m-x1"), Settings(), now=NOW)
+    store.apply([evaluated])
+    record = store.rejection("X1")
+    store.apply([evaluated])  # the requeued body, rejected again by a worker
+    assert not store.forget_rejection(record)
+    assert store.rejection("X1")["at"] > record["at"]
     assert store.outcomes()["rejected"] == 1
 
 
