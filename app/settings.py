@@ -46,6 +46,21 @@ class Settings:
     api_workers: int = 0
     log_format: str = "text"
     log_level: str = "INFO"
+    # Batch files (app/files): the bucket with input/, archive/, rejected/, staging/, results/.
+    files_bucket: str = "orders-files"
+    # S3 and SNS endpoint; empty means SQS_ENDPOINT_URL (LocalStack serves all three).
+    files_endpoint_url: str = ""
+    # The queue of the bucket's ObjectCreated events; its DLQ is "<files_queue>-dlq".
+    files_queue: str = "file-processing-queue"
+    # Empty means the local server's URL for FILES_QUEUE; required with real AWS.
+    files_queue_url: str = ""
+    # File events arriving within this many seconds form one execution.
+    files_batch_window: float = 10.0
+    # Seconds an execution keeps its file events hidden (and each step's time limit):
+    # a worker lost mid-execution lets them come back after this.
+    files_execution_timeout: int = 900
+    files_success_topic: str = "PipelineSuccessNotifications"
+    files_failure_topic: str = "PipelineFailureNotifications"
 
     def __post_init__(self):
         if self.order_value_mismatch not in MISMATCH_POLICIES:
@@ -64,6 +79,11 @@ class Settings:
         if self.dlq_name in self.extra_queue_names or self.dlq_name == self.orders_queue:
             # Its RedrivePolicy would point at itself and it would be consumed as orders.
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
+        if self.files_queue in {*self.consumed_queue_urls, self.dlq_name, self.files_dlq}:
+            raise ValueError(f"FILES_QUEUE {self.files_queue!r} cannot be an orders queue or a DLQ")
+        if not 0 < self.files_batch_window < self.visibility_timeout:
+            # The events must still be hidden when their execution takes them over.
+            raise ValueError("FILES_BATCH_WINDOW must be above 0 and below VISIBILITY_TIMEOUT")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
 
@@ -71,6 +91,21 @@ class Settings:
     def dlq_name(self) -> str:
         """Name of the dead-letter queue of the orders queue."""
         return self.orders_dlq or f"{self.orders_queue}-dlq"
+
+    @property
+    def files_dlq(self) -> str:
+        """Name of the dead-letter queue of the file events queue."""
+        return f"{self.files_queue}-dlq"
+
+    @property
+    def files_url(self) -> str:
+        """URL of the file events queue."""
+        return self.files_queue_url or self.url_of(self.files_queue)
+
+    @property
+    def files_endpoint(self) -> str:
+        """S3 and SNS endpoint ('' for real AWS)."""
+        return self.files_endpoint_url or self.sqs_endpoint_url
 
     @property
     def orders_url(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app import sqs
+from app import aws, sqs
 from app.settings import Settings, to_env
 from app.store import Store
 from stack.services import Process, RedisServer, SqsServer, free_port
@@ -53,6 +53,15 @@ def settings(redis_server, sqs_server, request) -> Settings:
     Store.from_url(settings.redis_url).redis.flushdb()
     sqs.ensure_queues(settings)
     return settings
+
+
+@pytest.fixture
+def files_settings(settings) -> Settings:
+    """Settings with a fresh files bucket, events queue (+ DLQ) and topics on LocalStack."""
+    files = replace(settings, files_bucket=f"files-{uuid.uuid4().hex[:12]}",
+                    files_queue=f"{settings.orders_queue}-files")
+    aws.ensure_files_resources(files)
+    return files
 
 
 @pytest.fixture
