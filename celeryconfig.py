@@ -46,17 +46,29 @@ broker_transport_options = {
                if _endpoint.netloc else {}),
         }
         for name, url in _settings.consumed_queue_urls.items()
+    } | {
+        # S3 file events (raw, gathered by tasks/files_consumer.py) and the files tasks.
+        _settings.files_queue: {
+            "url": _settings.files_url,
+            "backoff_policy": _settings.failure_backoff_policy,
+            "backoff_tasks": ["files.execute"],
+            **({"access_key_id": "test", "secret_access_key": "test"}
+               if _endpoint.netloc else {}),
+        },
     },
 }
 
 # Tasks are sent to the orders queue; workers also take raw orders from EXTRA_ORDERS_QUEUES.
 task_default_queue = _settings.orders_queue
 task_queues = [_Queue(name, _Exchange(name), routing_key=name)
-               for name in _settings.consumed_queue_urls]
+               for name in [*_settings.consumed_queue_urls, _settings.files_queue]]
+task_routes = {"files.*": {"queue": _settings.files_queue}}
 task_serializer = "json"
 accept_content = ["json"]
+# Only the files tasks keep results (their chord needs them); the orders tasks do not.
 task_ignore_result = True
-result_backend = None
+result_backend = _settings.control_plane_url
+result_expires = 86400
 
 # Exactly-once counting makes orders.process idempotent, so it is safe to ack only after
 # the task ran: a worker that dies mid-task leaves the message to be delivered again.

@@ -116,21 +116,7 @@ def ensure_files_resources(settings: Settings, sqs_client=None, s3=None, sns=Non
         if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou",
                                                   "BucketAlreadyExists"):
             raise
-    dlq_url = sqs_client.create_queue(QueueName=settings.files_dlq)["QueueUrl"]
-    dlq_arn = _queue_arn(sqs_client, dlq_url)
-    queue_url = sqs_client.create_queue(QueueName=settings.files_queue)["QueueUrl"]
-    queue_arn = _queue_arn(sqs_client, queue_url)
-    sqs_client.set_queue_attributes(QueueUrl=queue_url, Attributes={
-        "VisibilityTimeout": str(settings.visibility_timeout),
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                     "maxReceiveCount": str(settings.max_receive_count)}),
-        # S3 may send to the queue, from this bucket only (the seed's queue policy).
-        "Policy": json.dumps({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
-            "Action": "sqs:SendMessage", "Resource": queue_arn,
-            "Condition": {"ArnLike": {"aws:SourceArn":
-                                      f"arn:aws:s3:::{settings.files_bucket}"}}}]}),
-    })
+    queue_url, dlq_url, queue_arn = ensure_files_queue(settings, sqs_client)
     current = s3.get_bucket_notification_configuration(Bucket=settings.files_bucket)
     wanted = {"Id": f"{settings.files_queue}-input", "QueueArn": queue_arn,
               "Events": ["s3:ObjectCreated:*"],
@@ -148,6 +134,28 @@ def ensure_files_resources(settings: Settings, sqs_client=None, s3=None, sns=Non
     topics = {name: sns.create_topic(Name=name)["TopicArn"]
               for name in (settings.files_success_topic, settings.files_failure_topic)}
     return {"bucket": settings.files_bucket, "queue": queue_url, "dlq": dlq_url, **topics}
+
+
+def ensure_files_queue(settings: Settings, sqs_client=None) -> tuple[str, str, str]:
+    """Create the file events queue and its DLQ (idempotent); (URL, DLQ URL, queue ARN)."""
+    sqs_client = sqs_client or sqs.client(settings)
+    dlq_url = sqs_client.create_queue(QueueName=settings.files_dlq)["QueueUrl"]
+    dlq_arn = _queue_arn(sqs_client, dlq_url)
+    queue_url = sqs_client.create_queue(QueueName=settings.files_queue)["QueueUrl"]
+    queue_arn = _queue_arn(sqs_client, queue_url)
+    sqs_client.set_queue_attributes(QueueUrl=queue_url, Attributes={
+        # The files tasks ride on this queue too: each must end before its message reappears.
+        "VisibilityTimeout": str(settings.files_execution_timeout),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
+                                     "maxReceiveCount": str(settings.max_receive_count)}),
+        # S3 may send to the queue, from this bucket only (the seed's queue policy).
+        "Policy": json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
+            "Action": "sqs:SendMessage", "Resource": queue_arn,
+            "Condition": {"ArnLike": {"aws:SourceArn":
+                                      f"arn:aws:s3:::{settings.files_bucket}"}}}]}),
+    })
+    return queue_url, dlq_url, queue_arn
 
 
 def _queue_arn(sqs_client, url: str) -> str:

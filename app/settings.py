@@ -56,8 +56,8 @@ class Settings:
     files_queue_url: str = ""
     # File events arriving within this many seconds form one execution.
     files_batch_window: float = 10.0
-    # Seconds an execution keeps its file events hidden (and each step's time limit):
-    # a worker lost mid-execution lets them come back after this.
+    # Seconds an execution keeps its file events hidden (the files queue's visibility
+    # timeout; each step's time limit is half of it): after a lost worker they come back.
     files_execution_timeout: int = 900
     files_success_topic: str = "PipelineSuccessNotifications"
     files_failure_topic: str = "PipelineFailureNotifications"
@@ -81,9 +81,9 @@ class Settings:
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
         if self.files_queue in {*self.consumed_queue_urls, self.dlq_name, self.files_dlq}:
             raise ValueError(f"FILES_QUEUE {self.files_queue!r} cannot be an orders queue or a DLQ")
-        if not 0 < self.files_batch_window < self.visibility_timeout:
+        if not 0 < self.files_batch_window < self.files_execution_timeout:
             # The events must still be hidden when their execution takes them over.
-            raise ValueError("FILES_BATCH_WINDOW must be above 0 and below VISIBILITY_TIMEOUT")
+            raise ValueError("FILES_BATCH_WINDOW must be above 0 and below FILES_EXECUTION_TIMEOUT")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
 

@@ -9,7 +9,7 @@ from app.settings import from_env
 from tasks.transport import use_for_sqs_urls
 
 use_for_sqs_urls()
-app = Celery("orders", include=["tasks.orders"], control="tasks.control:ControlPlane")
+app = Celery("orders", include=["tasks.orders", "tasks.files"], control="tasks.control:ControlPlane")
 app.config_from_object("celeryconfig")
 
 

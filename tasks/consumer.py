@@ -8,6 +8,7 @@ from app.deadletters import original_id
 from app.settings import from_env
 from tasks.batching import BATCH_TASK, BatchMessage, raw_entry
 from tasks.control import control_connection
+from tasks.files_consumer import FilesBatcher
 
 RAW_ORDER_TASK = "orders.process"
 # A ReceiveMessage hands its messages over one after the other in the same loop turn;
@@ -60,6 +61,7 @@ class OrderConsumer(Consumer):
         self.queue_by_url = {url: name for name, url in settings.consumed_queue_urls.items()}
         self._raw_batch = []
         self._flush_timer = None
+        self.files_batcher = FilesBatcher(self, settings)
 
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""
@@ -72,6 +74,8 @@ class OrderConsumer(Consumer):
         def on_message(message):
             if "task" in (message.headers or {}):
                 return handle_task_message(message)
+            if self.files_batcher.takes(message):  # S3 file events: tasks/files_consumer.py
+                return self.files_batcher.add(message, handle_task_message)
             if "sqs_message" in (message.delivery_info or {}):
                 # A message kombu did not publish lacks the routing key that kombu's SQS
                 # backoff policy (and Celery's retry routing) look up its queue by.
