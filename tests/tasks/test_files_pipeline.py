@@ -70,6 +70,9 @@ def test_uploaded_files_become_kpis_then_are_archived_and_announced(files_settin
     rng = random.Random(21)
     products, orders, items = make_rows(rng, orders=80)
     # The bucket's notification was configured by the fixture: an s3:TestEvent is queued.
+    peek = sqs.client(settings).receive_message(QueueUrl=settings.files_url, WaitTimeSeconds=5,
+                                                VisibilityTimeout=0)["Messages"]
+    assert json.loads(peek[0]["Body"])["Event"] == "s3:TestEvent"
     start_worker(settings=settings)
     upload(settings, {"products.csv": csv_of(PRODUCTS, products),
                       "orders_part1.csv": csv_of(ORDERS, orders),
@@ -133,3 +136,34 @@ def test_a_failing_step_announces_failure_archives_nothing_and_dead_letters_the_
     dead = sqs.client(settings).receive_message(QueueUrl=settings.url_of(settings.files_dlq),
                                                 MaxNumberOfMessages=1)["Messages"][0]
     assert json.loads(dead["Body"])["Records"][0]["s3"]["object"]["key"] == "input/orders.csv"
+
+
+@pytest.mark.slow
+def test_two_workers_and_overlapping_executions_agree_with_one_computation(files_settings,
+                                                                         start_worker):
+    settings = files_settings
+    notes = Notifications(settings)
+    products, orders, items = make_rows(random.Random(13), orders=120)
+    first, second = orders[:60], orders[60:]
+    first_ids = {o["order_id"] for o in first}
+    items_of_first = [i for i in items if i["order_id"] in first_ids]
+    items_of_second = [i for i in items if i["order_id"] not in first_ids]
+    start_worker(settings=settings, name="w1", concurrency=1)
+    start_worker(settings=settings, name="w2", concurrency=1)
+    # Items arrive before and after their orders, in executions that may overlap.
+    upload(settings, {"products.csv": csv_of(PRODUCTS, products),
+                      "orders_part1.csv": csv_of(ORDERS, first),
+                      "order_items_part2.csv": csv_of(ORDER_ITEMS, items_of_second)})
+    wait_for(lambda: FilesStore.from_url(settings.redis_url).executions(), timeout=60,
+             message="a first execution to start")
+    upload(settings, {"orders_part2.csv": csv_of(ORDERS, second),
+                      "order_items_part1.csv": csv_of(ORDER_ITEMS, items_of_first)})
+
+    wait_for(lambda: sorted(f for _, m in notes.poll() for f in m.get("valid_files", [])) == [
+        "order_items_part1.csv", "order_items_part2.csv", "orders_part1.csv",
+        "orders_part2.csv", "products.csv"], timeout=180, message="every file announced once")
+    assert len(notes.received) >= 2
+    assert {topic for topic, _ in notes.received} == {settings.files_success_topic}
+    assert served(settings) == expected_kpis(by_key(PRODUCTS, products), by_key(ORDERS, orders),
+                                             by_key(ORDER_ITEMS, items))
+    assert keys_in(settings, "input/") == set()
