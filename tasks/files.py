@@ -1,7 +1,8 @@
 """The files tasks: thin adapters over app.files.execution, chained as one Celery canvas.
 
 files.execute (one window of S3 events) starts an execution:
-    chord(group(files.stage per file), files.kpis) | files.finish,  errors -> files.failed
+    chord(group(chain(files.stage per file of a table) per table), files.kpis) | files.finish
+with files.failed as the error callback.
 Every step is idempotent; the events stay on SQS until files.finish deletes them, and
 files.failed makes them visible again, so SQS retries and then dead-letters them.
 """
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from celery import chord, group
+from celery import chain, chord, group
 
 from app import sqs
-from app.files.execution import Files, new_execution_id, parse_event
+from app.files.execution import Files, new_execution_id, parse_event, staging_lanes
 from app.settings import from_env
 from tasks.celery import app
 from tasks.files_consumer import EXECUTE_TASK
@@ -74,7 +75,7 @@ def _backoff(event: dict) -> int:
 @app.task(name=EXECUTE_TASK, bind=True, acks_late=True)
 def execute(self, events: list[dict]):
     """Start one execution over a window of S3 events; None if there is nothing to do."""
-    keys, file_events, done, bad = [], [], [], []
+    found, file_events, done, bad = [], [], [], []
     for event in events:
         parsed = parse_event(event["body"], settings.files_bucket)
         if parsed.kind == "test":
@@ -87,35 +88,40 @@ def execute(self, events: list[dict]):
             done.append(event)  # another bucket or prefix
         else:
             file_events.append(event)
-            keys += [f.key for f in parsed.files if f.key not in keys]
+            found += parsed.files
     if done:
         delete_events(done)
     if bad:
         hide_events(bad, _backoff)  # retried, then dead-lettered for a look
-    if not keys:
+    if not found:
         return None
     # The window's wait has been spent: hide the events for a whole execution from now.
     hide_events(file_events, lambda e: settings.files_execution_timeout)
     execution_id = new_execution_id()
-    files().start(execution_id, keys)
-    workflow = chord(group(stage.s(execution_id, key) for key in keys),
+    lanes = staging_lanes(found)
+    files().start(execution_id, [key for lane in lanes for key in lane])
+    # One chain per table (its files in upload order), the tables in parallel.
+    workflow = chord(group(chain(stage.s([], execution_id, lane[0]),
+                                 *(stage.s(execution_id, key) for key in lane[1:]))
+                           for lane in lanes),
                      kpis.s(execution_id)) | finish.s(execution_id, file_events)
     workflow.link_error(failed.s(execution_id, file_events))
     workflow.apply_async()
     logger.info("execution %s started over %d file(s) from %d event(s)", execution_id,
-                len(keys), len(file_events))
+                sum(map(len, lanes)), len(file_events))
     return execution_id
 
 
 @app.task(name="files.stage", **STEP_OPTIONS)
-def stage(execution_id: str, key: str) -> dict:
-    """Validate, clean and upsert one file into its Delta table."""
-    return files().stage(execution_id, key)
+def stage(earlier: list[dict], execution_id: str, key: str) -> list[dict]:
+    """Validate, clean and upsert one file into its Delta table, after its lane's earlier files."""
+    return [*earlier, files().stage(execution_id, key)]
 
 
 @app.task(name="files.kpis", **STEP_OPTIONS)
-def kpis(staged: list[dict], execution_id: str) -> dict:
+def kpis(lanes: list[list[dict]], execution_id: str) -> dict:
     """Recompute the KPIs of every date the execution's files touched."""
+    staged = [result for lane in lanes for result in lane]
     summary = files().compute_kpis(execution_id, staged)
     # What the next step needs; the effects (order and product ids) have served.
     return {"staged": [{k: v for k, v in r.items() if k != "effects"} for r in staged],

@@ -39,6 +39,7 @@ class FileEvent:
     key: str
     size: int | None = None
     etag: str | None = None
+    event_time: str = ""  # ISO 8601 from S3: orders files of one table within a window
 
 
 @dataclass
@@ -74,10 +75,27 @@ def parse_event(body: str, bucket: str) -> ParsedMessage:
             # Keys in S3 events are URL-encoded, spaces as '+'.
             key = unquote_plus(s3["object"]["key"])
             if key.startswith(aws.INPUT) and key != aws.INPUT:
-                files.append(FileEvent(key, s3["object"].get("size"), s3["object"].get("eTag")))
+                files.append(FileEvent(key, s3["object"].get("size"), s3["object"].get("eTag"),
+                                       str(record.get("eventTime", ""))))
     except (KeyError, TypeError, AttributeError) as exc:
         return ParsedMessage("invalid", reason=f"malformed record: {exc!r}")
     return ParsedMessage("files", files)
+
+
+def staging_lanes(events: list[FileEvent]) -> list[list[str]]:
+    """The keys to stage, one lane per table: a table's files in upload order, one after
+    another (a later file of the same keys must win); lanes run in parallel."""
+    latest: dict[str, FileEvent] = {}
+    for event in events:
+        if event.key not in latest or event.event_time >= latest[event.key].event_time:
+            latest[event.key] = event
+    lanes: dict[str, list[FileEvent]] = {}
+    for event in latest.values():
+        file_type = file_type_for(event.key)
+        # Files of no known type are only rejected: each gets a lane of its own.
+        lanes.setdefault(file_type.name if file_type else event.key, []).append(event)
+    return [[e.key for e in sorted(lane, key=lambda e: (e.event_time, e.key))]
+            for lane in lanes.values()]
 
 
 def new_execution_id(now: datetime | None = None) -> str:

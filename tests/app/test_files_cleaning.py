@@ -131,3 +131,16 @@ def test_files_that_cannot_be_staged_are_invalid_with_a_reason(data, reason):
                                           ("input/customers.csv", None)])
 def test_the_file_type_comes_from_the_name_prefix(key, expected):
     assert file_type_for(key) is expected
+
+
+def test_files_of_one_table_are_staged_in_upload_order_tables_side_by_side():
+    from app.files.execution import FileEvent, staging_lanes
+    events = [FileEvent("input/orders_fix.csv", event_time="2024-01-01T00:00:02.000Z"),
+              FileEvent("input/products.csv", event_time="2024-01-01T00:00:01.000Z"),
+              FileEvent("input/orders.csv", event_time="2024-01-01T00:00:01.500Z"),
+              FileEvent("input/notes.txt", event_time="2024-01-01T00:00:00.000Z"),
+              FileEvent("input/orders.csv", event_time="2024-01-01T00:00:03.000Z")]
+    # orders.csv was uploaded again after the fix: its later upload decides its place.
+    assert sorted(staging_lanes(events)) == [["input/notes.txt"],
+                                             ["input/orders_fix.csv", "input/orders.csv"],
+                                             ["input/products.csv"]]

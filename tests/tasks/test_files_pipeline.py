@@ -167,3 +167,17 @@ def test_two_workers_and_overlapping_executions_agree_with_one_computation(files
     assert served(settings) == expected_kpis(by_key(PRODUCTS, products), by_key(ORDERS, orders),
                                              by_key(ORDER_ITEMS, items))
     assert keys_in(settings, "input/") == set()
+
+
+def test_a_file_and_its_update_in_one_window_are_staged_in_upload_order(files_settings,
+                                                                       start_worker):
+    settings = files_settings
+    notes = Notifications(settings)
+    products, orders, items = make_rows(random.Random(30), orders=20)
+    updates = [{**o, "status": "returned"} for o in orders[:10]]
+    start_worker(settings=settings)
+    upload(settings, {"orders.csv": csv_of(ORDERS, orders)})
+    upload(settings, {"orders_update.csv": csv_of(ORDERS, updates)})
+    [(_, message)] = notes.wait(1)
+    assert sorted(message["valid_files"]) == ["orders.csv", "orders_update.csv"]
+    assert served(settings)[0] == expected_kpis({}, by_key(ORDERS, orders + updates), {})[0]
