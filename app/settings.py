@@ -160,6 +160,8 @@ class StackSettings:
     api_port: int = 8000
     flower_port: int = 5555
     demo_orders: int = 3000
+    # Orders in the sample files make run uploads to the files bucket (0: none).
+    demo_file_orders: int = 500
     # Empty means var/ in the project.
     stack_var_dir: str = ""
     # Empty means .venv-sqs/bin/python in the project (LocalStack needs Python 3.13).
