@@ -1,0 +1,24 @@
+"""Settings of the files path: names that cannot collide, endpoints that follow SQS's."""
+import pytest
+
+from app.settings import Settings, from_env
+
+
+@pytest.mark.parametrize("queue", ["orders-queue", "orders-queue-dlq", "OrderQueue"])
+def test_the_files_queue_cannot_be_an_orders_queue_or_a_dlq(queue):
+    with pytest.raises(ValueError, match="FILES_QUEUE"):
+        Settings(files_queue=queue, extra_orders_queues="OrderQueue")
+
+
+def test_the_batch_window_must_end_before_the_execution_timeout():
+    with pytest.raises(ValueError, match="FILES_BATCH_WINDOW"):
+        from_env({"FILES_BATCH_WINDOW": "900", "FILES_EXECUTION_TIMEOUT": "900"})
+
+
+def test_s3_and_sns_follow_the_sqs_endpoint_unless_told_otherwise():
+    assert Settings(sqs_endpoint_url="http://127.0.0.1:4599").files_endpoint == "http://127.0.0.1:4599"
+    assert Settings(files_endpoint_url="http://s3.local:9000").files_endpoint == "http://s3.local:9000"
+    assert Settings().files_dlq == "file-processing-queue-dlq"
+    aws = from_env({"SQS_ENDPOINT_URL": "", "ORDERS_QUEUE_URL": "https://q/1/orders-queue",
+                    "FILES_QUEUE_URL": "https://q/1/file-processing-queue"})
+    assert (aws.files_endpoint, aws.files_url) == ("", "https://q/1/file-processing-queue")
