@@ -123,8 +123,10 @@ def kpis(lanes: list[list[dict]], execution_id: str) -> dict:
     """Recompute the KPIs of every date the execution's files touched."""
     staged = [result for lane in lanes for result in lane]
     summary = files().compute_kpis(execution_id, staged)
-    # What the next step needs; the effects (order and product ids) have served.
-    return {"staged": [{k: v for k, v in r.items() if k != "effects"} for r in staged],
+    # What the next step needs; dates are dropped from the effects (the summary has them).
+    return {"staged": [{**r, "effects": {"ref": r["effects"]["ref"]}}
+                       if "ref" in (r.get("effects") or {}) else
+                       {k: v for k, v in r.items() if k != "effects"} for r in staged],
             "kpis": summary}
 
 

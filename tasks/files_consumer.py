@@ -17,6 +17,9 @@ from kombu.transport import virtual
 from app.settings import Settings
 
 EXECUTE_TASK = "files.execute"
+# Events per execution at most: files.execute's message carries their bodies (about 1.5 KB
+# each) and must stay well below SQS's 1 MiB; a burst becomes several executions.
+MAX_EVENTS = 100
 
 
 def event_entry(message: Message) -> dict:
@@ -91,7 +94,11 @@ class FilesBatcher:
         message.headers = {"task": EXECUTE_TASK}
         self._handle = handle_task_message
         self._messages.append(message)
-        if self._timer is None:
+        if len(self._messages) >= MAX_EVENTS:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.flush()
+        elif self._timer is None:
             self._timer = self.consumer.timer.call_after(self.window, self.flush)
 
     def flush(self):

@@ -169,6 +169,11 @@ class Files:
         except InvalidFile as exc:
             return {**result, "status": "invalid", "reasons": exc.reasons}
         effects = self.staging.affected(file_type, cleaned.frame) if cleaned.rows_kept else {}
+        if effects.get("order_ids") or effects.get("product_ids"):
+            # Hundreds of thousands of ids would not fit the chord's SQS messages (1 MiB).
+            ref = f"{aws.RESULTS}{execution_id}/effects/{result['name']}.json"
+            aws.put_json(self.s3, self.settings.files_bucket, ref, effects)
+            effects = {"ref": ref}
         merged = self.staging.upsert(file_type, cleaned.frame) if cleaned.rows_kept else {}
         logger.info("execution %s: %s staged, %d of %d rows kept", execution_id, key,
                     cleaned.rows_kept, cleaned.rows_read)
@@ -181,7 +186,7 @@ class Files:
     def compute_kpis(self, execution_id: str, staged: list[dict]) -> dict:
         """Recompute and write the KPIs of every date the valid files touched."""
         started = time.monotonic()
-        effects = [r.get("effects") or {} for r in staged if r["status"] == "valid"]
+        effects = [self._effects(r.get("effects") or {}) for r in staged if r["status"] == "valid"]
         snapshot = kpis.Snapshot(self.staging.versions())
         dates = kpis.resolve_dates(self.staging, snapshot, effects)
         written = 0
@@ -192,6 +197,14 @@ class Files:
                     len(dates), written)
         return {"dates": dates, "dates_written": written, "table_versions": snapshot.versions,
                 "seconds": round(time.monotonic() - started, 3)}
+
+    def _effects(self, effects: dict) -> dict:
+        if "ref" not in effects:
+            return effects
+        data = aws.get_bytes(self.s3, self.settings.files_bucket, effects["ref"])
+        if data is None:
+            raise RuntimeError(f"the staging effects {effects['ref']} are missing")
+        return json.loads(data)
 
     def finish(self, execution_id: str, staged: list[dict], kpi_summary: dict) -> dict:
         """Archive valid files, reject invalid ones with their reasons, record, notify."""
@@ -206,6 +219,10 @@ class Files:
                              {"file": result["key"], "execution_id": execution_id,
                               "reasons": result["reasons"]})
                 aws.move(self.s3, bucket, result["key"], target)
+        for result in staged:
+            ref = (result.get("effects") or {}).get("ref")
+            if ref:
+                self.s3.delete_object(Bucket=bucket, Key=ref)  # served their purpose
         record = self._record(execution_id, "succeeded", staged, kpi_summary)
         record["timings"]["finish_seconds"] = round(time.monotonic() - started, 3)
         self._save(record)

@@ -101,16 +101,22 @@ def resolve_dates(staging: Staging, snapshot: Snapshot, effects: list[dict]) -> 
 def compute(staging: Staging, snapshot: Snapshot, dates: list[str]
             ) -> tuple[list[OrderKpi], list[CategoryKpi]]:
     """Order and category KPIs of the dates, from the tables at the snapshot."""
-    wanted = pl.lit([date.fromisoformat(d) for d in dates], dtype=pl.List(pl.Date)).explode()
-    orders = (staging.scan(ORDERS, snapshot.versions[ORDERS.name])
-              .with_columns(order_date=pl.col("created_at").dt.date())
-              .filter(pl.col("order_date").is_in(wanted.implode())))
+    return compute_frames(staging.scan(ORDERS, snapshot.versions[ORDERS.name]),
+                          staging.scan(ORDER_ITEMS, snapshot.versions[ORDER_ITEMS.name]),
+                          staging.scan(PRODUCTS, snapshot.versions[PRODUCTS.name]), dates)
+
+
+def compute_frames(orders: pl.LazyFrame, items: pl.LazyFrame, products: pl.LazyFrame,
+                   dates: list[str] | None = None) -> tuple[list[OrderKpi], list[CategoryKpi]]:
+    """Order and category KPIs from cleaned orders, items and products (None: every date)."""
+    orders = orders.with_columns(order_date=pl.col("created_at").dt.date())
+    if dates is not None:
+        wanted = pl.lit([date.fromisoformat(d) for d in dates], dtype=pl.List(pl.Date))
+        orders = orders.filter(pl.col("order_date").is_in(wanted.explode().implode()))
     # An item belongs to its order's date; items of orders not staged count nowhere.
-    items = (staging.scan(ORDER_ITEMS, snapshot.versions[ORDER_ITEMS.name])
-             .select("order_id", "product_id", "status", "sale_price_cents")
+    items = (items.select("order_id", "product_id", "status", "sale_price_cents")
              .join(orders.select("order_id", "order_date"), on="order_id", how="inner"))
-    products = (staging.scan(PRODUCTS, snapshot.versions[PRODUCTS.name])
-                .select(pl.col("id").alias("product_id"), "category"))
+    products = products.select(pl.col("id").alias("product_id"), "category")
     by_order_date = (orders.group_by("order_date").agg(
         total_orders=pl.col("order_id").n_unique(),
         unique_customers=pl.col("user_id").drop_nulls().n_unique(),
