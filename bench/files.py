@@ -121,6 +121,11 @@ def run_pipeline(settings: Settings, directory: Path, log_dir: Path) -> dict:
                 raise RuntimeError(f"no KPIs within {TIMEOUT_SECONDS} s:\n{worker.log_tail()}")
             time.sleep(POLL_SECONDS)
         [record] = done
+        # files.finish deletes the events after writing the record: let it end first.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(sqs.depth(settings, settings.files_queue)[k]
+                                                  for k in ("visible", "in_flight")):
+            time.sleep(POLL_SECONDS)
         rows = record["rows_read"]
         return {"status": record["status"], "rows": rows, "upload_seconds": round(uploaded, 2),
                 "seconds_to_kpis": round(served, 2), "rows_per_s": round(rows / served),

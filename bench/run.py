@@ -39,7 +39,7 @@ from typing import Callable
 import redis
 from tqdm import tqdm
 
-from app import sample, sqs
+from app import aws, sample, sqs
 from app.settings import Settings, to_env
 from app.store import Store
 from bench import files as files_bench
@@ -602,6 +602,8 @@ def start_stack(stack_dir: Path, log_dir: Path, exits: ExitStack) -> Stack:
                   RedisMeter(data.url), RedisMeter(control.url), log_dir)
     wait_http(stack.proxy_url + COUNTS_PATH, proxy)
     stack.direct = sqs.client(Settings(sqs_endpoint_url=sqs_server.endpoint_url))
+    # Workers consume the (idle) files events queue too; it must exist for them to start.
+    aws.ensure_files_queue(Settings(sqs_endpoint_url=sqs_server.endpoint_url), stack.direct)
     return stack
 
 
