@@ -14,7 +14,8 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 
 # The bucket's folders (the seed's layout); S3 has no folders, these are key prefixes.
-INPUT, ARCHIVE, REJECTED, STAGING, RESULTS = "input/", "archive/", "rejected/", "staging/", "results/"
+INPUT, ARCHIVE, REJECTED = "input/", "archive/", "rejected/"
+STAGING, RESULTS = "staging/", "results/"
 PREFIXES = (INPUT, ARCHIVE, REJECTED, STAGING, RESULTS)
 
 

@@ -624,7 +624,10 @@ class FilesStore:
             return []
         return [json.loads(raw) for raw in self.redis.mget([execution_key(i) for i in ids]) if raw]
 
-    def settle_once(self, execution_id: str, ttl_seconds: int = 7 * 86400) -> bool:
-        """True the first time an execution is settled; False for every later attempt."""
-        return bool(self.redis.set(execution_settled_key(execution_id), "1", nx=True,
-                                   ex=ttl_seconds))
+    def settled(self, execution_id: str) -> str | None:
+        """How an execution was announced ("succeeded" or "failed"), or None."""
+        return self.redis.get(execution_settled_key(execution_id))
+
+    def mark_settled(self, execution_id: str, status: str, ttl_seconds: int = 7 * 86400):
+        """Remember that an execution's outcome was announced (for a week)."""
+        self.redis.set(execution_settled_key(execution_id), status, ex=ttl_seconds)

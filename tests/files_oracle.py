@@ -76,7 +76,8 @@ def expected_kpis(products: dict, orders: dict, items: dict):
                   for d, v in sorted(per_day.items())]
     category_kpis = [{"category": c, "order_date": d, "daily_revenue": float(v["revenue"]),
                       "avg_order_value": _half_up(v["revenue"] / len(v["orders"]), "0.01"),
-                      "avg_return_rate": _half_up(Decimal(100 * v["returned"]) / v["items"], "0.01")}
+                      "avg_return_rate": _half_up(Decimal(100 * v["returned"]) / v["items"],
+                                                  "0.01")}
                      for (c, d), v in sorted(per_category.items())]
     return order_kpis, category_kpis
 

@@ -87,7 +87,7 @@ class OrderKpis(MethodView):
     @blp.arguments(DayRangeArgsSchema, location="query")
     @blp.response(200, OrderKpiSchema(many=True))
     def get(self, args):
-        """Daily order KPIs of the order dates in from..to, by date; dates without orders omitted."""
+        """Daily order KPIs of the dates in from..to, by date (dates without orders omitted)."""
         period = args["period"]
         rows = files_store().order_kpis(period.first.isoformat(), period.last.isoformat())
         return [kpis.order_kpi_answer(kpis.OrderKpi(**row)) for row in rows]

@@ -2,7 +2,7 @@
 
 Every step is idempotent, because SQS may deliver a file event again: staging merges,
 KPIs are recomputed from the tables, moving a file that is already gone is a no-op, and
-each notification is published once per execution (FilesStore.settle_once).
+each outcome is announced once per execution (FilesStore.settled), at least once.
 """
 from __future__ import annotations
 
@@ -226,24 +226,33 @@ class Files:
         record = self._record(execution_id, "succeeded", staged, kpi_summary)
         record["timings"]["finish_seconds"] = round(time.monotonic() - started, 3)
         self._save(record)
-        if self.store.settle_once(execution_id):
+        # Published, then marked: a crash in between announces twice, never not at all.
+        if not self.store.settled(execution_id):
             aws.publish(self.sns, self.settings.files_success_topic,
                         f"Files execution {execution_id} succeeded", _summary(record))
+            self.store.mark_settled(execution_id, "succeeded")
         return record
 
     def fail(self, execution_id: str, task_name: str, error: str,
              staged: list[dict] | None = None) -> dict:
         """Record and announce a failed execution; its files stay in input/."""
+        if self.store.settled(execution_id) == "succeeded":
+            # Only the events' deletion failed after the success was announced: they come
+            # back, and their next execution finds the files moved.
+            logger.warning("execution %s failed after it succeeded (%s): %s", execution_id,
+                           task_name, error)
+            return self.store.execution(execution_id) or {}
         record = self._record(execution_id, "failed", staged or [], {})
         record["failure"] = {"step": STEPS.get(task_name, task_name), "task": task_name,
                              "error": error}
         self._save(record)
-        if self.store.settle_once(execution_id):
+        if not self.store.settled(execution_id):
             aws.publish(self.sns, self.settings.files_failure_topic,
                         f"Files execution {execution_id} failed", {
                             "execution_id": execution_id, "status": "failed",
                             **record["failure"],
                             "files": [f["key"] for f in record["files"]]})
+            self.store.mark_settled(execution_id, "failed")
         return record
 
     # --- the record ------------------------------------------------------------------

@@ -83,7 +83,8 @@ def test_strings_are_trimmed_status_lowered_and_missing_categories_unknown():
                                         ("+3.10", 310)])
 def test_money_is_exact_cents_rounded_half_up(text, cents):
     row = {**GOOD["order_items"], "sale_price": text}
-    [item] = clean(read_csv(csv_bytes(ORDER_ITEMS, [row]), ORDER_ITEMS), ORDER_ITEMS).frame.to_dicts()
+    data = csv_bytes(ORDER_ITEMS, [row])
+    [item] = clean(read_csv(data, ORDER_ITEMS), ORDER_ITEMS).frame.to_dicts()
     assert item["sale_price_cents"] == cents
 
 

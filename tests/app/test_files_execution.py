@@ -138,7 +138,8 @@ def test_two_writers_staging_at_once_lose_no_commit(files_settings):
         thread.join(timeout=120)
     assert errors == []
     staged = staging.scan(ORDERS, staging.table(ORDERS).version()).collect()
-    assert sorted(staged.get_column("order_id")) == sorted(o["order_id"] for b in batches for o in b)
+    expected = sorted(o["order_id"] for batch in batches for o in batch)
+    assert sorted(staged.get_column("order_id")) == expected
 
 
 def test_kpis_from_an_older_snapshot_never_overwrite_newer_ones(store):

@@ -16,8 +16,9 @@ def test_the_batch_window_must_end_before_the_execution_timeout():
 
 
 def test_s3_and_sns_follow_the_sqs_endpoint_unless_told_otherwise():
-    assert Settings(sqs_endpoint_url="http://127.0.0.1:4599").files_endpoint == "http://127.0.0.1:4599"
-    assert Settings(files_endpoint_url="http://s3.local:9000").files_endpoint == "http://s3.local:9000"
+    local, other = "http://127.0.0.1:4599", "http://s3.local:9000"
+    assert Settings(sqs_endpoint_url=local).files_endpoint == local
+    assert Settings(sqs_endpoint_url=local, files_endpoint_url=other).files_endpoint == other
     assert Settings().files_dlq == "file-processing-queue-dlq"
     aws = from_env({"SQS_ENDPOINT_URL": "", "ORDERS_QUEUE_URL": "https://q/1/orders-queue",
                     "FILES_QUEUE_URL": "https://q/1/file-processing-queue"})
