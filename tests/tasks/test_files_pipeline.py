@@ -181,3 +181,22 @@ def test_a_file_and_its_update_in_one_window_are_staged_in_upload_order(files_se
     [(_, message)] = notes.wait(1)
     assert sorted(message["valid_files"]) == ["orders.csv", "orders_update.csv"]
     assert served(settings)[0] == expected_kpis({}, by_key(ORDERS, orders + updates), {})[0]
+
+
+@pytest.mark.slow
+def test_bodies_that_are_no_s3_event_are_dead_lettered_and_the_worker_goes_on(files_settings,
+                                                                             start_worker):
+    settings = files_settings
+    notes = Notifications(settings)
+    client = sqs.client(settings)
+    junk = ["not json", json.dumps([1, 2]),
+            json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]})]
+    for body in junk:
+        client.send_message(QueueUrl=settings.files_url, MessageBody=body)
+    worker = start_worker(settings=settings)
+    wait_for(lambda: sqs.depth(settings, settings.files_dlq)["visible"] == len(junk),
+             timeout=120, message="the junk bodies in the files DLQ")
+    upload(settings, {"orders.csv": csv_of(ORDERS, make_rows(random.Random(2), orders=5)[1])})
+    [(topic, message)] = notes.wait(1)
+    assert topic == settings.files_success_topic and message["valid_files"] == ["orders.csv"]
+    assert worker.process.poll() is None
