@@ -81,6 +81,9 @@ class Settings:
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
         if self.files_queue in {*self.consumed_queue_urls, self.dlq_name, self.files_dlq}:
             raise ValueError(f"FILES_QUEUE {self.files_queue!r} cannot be an orders queue or a DLQ")
+        if not 60 <= self.files_execution_timeout <= 43200:
+            # SQS caps a visibility timeout at 12 hours; each step gets half of it, less 10 s.
+            raise ValueError("FILES_EXECUTION_TIMEOUT must be between 60 and 43200 seconds")
         if not 0 < self.files_batch_window < self.files_execution_timeout:
             # The events must still be hidden when their execution takes them over.
             raise ValueError("FILES_BATCH_WINDOW must be above 0 and below FILES_EXECUTION_TIMEOUT")

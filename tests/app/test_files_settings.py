@@ -10,6 +10,12 @@ def test_the_files_queue_cannot_be_an_orders_queue_or_a_dlq(queue):
         Settings(files_queue=queue, extra_orders_queues="OrderQueue")
 
 
+@pytest.mark.parametrize("seconds", ["59", "43201"])
+def test_the_execution_timeout_is_a_valid_sqs_visibility_timeout(seconds):
+    with pytest.raises(ValueError, match="FILES_EXECUTION_TIMEOUT"):
+        from_env({"FILES_EXECUTION_TIMEOUT": seconds})
+
+
 def test_the_batch_window_must_end_before_the_execution_timeout():
     with pytest.raises(ValueError, match="FILES_BATCH_WINDOW"):
         from_env({"FILES_BATCH_WINDOW": "900", "FILES_EXECUTION_TIMEOUT": "900"})
