@@ -106,6 +106,14 @@ def test_uploaded_files_become_kpis_then_are_archived_and_announced(files_settin
     assert served(settings) == expected
     assert sum(d["return_rate"] for d in expected[0]) > 0
 
+    # The same update again: a new execution that changes nothing.
+    upload(settings, {"orders_returns.csv": csv_of(ORDERS, updates)})
+    (topic, third) = notes.wait(3)[2]
+    assert topic == settings.files_success_topic and third["rows_kept"] == len(updates)
+    record = FilesStore.from_url(settings.redis_url).execution(third["execution_id"])
+    assert [(f["inserted"], f["updated"]) for f in record["files"]] == [(0, 0)]
+    assert served(settings) == expected
+
     # Every event was deleted, the test event too: nothing left, nothing dead-lettered.
     wait_for(lambda: drained(settings, settings.files_queue), timeout=30,
              message="files queue to drain")
