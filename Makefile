@@ -18,7 +18,7 @@ VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
 .PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk \
-	compose-cli
+	compose-cli chromium
 
 help:
 	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
@@ -86,8 +86,15 @@ run: deps
 
 # bench-deps too: tests/bench smoke-runs the harness (wrk, the FastAPI peer) on a few orders;
 # compose-cli: tests/test_compose.py has compose parse docker-compose.yml (no engine needed).
-test: bench-deps compose-cli
+# chromium: tests/web/test_docs_browser.py opens /docs in a headless browser, offline.
+test: bench-deps compose-cli chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+chromium:
+	@command -v chromium >/dev/null || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium; }
 
 compose-cli:
 	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || { \

@@ -8,12 +8,14 @@ from kombu import Exchange, Queue
 
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
 from app.settings import Settings, from_env
-from tasks.names import ORDER_TASKS
+from tasks.names import FILES_EXECUTE, ORDER_TASKS
 
 
 def celery_settings(settings: Settings) -> dict:
     """Celery's lowercase settings for the pipeline's settings."""
     endpoint = urlsplit(settings.sqs_endpoint_url)
+    credentials = ({"access_key_id": "test", "secret_access_key": "test"}
+                   if endpoint.netloc else {})
     # A task still running when the visibility timeout ends is handed to another worker, so
     # the hard limit stays well below it. Retries' countdowns are capped by
     # RETRY_BACKOFF_MAX, which settings keep below the visibility timeout for the same reason.
@@ -48,28 +50,39 @@ def celery_settings(settings: Settings) -> dict:
             # A listed queue is never created or looked up by kombu; the URL comes from
             # settings.
             "predefined_queues": {
-                name: {
+                **{name: {
                     "url": url,
                     # A failed delivery is left on the queue (not deleted) and comes back
                     # after this many seconds by receive count, until SQS moves it to the DLQ
                     # after MAX_RECEIVE_COUNT receives.
                     "backoff_policy": settings.failure_backoff_policy,
                     "backoff_tasks": list(ORDER_TASKS),
-                    **({"access_key_id": "test", "secret_access_key": "test"}
-                       if endpoint.netloc else {}),
-                }
-                for name, url in settings.consumed_queue_urls.items()
+                    **credentials,
+                } for name, url in settings.consumed_queue_urls.items()},
+                # S3 file events (raw, gathered by tasks/files_consumer.py) and the files tasks.
+                settings.files_queue: {
+                    "url": settings.files_url,
+                    "backoff_policy": settings.failure_backoff_policy,
+                    "backoff_tasks": [FILES_EXECUTE],
+                    **credentials,
+                },
             },
+            # The one queue whose task messages are the files canvas, not orders tasks
+            # (tasks/transport.py checks each queue's task messages against its own tasks).
+            "files_queue_url": settings.files_url,
         },
         # Tasks are sent to the orders queue; workers also take raw orders from
-        # EXTRA_ORDERS_QUEUES.
+        # EXTRA_ORDERS_QUEUES, and S3 events and the files tasks from FILES_QUEUE.
         "task_default_queue": settings.orders_queue,
         "task_queues": [Queue(name, Exchange(name), routing_key=name)
-                        for name in settings.consumed_queue_urls],
+                        for name in [*settings.consumed_queue_urls, settings.files_queue]],
+        "task_routes": {"files.*": {"queue": settings.files_queue}},
         "task_serializer": "json",
         "accept_content": ["json"],
+        # Only the files tasks keep results (their chord needs them); the orders tasks do not.
         "task_ignore_result": True,
-        "result_backend": None,
+        "result_backend": settings.control_plane_url,
+        "result_expires": 86400,
         # Exactly-once counting makes orders.process idempotent, so it is safe to ack only
         # after the task ran: a worker that dies mid-task leaves the message to be delivered
         # again.

@@ -63,6 +63,21 @@ class Settings:
     metrics_sqs_interval: int = 5
     log_format: str = "text"
     log_level: str = "INFO"
+    # Batch files (app/files): the bucket with input/, archive/, rejected/, staging/, results/.
+    files_bucket: str = "orders-files"
+    # S3 and SNS endpoint; empty means SQS_ENDPOINT_URL (LocalStack serves all three).
+    files_endpoint_url: str = ""
+    # The queue of the bucket's ObjectCreated events; its DLQ is "<files_queue>-dlq".
+    files_queue: str = "file-processing-queue"
+    # Empty means the local server's URL for FILES_QUEUE; required with real AWS.
+    files_queue_url: str = ""
+    # File events arriving within this many seconds form one execution.
+    files_batch_window: float = 10.0
+    # Seconds an execution keeps its file events hidden (the files queue's visibility
+    # timeout; each step's time limit is half of it): after a lost worker they come back.
+    files_execution_timeout: int = 900
+    files_success_topic: str = "PipelineSuccessNotifications"
+    files_failure_topic: str = "PipelineFailureNotifications"
 
     def __post_init__(self):
         if self.order_value_mismatch not in MISMATCH_POLICIES:
@@ -89,6 +104,14 @@ class Settings:
             raise ValueError("REJECTED_RETENTION_DAYS must be at least 1")
         if self.redis_wait_replicas < 0:
             raise ValueError("REDIS_WAIT_REPLICAS must not be negative")
+        if self.files_queue in {*self.consumed_queue_urls, self.dlq_name, self.files_dlq}:
+            raise ValueError(f"FILES_QUEUE {self.files_queue!r} cannot be an orders queue or a DLQ")
+        if not 60 <= self.files_execution_timeout <= 43200:
+            # SQS caps a visibility timeout at 12 hours; each step gets half of it, less 10 s.
+            raise ValueError("FILES_EXECUTION_TIMEOUT must be between 60 and 43200 seconds")
+        if not 0 < self.files_batch_window < self.files_execution_timeout:
+            # The events must still be hidden when their execution takes them over.
+            raise ValueError("FILES_BATCH_WINDOW must be above 0 and below FILES_EXECUTION_TIMEOUT")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
         self.earliest_order_at  # raises ValueError when unusable
@@ -109,6 +132,21 @@ class Settings:
     def dlq_name(self) -> str:
         """Name of the dead-letter queue of the orders queue."""
         return self.orders_dlq or f"{self.orders_queue}-dlq"
+
+    @property
+    def files_dlq(self) -> str:
+        """Name of the dead-letter queue of the file events queue."""
+        return f"{self.files_queue}-dlq"
+
+    @property
+    def files_url(self) -> str:
+        """URL of the file events queue."""
+        return self.files_queue_url or self.url_of(self.files_queue)
+
+    @property
+    def files_endpoint(self) -> str:
+        """S3 and SNS endpoint ('' for real AWS)."""
+        return self.files_endpoint_url or self.sqs_endpoint_url
 
     @property
     def orders_url(self) -> str:
@@ -168,6 +206,8 @@ class StackSettings:
     api_port: int = 8000
     flower_port: int = 5555
     demo_orders: int = 3000
+    # Orders in the sample files make run uploads to the files bucket (0: none).
+    demo_file_orders: int = 500
     # Empty means var/ in the project.
     stack_var_dir: str = ""
     # Empty means .venv-sqs/bin/python in the project (LocalStack needs Python 3.13).

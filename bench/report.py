@@ -7,6 +7,7 @@ import subprocess
 import time
 from importlib import metadata
 
+from bench.files import markdown as files_markdown
 from stack.services import PROJECT_ROOT, sqs_server_python
 
 PACKAGES = ("celery", "kombu", "boto3", "redis", "gunicorn", "flask", "fastapi", "uvicorn")
@@ -230,5 +231,7 @@ def markdown(results: dict) -> str:
         lines += _api(results)
     if results.get("scale"):
         lines += _scale(results)
+    if results.get("files"):
+        lines += ["### Batch files", "", files_markdown(results["files"])]
     lines += _targets(results)
     return "\n".join(lines) + "\n"

@@ -8,7 +8,9 @@ ports; then, each on a fresh queue and a flushed Redis:
    proxy), the seed-style worker, stock Celery and the project's worker as shipped,
    counting SQS requests (at the proxy), Redis round trips (INFO stats) and commands;
 2. wrk against the project's gunicorn API and the seed-style FastAPI peer;
-3. the project's ingest at several user counts, with Redis memory per user.
+3. the project's ingest at several user counts, with Redis memory per user;
+4. the batch files path on about --files-items order_items rows against a bare polars
+   script (bench/files.py).
 
 Prints one Markdown table and writes it with the raw figures to --out (latest.md, latest.json).
 
@@ -37,9 +39,10 @@ from typing import Callable
 import redis
 from tqdm import tqdm
 
-from app import sample, sqs
+from app import aws, sample, sqs
 from app.settings import Settings, to_env
 from app.store import Store
+from bench import files as files_bench
 from bench import report, seed_worker, stock_celery
 from bench.sqs_counter import COUNTS_PATH
 from stack.produce import send_all
@@ -599,6 +602,8 @@ def start_stack(stack_dir: Path, log_dir: Path, exits: ExitStack) -> Stack:
                   RedisMeter(data.url), RedisMeter(control.url), log_dir)
     wait_http(stack.proxy_url + COUNTS_PATH, proxy)
     stack.direct = sqs.client(Settings(sqs_endpoint_url=sqs_server.endpoint_url))
+    # Workers consume the (idle) files events queue too; it must exist for them to start.
+    aws.ensure_files_queue(Settings(sqs_endpoint_url=sqs_server.endpoint_url), stack.direct)
     return stack
 
 
@@ -624,6 +629,9 @@ def parse_args(argv):
     parser.add_argument("--max-seconds", type=float,
                         default=float(os.environ.get("BENCH_MAX_SECONDS") or MAX_SECONDS),
                         help="time box of one ingest contender [BENCH_MAX_SECONDS]")
+    parser.add_argument("--files-items", type=int,
+                        default=env_int("BENCH_FILES_ITEMS", 1_000_000),
+                        help="order_items rows of the files row; 0 skips it [BENCH_FILES_ITEMS]")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
                         help="where latest.md, latest.json and the logs go")
     return parser.parse_args(argv)
@@ -640,7 +648,8 @@ def main(argv=None):
     results = {"meta": report.machine(), "settings": {
         "orders": args.orders, "users": args.users, "products": args.products,
         "api_seconds": args.api_seconds, "scale_users": scale_users,
-        "scale_orders": args.scale_orders, "max_seconds": args.max_seconds}}
+        "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
+        "files_items": args.files_items}}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:
@@ -673,6 +682,9 @@ def main(argv=None):
                                                    peer_url)], args.api_seconds)
         peer.stop()
         results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
+        if args.files_items:
+            results["files"] = files_bench.run(stack.data.url, stack.control.url,
+                                               stack.sqs.endpoint_url, log_dir, args.files_items)
     results["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     table = report.markdown(results)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -17,7 +17,7 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app import settings as app_settings
-from app import sqs
+from app import aws, sqs
 from stack import redis_users
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             require_free_port, wait_for)
@@ -149,6 +149,12 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
 
     write_credentials(stack.var_dir / "redis.env", settings)
 
+    say(f"creating bucket {settings.files_bucket}, queue {settings.files_queue} and the topics")
+    try:
+        aws.ensure_files_resources(settings)
+    except (BotoCoreError, ClientError) as exc:
+        raise ServiceError(f"cannot create the files resources on {settings.files_endpoint}: {exc}")
+
     celery = str(SCRIPTS / "celery")
     stack.start_process("worker", [celery, "-A", "tasks", "worker", "--loglevel", settings.log_level,
                                    "--concurrency", "2", "-n", "worker1@%h"], env)
@@ -222,6 +228,27 @@ def send_demo_orders(env: dict[str, str], count: int) -> None:
         say(f"demo orders failed ({status}); the stack keeps running")
 
 
+def upload_demo_files(stack: Stack, env: dict[str, str], orders: int) -> None:
+    """Write sample files and upload all but the returns (they are for trying an update)."""
+    if orders <= 0:
+        return
+    out = stack.var_dir / "sample-files"
+    say(f"writing sample files ({orders} orders) to {out} and uploading them")
+    command = [str(SCRIPTS / "orders-files"), "sample", "--out", str(out), "--orders", str(orders)]
+    uploads = [str(out / n) for n in ("products.csv", "orders_part1.csv", "order_items_part1.csv")]
+    try:
+        status = (subprocess.run(command, env=env, cwd=PROJECT_ROOT).returncode or
+                  subprocess.run([str(SCRIPTS / "orders-files"), "upload", *uploads], env=env,
+                                 cwd=PROJECT_ROOT).returncode)
+    except FileNotFoundError:
+        status = "not installed"
+    if status != 0:
+        say(f"demo files failed ({status}); the stack keeps running")
+        return
+    say(f"returns to try later: orders-files upload {out}/orders_returns.csv "
+        f"{out}/order_items_returns.csv")
+
+
 @click.group()
 def main():
     """Run the local order pipeline: SQS, Redis, Celery worker, API and Flower."""
@@ -238,7 +265,9 @@ def run():
     try:
         settings, env, api_url, flower_url = start_stack(stack)
         send_demo_orders(env, stack.settings.demo_orders)
+        upload_demo_files(stack, env, stack.settings.demo_file_orders)
         say(f"API:    {api_url}/stats/global")
+        say(f"KPIs:   {api_url}/kpis/orders?from=2024-01-01&to=2024-01-31 (docs {api_url}/docs)")
         say(f"Flower: {flower_url}")
         say(f"SQS:    {settings.sqs_endpoint_url} (queue {settings.orders_url})")
         say(f"Redis:  {without_password(settings.redis_url)} (URLs for the CLI: "

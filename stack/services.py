@@ -1,4 +1,4 @@
-"""Start and stop the real local services (redis-server, LocalStack SQS) and other children."""
+"""Start and stop the real local services (redis-server, LocalStack SQS/S3/SNS) and other children."""
 from __future__ import annotations
 
 import ctypes
@@ -340,11 +340,12 @@ class SqsServer:
         return f"http://127.0.0.1:{self.port}"
 
     def environment(self) -> dict[str, str]:
-        """Environment that makes LocalStack serve only SQS, locally, without internet."""
+        """Environment that makes LocalStack serve SQS, S3 and SNS, locally, without internet."""
         address = f"127.0.0.1:{self.port}"
         return {
             **os.environ,
-            "SERVICES": "sqs",
+            # S3 and SNS for the batch files path (app/files); they start lazily on first use.
+            "SERVICES": "sqs,s3,sns",
             "GATEWAY_LISTEN": address,
             "LOCALSTACK_HOST": address,
             # The default (twisted) gateway binds 0.0.0.0 whatever it is told.

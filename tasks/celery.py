@@ -24,7 +24,7 @@ class PipelineCelery(Celery):
 def create_celery(settings: Settings) -> PipelineCelery:
     """The Celery app of workers, Flower and the celery CLI, for these settings."""
     use_for_sqs_urls()
-    app = PipelineCelery(settings, "orders", include=["tasks.orders"],
+    app = PipelineCelery(settings, "orders", include=["tasks.orders", "tasks.files"],
                          control="tasks.control:ControlPlane")
     app.config_from_object(celeryconfig.celery_settings(settings))
     return app

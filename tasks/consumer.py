@@ -7,7 +7,8 @@ from kombu.serialization import dumps
 from app.deadletters import original_id
 from tasks.batching import BatchMessage, raw_entry
 from tasks.control import control_connection
-from tasks.names import ORDER_TASKS, PROCESS_BATCH, PROCESS_ORDER
+from tasks.files_consumer import FilesBatcher
+from tasks.names import FILES_TASKS, ORDER_TASKS, PROCESS_BATCH, PROCESS_ORDER
 from tasks.task_messages import is_message_id
 
 # A ReceiveMessage hands its messages over one after the other in the same loop turn;
@@ -62,8 +63,13 @@ class OrderConsumer(Consumer):
         self.batch_size = settings.consume_batch_size
         self.orders_queue = settings.orders_queue
         self.queue_by_url = {url: name for name, url in settings.consumed_queue_urls.items()}
+        self.queue_by_url[settings.files_url] = settings.files_queue
+        # The task messages each queue runs (tasks/transport.py has checked their shape).
+        self.tasks_by_queue = {name: ORDER_TASKS for name in settings.consumed_queue_urls}
+        self.tasks_by_queue[settings.files_queue] = FILES_TASKS
         self._raw_batch = []
         self._flush_timer = None
+        self.files_batcher = FilesBatcher(self, settings)
 
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""
@@ -75,16 +81,18 @@ class OrderConsumer(Consumer):
         self._handle_task_message = handle_task_message
 
         def on_message(message):
+            if self.files_batcher.takes(message):  # S3 file events: tasks/files_consumer.py
+                return self.files_batcher.add(message, handle_task_message)
+            queue = self.orders_queue
             if "sqs_message" in (message.delivery_info or {}):
                 # kombu's SQS backoff policy (and Celery's retry routing) look a message's
                 # queue up by its routing key: a raw body has none, and an envelope's own
                 # could name a queue that is not defined, which stopped the worker.
-                queue = self.queue_by_url.get(message.delivery_info.get("sqs_queue"),
-                                              self.orders_queue)
+                queue = self.queue_by_url.get(message.delivery_info.get("sqs_queue"), queue)
                 message.delivery_info.update(routing_key=queue, exchange="")
-            # The transport lets through only checked orders task messages; whatever else
-            # has headers is not one of them, and runs as a raw body.
-            if (message.headers or {}).get("task") in ORDER_TASKS:
+            # The transport lets through only checked task messages of the queue's own
+            # tasks; whatever else has headers is not one of them, and runs as a raw body.
+            if (message.headers or {}).get("task") in self.tasks_by_queue.get(queue, ORDER_TASKS):
                 return handle_task_message(message)
             message.headers = {}
             if self.batch_size <= 1 or not (message.delivery_info or {}).get("sqs_message"):

@@ -6,3 +6,14 @@ PROCESS_ORDER = "orders.process"
 PROCESS_BATCH = "orders.process_batch"
 # The tasks the orders queues carry; kombu's failure backoff applies to them.
 ORDER_TASKS = (PROCESS_ORDER, PROCESS_BATCH)
+
+# The batch files path (tasks/files.py): one window of S3 events starts an execution,
+#   chord(group(chain(stage per file of a table) per table), kpis) | finish
+# with failed as its error callback.
+FILES_EXECUTE = "files.execute"
+FILES_STAGE = "files.stage"
+FILES_KPIS = "files.kpis"
+FILES_FINISH = "files.finish"
+FILES_FAILED = "files.failed"
+# The task messages the files queue carries.
+FILES_TASKS = (FILES_EXECUTE, FILES_STAGE, FILES_KPIS, FILES_FINISH, FILES_FAILED)

@@ -18,9 +18,9 @@ import json
 from datetime import datetime, timezone
 
 from tasks.batching import REFUSED_KEY
-from tasks.names import ORDER_TASKS, PROCESS_ORDER
+from tasks.names import FILES_TASKS, ORDER_TASKS, PROCESS_ORDER
 
-__all__ = ("REFUSED_KEY", "Refused", "accepted_task_message",
+__all__ = ("REFUSED_KEY", "Refused", "accepted_files_task_message", "accepted_task_message",
            "is_message_id", "looks_like_task_message")
 MAX_ID_LENGTH = 200
 MAX_REPR_LENGTH = 1024
@@ -66,6 +66,48 @@ def accepted_task_message(payload: dict, max_eta_seconds: float,
             "content-encoding": "utf-8", "headers": clean,
             "properties": {"body_encoding": "base64", "delivery_info": {},
                            "correlation_id": clean["id"]}}
+
+
+def accepted_files_task_message(payload: dict, max_eta_seconds: float,
+                                now: datetime | None = None) -> dict:
+    """The kombu payload of a files canvas step (tasks/files.py), run as sent; or Refused.
+
+    The files queue carries S3 events and the steps of the files canvas, whose chord,
+    group and callbacks must reach the worker as Celery wrote them: nothing is rebuilt,
+    but every part the worker reads must have the type Celery gives it.
+    """
+    headers = _expect(payload.get("headers"), dict, "headers")
+    task = headers.get("task")
+    if not isinstance(task, str) or task not in FILES_TASKS:
+        raise Refused(f"task {_show(task)} is not one of {', '.join(FILES_TASKS)}.")
+    for key, wanted in (("content-type", "application/json"), ("content-encoding", "utf-8")):
+        if payload.get(key) != wanted:
+            raise Refused(f"{key} {_show(payload.get(key))} is not {wanted}.")
+    properties = _expect(payload.get("properties"), dict, "properties")
+    _, _, embed = _decoded_body(payload.get("body"), properties.get("body_encoding"))
+    for key in ("callbacks", "errbacks", "chain"):
+        if not isinstance(embed.get(key), (list, type(None))):
+            raise Refused(f"{key} is {_show(embed.get(key))}, not a list.")
+    if not isinstance(embed.get("chord"), (dict, type(None))):
+        raise Refused(f"chord is {_show(embed.get('chord'))}, not an object.")
+    if not is_message_id(headers.get("id")):
+        raise Refused(f"id {_show(headers.get('id'))} is not a task id.")
+    for key in ("root_id", "parent_id", "group"):
+        if headers.get(key) is not None and not is_message_id(headers.get(key)):
+            raise Refused(f"{key} {_show(headers.get(key))} is not an id.")
+    retries, index = headers.get("retries", 0), headers.get("group_index")
+    if type(retries) is not int or not 0 <= retries <= 1_000_000:
+        raise Refused(f"retries {_show(retries)} is not a count.")
+    if index is not None and type(index) is not int:
+        raise Refused(f"group_index {_show(index)} is not a number.")
+    limits = headers.get("timelimit")
+    if limits is not None and not (isinstance(limits, list) and len(limits) == 2 and all(
+            limit is None or type(limit) in (int, float) for limit in limits)):
+        raise Refused(f"timelimit {_show(limits)} is not [hard, soft].")
+    if headers.get("expires") is not None:
+        raise Refused("files steps do not expire: expires is not honoured.")
+    _eta(headers.get("eta"), max_eta_seconds, now or datetime.now(timezone.utc))
+    return payload
 
 
 def _decoded_body(body, encoding) -> tuple[list, dict, dict]:

@@ -30,8 +30,8 @@ import logging
 
 from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
 
-from tasks.task_messages import REFUSED_KEY, Refused, accepted_task_message, \
-    looks_like_task_message
+from tasks.task_messages import (REFUSED_KEY, Refused, accepted_files_task_message,
+                                 accepted_task_message, looks_like_task_message)
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,11 @@ class Channel(SQS.Channel):
     def _envelope_payload(self, payload, raw_text, message, q_url):
         refused = None
         if looks_like_task_message(payload):
+            # The files queue runs the files canvas; every other queue runs orders tasks.
+            files_queue = q_url == self.transport_options.get("files_queue_url")
+            check = accepted_files_task_message if files_queue else accepted_task_message
             try:
-                payload = accepted_task_message(payload, max_eta_seconds=self.visibility_timeout)
+                payload = check(payload, max_eta_seconds=self.visibility_timeout)
             except Refused as exc:
                 payload, refused = {}, str(exc)
             except Exception as exc:  # a gap in the check must not stop the consumer

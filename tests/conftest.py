@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app import sqs
+from app import aws, sqs
 from app.settings import Settings, to_env
 from app.store import Store
 from stack.cluster import LocalRedisCluster
@@ -59,10 +59,20 @@ def settings(redis_server, sqs_server, request) -> Settings:
     name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)
     settings = Settings(redis_url=redis_server.url, sqs_endpoint_url=sqs_server.endpoint_url,
                         orders_queue=name, max_receive_count=3, failure_backoff=1,
-                        visibility_timeout=30, retry_backoff_max=4)
+                        visibility_timeout=30, retry_backoff_max=4,
+                        files_queue=f"{name}-files", files_batch_window=2)
     Store.from_url(settings.redis_url).redis.flushdb()
     sqs.ensure_queues(settings)
+    aws.ensure_files_queue(settings)  # workers consume it too
     return settings
+
+
+@pytest.fixture
+def files_settings(settings) -> Settings:
+    """Settings with a fresh files bucket, events queue (+ DLQ) and topics on LocalStack."""
+    files = replace(settings, files_bucket=f"files-{uuid.uuid4().hex[:12]}")
+    aws.ensure_files_resources(files)
+    return files
 
 
 @pytest.fixture

@@ -239,7 +239,8 @@ def test_commands_refer_to_existing_modules(services):
             pytest.fail(f"{name} runs {program}, which this test does not know")
     assert seen == {"celery", "python", "gunicorn"}
     assert argv(services["worker"])[:4] == ["celery", "-A", "tasks", "worker"]
-    assert argv(services["init"]) == ["python", "-m", "stack.init_queues"]
+    assert argv(services["init"]) == ["python", "-m", "stack.init_queues", "&&",
+                                      "python", "-m", "stack.init_files"]
     assert argv(services["web"]) == API_CMD
 
 

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import logging
+from importlib.resources import files as package_files
 
 import redis
-from flask import Flask
+from flask import Flask, send_from_directory
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from app import settings as app_settings
-from app.store import Store
+from app.store import FilesStore, Store
 from web.schemas import ErrorSchema
 
 logger = logging.getLogger(__name__)
+SWAGGER_UI_ASSETS = "/docs/assets"
+SWAGGER_UI_DIST = str(package_files("flask_swagger_ui") / "dist")
 
 
 class JsonApi(Api):
@@ -47,21 +50,29 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Served from the flask-swagger-ui wheel, not a CDN: /docs works offline.
+        OPENAPI_SWAGGER_UI_URL=f"{SWAGGER_UI_ASSETS}/",
         # The API only reads: nothing legitimate sends a body.
         MAX_CONTENT_LENGTH=16 * 1024,
     )
     flask_app.json.sort_keys = False  # keep the documented field order
     flask_app.extensions["settings"] = settings
     flask_app.extensions["store"] = Store.from_url(settings.api_store_url)
+    flask_app.extensions["files_store"] = FilesStore(flask_app.extensions["store"].redis)
 
     api = JsonApi(flask_app)
-    from web import analytics, health, metrics, stats  # blueprints import the app's helpers
+    from web import analytics, files, health, metrics, stats  # blueprints import the app's helpers
     api.register_blueprint(stats.blp)
     api.register_blueprint(analytics.blp)
+    api.register_blueprint(files.blp)
     api.register_blueprint(health.blp)
     # SQS is read by a background thread (web.metrics.SqsFigures), never by a request.
     metrics.init_app(flask_app, settings, flask_app.extensions["store"])
+
+    @flask_app.get(f"{SWAGGER_UI_ASSETS}/<path:filename>")
+    def swagger_ui_asset(filename):
+        """Swagger UI's scripts and styles, from the package that ships them."""
+        return send_from_directory(SWAGGER_UI_DIST, filename, max_age=86400)
 
     @flask_app.errorhandler(redis.RedisError)
     def redis_unavailable(error):

@@ -25,12 +25,13 @@ pytestmark = [
 ]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     command = [sys.executable, "-m", "bench.run", "--orders", "200", "--users", "500",
                "--products", "50", "--api-seconds", "2", "--scale-users", "2000",
-               "--scale-orders", "200", "--max-seconds", "20", "--out", str(tmp_path)]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=220)
+               "--scale-orders", "200", "--max-seconds", "20", "--files-items", "2000",
+               "--out", str(tmp_path)]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert run.returncode == 0, run.stderr[-3000:]
 
     table = (tmp_path / "latest.md").read_text()
@@ -66,3 +67,6 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     [scale] = results["scale"]
     assert scale["users"] == 2000 and scale["status"] == "ok" and scale["bytes_per_user"] > 0
     assert "### Issue 6's targets" in table
+    files = results["files"]
+    assert files["pipeline"]["status"] == "succeeded" and files["floor"]["rows"] > 2000
+    assert "| files pipeline" in table

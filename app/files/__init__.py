@@ -1,0 +1,1 @@
+"""Batch CSV files: contract, cleaning, Delta staging, KPIs and the execution steps."""

@@ -1,0 +1,180 @@
+"""Reading and cleaning one CSV file with polars: every rule is data, applied in one plan.
+
+A rule is a name, the file type it applies to and a polars predicate that is true for the
+rows it drops. All rules run as columns of the same lazy plan; each dropped row is counted
+under the first rule that drops it, so the data-quality report, the docs and the tests
+read the one RULES list.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from app.files.contract import FileType, ORDER_ITEMS, ORDERS, PRODUCTS
+
+UNKNOWN = "Unknown"
+MONEY_COLUMNS = {"cost", "retail_price", "sale_price"}
+TIMESTAMP_COLUMNS = {"created_at", "returned_at", "shipped_at", "delivered_at"}
+INTEGER_COLUMNS = {"num_of_item"}
+# Rows that share a key within one file: the last one wins.
+DUPLICATE_KEY = "duplicate_key"
+# A plain decimal: optional sign, up to 15 whole digits, any fraction (rounded half up).
+_MONEY = r"^([+-]?)(\d{1,15})(?:\.(\d*))?$"
+# ISO 8601 with a 'T' or a space, optional fraction, optional offset (none means UTC).
+_WITH_OFFSET = ("%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M%z")
+_WITHOUT_OFFSET = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M")
+
+
+class InvalidFile(Exception):
+    """The file cannot be staged at all (encoding, CSV shape, header); reasons say why."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cleaning rule: rows of file_type for which `drops` is true are dropped."""
+
+    name: str
+    file_type: str
+    description: str
+    drops: pl.Expr = field(compare=False, repr=False)
+
+
+def _not_positive(column: str) -> pl.Expr:
+    # Parsed money is null when the text was not a number.
+    return pl.col(f"{column}_cents").is_null() | (pl.col(f"{column}_cents") <= 0)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("missing_key", PRODUCTS.name, "empty id", pl.col("id").is_null()),
+    Rule("cost_not_positive", PRODUCTS.name, "cost <= 0 or unparsable", _not_positive("cost")),
+    Rule("retail_price_not_positive", PRODUCTS.name, "retail_price <= 0 or unparsable",
+         _not_positive("retail_price")),
+    Rule("missing_key", ORDERS.name, "empty order_id", pl.col("order_id").is_null()),
+    Rule("created_at_unparsable", ORDERS.name, "created_at empty or not ISO 8601",
+         pl.col("created_at").is_null()),
+    Rule("num_of_item_not_positive", ORDERS.name, "num_of_item <= 0 or unparsable",
+         pl.col("num_of_item").is_null() | (pl.col("num_of_item") <= 0)),
+    Rule("missing_key", ORDER_ITEMS.name, "empty id", pl.col("id").is_null()),
+    Rule("missing_product_id", ORDER_ITEMS.name, "empty product_id",
+         pl.col("product_id").is_null()),
+    Rule("sale_price_not_positive", ORDER_ITEMS.name, "sale_price <= 0 or unparsable",
+         _not_positive("sale_price")),
+    # Not in the seed: the item's table is partitioned by created_at's year and month.
+    Rule("created_at_unparsable", ORDER_ITEMS.name, "created_at empty or not ISO 8601",
+         pl.col("created_at").is_null()),
+)
+
+
+def rules_for(file_type: FileType) -> list[Rule]:
+    """The rules of one file type, in the order they are attributed."""
+    return [rule for rule in RULES if rule.file_type == file_type.name]
+
+
+@dataclass
+class Cleaned:
+    """A cleaned frame ready for staging, with the file's data-quality report."""
+
+    frame: pl.DataFrame
+    rows_read: int
+    dropped: dict[str, int]
+
+    @property
+    def rows_kept(self) -> int:
+        """Rows left after every rule and the deduplication."""
+        return self.frame.height
+
+
+def read_csv(data: bytes, file_type: FileType) -> pl.DataFrame:
+    """Parse UTF-8 CSV bytes into all-text columns; InvalidFile if that is impossible."""
+    try:
+        text = data.decode("utf-8-sig")  # a BOM (Excel's UTF-8) is not part of the header
+    except UnicodeDecodeError as exc:
+        raise InvalidFile([f"not UTF-8: byte {exc.start} ({exc.reason})"]) from None
+    if not text.strip():
+        raise InvalidFile(["empty file: a header row is required"])
+    try:
+        frame = pl.read_csv(io.StringIO(text), infer_schema=False, has_header=True)
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise InvalidFile([f"not a CSV file: {str(exc).splitlines()[0]}"]) from None
+    frame = frame.rename({name: name.strip() for name in frame.columns})
+    missing = [c for c in file_type.columns if c not in frame.columns]
+    if missing:
+        raise InvalidFile([f"missing required column(s): {', '.join(missing)}"])
+    return frame.select(file_type.columns)  # extra columns are ignored
+
+
+def _trimmed(column: str) -> pl.Expr:
+    text = pl.col(column).str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text).alias(column)
+
+
+def money_cents(column: str) -> pl.Expr:
+    """Decimal text to integer cents, half up; null when it is not a plain number."""
+    parts = pl.col(column).str.extract_groups(_MONEY)
+    fraction = (parts.struct.field("3").fill_null("") + "000").str.slice(0, 3).cast(pl.Int64)
+    cents = (parts.struct.field("2").cast(pl.Int64, strict=False) * 100 + fraction // 10
+             + (fraction % 10 >= 5).cast(pl.Int64))
+    return (pl.when(parts.struct.field("1") == "-").then(-cents).otherwise(cents)
+            .alias(f"{column}_cents"))
+
+
+def timestamp_utc(column: str) -> pl.Expr:
+    """ISO 8601 text to a UTC timestamp (no offset means UTC); null when unparsable."""
+    text = pl.col(column).str.replace(r"[Zz]$", "+00:00")
+    date_only = pl.col(column).str.contains(r"^\d{4}-\d{2}-\d{2}$")
+    candidates = [text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC")
+                  for f in _WITH_OFFSET]
+    candidates += [text.str.to_datetime(f, strict=False, time_unit="us")
+                   .dt.replace_time_zone("UTC") for f in _WITHOUT_OFFSET]
+    candidates.append(pl.when(date_only).then(
+        (text + "T00:00:00").str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us")
+        .dt.replace_time_zone("UTC")))
+    return pl.coalesce(candidates).alias(column)
+
+
+def _typed(file_type: FileType) -> list[pl.Expr]:
+    exprs = []
+    for column in file_type.columns:
+        if column in MONEY_COLUMNS:
+            exprs.append(money_cents(column))
+        elif column in TIMESTAMP_COLUMNS:
+            exprs.append(timestamp_utc(column))
+        elif column in INTEGER_COLUMNS:
+            exprs.append(pl.col(column).cast(pl.Int64, strict=False))
+        elif column == "status":
+            exprs.append(pl.col(column).str.to_lowercase())
+        elif file_type is PRODUCTS and column in ("category", "department"):
+            exprs.append(pl.col(column).fill_null(UNKNOWN))
+        else:
+            exprs.append(pl.col(column))
+    return exprs
+
+
+def clean(frame: pl.DataFrame, file_type: FileType) -> Cleaned:
+    """Apply the type's rules to an all-text frame in one plan; report drops per rule."""
+    rules = rules_for(file_type)
+    # The first rule that drops a row names why it was dropped.
+    reason = pl.coalesce([pl.when(rule.drops).then(pl.lit(rule.name)) for rule in rules]
+                         ).alias("_dropped_by")
+    judged = (frame.lazy()
+              .with_columns(_trimmed(c) for c in frame.columns)
+              .select(_typed(file_type))
+              .with_columns(reason)
+              .collect())
+    dropped = {rule.name: 0 for rule in rules}
+    for name, count in judged.group_by("_dropped_by").len().iter_rows():
+        if name is not None:
+            dropped[name] = count
+    kept = judged.filter(pl.col("_dropped_by").is_null()).drop("_dropped_by")
+    unique = kept.unique(subset=[file_type.key], keep="last", maintain_order=True)
+    dropped[DUPLICATE_KEY] = kept.height - unique.height
+    if "year" in file_type.partition_by:
+        unique = unique.with_columns(year=pl.col("created_at").dt.year().cast(pl.Int32),
+                                     month=pl.col("created_at").dt.month().cast(pl.Int32))
+    return Cleaned(unique, frame.height, dropped)

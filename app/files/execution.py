@@ -1,0 +1,299 @@
+"""One execution over a micro-batch of uploaded files: the steps the Celery canvas runs.
+
+Every step is idempotent, because SQS may deliver a file event again: staging merges,
+KPIs are recomputed from the tables, moving a file that is already gone is a no-op, and
+each outcome is announced once per execution (FilesStore.settled), at least once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from urllib.parse import unquote_plus
+
+from app import aws
+from app.files import kpis
+from app.files.cleaning import InvalidFile, clean, read_csv
+from app.files.contract import file_type_for
+from app.files.staging import Staging
+from app.settings import Settings
+from app.store import FilesStore
+
+logger = logging.getLogger(__name__)
+
+TEST_EVENT = "s3:TestEvent"
+# Where a failure happened, by the Celery task that failed (for the failure message).
+STEPS = {"files.stage": "validate and stage", "files.kpis": "KPIs",
+         "files.finish": "archive and notify", "files.execute": "start"}
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One ObjectCreated record of an S3 event notification."""
+
+    key: str
+    size: int | None = None
+    etag: str | None = None
+    event_time: str = ""  # ISO 8601 from S3: orders files of one table within a window
+
+
+@dataclass
+class ParsedMessage:
+    """What one SQS message of the files queue holds."""
+
+    kind: str  # "files", "test" (s3:TestEvent) or "invalid"
+    files: list[FileEvent] = field(default_factory=list)
+    reason: str = ""
+
+
+def parse_event(body: str, bucket: str) -> ParsedMessage:
+    """Read an S3 event notification body; keys of other buckets or outside input/ are left out."""
+    try:
+        document = json.loads(body)
+    except (TypeError, ValueError):
+        return ParsedMessage("invalid", reason="not JSON")
+    if not isinstance(document, dict):
+        return ParsedMessage("invalid", reason="not a JSON object")
+    if document.get("Event") == TEST_EVENT:
+        return ParsedMessage("test")
+    records = document.get("Records")
+    if not isinstance(records, list):
+        return ParsedMessage("invalid", reason="no Records")
+    files = []
+    try:
+        for record in records:
+            if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+                continue
+            s3 = record["s3"]
+            if s3["bucket"]["name"] != bucket:
+                continue
+            # Keys in S3 events are URL-encoded, spaces as '+'.
+            key = unquote_plus(s3["object"]["key"])
+            if key.startswith(aws.INPUT) and key != aws.INPUT:
+                files.append(FileEvent(key, s3["object"].get("size"), s3["object"].get("eTag"),
+                                       str(record.get("eventTime", ""))))
+    except (KeyError, TypeError, AttributeError) as exc:
+        return ParsedMessage("invalid", reason=f"malformed record: {exc!r}")
+    return ParsedMessage("files", files)
+
+
+def staging_lanes(events: list[FileEvent]) -> list[list[str]]:
+    """The keys to stage, one lane per table: a table's files in upload order, one after
+    another (a later file of the same keys must win); lanes run in parallel."""
+    latest: dict[str, FileEvent] = {}
+    for event in events:
+        if event.key not in latest or event.event_time >= latest[event.key].event_time:
+            latest[event.key] = event
+    lanes: dict[str, list[FileEvent]] = {}
+    for event in latest.values():
+        file_type = file_type_for(event.key)
+        # Files of no known type are only rejected: each gets a lane of its own.
+        lanes.setdefault(file_type.name if file_type else event.key, []).append(event)
+    return [[e.key for e in sorted(lane, key=lambda e: (e.event_time, e.key))]
+            for lane in lanes.values()]
+
+
+def new_execution_id(now: datetime | None = None) -> str:
+    """A unique id that sorts by start time."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def _name(key: str) -> str:
+    """The file's name below input/ (its path in archive/ and rejected/)."""
+    return key[len(aws.INPUT):] if key.startswith(aws.INPUT) else posixpath.basename(key)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Files:
+    """The files path's resources for one process: S3, SNS, the Delta tables, Redis."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def s3(self):
+        """boto3 S3 client."""
+        return aws.s3_client(self.settings)
+
+    @cached_property
+    def sns(self):
+        """boto3 SNS client."""
+        return aws.sns_client(self.settings)
+
+    @cached_property
+    def staging(self) -> Staging:
+        """The Delta tables under staging/."""
+        return Staging(f"s3://{self.settings.files_bucket}/{aws.STAGING}",
+                       aws.delta_storage_options(self.settings))
+
+    @cached_property
+    def store(self) -> FilesStore:
+        """KPIs and execution records in Redis."""
+        return FilesStore.from_url(self.settings.redis_url)
+
+    # --- the steps -----------------------------------------------------------------
+
+    def start(self, execution_id: str, keys: list[str]) -> dict:
+        """Record a new execution as running."""
+        record = {"execution_id": execution_id, "status": "running", "started_at": _now_iso(),
+                  "started_at_ms": int(time.time() * 1000), "files": [{"key": k} for k in keys]}
+        self._save(record)
+        return record
+
+    def stage(self, execution_id: str, key: str) -> dict:
+        """Validate, clean and upsert one file; its result (valid, invalid or missing)."""
+        started = time.monotonic()
+        result = {"key": key, "name": _name(key)}
+        file_type = file_type_for(key)
+        data = aws.get_bytes(self.s3, self.settings.files_bucket, key)
+        if data is None:
+            # An earlier execution of a redelivered event moved it already.
+            return {**result, "status": "missing",
+                    "reasons": ["not in input/ any more (already archived or rejected)"]}
+        if file_type is None:
+            return {**result, "status": "invalid", "type": None,
+                    "reasons": ["unknown file type: the name must start with products, "
+                                "order_items or orders"]}
+        result["type"] = file_type.name
+        try:
+            cleaned = clean(read_csv(data, file_type), file_type)
+        except InvalidFile as exc:
+            return {**result, "status": "invalid", "reasons": exc.reasons}
+        effects = self.staging.affected(file_type, cleaned.frame) if cleaned.rows_kept else {}
+        if effects.get("order_ids") or effects.get("product_ids"):
+            # Hundreds of thousands of ids would not fit the chord's SQS messages (1 MiB).
+            ref = f"{aws.RESULTS}{execution_id}/effects/{result['name']}.json"
+            aws.put_json(self.s3, self.settings.files_bucket, ref, effects)
+            effects = {"ref": ref}
+        merged = self.staging.upsert(file_type, cleaned.frame) if cleaned.rows_kept else {}
+        logger.info("execution %s: %s staged, %d of %d rows kept", execution_id, key,
+                    cleaned.rows_kept, cleaned.rows_read)
+        return {**result, "status": "valid", "rows_read": cleaned.rows_read,
+                "rows_kept": cleaned.rows_kept, "dropped": cleaned.dropped,
+                "inserted": merged.get("num_target_rows_inserted", 0),
+                "updated": merged.get("num_target_rows_updated", 0), "effects": effects,
+                "seconds": round(time.monotonic() - started, 3)}
+
+    def compute_kpis(self, execution_id: str, staged: list[dict]) -> dict:
+        """Recompute and write the KPIs of every date the valid files touched."""
+        started = time.monotonic()
+        effects = [self._effects(r.get("effects") or {}) for r in staged if r["status"] == "valid"]
+        snapshot = kpis.Snapshot(self.staging.versions())
+        dates = kpis.resolve_dates(self.staging, snapshot, effects)
+        written = 0
+        if dates:
+            order_kpis, category_kpis = kpis.compute(self.staging, snapshot, dates)
+            written = self.store.write_kpis(snapshot.rank, dates, order_kpis, category_kpis)
+        logger.info("execution %s: KPIs of %d date(s) computed, %d written", execution_id,
+                    len(dates), written)
+        return {"dates": dates, "dates_written": written, "table_versions": snapshot.versions,
+                "seconds": round(time.monotonic() - started, 3)}
+
+    def _effects(self, effects: dict) -> dict:
+        if "ref" not in effects:
+            return effects
+        data = aws.get_bytes(self.s3, self.settings.files_bucket, effects["ref"])
+        if data is None:
+            raise RuntimeError(f"the staging effects {effects['ref']} are missing")
+        return json.loads(data)
+
+    def finish(self, execution_id: str, staged: list[dict], kpi_summary: dict) -> dict:
+        """Archive valid files, reject invalid ones with their reasons, record, notify."""
+        started = time.monotonic()
+        bucket = self.settings.files_bucket
+        for result in staged:
+            if result["status"] == "valid":
+                aws.move(self.s3, bucket, result["key"], aws.ARCHIVE + result["name"])
+            elif result["status"] == "invalid":
+                target = aws.REJECTED + result["name"]
+                aws.put_json(self.s3, bucket, target + ".reason.json",
+                             {"file": result["key"], "execution_id": execution_id,
+                              "reasons": result["reasons"]})
+                aws.move(self.s3, bucket, result["key"], target)
+        for result in staged:
+            ref = (result.get("effects") or {}).get("ref")
+            if ref:
+                self.s3.delete_object(Bucket=bucket, Key=ref)  # served their purpose
+        record = self._record(execution_id, "succeeded", staged, kpi_summary)
+        record["timings"]["finish_seconds"] = round(time.monotonic() - started, 3)
+        self._save(record)
+        # Published, then marked: a crash in between announces twice, never not at all.
+        if not self.store.settled(execution_id):
+            aws.publish(self.sns, self.settings.files_success_topic,
+                        f"Files execution {execution_id} succeeded", _summary(record))
+            self.store.mark_settled(execution_id, "succeeded")
+        return record
+
+    def fail(self, execution_id: str, task_name: str, error: str,
+             staged: list[dict] | None = None) -> dict:
+        """Record and announce a failed execution; its files stay in input/."""
+        if self.store.settled(execution_id) == "succeeded":
+            # Only the events' deletion failed after the success was announced: they come
+            # back, and their next execution finds the files moved.
+            logger.warning("execution %s failed after it succeeded (%s): %s", execution_id,
+                           task_name, error)
+            return self.store.execution(execution_id) or {}
+        record = self._record(execution_id, "failed", staged or [], {})
+        record["failure"] = {"step": STEPS.get(task_name, task_name), "task": task_name,
+                             "error": error}
+        self._save(record)
+        if not self.store.settled(execution_id):
+            aws.publish(self.sns, self.settings.files_failure_topic,
+                        f"Files execution {execution_id} failed", {
+                            "execution_id": execution_id, "status": "failed",
+                            **record["failure"],
+                            "files": [f["key"] for f in record["files"]]})
+            self.store.mark_settled(execution_id, "failed")
+        return record
+
+    # --- the record ------------------------------------------------------------------
+
+    def _record(self, execution_id: str, status: str, staged: list[dict],
+                kpi_summary: dict) -> dict:
+        previous = self.store.execution(execution_id) or {}
+        files = [{k: v for k, v in r.items() if k != "effects"} for r in staged]
+        if not files:
+            files = previous.get("files", [])
+        valid = [f for f in files if f.get("status") == "valid"]
+        started_ms = previous.get("started_at_ms", int(time.time() * 1000))
+        return {
+            "execution_id": execution_id, "status": status,
+            "started_at": previous.get("started_at", _now_iso()), "started_at_ms": started_ms,
+            "finished_at": _now_iso(),
+            "valid_files": [f["name"] for f in valid],
+            "invalid_files": [{"name": f["name"], "reasons": f["reasons"]}
+                              for f in files if f.get("status") == "invalid"],
+            "skipped_files": [{"name": f["name"], "reasons": f["reasons"]}
+                              for f in files if f.get("status") == "missing"],
+            "rows_read": sum(f["rows_read"] for f in valid),
+            "rows_kept": sum(f["rows_kept"] for f in valid),
+            "rows_dropped": {f["name"]: f["dropped"] for f in valid},
+            "dates": kpi_summary.get("dates", []),
+            "files": files,
+            "timings": {"stage_seconds": {f["name"]: f["seconds"] for f in valid},
+                        "kpis_seconds": kpi_summary.get("seconds"),
+                        "total_seconds": round(time.time() - started_ms / 1000, 3)},
+        }
+
+    def _save(self, record: dict) -> None:
+        aws.put_json(self.s3, self.settings.files_bucket,
+                     f"{aws.RESULTS}{record['execution_id']}.json", record)
+        self.store.save_execution(record)
+
+
+def _summary(record: dict) -> dict:
+    """The success message: execution id, files, rows kept and dropped, dates."""
+    return {"execution_id": record["execution_id"], "status": record["status"],
+            "valid_files": record["valid_files"], "invalid_files": record["invalid_files"],
+            "rows_kept": record["rows_kept"],
+            "rows_dropped": sum(n for d in record["rows_dropped"].values() for n in d.values()),
+            "dates": record["dates"]}

@@ -1,0 +1,125 @@
+"""Delta Lake tables under staging/ (delta-rs, no JVM): upserts and pinned reads."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import polars as pl
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from app.files.cleaning import clean
+from app.files.contract import FILE_TYPES, FileType, ORDER_ITEMS, ORDERS, PRODUCTS
+
+logger = logging.getLogger(__name__)
+
+# A concurrent writer's commit may conflict with ours (same files rewritten): merge again
+# on the new version. conditional_put=etag guarantees no commit is ever overwritten.
+COMMIT_ATTEMPTS = 8
+
+
+def empty_frame(file_type: FileType) -> pl.DataFrame:
+    """A staged table's schema as an empty frame (what cleaning produces from no rows)."""
+    frame = pl.DataFrame({c: [] for c in file_type.columns},
+                         schema={c: pl.String for c in file_type.columns})
+    return clean(frame, file_type).frame
+
+
+@dataclass(frozen=True)
+class Staging:
+    """The Delta tables of one bucket's staging/ prefix."""
+
+    base_uri: str  # e.g. s3://orders-files/staging
+    storage_options: dict
+
+    def uri(self, file_type: FileType) -> str:
+        """The table's URI."""
+        return f"{self.base_uri.rstrip('/')}/{file_type.table}"
+
+    def table(self, file_type: FileType) -> DeltaTable | None:
+        """The table at its latest version, or None before its first file."""
+        try:
+            return DeltaTable(self.uri(file_type), storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def scan(self, file_type: FileType, version: int | None) -> pl.LazyFrame:
+        """The table at a version (None: no table yet, read as empty)."""
+        if version is None:
+            return empty_frame(file_type).lazy()
+        return pl.scan_delta(self.uri(file_type), version=version,
+                             storage_options=self.storage_options)
+
+    def versions(self) -> dict[str, int | None]:
+        """Current version of every table (None where there is none yet)."""
+        versions = {}
+        for file_type in FILE_TYPES:
+            table = self.table(file_type)
+            versions[file_type.name] = table.version() if table else None
+        return versions
+
+    def upsert(self, file_type: FileType, frame: pl.DataFrame) -> dict:
+        """Merge a cleaned frame on the key: changed rows updated in full, new ones inserted.
+
+        Rows equal to the staged ones are left alone, so re-uploading a file commits nothing.
+        """
+        columns = frame.columns
+        changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in columns)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            table = self._create_if_missing(file_type, frame)
+            try:
+                return (table.merge(frame, predicate=f't."{file_type.key}" = s."{file_type.key}"',
+                                    source_alias="s", target_alias="t")
+                        .when_matched_update_all(predicate=changed)
+                        .when_not_matched_insert_all()
+                        .execute())
+            except CommitFailedError:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                logger.info("commit to %s conflicted (try %d); merging again", file_type.name,
+                            attempt)
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
+        raise AssertionError("unreachable")
+
+    def _create_if_missing(self, file_type: FileType, frame: pl.DataFrame) -> DeltaTable:
+        table = self.table(file_type)
+        if table is None:
+            try:
+                # mode="ignore": another worker creating it at the same time is fine.
+                write_deltalake(self.uri(file_type), frame.head(0), mode="ignore",
+                                partition_by=list(file_type.partition_by),
+                                storage_options=self.storage_options)
+            except CommitFailedError:
+                pass  # the other writer's version 0 won; it has the same schema
+            table = DeltaTable(self.uri(file_type), storage_options=self.storage_options)
+        return table
+
+    def affected(self, file_type: FileType, frame: pl.DataFrame) -> dict:
+        """What a file's upsert may change in the KPIs, read before it is merged.
+
+        orders: the dates of its orders, new and as staged (an order may change its date);
+        order_items: the orders of its items, new and as staged; products: the ids whose
+        category is new or changed. Item and product effects are resolved to dates by the
+        KPI step, after every file of the execution is staged.
+        """
+        table = self.table(file_type)
+        staged = self.scan(file_type, table.version() if table else None)
+        keys = frame.get_column(file_type.key).implode()
+        if file_type is ORDERS:
+            before = staged.filter(pl.col("order_id").is_in(keys)).select("created_at").collect()
+            dates = pl.concat([frame.select("created_at"), before]).select(
+                pl.col("created_at").dt.date().unique().sort()).to_series()
+            return {"dates": [d.isoformat() for d in dates]}
+        if file_type is ORDER_ITEMS:
+            before = staged.filter(pl.col("id").is_in(keys)).select("order_id").collect()
+            order_ids = pl.concat([frame.select("order_id"), before]).get_column(
+                "order_id").drop_nulls().unique().sort()
+            return {"order_ids": order_ids.to_list()}
+        if file_type is PRODUCTS:
+            same = staged.select("id", "category").collect()
+            changed = frame.select("id", "category").join(same, on=["id", "category"],
+                                                          how="anti")
+            return {"product_ids": changed.get_column("id").sort().to_list()}
+        raise ValueError(f"no KPI effects known for {file_type.name}")

@@ -1,0 +1,168 @@
+"""The files tasks: thin adapters over app.files.execution, chained as one Celery canvas.
+
+files.execute (one window of S3 events) starts an execution:
+    chord(group(chain(files.stage per file of a table) per table), files.kpis) | files.finish
+with files.failed as the error callback.
+Every step is idempotent; the events stay on SQS until files.finish deletes them, and
+files.failed makes them visible again, so SQS retries and then dead-letters them.
+"""
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+
+from celery import Task, chain, chord, group, shared_task
+
+from app import sqs
+from app.files.execution import Files, new_execution_id, parse_event, staging_lanes
+from app.settings import Settings
+from tasks.names import FILES_EXECUTE, FILES_FAILED, FILES_FINISH, FILES_KPIS, FILES_STAGE
+
+logger = logging.getLogger(__name__)
+
+
+class FilesTask(Task):
+    """Base of the files tasks: the app's settings, this process's Files and SQS client."""
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the app was built with."""
+        return self.app.settings
+
+    @cached_property
+    def files(self) -> Files:
+        """The process's Files resources, created on first use (after the pool forked)."""
+        return Files(self.settings)
+
+    @cached_property
+    def sqs(self):
+        """This process's SQS client."""
+        return sqs.client(self.settings)
+
+
+class StepTask(FilesTask):
+    """A step of an execution: each gets half of FILES_EXECUTION_TIMEOUT.
+
+    Results travel to the chord's callback through the result backend; a failed step is
+    acked (not left to SQS): the execution's error path hands its events back to SQS
+    instead, and a redelivered step would run (and fail) again outside its execution.
+    """
+
+    ignore_result = False
+    acks_late = True
+    acks_on_failure_or_timeout = True
+
+    @property
+    def time_limit(self) -> int:
+        """Hard limit of one step."""
+        return self.settings.files_execution_timeout // 2
+
+    @property
+    def soft_time_limit(self) -> int:
+        """Soft limit of one step, 10 s before the hard one."""
+        return self.time_limit - 10
+
+
+def delete_events(task: FilesTask, events: list[dict]) -> None:
+    """Delete event messages by receipt handle (done with them)."""
+    for batch in sqs.chunks(events):
+        response = task.sqs.delete_message_batch(QueueUrl=task.settings.files_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": e["receipt_handle"]} for i, e in enumerate(batch)])
+        for failure in response.get("Failed", []):
+            # Its handle expired (received again meanwhile): the next execution is a no-op.
+            logger.warning("SQS did not delete file event %s: %s", failure["Id"],
+                           failure.get("Message"))
+
+
+def hide_events(task: FilesTask, events: list[dict], seconds_for) -> None:
+    """Set each event's visibility timeout: seconds_for(event) from now."""
+    for batch in sqs.chunks(events):
+        response = task.sqs.change_message_visibility_batch(
+            QueueUrl=task.settings.files_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": e["receipt_handle"],
+                      "VisibilityTimeout": int(seconds_for(e))} for i, e in enumerate(batch)])
+        for failure in response.get("Failed", []):
+            logger.warning("SQS did not change the visibility of file event %s: %s",
+                           failure["Id"], failure.get("Message"))
+
+
+def backoff(settings: Settings):
+    """Seconds a failed event stays hidden, by its receive count."""
+    policy = settings.failure_backoff_policy
+    return lambda event: policy.get(event["receive_count"], max(policy.values()))
+
+
+@shared_task(name=FILES_EXECUTE, bind=True, base=FilesTask, acks_late=True)
+def execute(self, events: list[dict]):
+    """Start one execution over a window of S3 events; None if there is nothing to do."""
+    found, file_events, done, bad = [], [], [], []
+    for event in events:
+        parsed = parse_event(event["body"], self.settings.files_bucket)
+        if parsed.kind == "test":
+            done.append(event)  # S3 sends one when a notification is configured
+        elif parsed.kind == "invalid":
+            logger.warning("file event %s is not an S3 notification (%s); left to the DLQ",
+                           event["message_id"], parsed.reason)
+            bad.append(event)
+        elif not parsed.files:
+            done.append(event)  # another bucket or prefix
+        else:
+            file_events.append(event)
+            found += parsed.files
+    if done:
+        delete_events(self, done)
+    if bad:
+        hide_events(self, bad, backoff(self.settings))  # retried, then dead-lettered
+    if not found:
+        return None
+    # The window's wait has been spent: hide the events for a whole execution from now.
+    hide_events(self, file_events, lambda e: self.settings.files_execution_timeout)
+    execution_id = new_execution_id()
+    lanes = staging_lanes(found)
+    self.files.start(execution_id, [key for lane in lanes for key in lane])
+    # One chain per table (its files in upload order), the tables in parallel.
+    workflow = chord(group(chain(stage.s([], execution_id, lane[0]),
+                                 *(stage.s(execution_id, key) for key in lane[1:]))
+                           for lane in lanes),
+                     kpis.s(execution_id)) | finish.s(execution_id, file_events)
+    workflow.link_error(failed.s(execution_id, file_events))
+    workflow.apply_async()
+    logger.info("execution %s started over %d file(s) from %d event(s)", execution_id,
+                sum(map(len, lanes)), len(file_events))
+    return execution_id
+
+
+@shared_task(name=FILES_STAGE, bind=True, base=StepTask)
+def stage(self, earlier: list[dict], execution_id: str, key: str) -> list[dict]:
+    """Validate, clean and upsert one file into its Delta table, after its lane's earlier files."""
+    return [*earlier, self.files.stage(execution_id, key)]
+
+
+@shared_task(name=FILES_KPIS, bind=True, base=StepTask)
+def kpis(self, lanes: list[list[dict]], execution_id: str) -> dict:
+    """Recompute the KPIs of every date the execution's files touched."""
+    staged = [result for lane in lanes for result in lane]
+    summary = self.files.compute_kpis(execution_id, staged)
+    # What the next step needs; dates are dropped from the effects (the summary has them).
+    return {"staged": [{**r, "effects": {"ref": r["effects"]["ref"]}}
+                       if "ref" in (r.get("effects") or {}) else
+                       {k: v for k, v in r.items() if k != "effects"} for r in staged],
+            "kpis": summary}
+
+
+@shared_task(name=FILES_FINISH, bind=True, base=StepTask)
+def finish(self, result: dict, execution_id: str, events: list[dict]) -> dict:
+    """Archive, reject, record and notify; then the events are done with."""
+    record = self.files.finish(execution_id, result["staged"], result["kpis"])
+    delete_events(self, events)
+    return {"execution_id": execution_id, "status": record["status"]}
+
+
+@shared_task(name=FILES_FAILED, base=FilesTask)
+def failed(request, exc, traceback, execution_id: str, events: list[dict]):
+    """Error path of an execution: failure message, events back to SQS, nothing archived."""
+    # Not bound: Celery passes (request, exc, traceback) to an errback whose signature
+    # starts with them, and a bound task's signature does not. `failed` is this task.
+    logger.error("execution %s failed in %s: %r", execution_id, request.task, exc)
+    failed.files.fail(execution_id, request.task or "", f"{type(exc).__name__}: {exc}")
+    hide_events(failed, events, backoff(failed.settings))

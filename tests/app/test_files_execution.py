@@ -1,0 +1,156 @@
+"""The execution steps without Celery, on LocalStack S3/SNS and a real redis-server."""
+import random
+import threading
+
+
+from app import aws
+from app.files import kpis
+from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
+from app.files.execution import Files, new_execution_id
+from app.store import FilesStore
+from files_oracle import by_key, csv_of, expected_kpis, make_rows
+
+RANGE = ("2024-01-01", "2024-01-31")
+
+
+def upload(files: Files, named: dict[str, bytes]) -> list[str]:
+    keys = []
+    for name, data in named.items():
+        files.s3.put_object(Bucket=files.settings.files_bucket, Key=f"input/{name}", Body=data)
+        keys.append(f"input/{name}")
+    return keys
+
+
+def run(files: Files, keys: list[str]) -> dict:
+    """The canvas's steps in order, in this process."""
+    execution_id = new_execution_id()
+    files.start(execution_id, keys)
+    staged = [files.stage(execution_id, key) for key in keys]
+    return files.finish(execution_id, staged, files.compute_kpis(execution_id, staged))
+
+
+def served(store: FilesStore):
+    return ([kpis.order_kpi_answer(kpis.OrderKpi(**row)) for row in store.order_kpis(*RANGE)],
+            [kpis.category_kpi_answer(kpis.CategoryKpi(**row))
+             for row in store.category_kpis(*RANGE)])
+
+
+def keys_in(files: Files, prefix: str) -> set[str]:
+    listed = files.s3.list_objects_v2(Bucket=files.settings.files_bucket, Prefix=prefix)
+    return {o["Key"] for o in listed.get("Contents", [])}
+
+
+def test_kpis_of_staged_files_match_an_independent_computation(files_settings):
+    files = Files(files_settings)
+    products, orders, items = make_rows(random.Random(3), orders=60)
+    keys = upload(files, {"products.csv": csv_of(PRODUCTS, products),
+                          "orders_part1.csv": csv_of(ORDERS, orders),
+                          "order_items_part1.csv": csv_of(ORDER_ITEMS, items)})
+    record = run(files, keys)
+
+    assert served(files.store) == expected_kpis(by_key(PRODUCTS, products),
+                                                by_key(ORDERS, orders), by_key(ORDER_ITEMS, items))
+    assert record["status"] == "succeeded"
+    assert record["rows_kept"] == len(products) + len(orders) + len(items)
+    assert record["dates"] == sorted({o["created_at"][:10] for o in orders})
+    assert keys_in(files, "archive/") == {k.replace("input/", "archive/") for k in keys}
+    assert keys_in(files, "input/") == set()
+    assert aws.get_bytes(files.s3, files_settings.files_bucket,
+                         f"results/{record['execution_id']}.json") is not None
+
+
+def test_an_update_file_moves_the_return_rate_and_counts_nothing_twice(files_settings):
+    files = Files(files_settings)
+    rng = random.Random(5)
+    products, orders, items = make_rows(rng, orders=40)
+    run(files, upload(files, {"products.csv": csv_of(PRODUCTS, products),
+                              "orders.csv": csv_of(ORDERS, orders),
+                              "order_items.csv": csv_of(ORDER_ITEMS, items)}))
+    returned = rng.sample(orders, 10)
+    order_updates = [{**o, "status": "Returned"} for o in returned]
+    item_updates = [{**i, "status": "returned"} for i in items
+                    if i["order_id"] in {o["order_id"] for o in returned}]
+    before_orders = served(files.store)[0]
+    run(files, upload(files, {"orders_update.csv": csv_of(ORDERS, order_updates),
+                              "order_items_update.csv": csv_of(ORDER_ITEMS, item_updates)}))
+
+    final_orders = by_key(ORDERS, orders) | {o["order_id"]: {**o, "status": "returned"}
+                                             for o in order_updates}
+    expected = expected_kpis(by_key(PRODUCTS, products), final_orders,
+                             by_key(ORDER_ITEMS, items + item_updates))
+    after = served(files.store)
+    assert after == expected
+    assert [d["total_orders"] for d in after[0]] == [d["total_orders"] for d in before_orders]
+    assert any(a["return_rate"] > b["return_rate"] for a, b in zip(after[0], before_orders))
+
+
+def test_reuploading_a_file_changes_nothing(files_settings):
+    files = Files(files_settings)
+    products, orders, items = make_rows(random.Random(8), orders=30)
+    contents = {"products.csv": csv_of(PRODUCTS, products), "orders.csv": csv_of(ORDERS, orders),
+                "order_items.csv": csv_of(ORDER_ITEMS, items)}
+    run(files, upload(files, contents))
+    kpis_before, versions_before = served(files.store), files.staging.versions()
+    record = run(files, upload(files, contents))
+
+    assert served(files.store) == kpis_before
+    assert files.staging.versions() == versions_before  # no commit at all
+    assert [f["inserted"] + f["updated"] for f in record["files"]] == [0, 0, 0]
+
+
+def test_an_invalid_file_is_rejected_with_its_reasons(files_settings):
+    files = Files(files_settings)
+    keys = upload(files, {"orders_bad.csv": b"order_id,user_id\nO1,U1\n",
+                          "customers.csv": b"id\n1\n"})
+    record = run(files, keys)
+    assert {f["name"] for f in record["invalid_files"]} == {"orders_bad.csv", "customers.csv"}
+    assert keys_in(files, "rejected/") == {"rejected/orders_bad.csv",
+                                           "rejected/orders_bad.csv.reason.json",
+                                           "rejected/customers.csv",
+                                           "rejected/customers.csv.reason.json"}
+    reason = aws.get_bytes(files.s3, files_settings.files_bucket,
+                           "rejected/orders_bad.csv.reason.json").decode()
+    assert "missing required column(s)" in reason and "num_of_item" in reason
+    assert served(files.store) == ([], [])
+
+
+def test_two_writers_staging_at_once_lose_no_commit(files_settings):
+    """Concurrent merges into one table (conditional_put=etag): every row arrives."""
+    staging = Files(files_settings).staging
+    batches = []
+    for writer in range(3):
+        _, orders, _ = make_rows(random.Random(writer), orders=50, prefix=f"W{writer}-")
+        batches.append(orders)
+    from app.files.cleaning import clean, read_csv
+    frames = [clean(read_csv(csv_of(ORDERS, b), ORDERS), ORDERS).frame for b in batches]
+    errors = []
+
+    def write(frame):
+        try:
+            Files(files_settings).staging.upsert(ORDERS, frame)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(f,)) for f in frames]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    staged = staging.scan(ORDERS, staging.table(ORDERS).version()).collect()
+    expected = sorted(o["order_id"] for batch in batches for o in batch)
+    assert sorted(staged.get_column("order_id")) == expected
+
+
+def test_kpis_from_an_older_snapshot_never_overwrite_newer_ones(store):
+    files_store = FilesStore(store.redis)
+    newer = kpis.OrderKpi("2024-01-02", 5, 500, 5, 5, 1)
+    older = kpis.OrderKpi("2024-01-02", 3, 300, 3, 3, 0)
+    assert files_store.write_kpis(7, ["2024-01-02"], [newer], []) == 1
+    assert files_store.write_kpis(6, ["2024-01-02"], [older], []) == 0
+    assert files_store.order_kpis("2024-01-01", "2024-01-03") == [
+        {"order_date": "2024-01-02", "total_orders": 5, "total_revenue_cents": 500,
+         "total_items_sold": 5, "unique_customers": 5, "returned_orders": 1}]
+    # A date left without orders disappears.
+    assert files_store.write_kpis(8, ["2024-01-02"], [], []) == 1
+    assert files_store.order_kpis("2024-01-01", "2024-01-03") == []

@@ -1,0 +1,63 @@
+"""orders-files sample/upload and `celery -A tasks files list|show`."""
+import json
+
+from click.testing import CliRunner
+
+from app import aws
+from app.files.cleaning import DUPLICATE_KEY, clean, read_csv, rules_for
+from app.files.contract import file_type_for
+from app.settings import to_env
+from app.store import FilesStore
+from stack.files import main
+from tasks.files_cli import files as files_command
+
+
+def test_sample_files_have_dirty_rows_of_every_kind_and_later_returns(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--out", str(tmp_path), "--orders", "3000",
+                                       "--dirty-share", "0.05"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["order_items_part1.csv", "order_items_returns.csv", "orders_part1.csv",
+                     "orders_returns.csv", "products.csv"]
+    for name in ("products.csv", "orders_part1.csv", "order_items_part1.csv"):
+        file_type = file_type_for(name)
+        cleaned = clean(read_csv((tmp_path / name).read_bytes(), file_type), file_type)
+        for rule in rules_for(file_type):
+            if rule.name != "missing_key":  # exports always carry their keys
+                assert cleaned.dropped[rule.name] > 0, (name, rule.name)
+        if file_type.name == "orders":
+            assert cleaned.dropped[DUPLICATE_KEY] > 0
+            assert cleaned.frame.get_column("user_id").n_unique() > 100
+    returns = clean(read_csv((tmp_path / "orders_returns.csv").read_bytes(),
+                             file_type_for("orders_returns.csv")), file_type_for("orders"))
+    assert set(returns.frame.get_column("status")) == {"returned"}
+
+
+def test_upload_puts_files_under_input(files_settings, tmp_path, monkeypatch):
+    for name, value in to_env(files_settings).items():
+        monkeypatch.setenv(name, value)
+    paths = []
+    for name in ("orders_a.csv", "products_b.csv"):
+        (tmp_path / name).write_text("x\n1\n")
+        paths.append(str(tmp_path / name))
+    result = CliRunner().invoke(main, ["upload", *paths])
+    assert result.exit_code == 0, result.output
+    listed = aws.s3_client(files_settings).list_objects_v2(Bucket=files_settings.files_bucket,
+                                                           Prefix="input/")
+    assert {o["Key"] for o in listed["Contents"]} == {"input/orders_a.csv", "input/products_b.csv"}
+
+
+def test_celery_files_list_and_show(settings, monkeypatch):
+    for name, value in to_env(settings).items():
+        monkeypatch.setenv(name, value)
+    record = {"execution_id": "20240101T000000Z-abc", "status": "succeeded",
+              "started_at": "2024-01-01T00:00:00+00:00", "started_at_ms": 1,
+              "files": [{"key": "input/orders.csv"}], "rows_kept": 7, "dates": ["2024-01-01"]}
+    FilesStore.from_url(settings.redis_url).save_execution(record)
+    listed = CliRunner().invoke(files_command, ["list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["execution_id"] for r in json.loads(listed.output)] == [record["execution_id"]]
+    shown = CliRunner().invoke(files_command, ["show", record["execution_id"], "--json"])
+    assert json.loads(shown.output) == record
+    missing = CliRunner().invoke(files_command, ["show", "nope"])
+    assert missing.exit_code == 1 and "No execution 'nope'" in missing.output
