@@ -358,7 +358,7 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | 
 def _delta(before: dict, after: dict) -> dict:
     """Proxy counters after minus before, per family."""
     return {family: {k: v - before[family].get(k, 0) for k, v in after[family].items()
-                     if v - before[family].get(k, 0)} for family in after}
+                     if v - before[family].get(k, 0)} for family in ("requests", "messages")}
 
 
 def warm_up(stack: Stack, orders: Orders, count: int = 2000):

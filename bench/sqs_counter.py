@@ -34,6 +34,17 @@ class Counts:
     def __init__(self):
         self.requests: Counter = Counter()
         self.messages: Counter = Counter()
+        self.in_flight: Counter = Counter()
+        self.peak_in_flight: Counter = Counter()  # most requests of an action at once
+
+    def started(self, action: str):
+        """One request of this action is under way."""
+        self.in_flight[action] += 1
+        self.peak_in_flight[action] = max(self.peak_in_flight[action], self.in_flight[action])
+
+    def finished(self, action: str):
+        """One request of this action is answered (or failed)."""
+        self.in_flight[action] -= 1
 
     def add(self, action: str, moved: dict[str, int]):
         """Count one request and the messages it moved."""
@@ -42,7 +53,8 @@ class Counts:
 
     def snapshot(self) -> dict:
         """The counters as JSON-ready dicts."""
-        return {"requests": dict(self.requests), "messages": dict(self.messages)}
+        return {"requests": dict(self.requests), "messages": dict(self.messages),
+                "peak_in_flight": dict(self.peak_in_flight)}
 
 
 def action_of(headers, body: bytes) -> str:
@@ -124,6 +136,13 @@ class Proxy:
     async def forward(self, head: bytes, headers: dict, body: bytes) -> bytes:
         """The upstream's answer to one request, ready to send back on a kept-alive connection."""
         action = action_of(headers, body)
+        self.counts.started(action)
+        try:
+            return await self._forward(action, head, body)
+        finally:
+            self.counts.finished(action)
+
+    async def _forward(self, action: str, head: bytes, body: bytes) -> bytes:
         if self.rtt_seconds:
             await asyncio.sleep(self.rtt_seconds)  # the hop there and back, paid up front
         try:

@@ -8,6 +8,7 @@ from app.deadletters import original_id
 from app.settings import from_env
 from tasks.batching import BATCH_TASK, BatchMessage, raw_entry
 from tasks.control import control_connection
+from tasks.pipelining import wait_for_settlements
 
 RAW_ORDER_TASK = "orders.process"
 # A ReceiveMessage hands its messages over one after the other in the same loop turn;
@@ -60,6 +61,11 @@ class OrderConsumer(Consumer):
         self.queue_by_url = {url: name for name, url in settings.consumed_queue_urls.items()}
         self._raw_batch = []
         self._flush_timer = None
+
+    def shutdown(self):
+        """Stop consuming, then let the deletes and visibility changes under way finish."""
+        super().shutdown()
+        wait_for_settlements()
 
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""

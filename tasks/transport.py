@@ -25,6 +25,8 @@ import logging
 
 from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
 
+from tasks.pipelining import ReceivePipeline, WindowQoS
+
 logger = logging.getLogger(__name__)
 
 # Seconds before polling again after a failed ReceiveMessage: first and most.
@@ -32,8 +34,8 @@ RECEIVE_RETRY_FIRST = 0.5
 RECEIVE_RETRY_MAX = 5.0
 
 
-class QoS(SQS.QoS):
-    """SQS QoS whose requeue does not run the failure backoff policy."""
+class QoS(WindowQoS, SQS.QoS):
+    """SQS QoS whose requeue does not run the failure backoff policy (window: pipelining.py)."""
 
     def reject(self, delivery_tag, requeue=False):
         if requeue:
@@ -42,8 +44,8 @@ class QoS(SQS.QoS):
         super().reject(delivery_tag, requeue=requeue)
 
 
-class Channel(SQS.Channel):
-    """SQS channel that survives odd bodies and failed receives."""
+class Channel(ReceivePipeline, SQS.Channel):
+    """SQS channel that survives odd bodies and failed receives (pipelining: pipelining.py)."""
 
     QoS = QoS
     _failed_receives = 0
