@@ -136,7 +136,8 @@ def _ingest(results: dict) -> list[str]:
             f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
     lines += ["", "Where the requests went (whole run of each contender):", "",
               "| contender | round trip ms | SQS requests by action | messages received | "
-              "Redis commands | control-plane commands |", "| --- | ---: | --- | ---: | --- | --- |"]
+              "Redis commands | control-plane commands |",
+              "| --- | ---: | --- | ---: | --- | --- |"]
     for r in rows:
         if "no proxy" in r["contender"]:
             continue
@@ -223,7 +224,8 @@ def latency_targets(results: dict) -> list[tuple[str, str, bool | None]]:
     drain = _find(rows, "raw drain")
     if drain and drain["orders_per_s"]:
         ratio = project["orders_per_s"] / drain["orders_per_s"]
-        found.append(("at 0 ms, orders/s ≥ 0.85× the raw drain", f"{ratio:.2f}×", ratio >= 0.85))
+        found.append(("at 0 ms, orders/s ≥ 0.85× the raw drain", f"{ratio:.2f}×",
+                      ratio >= 0.85))
     bare = _find(rows, "bare batched loop")
     if bare and bare.get("cpu_ms_per_order") and project.get("cpu_ms_per_order"):
         ratio = project["cpu_ms_per_order"] / bare["cpu_ms_per_order"]

@@ -19,7 +19,8 @@ RTT_MS = 100
 def order(order_id, cents=250):
     return json.dumps({"order_id": order_id, "user_id": f"U{order_id}",
                        "order_timestamp": "2024-12-13T10:00:00Z", "order_value": cents / 100,
-                       "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": cents / 100}]})
+                       "items": [{"product_id": "P1", "quantity": 1,
+                                  "price_per_unit": cents / 100}]})
 
 
 @pytest.fixture
