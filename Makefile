@@ -18,11 +18,12 @@ VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
 .PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk \
-	compose-cli chromium
+	compose-cli chromium test-upgrade
 
 help:
 	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
 	@echo "make test       run the test suite (PYTEST_ARGS='-k ...' to select)"
+	@echo "make test-upgrade  the suite on the newest celery and kombu patch releases"
 	@echo "make bench      run every benchmark once, print the table (BENCH_ARGS='--orders N ...')"
 	@echo "make deps       build .venv, .venv-sqs and install redis-server if missing"
 	@echo "make clean      remove var/ (data and logs); distclean also removes the venvs"
@@ -95,6 +96,22 @@ chromium:
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends chromium; }
+
+# The suite against the newest patch releases of the pinned celery and kombu (~= the
+# pins), in a throwaway venv: the pins and .venv stay as they are.
+UPGRADE_VENV := var/upgrade-venv
+CELERY_PIN := $(shell sed -n 's/^celery==//p' requirements/constraints.txt)
+KOMBU_PIN := $(shell sed -n 's/^kombu==//p' requirements/constraints.txt)
+
+test-upgrade: redis-server $(SQS_VENV_STAMP) wrk compose-cli
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	grep -vE '^(celery|kombu)==' requirements/constraints.txt > $(UPGRADE_VENV)/constraints.txt
+	$(UPGRADE_VENV)/bin/pip install -c $(UPGRADE_VENV)/constraints.txt -e '.[test,bench]' \
+		'celery~=$(CELERY_PIN)' 'kombu~=$(KOMBU_PIN)'
+	$(UPGRADE_VENV)/bin/python -c 'import celery, kombu; \
+		print("testing celery", celery.__version__, "and kombu", kombu.__version__)'
+	$(UPGRADE_VENV)/bin/pytest $(PYTEST_ARGS)
 
 compose-cli:
 	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || { \

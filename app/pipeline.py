@@ -29,6 +29,14 @@ def process(incoming: list[Incoming], store: Store, settings: Settings) -> list[
     return [_outcome(e, status) for e, status in zip(evaluated, statuses)]
 
 
+def tally(outcomes: list[Outcome]) -> dict[str, int]:
+    """Messages per outcome of a batch: counted, duplicate, rejected (conflicts included)."""
+    counts = {"counted": 0, "duplicate": 0, "rejected": 0}
+    for outcome in outcomes:
+        counts["rejected" if outcome.status == "conflict" else outcome.status] += 1
+    return counts
+
+
 def _outcome(evaluated: Evaluated, status: str) -> Outcome:
     if evaluated.order:
         return Outcome(evaluated.incoming.message_id, evaluated.order.order_id, status)

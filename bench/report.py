@@ -104,34 +104,45 @@ def _header(results: dict) -> list[str]:
     ]
 
 
+def _name(row: dict) -> str:
+    """The contender's name in the tables, with its worker processes if more than one."""
+    processes = row.get("processes", 1)
+    return row["contender"] + (f", {processes} worker processes" if processes > 1 else "")
+
+
 def _ingest(results: dict) -> list[str]:
     rows = results["ingest"]
     lines = ["", "### Ingest: orders/s from worker start until everything is processed", "",
-             "| contender | orders/s | orders/s after the first | seconds | SQS requests "
-             "per order | SQS requests/s | Redis round trips per order | Redis commands per "
-             "order (incl. in Lua) | control-plane round trips per order | "
+             "| contender | round trip ms | orders/s | orders/s after the first | seconds | "
+             "SQS requests per order | SQS requests/s | Redis round trips per order | Redis "
+             "commands per order (incl. in Lua) | control-plane round trips per order | "
+             "contender CPU ms per order | "
              "CPU % of a core: SQS server · contender · Redis · proxy | check |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- "
+             "| --- |"]
     for r in rows:
         orders = r["done"] or r["orders"]
         sqs = sum(r["sqs_requests"].values())
         proxied = "no proxy" not in r["contender"]
         lines.append(
-            f"| {r['contender']} | {_n(r['orders_per_s'])} | {_n(r['steady_per_s'])} | "
+            f"| {_name(r)} | {_n(r.get('rtt_ms', 0)) if proxied else '–'} | "
+            f"{_n(r['orders_per_s'])} | {_n(r['steady_per_s'])} | "
             f"{r['seconds']:.1f} | {_per(sqs, orders) if proxied else '(not counted)'} | "
             f"{_n(sqs / r['seconds']) if proxied else '–'} | "
             f"{_per(r['redis_round_trips'], orders)} | "
             f"{_per(sum(r['redis_commands'].values()), orders)} | "
             f"{_per(r['control_round_trips'], orders)} | "
+            f"{_n(r.get('cpu_ms_per_order'), 2)} | "
             f"{_busy(r['cpu_busy'], ('sqs', 'contender', 'redis', 'proxy'))} | "
             f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
     lines += ["", "Where the requests went (whole run of each contender):", "",
-              "| contender | SQS requests by action | messages received | Redis commands | "
-              "control-plane commands |", "| --- | --- | ---: | --- | --- |"]
+              "| contender | round trip ms | SQS requests by action | messages received | "
+              "Redis commands | control-plane commands |",
+              "| --- | ---: | --- | ---: | --- | --- |"]
     for r in rows:
         if "no proxy" in r["contender"]:
             continue
-        lines.append(f"| {r['contender']} | {_top(r['sqs_requests'])} | "
+        lines.append(f"| {_name(r)} | {_n(r.get('rtt_ms', 0))} | {_top(r['sqs_requests'])} | "
                      f"{_n(r['sqs_messages'].get('received', 0))} | "
                      f"{_top({k.upper(): v for k, v in r['redis_commands'].items()})} | "
                      f"{_top({k.upper(): v for k, v in r['control_commands'].items()})} |")
@@ -178,8 +189,51 @@ def _scale(results: dict) -> list[str]:
     return lines
 
 
-def _find(rows: list[dict], name: str) -> dict | None:
-    return next((r for r in rows if r["contender"] == name), None)
+def _find(rows: list[dict], name: str, rtt_ms: float = 0, processes: int = 1) -> dict | None:
+    return next((r for r in rows if r["contender"] == name and r.get("rtt_ms", 0) == rtt_ms
+                 and r.get("processes", 1) == processes), None)
+
+
+PROJECT = "this project as shipped"
+
+
+def latency_targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue 12's targets against this run's figures: (target, measured, met)."""
+    rows = results["ingest"]
+    project = _find(rows, PROJECT)
+    if project is None:
+        return []
+    found = []
+    far = max(r.get("rtt_ms", 0) for r in rows)
+    one_far = _find(rows, PROJECT, far)
+    if far and one_far and project["orders_per_s"]:
+        ratio = one_far["orders_per_s"] / project["orders_per_s"]
+        found.append((f"at {far:g} ms, one worker (-c 2) ≥ 0.85× its own 0 ms orders/s",
+                      f"{ratio:.2f}×", ratio >= 0.85))
+    for processes, factor in ((2, 1.8), (4, 3.2)):
+        more = _find(rows, PROJECT, far, processes)
+        if more and one_far and one_far["orders_per_s"]:
+            ratio = more["orders_per_s"] / one_far["orders_per_s"]
+            found.append((f"at {far:g} ms, {processes} worker processes ≥ {factor}× one",
+                          f"{ratio:.2f}×", ratio >= factor))
+    ours = [r for r in rows if r["contender"] == PROJECT and r["done"]]
+    sqs = max(sum(r["sqs_requests"].values()) / r["done"] for r in ours)
+    trips = max(r["redis_round_trips"] / r["done"] for r in ours)
+    found += [("≤ 0.22 SQS requests per order (worst project row)", f"{sqs:.2f}", sqs <= 0.22),
+              ("≤ 0.12 Redis round trips per order (worst project row)", f"{trips:.2f}",
+               trips <= 0.12)]
+    drain = _find(rows, "raw drain")
+    if drain and drain["orders_per_s"]:
+        ratio = project["orders_per_s"] / drain["orders_per_s"]
+        found.append(("at 0 ms, orders/s ≥ 0.85× the raw drain", f"{ratio:.2f}×",
+                      ratio >= 0.85))
+    bare = _find(rows, "bare batched loop")
+    if bare and bare.get("cpu_ms_per_order") and project.get("cpu_ms_per_order"):
+        ratio = project["cpu_ms_per_order"] / bare["cpu_ms_per_order"]
+        found.append(("worker CPU per order ≤ 1.5× the bare batched loop's (0 ms)",
+                      f"{project['cpu_ms_per_order']:.2f} / {bare['cpu_ms_per_order']:.2f} ms "
+                      f"= {ratio:.2f}×", ratio <= 1.5))
+    return found
 
 
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
@@ -215,12 +269,14 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def _targets(results: dict) -> list[str]:
-    found = targets(results)
-    if not found:
-        return []
-    lines = ["", "### Issue 6's targets, from this run's figures", "",
-             "| target | this run | met |", "| --- | ---: | --- |"]
-    lines += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in found]
+    lines = []
+    for issue, found in (("6", targets(results)), ("12", latency_targets(results))):
+        if not found:
+            continue
+        lines += ["", f"### Issue {issue}'s targets, from this run's figures", "",
+                  "| target | this run | met |", "| --- | ---: | --- |"]
+        lines += [f"| {name} | {value} | {'yes' if met else '**no**'} |"
+                  for name, value, met in found]
     return lines
 
 

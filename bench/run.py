@@ -5,8 +5,10 @@ redis-server for the aggregates and one for the project's control plane, all on 
 ports; then, each on a fresh queue and a flushed Redis:
 
 1. ingest of the same pre-queued orders by the raw SQS drain (direct and through the
-   proxy), the seed-style worker, stock Celery and the project's worker as shipped,
-   counting SQS requests (at the proxy), Redis round trips (INFO stats) and commands;
+   proxy), the seed-style worker, stock and tuned Celery, the bare batched loop and the
+   project's worker as shipped, counting SQS requests (at the proxy), Redis round trips
+   (INFO stats), commands and CPU per order; then again with the proxy adding each round
+   trip of --rtts, and the project with 1, 2 and 4 worker processes at the largest;
 2. wrk against the project's gunicorn API and the seed-style FastAPI peer;
 3. the project's ingest at several user counts, with Redis memory per user;
 4. the batch files path on about --files-items order_items rows against a bare polars
@@ -14,7 +16,8 @@ ports; then, each on a fresh queue and a flushed Redis:
 
 Prints one Markdown table and writes it with the raw figures to --out (latest.md, latest.json).
 
-    python -m bench.run [--orders 20000] [--api-seconds 20] [--scale-users 2000,20000,100000]
+    python -m bench.run [--orders 20000] [--rtts 0,10,25] [--api-seconds 20]
+                        [--scale-users 2000,20000,100000]
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from app.settings import Settings, to_env
 from app.store import Store
 from bench import files as files_bench
 from bench import report, seed_worker, stock_celery
-from bench.sqs_counter import COUNTS_PATH
+from bench.sqs_counter import COUNTS_PATH, rtt_url
 from stack.produce import send_all
 from stack.services import PROJECT_ROOT, Process, RedisServer, SqsServer, free_port
 
@@ -169,6 +172,13 @@ class Stack:
     log_dir: Path
     max_seconds: float = MAX_SECONDS
     direct: object = None  # boto3 client straight to LocalStack: the harness's own calls
+    rtt_ms: float = 0  # the round trip the proxy adds to every request right now
+
+    def set_rtt(self, rtt_ms: float):
+        """Make the proxy add rtt_ms to every SQS request from now on."""
+        with urllib.request.urlopen(rtt_url(self.proxy_url, rtt_ms), timeout=10) as response:
+            json.load(response)
+        self.rtt_ms = rtt_ms
 
     def proxy_counts(self) -> dict:
         """The proxy's counters: requests per action, messages sent/received/deleted."""
@@ -199,6 +209,35 @@ def _fixed(*processes: Process) -> Callable[[], list[int]]:
     """The members of long-running services, looked up once."""
     pids = [pid for process in processes for pid in process.members()]
     return lambda: pids
+
+
+class ProcessGroup:
+    """Several contender processes measured and stopped as one (worker processes side by side)."""
+
+    def __init__(self, processes: list[Process]):
+        self.processes = processes
+        self.log_path = processes[0].log_path
+
+    def members(self) -> list[int]:
+        """Live processes of every group."""
+        return [pid for process in self.processes for pid in process.members()]
+
+    @property
+    def running(self) -> bool:
+        """True while every command runs."""
+        return all(process.running for process in self.processes)
+
+    @property
+    def returncode(self) -> int | None:
+        """The first exit status, once one of them exited."""
+        return next((p.returncode for p in self.processes if p.returncode is not None), None)
+
+    def stop(self, timeout: float = 10.0):
+        """Stop them all."""
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            process.stop(timeout=timeout)
 
 
 @dataclass
@@ -247,7 +286,7 @@ def start(stack: Stack, name: str, command: list, env: dict | None = None) -> Pr
     return Process(name, command, env=env, log_dir=stack.log_dir, cwd=PROJECT_ROOT).start()
 
 
-def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process],
+def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | ProcessGroup],
            progress: Callable[[dict], int], finished: Callable[[Process, int], bool]) -> dict:
     """Run one contender until finished(); time it and count its SQS and Redis traffic.
 
@@ -264,7 +303,8 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process],
     started = time.monotonic()
     process = launch()
     cpu = CpuMeter(stack.cpu_groups(process))
-    result = {"contender": label, "orders": total, "status": "ok"}
+    result = {"contender": label, "rtt_ms": stack.rtt_ms, "processes": 1, "orders": total,
+              "status": "ok"}
     done = last_done = first_done = 0
     last_change = first_at = None
     try:
@@ -310,15 +350,18 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process],
         redis_commands=dict(data_commands), redis_round_trips=data_trips,
         control_commands=dict(control_commands), control_round_trips=control_trips,
         memory_bytes=memory1 - memory0, cpu_busy=cpu.busy(elapsed), log=str(process.log_path))
-    tqdm.write(f"{label}: {done:,}/{total:,} in {elapsed:.1f} s ({result['status']})",
-               file=sys.stderr)
+    # CPU time of the contender's processes (every pool process included) per order done.
+    result["cpu_ms_per_order"] = (round(result["cpu_busy"]["contender"] * elapsed * 1000 / done,
+                                        3) if done else None)
+    tqdm.write(f"{label} at {stack.rtt_ms:g} ms: {done:,}/{total:,} in {elapsed:.1f} s "
+               f"({result['status']})", file=sys.stderr)
     return result
 
 
 def _delta(before: dict, after: dict) -> dict:
     """Proxy counters after minus before, per family."""
     return {family: {k: v - before[family].get(k, 0) for k, v in after[family].items()
-                     if v - before[family].get(k, 0)} for family in after}
+                     if v - before[family].get(k, 0)} for family in ("requests", "messages")}
 
 
 def warm_up(stack: Stack, orders: Orders, count: int = 2000):
@@ -368,22 +411,24 @@ def run_seed(stack: Stack, orders: Orders) -> dict:
     return _seed_check(stack, orders, result)
 
 
-def run_stock_celery(stack: Stack, orders: Orders) -> dict:
-    """Stock Celery, -c 2, one task per message published as .delay() would."""
-    url = stack.new_queue("stock")
+def run_stock_celery(stack: Stack, orders: Orders, tuned: bool = False) -> dict:
+    """Stock (or tuned) Celery, -c 2, one task per message published as .delay() would."""
+    label, module = (("tuned Celery", "bench.tuned_celery") if tuned
+                     else ("stock Celery", "bench.stock_celery"))
+    url = stack.new_queue("tuned" if tuned else "stock")
     queue = url.rsplit("/", 1)[1]
     envelopes = list(stock_celery.envelopes(f"sqs://test:test@127.0.0.1:{stack.sqs.port}", queue,
                                             orders.bodies))
-    send(stack, url, envelopes, "stock Celery")
+    send(stack, url, envelopes, label)
     env = {"BENCH_BROKER_URL": f"sqs://test:test@127.0.0.1:{_port(stack.proxy_url)}",
            "BENCH_QUEUE": queue, "BENCH_REDIS_URL": stack.data.url}
     result = ingest(
-        stack, "stock Celery", len(orders.bodies),
-        lambda: start(stack, "stock-celery", [BIN / "celery", "-A", "bench.stock_celery",
-                                              "worker", "--concurrency", 2, "--loglevel",
-                                              "WARNING"], env),
+        stack, label, len(orders.bodies),
+        lambda: start(stack, label.replace(" ", "-").lower(),
+                      [BIN / "celery", "-A", module, "worker", "--concurrency", 2,
+                       "--loglevel", "WARNING"], env),
         lambda traffic: traffic["messages"].get("deleted", 0),
-        # Acked before the task runs (Celery's default): the count comes last.
+        # Stock Celery acks before the task runs (the default): the count comes last.
         _seed_finished(stack, orders))
     stack.direct.delete_queue(QueueUrl=url)
     return _seed_check(stack, orders, result)
@@ -418,34 +463,69 @@ def project_outcomes(stack: Stack) -> int:
     return sum(outcomes[name] for name in ("counted", "duplicate", "rejected", "conflict"))
 
 
-def run_project(stack: Stack, orders: Orders, label: str = "this project as shipped",
-                api_url: str | None = None) -> dict:
-    """The project's worker as shipped (-c 2), until every message has an outcome."""
+def _project_queue(stack: Stack, orders: Orders, label: str) -> tuple[Settings, dict]:
+    """A fresh orders queue (with its DLQ) holding the orders; settings and queue URLs."""
     queue = f"bench-project-{uuid.uuid4().hex[:8]}"
     settings = stack.settings(queue)
     urls = sqs.ensure_queues(replace(settings, sqs_endpoint_url=stack.sqs.endpoint_url),
                              stack.direct)
     send(stack, urls[queue], orders.bodies, label)
+    return settings, urls
+
+
+def run_bare_loop(stack: Stack, orders: Orders) -> dict:
+    """The bare batched loop (bench/bare_loop.py), 2 processes, until every outcome is in."""
+    label = "bare batched loop"
+    settings, urls = _project_queue(stack, orders, label)
     total = len(orders.bodies)
-    env = {**to_env(settings)}
     result = ingest(
         stack, label, total,
-        lambda: start(stack, "project-worker", [BIN / "celery", "-A", "tasks", "worker",
-                                                "--concurrency", 2, "--loglevel", "WARNING"],
-                      env),
+        lambda: start(stack, "bare-loop", [sys.executable, "-m", "bench.bare_loop",
+                                           "--processes", 2], to_env(settings)),
+        lambda traffic: min(project_outcomes(stack), traffic["messages"].get("deleted", 0)),
+        lambda process, done: done >= total)
+    for url in urls.values():
+        stack.direct.delete_queue(QueueUrl=url)
+    return _outcome_check(stack, total, result)
+
+
+def run_project(stack: Stack, orders: Orders, label: str = "this project as shipped",
+                api_url: str | None = None, processes: int = 1) -> dict:
+    """The project's worker as shipped (-c 2), `processes` of them, until every outcome is in."""
+    settings, urls = _project_queue(stack, orders, label)
+    total = len(orders.bodies)
+    env = {**to_env(settings)}
+
+    def launch() -> ProcessGroup:
+        # Separate `celery worker` processes, as a deployment scales out: own node names.
+        return ProcessGroup([
+            start(stack, f"project-worker-{i}", [BIN / "celery", "-A", "tasks", "worker",
+                                                 "--concurrency", 2, "--loglevel", "WARNING",
+                                                 "-n", f"bench{i}@%h"], env)
+            for i in range(1, processes + 1)])
+
+    result = ingest(
+        stack, label, total, launch,
         # Done when every message has its outcome in Redis and is deleted from SQS.
         lambda traffic: min(project_outcomes(stack), traffic["messages"].get("deleted", 0)),
         lambda process, done: done >= total)
     for url in urls.values():
         stack.direct.delete_queue(QueueUrl=url)
+    result["processes"] = processes
+    result = _outcome_check(stack, total, result)
+    if api_url:
+        result["check"] = _api_check(stack, api_url, result["check"])
+    return result
+
+
+def _outcome_check(stack: Stack, total: int, result: dict) -> dict:
+    """Every message has exactly one outcome in Redis (unless the run was cut short)."""
     result["outcomes"] = outcomes = stack.data_meter.store.outcomes()
     settled = project_outcomes(stack)
     result["check"] = _check(settled == total or result["status"] != "ok",
                              f"{settled:,} outcomes ({outcomes['counted']:,} counted, "
                              f"{outcomes['duplicate']:,} duplicate, "
                              f"{outcomes['rejected'] + outcomes['conflict']:,} rejected)")
-    if api_url:
-        result["check"] = _api_check(stack, api_url, result["check"])
     return result
 
 
@@ -618,8 +698,15 @@ def parse_args(argv):
                         help="orders pre-queued for each ingest contender [BENCH_ORDERS]")
     parser.add_argument("--users", type=int, default=env_int("BENCH_USERS", 20_000))
     parser.add_argument("--products", type=int, default=env_int("BENCH_PRODUCTS", 2_000))
+    parser.add_argument("--rtts", default=os.environ.get("BENCH_RTTS", "0,10,25"),
+                        help="comma-separated round trips (ms) the proxy adds to every SQS "
+                             "request, one set of ingest rows each [BENCH_RTTS]")
+    parser.add_argument("--worker-processes",
+                        default=os.environ.get("BENCH_WORKER_PROCESSES", "1,2,4"),
+                        help="worker processes (-c 2 each) of the project's rows at the "
+                             "largest round trip [BENCH_WORKER_PROCESSES]")
     parser.add_argument("--api-seconds", type=int, default=env_int("BENCH_API_SECONDS", 20),
-                        help="wrk run per server and endpoint [BENCH_API_SECONDS]")
+                        help="wrk run per server and endpoint, 0 for none [BENCH_API_SECONDS]")
     parser.add_argument("--scale-users", default=os.environ.get("BENCH_SCALE_USERS",
                                                                 "2000,20000,100000"),
                         help="comma-separated user counts of the scale rows")
@@ -645,8 +732,11 @@ def main(argv=None):
     shutil.rmtree(log_dir, ignore_errors=True)  # logs append: start from empty ones
     log_dir.mkdir(parents=True)
     scale_users = [int(n) for n in args.scale_users.split(",") if n.strip()]
+    rtts = sorted({float(n) for n in args.rtts.split(",") if n.strip()} | {0.0})
+    scale_out = sorted({int(n) for n in args.worker_processes.split(",") if n.strip()} | {1})
     results = {"meta": report.machine(), "settings": {
         "orders": args.orders, "users": args.users, "products": args.products,
+        "rtts_ms": rtts, "worker_processes": scale_out,
         "api_seconds": args.api_seconds, "scale_users": scale_users,
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
         "files_items": args.files_items}}
@@ -668,19 +758,33 @@ def main(argv=None):
         results["ingest"] = [max(drains[0::2], key=lambda d: d["orders_per_s"]),
                              max(drains[1::2], key=lambda d: d["orders_per_s"]),
                              run_seed(stack, orders),
-                             run_stock_celery(stack, orders)]
+                             run_stock_celery(stack, orders),
+                             run_stock_celery(stack, orders, tuned=True),
+                             run_bare_loop(stack, orders)]
         gunicorn, api_url = start_gunicorn(stack)
         exits.callback(gunicorn.stop)
         results["ingest"].append(run_project(stack, orders, api_url=api_url))
-        # The API phase reads what the project's worker just wrote.
-        servers = [("project: gunicorn + Flask", gunicorn, api_url)]
-        results["api"] = run_api(stack, orders, servers, args.api_seconds)
-        gunicorn.stop()
-        peer, peer_url = start_peer(stack)
-        exits.callback(peer.stop)
-        results["api"] += run_api(stack, orders, [("seed-style FastAPI + uvicorn", peer,
-                                                   peer_url)], args.api_seconds)
-        peer.stop()
+        for rtt in rtts[1:]:
+            stack.set_rtt(rtt)
+            results["ingest"] += [run_drain(stack, orders, through_proxy=True),
+                                  run_seed(stack, orders),
+                                  run_stock_celery(stack, orders, tuned=True),
+                                  run_bare_loop(stack, orders),
+                                  run_project(stack, orders)]
+        stack.set_rtt(rtts[-1])
+        results["ingest"] += [run_project(stack, orders, processes=n)
+                              for n in scale_out if n > 1]
+        stack.set_rtt(0)
+        if args.api_seconds:
+            # The API phase reads what the project's worker just wrote.
+            servers = [("project: gunicorn + Flask", gunicorn, api_url)]
+            results["api"] = run_api(stack, orders, servers, args.api_seconds)
+            gunicorn.stop()
+            peer, peer_url = start_peer(stack)
+            exits.callback(peer.stop)
+            results["api"] += run_api(stack, orders, [("seed-style FastAPI + uvicorn", peer,
+                                                       peer_url)], args.api_seconds)
+            peer.stop()
         results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
         if args.files_items:
             results["files"] = files_bench.run(stack.data.url, stack.control.url,

@@ -7,6 +7,10 @@ when a contender without counters of its own has consumed everything.
 
     python -m bench.sqs_counter --port 9000 --upstream http://127.0.0.1:4566
 
+It can also stand for a network hop: every forwarded request waits the configured round
+trip first (--rtt-ms, or GET /_bench/rtt?ms=25 while it runs), as a client in another
+data centre waits for SQS. Requests on different connections wait side by side.
+
 GET /_bench/counts answers the counters as JSON; nothing under /_bench/ is forwarded.
 """
 from __future__ import annotations
@@ -15,9 +19,10 @@ import argparse
 import asyncio
 import json
 from collections import Counter
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 COUNTS_PATH = "/_bench/counts"
+RTT_PATH = "/_bench/rtt"
 # SQS actions whose request or response moves messages, and the counter they feed.
 SENT = {"SendMessage": None, "SendMessageBatch": "Entries"}
 DELETED = {"DeleteMessage": None, "DeleteMessageBatch": "Entries"}
@@ -29,6 +34,17 @@ class Counts:
     def __init__(self):
         self.requests: Counter = Counter()
         self.messages: Counter = Counter()
+        self.in_flight: Counter = Counter()
+        self.peak_in_flight: Counter = Counter()  # most requests of an action at once
+
+    def started(self, action: str):
+        """One request of this action is under way."""
+        self.in_flight[action] += 1
+        self.peak_in_flight[action] = max(self.peak_in_flight[action], self.in_flight[action])
+
+    def finished(self, action: str):
+        """One request of this action is answered (or failed)."""
+        self.in_flight[action] -= 1
 
     def add(self, action: str, moved: dict[str, int]):
         """Count one request and the messages it moved."""
@@ -37,7 +53,8 @@ class Counts:
 
     def snapshot(self) -> dict:
         """The counters as JSON-ready dicts."""
-        return {"requests": dict(self.requests), "messages": dict(self.messages)}
+        return {"requests": dict(self.requests), "messages": dict(self.messages),
+                "peak_in_flight": dict(self.peak_in_flight)}
 
 
 def action_of(headers, body: bytes) -> str:
@@ -87,10 +104,11 @@ class Proxy:
     less CPU than the SQS server behind it, on the same two cores.
     """
 
-    def __init__(self, upstream: str, counts: Counts):
+    def __init__(self, upstream: str, counts: Counts, rtt_seconds: float = 0.0):
         target = urlsplit(upstream)
         self.host, self.port = target.hostname, target.port
         self.counts = counts
+        self.rtt_seconds = rtt_seconds
 
     async def serve_client(self, reader, writer):
         """Keep-alive towards the client: one request after the other on its connection."""
@@ -102,10 +120,13 @@ class Proxy:
                     return
                 request_line, _, headers = parse_head(head)
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
-                if request_line.split(b" ")[1] == COUNTS_PATH.encode():
-                    answer = json.dumps(self.counts.snapshot()).encode()
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+                target = urlsplit(request_line.split(b" ")[1].decode("latin-1"))
+                if target.path == COUNTS_PATH:
+                    writer.write(_json_answer(self.counts.snapshot()))
+                elif target.path == RTT_PATH:
+                    if "ms" in parse_qs(target.query):
+                        self.rtt_seconds = float(parse_qs(target.query)["ms"][0]) / 1000
+                    writer.write(_json_answer({"rtt_ms": self.rtt_seconds * 1000}))
                 else:
                     writer.write(await self.forward(head, headers, body))
                 await writer.drain()
@@ -115,6 +136,15 @@ class Proxy:
     async def forward(self, head: bytes, headers: dict, body: bytes) -> bytes:
         """The upstream's answer to one request, ready to send back on a kept-alive connection."""
         action = action_of(headers, body)
+        self.counts.started(action)
+        try:
+            return await self._forward(action, head, body)
+        finally:
+            self.counts.finished(action)
+
+    async def _forward(self, action: str, head: bytes, body: bytes) -> bytes:
+        if self.rtt_seconds:
+            await asyncio.sleep(self.rtt_seconds)  # the hop there and back, paid up front
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
@@ -145,6 +175,17 @@ class Proxy:
             await server.serve_forever()
 
 
+def _json_answer(data: dict) -> bytes:
+    answer = json.dumps(data).encode()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+
+def rtt_url(proxy_url: str, rtt_ms: float) -> str:
+    """The URL that sets the proxy's added round trip."""
+    return f"{proxy_url}{RTT_PATH}?{urlencode({'ms': rtt_ms})}"
+
+
 def parse_head(head: bytes) -> tuple[bytes, list[bytes], dict[str, str]]:
     """The first line, the raw header lines and the headers by lower-case name of a head."""
     first, *lines = head.rstrip(b"\r\n").split(b"\r\n")
@@ -161,9 +202,11 @@ def main(argv=None):
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True,
                         help="SQS endpoint, e.g. http://127.0.0.1:4566")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="round trip added to every forwarded request")
     args = parser.parse_args(argv)
     print(f"counting proxy on 127.0.0.1:{args.port} -> {args.upstream}", flush=True)
-    asyncio.run(Proxy(args.upstream, Counts()).serve(args.port))
+    asyncio.run(Proxy(args.upstream, Counts(), args.rtt_ms / 1000).serve(args.port))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,16 @@ from celery import Celery
 from kombu import Connection
 from kombu.asynchronous.aws.sqs.message import AsyncMessage
 from kombu.serialization import dumps
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.utils.json import dumps as json_dumps
 
 from bench.seed_worker import handle
 
 TASK = "stock.count_order"
+
+# The project's `celery.commands` entry point (tasks.cli) imports tasks/, which points
+# sqs:// at the project's transport in every `celery` process: stock Celery gets kombu's.
+TRANSPORT_ALIASES["sqs"] = "kombu.transport.SQS:Transport"
 
 app = Celery("stock")
 app.conf.broker_url = os.environ.get("BENCH_BROKER_URL", "sqs://test:test@127.0.0.1:4566")

@@ -311,7 +311,8 @@ def test_redis_down_for_15_seconds_then_back(settings, sqs_client, start_worker,
     try:
         own = replace(settings, redis_url=redis_server.url, task_max_retries=20)
         store = Store.from_url(own.redis_url)
-        orders = make_orders("RD", 1500, users=30, rng=random.Random(4))
+        # Enough that the outage comes mid-stream: the worker drains ~1,000 orders a second.
+        orders = make_orders("RD", 4000, users=30, rng=random.Random(4))
         expected = Expected()
         expected.add_orders(orders)
         api = start_api(own)

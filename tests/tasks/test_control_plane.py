@@ -1,4 +1,5 @@
 """Remote control and events over the Redis control plane, seen by the CLI and Flower."""
+import ast
 import json
 import os
 import subprocess
@@ -112,6 +113,27 @@ def test_flower_lists_the_worker_and_every_batch_with_failures(settings, store, 
     assert workers[name]["stats"]["pool"]["max-concurrency"] == 2
     metrics = requests.get(f"{flower}/metrics", timeout=5).text
     assert 'flower_events_total{task="orders.process_batch",type="task-succeeded"' in metrics
+
+
+@pytest.mark.slow
+def test_flower_shows_the_orders_of_each_batch_by_outcome(settings, store, sqs_client,
+                                                          start_worker, flower):
+    start_worker(name="epsilon")
+    valid = [order(f"O{i}", cents=100 + i) for i in range(7)]
+    bodies = valid + [valid[0], "not json", order("O1", cents=999)]  # duplicate, bad, conflict
+    sqs.send_bodies(sqs_client, settings.orders_url, bodies)
+    expected = {"counted": len(valid), "duplicate": 1, "rejected": 2}
+
+    def shown():
+        results = [ast.literal_eval(t["result"])
+                   for t in flower_tasks(flower, "orders.process_batch").values()
+                   if t["state"] == "SUCCESS"]
+        return {name: sum(r[name] for r in results) for name in expected}
+    wait_for(lambda: shown() == expected, timeout=60,
+             message=f"Flower's successful batches to add up to {expected}")
+    outcomes = store.outcomes()
+    assert {"counted": outcomes["counted"], "duplicate": outcomes["duplicate"],
+            "rejected": outcomes["rejected"] + outcomes["conflict"]} == expected
 
 
 @pytest.mark.slow

@@ -1,0 +1,60 @@
+"""The bare batched loop: the project's work without Celery, as a CPU-per-order reference.
+
+boto3 ReceiveMessage 10, the same validation and atomic store script as the worker
+(`app.pipeline.process`), one DeleteMessageBatch; no Celery, no events, no pool. What
+the project's worker spends per order beyond this is what Celery's machinery costs.
+Settings come from the environment like the worker's (app.settings.to_env). Runs until
+killed.
+
+    python -m bench.bare_loop [--processes 2]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+from datetime import datetime, timezone
+
+from app import pipeline, sqs
+from app.deadletters import ORIGINAL_ID_ATTRIBUTE, original_id
+from app.orders import Incoming
+from app.settings import from_env
+from app.store import Store
+
+
+def incoming(message: dict) -> Incoming:
+    """An SQS message as the pipeline takes it, as the worker builds it."""
+    sent_at_ms = (message.get("Attributes") or {}).get("SentTimestamp")
+    sent_at = datetime.fromtimestamp(int(sent_at_ms) / 1000, timezone.utc) if sent_at_ms else None
+    return Incoming(message["Body"], original_id(message), sent_at)
+
+
+def run():
+    """Receive ten, process them as one batch, delete them in one call, forever."""
+    settings = from_env()
+    client, store = sqs.client(settings), Store.from_url(settings.redis_url)
+    while True:
+        messages = client.receive_message(
+            QueueUrl=settings.orders_url, MaxNumberOfMessages=10, WaitTimeSeconds=10,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=[ORIGINAL_ID_ATTRIBUTE]).get("Messages", [])
+        if not messages:
+            continue
+        pipeline.process([incoming(m) for m in messages], store, settings)
+        client.delete_message_batch(QueueUrl=settings.orders_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+
+
+def main(argv=None):
+    """Start the loop processes and wait for them (stopped by a signal)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args(argv)
+    workers = [multiprocessing.Process(target=run, daemon=True) for _ in range(args.processes)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+if __name__ == "__main__":
+    main()
