@@ -8,6 +8,7 @@ from functools import cached_property
 
 import redis
 from celery import Task, shared_task
+from celery.backends.base import DisabledBackend
 from celery.signals import task_failure, task_retry
 
 from app import pipeline
@@ -47,6 +48,17 @@ class OrderTask(Task):
     def max_retries(self) -> int:
         """Retries of a transient failure before the task fails."""
         return self.settings.task_max_retries
+
+    @cached_property
+    def backend(self) -> DisabledBackend:
+        """No result store: an order's outcome is in Redis and in the events Flower shows.
+
+        The files canvas keeps its results on the control-plane Redis; an orders task
+        touching that store on every retry would fail with it, when only the aggregates'
+        Redis should matter (it did: retries during a Redis outage hung until the time
+        limit killed the pool process).
+        """
+        return DisabledBackend(self.app)
 
     @cached_property
     def store(self) -> Store:

@@ -8,8 +8,8 @@ from app.files.cleaning import DUPLICATE_KEY, clean, read_csv, rules_for
 from app.files.contract import file_type_for
 from app.settings import to_env
 from app.store import FilesStore
+from conftest import celery_cli
 from stack.files import main
-from tasks.files_cli import files as files_command
 
 
 def test_sample_files_have_dirty_rows_of_every_kind_and_later_returns(tmp_path):
@@ -47,17 +47,16 @@ def test_upload_puts_files_under_input(files_settings, tmp_path, monkeypatch):
     assert {o["Key"] for o in listed["Contents"]} == {"input/orders_a.csv", "input/products_b.csv"}
 
 
-def test_celery_files_list_and_show(settings, monkeypatch):
-    for name, value in to_env(settings).items():
-        monkeypatch.setenv(name, value)
+def test_celery_files_list_and_show(settings):
     record = {"execution_id": "20240101T000000Z-abc", "status": "succeeded",
               "started_at": "2024-01-01T00:00:00+00:00", "started_at_ms": 1,
               "files": [{"key": "input/orders.csv"}], "rows_kept": 7, "dates": ["2024-01-01"]}
     FilesStore.from_url(settings.redis_url).save_execution(record)
-    listed = CliRunner().invoke(files_command, ["list", "--json"])
-    assert listed.exit_code == 0, listed.output
-    assert [r["execution_id"] for r in json.loads(listed.output)] == [record["execution_id"]]
-    shown = CliRunner().invoke(files_command, ["show", record["execution_id"], "--json"])
-    assert json.loads(shown.output) == record
-    missing = CliRunner().invoke(files_command, ["show", "nope"])
-    assert missing.exit_code == 1 and "No execution 'nope'" in missing.output
+    # Through the celery CLI, as an operator runs it: the commands read the app's settings.
+    listed = celery_cli(settings, "files", "list", "--json")
+    assert [r["execution_id"] for r in json.loads(listed.stdout)] == [record["execution_id"]]
+    assert record["execution_id"] in celery_cli(settings, "files", "list").stdout  # the table
+    shown = celery_cli(settings, "files", "show", record["execution_id"], "--json")
+    assert json.loads(shown.stdout) == record
+    missing = celery_cli(settings, "files", "show", "nope", check=False)
+    assert missing.returncode == 1 and "No execution 'nope'" in missing.stderr
