@@ -280,6 +280,22 @@ def _targets(results: dict) -> list[str]:
     return lines
 
 
+def _durability(results: dict) -> list[str]:
+    rows = results["durability"]
+    base = rows[0]["orders_per_s"] or 1
+    lines = ["", "### Durability: the project's ingest at each level of the aggregates' Redis",
+             "", "| Redis | orders/s | × the first row | Redis round trips per order | "
+             "CPU % of a core: SQS server · contender · Redis · proxy | check |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    for r in rows:
+        orders = r["done"] or r["orders"]
+        lines.append(f"| {r['level']} | {_n(r['orders_per_s'])} | "
+                     f"{r['orders_per_s'] / base:.2f}× | {_per(r['redis_round_trips'], orders)} | "
+                     f"{_busy(r['cpu_busy'], ('sqs', 'contender', 'redis', 'proxy'))} | "
+                     f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The whole table: header, ingest, API, scale and targets."""
     lines = _header(results) + _ingest(results)
@@ -287,6 +303,8 @@ def markdown(results: dict) -> str:
         lines += _api(results)
     if results.get("scale"):
         lines += _scale(results)
+    if results.get("durability"):
+        lines += _durability(results)
     if results.get("files"):
         lines += ["### Batch files", "", files_markdown(results["files"])]
     lines += _targets(results)

@@ -49,7 +49,7 @@ from bench import files as files_bench
 from bench import report, seed_worker, stock_celery
 from bench.sqs_counter import COUNTS_PATH, rtt_url
 from stack.produce import send_all
-from stack.services import PROJECT_ROOT, Process, RedisServer, SqsServer, free_port
+from stack.services import PROJECT_ROOT, Process, RedisServer, SqsServer, free_port, wait_for
 
 BIN = Path(sys.executable).parent
 LUA = PROJECT_ROOT / "bench" / "wrk_paths.lua"
@@ -463,10 +463,11 @@ def project_outcomes(stack: Stack) -> int:
     return sum(outcomes[name] for name in ("counted", "duplicate", "rejected", "conflict"))
 
 
-def _project_queue(stack: Stack, orders: Orders, label: str) -> tuple[Settings, dict]:
+def _project_queue(stack: Stack, orders: Orders, label: str,
+                   wait_replicas: int = 0) -> tuple[Settings, dict]:
     """A fresh orders queue (with its DLQ) holding the orders; settings and queue URLs."""
     queue = f"bench-project-{uuid.uuid4().hex[:8]}"
-    settings = stack.settings(queue)
+    settings = replace(stack.settings(queue), redis_wait_replicas=wait_replicas)
     urls = sqs.ensure_queues(replace(settings, sqs_endpoint_url=stack.sqs.endpoint_url),
                              stack.direct)
     send(stack, urls[queue], orders.bodies, label)
@@ -490,9 +491,9 @@ def run_bare_loop(stack: Stack, orders: Orders) -> dict:
 
 
 def run_project(stack: Stack, orders: Orders, label: str = "this project as shipped",
-                api_url: str | None = None, processes: int = 1) -> dict:
+                api_url: str | None = None, processes: int = 1, wait_replicas: int = 0) -> dict:
     """The project's worker as shipped (-c 2), `processes` of them, until every outcome is in."""
-    settings, urls = _project_queue(stack, orders, label)
+    settings, urls = _project_queue(stack, orders, label, wait_replicas)
     total = len(orders.bodies)
     env = {**to_env(settings)}
 
@@ -516,6 +517,42 @@ def run_project(stack: Stack, orders: Orders, label: str = "this project as ship
     if api_url:
         result["check"] = _api_check(stack, api_url, result["check"])
     return result
+
+
+# Each durability level of the aggregates' Redis: its options, and the replicas that must
+# confirm every batch (REDIS_WAIT_REPLICAS) before its SQS messages are deleted.
+DURABILITY_LEVELS = (("append-only, appendfsync everysec", ["--appendfsync", "everysec"], 0),
+                     ("append-only, appendfsync always (make run, compose)",
+                      ["--appendfsync", "always"], 0),
+                     ("appendfsync always + WAIT 1 (one replica)", ["--appendfsync", "always"], 1))
+
+
+def run_durability(stack: Stack, orders: Orders, data_dir: Path) -> list[dict]:
+    """The project's ingest at each durability level, each on a fresh append-only Redis."""
+    rows = []
+    for level, options, replicas in DURABILITY_LEVELS:
+        with ExitStack() as servers:
+            primary = RedisServer(free_port(), data_dir=data_dir / f"primary-{len(rows)}",
+                                  log_dir=stack.log_dir, name=f"redis-durability-{len(rows)}",
+                                  extra_args=options)
+            servers.callback(primary.cleanup)
+            primary.start()
+            for n in range(replicas):
+                replica = RedisServer(free_port(), data_dir=data_dir / f"replica-{len(rows)}-{n}",
+                                      log_dir=stack.log_dir, name=f"redis-replica-{len(rows)}",
+                                      extra_args=[*options, "--replicaof", "127.0.0.1",
+                                                  str(primary.port)])
+                servers.callback(replica.cleanup)
+                replica.start()
+            meter = RedisMeter(primary.url)
+            wait_for(lambda: meter.client.info("replication")["connected_slaves"] >= replicas,
+                     30, message=f"{replicas} replica(s) to connect")
+            durable = replace(stack, data=primary, data_meter=meter)
+            row = run_project(durable, orders, label=f"this project, {level}",
+                              wait_replicas=replicas)
+        row["level"], row["wait_replicas"] = level, replicas
+        rows.append(row)
+    return rows
 
 
 def _outcome_check(stack: Stack, total: int, result: dict) -> dict:
@@ -719,6 +756,8 @@ def parse_args(argv):
     parser.add_argument("--files-items", type=int,
                         default=env_int("BENCH_FILES_ITEMS", 1_000_000),
                         help="order_items rows of the files row; 0 skips it [BENCH_FILES_ITEMS]")
+    parser.add_argument("--durability", type=int, default=env_int("BENCH_DURABILITY", 1),
+                        help="1: the project's ingest at each Redis durability level")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
                         help="where latest.md, latest.json and the logs go")
     return parser.parse_args(argv)
@@ -739,7 +778,7 @@ def main(argv=None):
         "rtts_ms": rtts, "worker_processes": scale_out,
         "api_seconds": args.api_seconds, "scale_users": scale_users,
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
-        "files_items": args.files_items}}
+        "files_items": args.files_items, "durability": args.durability}}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:
@@ -786,6 +825,8 @@ def main(argv=None):
                                                        peer_url)], args.api_seconds)
             peer.stop()
         results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
+        if args.durability:
+            results["durability"] = run_durability(stack, orders, Path(stack_dir) / "durable")
         if args.files_items:
             results["files"] = files_bench.run(stack.data.url, stack.control.url,
                                                stack.sqs.endpoint_url, log_dir, args.files_items)

@@ -79,6 +79,12 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     files = results["files"]
     assert files["pipeline"]["status"] == "succeeded" and files["floor"]["rows"] > 2000
     assert "| files pipeline" in table
+    # The durability rows: every level drained every message, the last one through WAIT.
+    levels = results["durability"]
+    assert [r["wait_replicas"] for r in levels] == [0, 0, 1]
+    assert all(r["status"] == "ok" and r["done"] >= 200 for r in levels), levels
+    assert "WAIT" in levels[-1]["redis_commands"] or "wait" in levels[-1]["redis_commands"]
+    assert "### Durability" in table
     if not WITH_API:
         return
 
