@@ -46,11 +46,15 @@ def raw_entry(message: Message, message_id: str) -> dict:
             "refused_task": message.delivery_info.get(REFUSED_KEY)}
 
 
-class BatchMessage(Message):
-    """One task message standing for several raw SQS messages, settled together."""
+class GroupMessage(Message):
+    """One task message, task(entries), standing for several raw SQS messages of one queue.
 
-    def __init__(self, app, messages: list[Message], entries: list[dict]):
-        headers, properties, body, _ = app.amqp.as_task_v2(str(uuid.uuid4()), PROCESS_BATCH,
+    Built in the worker as Celery's own producer would build it, so the task runs through
+    Celery's strategy (acks, retries, events, time limits); subclasses settle the messages.
+    """
+
+    def __init__(self, app, task: str, messages: list[Message], entries: list[dict]):
+        headers, properties, body, _ = app.amqp.as_task_v2(str(uuid.uuid4()), task,
                                                            args=(entries,))
         content_type, content_encoding, payload = dumps(body, serializer="json")
         first = messages[0]
@@ -59,6 +63,13 @@ class BatchMessage(Message):
                          delivery_info=dict(first.delivery_info), properties=properties,
                          headers=headers)
         self.messages = messages
+
+
+class BatchMessage(GroupMessage):
+    """Up to ten raw orders as one orders.process_batch task, settled together."""
+
+    def __init__(self, app, messages: list[Message], entries: list[dict]):
+        super().__init__(app, PROCESS_BATCH, messages, entries)
         self.ids = [entry["message_id"] for entry in entries]
         # Messages whose orders failed (set from a BatchPartlyFailed): rejected, not deleted.
         self.failed_ids: set[str] = set()

@@ -8,14 +8,13 @@ maxReceiveCount receives, dead-letters them. Nothing here can lose an event.
 """
 from __future__ import annotations
 
-import uuid
-
 from kombu.message import Message
-from kombu.serialization import dumps
 from kombu.transport import virtual
 
 from app.settings import Settings
+from tasks.batching import GroupMessage
 from tasks.names import FILES_EXECUTE
+
 # Events per execution at most: files.execute's message carries their bodies (about 1.5 KB
 # each) and must stay well below SQS's 1 MiB; a burst becomes several executions.
 MAX_EVENTS = 100
@@ -30,7 +29,7 @@ def event_entry(message: Message) -> dict:
             "receive_count": int(attributes.get("ApproximateReceiveCount", 1))}
 
 
-class EventsMessage(Message):
+class EventsMessage(GroupMessage):
     """One files.execute task message standing for the raw event messages of a window.
 
     Settling it only releases kombu's prefetch slots: the events themselves are deleted by
@@ -38,16 +37,7 @@ class EventsMessage(Message):
     """
 
     def __init__(self, app, messages: list[Message]):
-        entries = [event_entry(m) for m in messages]
-        headers, properties, body, _ = app.amqp.as_task_v2(str(uuid.uuid4()), FILES_EXECUTE,
-                                                           args=(entries,))
-        content_type, content_encoding, payload = dumps(body, serializer="json")
-        first = messages[0]
-        super().__init__(body=payload, channel=first.channel, delivery_tag=first.delivery_tag,
-                         content_type=content_type, content_encoding=content_encoding,
-                         delivery_info=dict(first.delivery_info), properties=properties,
-                         headers=headers)
-        self.messages = messages
+        super().__init__(app, FILES_EXECUTE, messages, [event_entry(m) for m in messages])
 
     def ack(self, multiple=False):
         """Release the events' prefetch slots; they stay on SQS for the execution."""

@@ -48,15 +48,7 @@ def looks_like_task_message(payload: dict) -> bool:
 def accepted_task_message(payload: dict, max_eta_seconds: float,
                           now: datetime | None = None) -> dict:
     """The kombu payload to run for an orders task message; raises Refused with the reason."""
-    headers = _expect(payload.get("headers"), dict, "headers")
-    task = headers.get("task")
-    if not isinstance(task, str) or task not in ORDER_TASKS:
-        raise Refused(f"task {_show(task)} is not one of {', '.join(ORDER_TASKS)}.")
-    for key, wanted in (("content-type", "application/json"), ("content-encoding", "utf-8")):
-        if payload.get(key) != wanted:
-            raise Refused(f"{key} {_show(payload.get(key))} is not {wanted}.")
-    properties = _expect(payload.get("properties"), dict, "properties")
-    args, kwargs, embed = _decoded_body(payload.get("body"), properties.get("body_encoding"))
+    headers, task, args, kwargs, embed = _envelope(payload, ORDER_TASKS)
     if any(embed.get(key) for key in embed):
         raise Refused("callbacks, errbacks, chains and chords are not run.")
     args, kwargs = (_order_arguments if task == PROCESS_ORDER else _batch_arguments)(args, kwargs)
@@ -76,15 +68,7 @@ def accepted_files_task_message(payload: dict, max_eta_seconds: float,
     group and callbacks must reach the worker as Celery wrote them: nothing is rebuilt,
     but every part the worker reads must have the type Celery gives it.
     """
-    headers = _expect(payload.get("headers"), dict, "headers")
-    task = headers.get("task")
-    if not isinstance(task, str) or task not in FILES_TASKS:
-        raise Refused(f"task {_show(task)} is not one of {', '.join(FILES_TASKS)}.")
-    for key, wanted in (("content-type", "application/json"), ("content-encoding", "utf-8")):
-        if payload.get(key) != wanted:
-            raise Refused(f"{key} {_show(payload.get(key))} is not {wanted}.")
-    properties = _expect(payload.get("properties"), dict, "properties")
-    _, _, embed = _decoded_body(payload.get("body"), properties.get("body_encoding"))
+    headers, _, _, _, embed = _envelope(payload, FILES_TASKS)
     for key in ("callbacks", "errbacks", "chain"):
         if not isinstance(embed.get(key), (list, type(None))):
             raise Refused(f"{key} is {_show(embed.get(key))}, not a list.")
@@ -108,6 +92,20 @@ def accepted_files_task_message(payload: dict, max_eta_seconds: float,
         raise Refused("files steps do not expire: expires is not honoured.")
     _eta(headers.get("eta"), max_eta_seconds, now or datetime.now(timezone.utc))
     return payload
+
+
+def _envelope(payload: dict, tasks: tuple[str, ...]) -> tuple[dict, str, list, dict, dict]:
+    """Headers, task name, args, kwargs and embed of a JSON task message of one of tasks."""
+    headers = _expect(payload.get("headers"), dict, "headers")
+    task = headers.get("task")
+    if not isinstance(task, str) or task not in tasks:
+        raise Refused(f"task {_show(task)} is not one of {', '.join(tasks)}.")
+    for key, wanted in (("content-type", "application/json"), ("content-encoding", "utf-8")):
+        if payload.get(key) != wanted:
+            raise Refused(f"{key} {_show(payload.get(key))} is not {wanted}.")
+    properties = _expect(payload.get("properties"), dict, "properties")
+    args, kwargs, embed = _decoded_body(payload.get("body"), properties.get("body_encoding"))
+    return headers, task, args, kwargs, embed
 
 
 def _decoded_body(body, encoding) -> tuple[list, dict, dict]:
