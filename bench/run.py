@@ -545,8 +545,15 @@ def run_durability(stack: Stack, orders: Orders, data_dir: Path) -> list[dict]:
                 servers.callback(replica.cleanup)
                 replica.start()
             meter = RedisMeter(primary.url)
-            wait_for(lambda: meter.client.info("replication")["connected_slaves"] >= replicas,
-                     30, message=f"{replicas} replica(s) to connect")
+
+            def online() -> int:
+                # Connected is not enough: WAIT counts a replica only once its sync is done.
+                info = meter.client.info("replication")
+                return sum(info.get(f"slave{n}", {}).get("state") == "online"
+                           for n in range(replicas))
+
+            wait_for(lambda: online() >= replicas, 30,
+                     message=f"{replicas} replica(s) in sync")
             durable = replace(stack, data=primary, data_meter=meter)
             row = run_project(durable, orders, label=f"this project, {level}",
                               wait_replicas=replicas)
