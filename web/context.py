@@ -4,7 +4,7 @@ from typing import TypeVar
 from flask import current_app
 from flask_smorest import abort
 
-from app.store import Store
+from app.store import FilesStore, Store
 
 T = TypeVar("T")
 
@@ -12,6 +12,11 @@ T = TypeVar("T")
 def store() -> Store:
     """The app's Redis gateway."""
     return current_app.extensions["store"]
+
+
+def files_store() -> FilesStore:
+    """The app's gateway to the batch files path's Redis keys (KPIs, executions)."""
+    return current_app.extensions["files_store"]
 
 
 def found(value: T | None, message: str) -> T:

@@ -1,11 +1,10 @@
 """Batch files endpoints: the KPI tables (the seed's OrderKPIs, CategoryKPIs) and executions."""
-from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint, abort
+from flask_smorest import Blueprint
 from marshmallow import Schema, fields, post_load, validate
 
 from app.files import kpis
-from app.store import FilesStore
+from web.context import files_store, found
 from web.schemas import DayRangeArgsSchema, ErrorSchema
 
 blp = Blueprint("files", __name__, description="KPIs from batch files, and their executions")
@@ -77,11 +76,6 @@ class ExecutionSchema(Schema):
     failure = fields.Dict(metadata={"description": "step, task and error of a failed execution"})
 
 
-def files_store() -> FilesStore:
-    """The app's gateway to the files path's Redis keys."""
-    return current_app.extensions["files_store"]
-
-
 @blp.route("/kpis/orders")
 class OrderKpis(MethodView):
     @blp.arguments(DayRangeArgsSchema, location="query")
@@ -120,7 +114,4 @@ class Execution(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such execution")
     def get(self, execution_id):
         """One execution's result record: files, rows kept and dropped per rule, dates, timings."""
-        record = files_store().execution(execution_id)
-        if record is None:
-            abort(404, message=f"No execution {execution_id!r}.")
-        return record
+        return found(files_store().execution(execution_id), f"No execution {execution_id!r}.")
