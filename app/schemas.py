@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from datetime import datetime, timezone
+from datetime import timezone
 from decimal import Decimal
 
 from marshmallow import EXCLUDE, Schema, fields, validate
@@ -93,24 +93,22 @@ class Quantity(fields.Field):
         return value
 
 
-class Timestamp(fields.Field):
-    """An ISO-8601 time with Z or an offset, converted to UTC."""
+class Timestamp(fields.AwareDateTime):
+    """marshmallow's ISO-8601 AwareDateTime, padding trimmed, converted to UTC."""
 
     default_error_messages = {
         "invalid": "Must be an ISO-8601 date-time string.",
-        "naive": "Must include a time zone (Z or an offset such as +02:00).",
+        "invalid_awareness": "Must include a time zone (Z or an offset such as +02:00).",
         "range": "Must be a date-time that exists in UTC (years 1 to 9999).",
     }
 
+    def __init__(self, **kwargs):
+        super().__init__(format="iso", **kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str):
-            raise self.make_error("invalid")
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise self.make_error("invalid") from None
-        if moment.tzinfo is None:
-            raise self.make_error("naive")
+        # Padding is trimmed as in ids: " 2024-12-13T10:00:00Z" is the same moment.
+        value = value.strip() if isinstance(value, str) else value
+        moment = super()._deserialize(value, attr, data, **kwargs)
         try:
             return moment.astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC

@@ -44,6 +44,13 @@ def test_offsets_and_microseconds_are_stored_in_utc():
     assert result.order.placed_at == datetime(2024, 12, 13, 18, 0, 0, 123456, timezone.utc)
 
 
+def test_a_padded_timestamp_is_trimmed_like_an_id():
+    # marshmallow's AwareDateTime alone refuses the padding that ids are trimmed of.
+    stamp = "2024-12-13T10:00:00+01:00"
+    expected = datetime.fromisoformat(stamp).astimezone(timezone.utc)
+    assert verdict(order(order_timestamp=f" {stamp}\t")).order.placed_at == expected
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("order_value", "two hundred", "Must be a number."),
     ("order_value", True, "Must be a number."),
@@ -51,6 +58,7 @@ def test_offsets_and_microseconds_are_stored_in_utc():
     ("order_value", -1, "Must be greater than or equal to 0."),
     ("order_timestamp", "yesterday", "Must be an ISO-8601 date-time string."),
     ("order_timestamp", "2024-12-13T10:00:00", "Must include a time zone"),
+    ("order_timestamp", 1734084000, "Must be an ISO-8601 date-time string."),
     ("user_id", "   ", "Must not be blank."),
     ("user_id", 5678, "Not a valid string."),
     ("order_id", "ORD\x00 1", "Must not contain control characters."),
