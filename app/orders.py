@@ -69,10 +69,9 @@ class Order:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A message that cannot be counted, with marshmallow-shaped reasons."""
+    """Why a message cannot be counted: marshmallow-shaped reasons (its body: Evaluated.body)."""
 
     message_id: str
-    body: str
     reasons: dict
     order_id: str | None = None
     kind: str = "invalid"
@@ -85,7 +84,8 @@ class Evaluated:
     incoming: Incoming
     order: Order | None = None
     rejection: Rejection | None = None
-    raw_body: str = field(default="", repr=False)
+    # The body as text that encodes to UTF-8: what a rejection or a conflict records.
+    body: str = field(default="", repr=False)
 
 
 def evaluate(incoming: Incoming, settings: Settings, now: datetime | None = None) -> Evaluated:
@@ -99,9 +99,9 @@ def evaluate(incoming: Incoming, settings: Settings, now: datetime | None = None
         if incoming.refused_task:
             reasons = {**reasons, BODY_ERRORS: [*reasons.get(BODY_ERRORS, ()),
                                                 f"Not run as a task: {incoming.refused_task}"]}
-        rejection = Rejection(incoming.message_id, raw, _storable_reasons(reasons),
+        rejection = Rejection(incoming.message_id, _storable_reasons(reasons),
                               storable(order_id) if order_id is not None else None)
-        return Evaluated(incoming, rejection=rejection, raw_body=raw)
+        return Evaluated(incoming, rejection=rejection, body=raw)
 
     if len(raw.encode("utf-8", "surrogatepass")) > settings.max_order_bytes:
         return reject({BODY_ERRORS: [f"Body is larger than {settings.max_order_bytes} bytes."]})
@@ -126,7 +126,7 @@ def evaluate(incoming: Incoming, settings: Settings, now: datetime | None = None
     too_large = _above_largest_order(order)
     if too_large:
         return reject({"order_value": [too_large]}, order_id)
-    return Evaluated(incoming, order=order, raw_body=raw)
+    return Evaluated(incoming, order=order, body=raw)
 
 
 def storable(text: str) -> str:

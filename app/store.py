@@ -592,9 +592,9 @@ class Store:
         orders = [e for e in evaluated if e.order]
         batch = {
             "orders": [self._order_entry(e.order, e) for e in orders],
-            "rejections": [self._rejection_entry(r.message_id, r.kind, r.body, r.order_id,
+            "rejections": [self._rejection_entry(r.message_id, r.kind, e.body, r.order_id,
                                                  r.reasons)
-                           for r in (e.rejection for e in evaluated) if r],
+                           for e in evaluated if (r := e.rejection)],
             "oldest_sent_ms": min((int(e.incoming.sent_at.timestamp() * 1000)
                                    for e in evaluated if e.incoming.sent_at), default=0),
         }
@@ -653,7 +653,7 @@ class Store:
             "message_id": evaluated.incoming.message_id,
             "rejection_key": rejected_key(evaluated.incoming.message_id),
             "order_ref_key": rejected_order_key(order.order_id),
-            **kept_body(evaluated.raw_body, self.max_body_bytes),
+            **kept_body(evaluated.body, self.max_body_bytes),
         }
 
     def _rejection_entry(self, message_id: str, kind: str, body: str, order_id: str | None,

@@ -29,14 +29,14 @@ def order(**changes) -> dict:
 def stored_strings(evaluated: Evaluated):
     """Every string of a verdict that the Store writes to Redis."""
     yield evaluated.incoming.message_id
-    yield evaluated.raw_body
+    yield evaluated.body
     if evaluated.order:
         order = evaluated.order
         yield from (order.order_id, order.user_id, order.fingerprint, order.payment_method or "")
         yield from (line.product_id for line in order.lines)
     else:
         rejection = evaluated.rejection
-        yield from (rejection.message_id, rejection.body, rejection.order_id or "",
+        yield from (rejection.message_id, rejection.order_id or "",
                     json.dumps(rejection.reasons, ensure_ascii=False))
 
 
@@ -62,7 +62,7 @@ def test_a_lone_surrogate_in_any_field_is_rejected_and_storable(path):
         assert path[0] in result.rejection.reasons, result.rejection.reasons
         assert_storable(result)
     # The stored raw body is the body as it arrived.
-    assert evaluate(Incoming(raw, "m"), Settings(), now=NOW).rejection.body == raw
+    assert evaluate(Incoming(raw, "m"), Settings(), now=NOW).body == raw
 
 
 def test_a_lone_surrogate_in_an_ignored_field_still_counts_the_order():
@@ -71,7 +71,7 @@ def test_a_lone_surrogate_in_an_ignored_field_still_counts_the_order():
         result = evaluate(incoming, Settings(), now=NOW)
         assert result.order is not None
         assert_storable(result)
-        assert json.loads(result.raw_body)["note"] == SURROGATE
+        assert json.loads(result.body)["note"] == SURROGATE
 
 
 def test_surrogates_in_the_message_id_and_a_text_body_are_storable():

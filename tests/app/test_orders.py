@@ -94,7 +94,7 @@ def test_bad_quantities_are_rejected(quantity, message):
 def test_bodies_that_are_not_objects_are_rejected(raw, message):
     result = verdict(raw)
     assert message in result.rejection.reasons["_schema"][0]
-    assert result.rejection.body == raw
+    assert result.body == raw
 
 
 def test_a_body_over_the_size_limit_is_rejected_before_parsing():
@@ -152,7 +152,7 @@ def test_fingerprint_changes_with_content():
 def test_a_celery_native_dict_is_accepted_and_recorded_as_json():
     result = evaluate(Incoming(order(), "task-1"), Settings(), now=NOW)
     assert result.order.order_id == "ORD1234"
-    assert json.loads(result.raw_body)["order_id"] == "ORD1234"
+    assert json.loads(result.body)["order_id"] == "ORD1234"
 
 
 def test_float_artifacts_round_to_cents():
