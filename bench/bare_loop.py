@@ -11,7 +11,6 @@ killed.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 from datetime import datetime, timezone
 
 from app import pipeline, sqs
@@ -19,6 +18,7 @@ from app.deadletters import ORIGINAL_ID_ATTRIBUTE, original_id
 from app.orders import Incoming
 from app.settings import from_env
 from app.store import Store
+from bench.processes import run_processes
 
 
 def incoming(message: dict) -> Incoming:
@@ -49,11 +49,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
-    workers = [multiprocessing.Process(target=run, daemon=True) for _ in range(args.processes)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    run_processes(args.processes, run)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import time
 
 import boto3
 
+from bench.processes import start_processes
+
 
 def run(endpoint: str, queue_url: str, deleted):
     """Receive and delete in batches of ten, forever."""
@@ -41,10 +43,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.monotonic()
     deleted = multiprocessing.Value("q", 0)
-    workers = [multiprocessing.Process(target=run, args=(args.endpoint, args.queue_url, deleted),
-                                       daemon=True) for _ in range(args.processes)]
-    for worker in workers:
-        worker.start()
+    workers = start_processes(args.processes, run, args.endpoint, args.queue_url, deleted)
     # Polling a shared counter: the last receive of the other process need not be waited for.
     next_report = started
     while deleted.value < args.expect and any(w.is_alive() for w in workers):

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 
 import boto3
 import redis
+
+from bench.processes import run_processes
 
 
 def is_valid(order) -> bool:
@@ -76,13 +77,7 @@ def main(argv=None):
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
-    workers = [multiprocessing.Process(target=run, args=(args.endpoint, args.queue_url,
-                                                         args.redis_url), daemon=True)
-               for _ in range(args.processes)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    run_processes(args.processes, run, args.endpoint, args.queue_url, args.redis_url)
 
 
 if __name__ == "__main__":
