@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
 import uuid
 from dataclasses import replace
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import requests
 from app import aws, sqs
 from app.settings import Settings, to_env
 from app.store import Store
+from builders import USER, make_orders, order, order_body  # noqa: F401 (imported from here)
 from stack.cluster import LocalRedisCluster
 from stack.services import Process, RedisServer, SqsServer, free_port, wait_for
 
@@ -178,18 +177,3 @@ def celery_cli(settings: Settings, *args: str, check: bool = True) -> subprocess
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
-
-
-def make_orders(prefix: str, count: int, users: int, rng: random.Random):
-    """Valid orders as (body dict, exact Decimal value); order_value equals the item sum."""
-    orders = []
-    for i in range(count):
-        items = [{"product_id": f"P{rng.randint(1, 30):03d}", "quantity": rng.randint(1, 4),
-                  "price_per_unit": float(Decimal(rng.randint(1, 50000)) / 100)}
-                 for _ in range(rng.randint(1, 4))]
-        value = sum(Decimal(str(item["price_per_unit"])) * item["quantity"] for item in items)
-        orders.append(({"order_id": f"{prefix}{i:05d}", "user_id": f"U{rng.randint(1, users):03d}",
-                        "order_timestamp": f"2024-12-{rng.randint(1, 28):02d}T10:00:00Z",
-                        "order_value": float(value), "items": items,
-                        "shipping_address": "1 Main St", "payment_method": "UPI"}, value))
-    return orders

@@ -28,6 +28,7 @@ from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import REJECTED_INDEX, Store, user_key
 from conftest import BIN, celery_cli, make_orders, wait_for
+from conftest import order as valid_order
 from stack.services import RedisServer, free_port, group_members
 from tcp_proxy import TcpProxy
 
@@ -403,12 +404,8 @@ def test_sqs_unreachable_for_15_seconds_worker_reconnects(settings, store, sqs_c
 
 def order(**changes) -> dict:
     """A valid order (10.00 = 2 x 5.00) with some fields changed."""
-    body = {"order_id": "BASE", "user_id": "CAT-U1", "order_timestamp": "2024-12-01T10:00:00Z",
-            "order_value": 10.0, "items": [{"product_id": "P1", "quantity": 2,
-                                            "price_per_unit": 5.0}],
-            "payment_method": "UPI"}
-    body.update(changes)
-    return body
+    return valid_order(**{"user_id": "CAT-U1", "lines": [("P1", 2, 500)], "day": "2024-12-01",
+                          **changes})
 
 
 def item(**changes) -> list:

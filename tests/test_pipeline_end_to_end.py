@@ -13,19 +13,14 @@ import requests
 from app import sqs
 from app.settings import to_env
 from app.store import Store
-from conftest import ROOT, make_orders, wait_for
+from conftest import ROOT, make_orders, order, order_body, wait_for
 
 
 INVALID_BODIES = [
     "not json", " ", "[1, 2]", "null",  # SQS refuses a truly empty body
-    json.dumps({"order_id": "BAD1", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",
-                "order_value": "two hundred", "items": [
-                    {"product_id": "P1", "quantity": 1, "price_per_unit": 1}]}),
-    json.dumps({"order_id": "BAD2", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",
-                "order_value": 5.02, "items": [
-                    {"product_id": "P1", "quantity": 1, "price_per_unit": 5}]}),
-    '{"order_id": "BAD3", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",'
-    ' "order_value": NaN, "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": 1}]}',
+    order_body("BAD1", order_value="two hundred"),
+    order_body("BAD2", value_cents=502),  # the item total is 5.00
+    order_body("BAD3", order_value=float("nan")),  # json.dumps writes NaN, as some senders do
 ]
 
 
@@ -43,8 +38,7 @@ def test_raw_orders_are_counted_exactly_once_and_served(settings, sqs_client, st
         assert sqs.send_bodies(sqs_client, settings.orders_url, batch) == []
 
     # A Celery-native producer: send_task with the order as the argument.
-    native = {"order_id": "NATIVE1", "user_id": "N1", "order_timestamp": "2024-12-05T08:00:00Z",
-              "order_value": 12.5, "items": [{"product_id": "P1", "quantity": 5, "price_per_unit": 2.5}]}
+    native = order("NATIVE1", "N1", lines=[("P1", 5, 250)], day="2024-12-05")
     subprocess.run([sys.executable, "-c",
                     "import json, sys; from tasks import app; "
                     "app.send_task('orders.process', args=[json.loads(sys.argv[1])])",
@@ -56,7 +50,7 @@ def test_raw_orders_are_counted_exactly_once_and_served(settings, sqs_client, st
         expected_user[body["user_id"]][0] += 1
         expected_user[body["user_id"]][1] += value
     expected_user["L1"] = [2, Decimal("102.5")]
-    expected_user["N1"] = [1, Decimal("12.5")]
+    expected_user["N1"] = [1, Decimal(native["order_value"])]
     expected_orders = len(orders) + 2 + 1
     expected_revenue = sum(v for _, v in orders) + Decimal("102.5") + Decimal("12.5")
 

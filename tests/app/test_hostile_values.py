@@ -12,18 +12,10 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 import strategies
 from app.orders import Evaluated, Incoming, evaluate
 from app.settings import Settings
+from conftest import order
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 SURROGATE = "A\ud800"
-
-
-def order(**changes) -> dict:
-    body = {"order_id": "H-1", "user_id": "U1", "order_timestamp": "2024-12-13T10:00:00Z",
-            "order_value": 5.0, "items": [{"product_id": "P1", "quantity": 1,
-                                           "price_per_unit": 5.0}],
-            "shipping_address": "1 Main St", "payment_method": "UPI"}
-    body.update(changes)
-    return body
 
 
 def stored_strings(evaluated: Evaluated):

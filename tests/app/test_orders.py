@@ -7,18 +7,17 @@ import pytest
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
+from conftest import order
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
+# The README's example: 2 x 20.00 + 59.99 = 99.99.
+EXAMPLE = {"order_id": "ORD1234", "user_id": "U5678",
+           "lines": [("P001", 2, 2000), ("P002", 1, 5999)]}
 
 
-def order(**changes):
-    body = {"order_id": "ORD1234", "user_id": "U5678", "order_timestamp": "2024-12-13T10:00:00Z",
-            "order_value": 99.99,
-            "items": [{"product_id": "P001", "quantity": 2, "price_per_unit": 20.00},
-                      {"product_id": "P002", "quantity": 1, "price_per_unit": 59.99}],
-            "shipping_address": "123 Main St, Springfield", "payment_method": "CreditCard"}
-    body.update(changes)
-    return body
+def example(**changes) -> dict:
+    """The documented example order with some fields changed."""
+    return order(**{**EXAMPLE, **changes})
 
 
 def verdict(body, settings=None, message_id="m-1"):
@@ -27,7 +26,7 @@ def verdict(body, settings=None, message_id="m-1"):
 
 
 def test_the_documented_example_is_accepted_in_cents():
-    result = verdict(order())
+    result = verdict(example())
     assert result.rejection is None
     assert result.order.value_cents == 9999
     assert [(li.product_id, li.quantity, li.line_cents) for li in result.order.lines] == [
@@ -35,12 +34,12 @@ def test_the_documented_example_is_accepted_in_cents():
 
 
 def test_ids_are_trimmed_and_extra_fields_ignored():
-    result = verdict(order(order_id="  ORD9 ", user_id="\tU1 ", coupon="X"))
+    result = verdict(example(order_id="  ORD9 ", user_id="\tU1 ", coupon="X"))
     assert (result.order.order_id, result.order.user_id) == ("ORD9", "U1")
 
 
 def test_offsets_and_microseconds_are_stored_in_utc():
-    result = verdict(order(order_timestamp="2024-12-13T23:30:00.123456+05:30"))
+    result = verdict(example(order_timestamp="2024-12-13T23:30:00.123456+05:30"))
     assert result.order.placed_at == datetime(2024, 12, 13, 18, 0, 0, 123456, timezone.utc)
 
 
@@ -48,7 +47,7 @@ def test_a_padded_timestamp_is_trimmed_like_an_id():
     # marshmallow's AwareDateTime alone refuses the padding that ids are trimmed of.
     stamp = "2024-12-13T10:00:00+01:00"
     expected = datetime.fromisoformat(stamp).astimezone(timezone.utc)
-    assert verdict(order(order_timestamp=f" {stamp}\t")).order.placed_at == expected
+    assert verdict(example(order_timestamp=f" {stamp}\t")).order.placed_at == expected
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -65,14 +64,14 @@ def test_a_padded_timestamp_is_trimmed_like_an_id():
     ("items", [], "Shorter than minimum length 1."),
 ])
 def test_invalid_fields_are_rejected_with_field_messages(field, value, message):
-    result = verdict(order(**{field: value}))
+    result = verdict(example(**{field: value}))
     assert result.order is None
     assert any(message in text for text in result.rejection.reasons[field])
 
 
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_values_are_rejected(raw):
-    body = json.dumps(order()).replace("99.99", raw)
+    body = json.dumps(example()).replace("99.99", raw)
     result = verdict(body)
     assert "finite" in result.rejection.reasons["order_value"][0]
 
@@ -81,7 +80,7 @@ def test_non_finite_values_are_rejected(raw):
     (0, "between 1"), (-2, "between 1"), (1.5, "whole number"), ("2", "whole number"),
     (True, "whole number")])
 def test_bad_quantities_are_rejected(quantity, message):
-    body = order(items=[{"product_id": "P1", "quantity": quantity, "price_per_unit": 1}],
+    body = example(items=[{"product_id": "P1", "quantity": quantity, "price_per_unit": 1}],
                  order_value=1)
     reasons = verdict(body).rejection.reasons
     assert message in reasons["items"][0]["quantity"][0]
@@ -104,30 +103,30 @@ def test_a_body_over_the_size_limit_is_rejected_before_parsing():
 
 def test_too_many_items_are_rejected():
     items = [{"product_id": "P1", "quantity": 1, "price_per_unit": 1}] * 11
-    result = verdict(order(items=items, order_value=11), Settings(max_items=10))
+    result = verdict(example(items=items, order_value=11), Settings(max_items=10))
     assert result.rejection.reasons["items"] == ["Must have at most 10 items."]
 
 
 def test_a_timestamp_far_in_the_future_is_rejected():
     later = (NOW + timedelta(days=2)).isoformat()
-    result = verdict(order(order_timestamp=later), Settings(max_future_seconds=86400))
+    result = verdict(example(order_timestamp=later), Settings(max_future_seconds=86400))
     assert "future" in result.rejection.reasons["order_timestamp"][0]
 
 
 def test_value_within_a_cent_of_the_item_total_is_accepted_as_sent():
-    assert verdict(order(order_value=100.00)).order.value_cents == 10000
-    assert verdict(order(order_value=99.98)).order.value_cents == 9998
+    assert verdict(example(order_value=100.00)).order.value_cents == 10000
+    assert verdict(example(order_value=99.98)).order.value_cents == 9998
 
 
 def test_value_two_cents_off_is_rejected_by_default():
-    result = verdict(order(order_value=100.01))
+    result = verdict(example(order_value=100.01))
     assert result.rejection.reasons == {
         "order_value": ["100.01 does not match the item total 99.99."]}
     assert result.rejection.order_id == "ORD1234"
 
 
 def test_correct_policy_counts_the_item_total_and_keeps_what_was_sent():
-    result = verdict(order(order_value=250), Settings(order_value_mismatch="correct"))
+    result = verdict(example(order_value=250), Settings(order_value_mismatch="correct"))
     assert result.order.value_cents == 9999
     assert result.order.corrected_from_cents == 25000
 
@@ -146,17 +145,17 @@ def test_legacy_fingerprint_ignores_the_fallback_time():
 
 
 def test_fingerprint_changes_with_content():
-    assert verdict(order()).order.fingerprint != verdict(order(user_id="U9")).order.fingerprint
+    assert verdict(example()).order.fingerprint != verdict(example(user_id="U9")).order.fingerprint
 
 
 def test_a_celery_native_dict_is_accepted_and_recorded_as_json():
-    result = evaluate(Incoming(order(), "task-1"), Settings(), now=NOW)
+    result = evaluate(Incoming(example(), "task-1"), Settings(), now=NOW)
     assert result.order.order_id == "ORD1234"
     assert json.loads(result.body)["order_id"] == "ORD1234"
 
 
 def test_float_artifacts_round_to_cents():
-    body = order(order_value=0.1 + 0.2,
+    body = example(order_value=0.1 + 0.2,
                  items=[{"product_id": "P", "quantity": 3, "price_per_unit": 0.1}])
     assert math.isclose(0.1 + 0.2, 0.30000000000000004)
     assert verdict(body).order.value_cents == 30

@@ -1,24 +1,16 @@
 """pipeline.process: every message of a batch gets one outcome, in order, in one Redis call."""
-import json
-
 from app import pipeline
 from app.orders import Incoming
 from app.settings import Settings
-
-
-def body(order_id, user_id="U1", cents=500):
-    return json.dumps({"order_id": order_id, "user_id": user_id,
-                       "order_timestamp": "2024-12-13T10:00:00Z", "order_value": cents / 100,
-                       "items": [{"product_id": "P1", "quantity": 1,
-                                  "price_per_unit": cents / 100}]})
+from conftest import order_body
 
 
 def test_each_message_gets_its_outcome_in_the_order_sent(store):
     store.apply([])  # an empty batch writes nothing and fails nothing
-    first = pipeline.process([Incoming(body("A"), "m-a")], store, Settings())
+    first = pipeline.process([Incoming(order_body("A"), "m-a")], store, Settings())
     assert [o.status for o in first] == ["counted"]
-    batch = [Incoming("[]", "m-1"), Incoming(body("B"), "m-2"), Incoming(body("A"), "m-3"),
-             Incoming(body("A", user_id="U2"), "m-4")]
+    batch = [Incoming("[]", "m-1"), Incoming(order_body("B"), "m-2"),
+             Incoming(order_body("A"), "m-3"), Incoming(order_body("A", user_id="U2"), "m-4")]
     outcomes = pipeline.process(batch, store, Settings())
     assert [(o.message_id, o.order_id, o.status) for o in outcomes] == [
         ("m-1", None, "rejected"), ("m-2", "B", "counted"), ("m-3", "A", "duplicate"),

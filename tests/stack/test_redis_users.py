@@ -1,7 +1,6 @@
 """The Redis ACL users of make run and compose: the workers write, the API only reads."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import date, datetime, timezone
 
@@ -13,6 +12,7 @@ from app.analytics import Period, top_users
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import Store
+from conftest import order_body
 from stack import redis_users
 from stack.services import RedisServer, free_port
 
@@ -31,12 +31,6 @@ def acl_redis(tmp_path_factory):
 def url(acl_redis, user: str) -> str:
     server, passwords = acl_redis
     return redis_users.url_for(server.url, user, passwords[user])
-
-
-def order(order_id: str, user_id: str, day: str) -> str:
-    return json.dumps({"order_id": order_id, "user_id": user_id,
-                       "order_timestamp": f"{day}T10:00:00Z", "order_value": 7,
-                       "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": 7}]})
 
 
 def count(store: Store, bodies: list[str]) -> list[str]:
@@ -59,8 +53,8 @@ def test_without_a_password_redis_refuses_every_command(acl_redis):
 
 
 def test_the_api_user_reads_but_cannot_write(acl_redis, worker_store):
-    assert count(worker_store, [order("O1", "U1", "2024-12-01"),
-                                order("O2", "U2", "2024-12-02")]) == ["counted", "counted"]
+    assert count(worker_store, [order_body("O1", "U1", day="2024-12-01"),
+                                order_body("O2", "U2", day="2024-12-02")]) == ["counted", "counted"]
     before = {key: worker_store.redis.dump(key) for key in worker_store.redis.keys("*")}
 
     api = Store.from_url(url(acl_redis, redis_users.API_USER))
@@ -78,7 +72,7 @@ def test_the_api_user_reads_but_cannot_write(acl_redis, worker_store):
                   lambda: api.redis.flushdb(),
                   lambda: api.redis.publish("celery", "x"),
                   lambda: api.redis.config_set("appendonly", "no"),
-                  lambda: count(api, [order("O3", "U3", "2024-12-03")])):
+                  lambda: count(api, [order_body("O3", "U3", day="2024-12-03")])):
         # NOPERM, or from inside a script "The user executing the script can't run this".
         with pytest.raises(redis.ResponseError, match="no permissions|can't run this command"):
             write()
@@ -97,8 +91,9 @@ def settings(settings, acl_redis):
 
 def test_the_api_under_gunicorn_serves_stats_with_the_read_only_user(settings, api_server):
     worker_store = Store.from_url(settings.redis_url)
-    count(worker_store, [order("O1", "U1", "2024-12-01"), order("O2", "U1", "2024-12-02"),
-                         order("O3", "U2", "2024-12-02")])
+    count(worker_store, [order_body("O1", "U1", day="2024-12-01"),
+                         order_body("O2", "U1", day="2024-12-02"),
+                         order_body("O3", "U2", day="2024-12-02")])
     expected = worker_store.global_stats()
 
     assert requests.get(f"{api_server}/stats/global", timeout=10).json() == {

@@ -13,7 +13,7 @@ import requests
 from app import sqs
 from app.settings import to_env
 from app.store import user_key
-from conftest import ROOT, celery_cli, wait_for
+from conftest import ROOT, celery_cli, order_body, wait_for
 from stack.services import free_port
 
 CELERY = str(Path(sys.executable).parent / "celery")
@@ -27,12 +27,6 @@ def replies(settings, *command):
             json.loads(result.stdout)]:
         merged.update(reply)
     return merged
-
-
-def order(order_id, user_id="U1", cents=500):
-    return json.dumps({"order_id": order_id, "user_id": user_id,
-                       "order_timestamp": "2024-12-13T10:00:00Z", "order_value": cents / 100,
-                       "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": cents / 100}]})
 
 
 @pytest.mark.slow
@@ -90,11 +84,11 @@ def flower_tasks(flower, name):
 def test_flower_lists_the_worker_and_every_batch_with_failures(settings, store, sqs_client,
                                                                start_worker, flower):
     start_worker(name="gamma")
-    good = [order(f"F{i}") for i in range(12)]
+    good = [order_body(f"F{i}") for i in range(12)]
     # A key of the wrong type makes the task raise every time: a real poison message.
     store.redis.set(user_key("POISON"), "not a hash")
     sqs.send_bodies(sqs_client, settings.orders_url, good[:10])
-    sqs.send_bodies(sqs_client, settings.orders_url, good[10:] + [order("BAD", "POISON")])
+    sqs.send_bodies(sqs_client, settings.orders_url, good[10:] + [order_body("BAD", "POISON")])
 
     wait_for(lambda: store.outcomes()["counted"] == 12
              and any(t["state"] == "FAILURE"
@@ -119,8 +113,9 @@ def test_flower_lists_the_worker_and_every_batch_with_failures(settings, store, 
 def test_flower_shows_the_orders_of_each_batch_by_outcome(settings, store, sqs_client,
                                                           start_worker, flower):
     start_worker(name="epsilon")
-    valid = [order(f"O{i}", cents=100 + i) for i in range(7)]
-    bodies = valid + [valid[0], "not json", order("O1", cents=999)]  # duplicate, bad, conflict
+    valid = [order_body(f"O{i}", lines=[("P1", 1, 100 + i)]) for i in range(7)]
+    conflict = order_body("O1", lines=[("P1", 1, 999)])
+    bodies = valid + [valid[0], "not json", conflict]  # a duplicate, a bad body, a conflict
     sqs.send_bodies(sqs_client, settings.orders_url, bodies)
     expected = {"counted": len(valid), "duplicate": 1, "rejected": 2}
 
@@ -140,7 +135,7 @@ def test_flower_shows_the_orders_of_each_batch_by_outcome(settings, store, sqs_c
 def test_with_batches_of_one_flower_lists_every_order_task(settings, sqs_client, start_worker,
                                                            flower):
     start_worker(name="delta", settings=replace(settings, consume_batch_size=1))
-    sqs.send_bodies(sqs_client, settings.orders_url, [order(f"S{i}") for i in range(7)])
+    sqs.send_bodies(sqs_client, settings.orders_url, [order_body(f"S{i}") for i in range(7)])
     wait_for(lambda: sum(t["state"] == "SUCCESS"
                          for t in flower_tasks(flower, "orders.process").values()) == 7,
              timeout=60, message="Flower to list 7 successful orders.process tasks")

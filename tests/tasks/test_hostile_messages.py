@@ -18,17 +18,10 @@ import strategies
 from app import sqs
 from app.settings import to_env
 from app.store import Store
-from conftest import BIN, ROOT, wait_for
+from conftest import BIN, ROOT, USER, order, wait_for
 from tasks.celery import create_celery
 
 OUTCOMES = ("counted", "duplicate", "rejected", "conflict")
-
-
-def order(order_id: str, **changes) -> dict:
-    body = {"order_id": order_id, "user_id": "H1", "order_timestamp": "2024-12-13T10:00:00Z",
-            "order_value": 5.0, "items": [{"product_id": "P1", "quantity": 1,
-                                           "price_per_unit": 5.0}]}
-    return {**body, **changes}
 
 
 def envelope(task: str, args=(), kwargs=None, change=None, wrapped=True) -> str:
@@ -141,7 +134,7 @@ def test_each_known_killer_is_a_rejection_with_a_reason(settings, store, sqs_cli
     for name, record in missing.items():
         assert record["reasons"], name
     assert store.outcomes()["counted"] == len(counted) + 1, store.outcomes()
-    assert store.user_stats("H1").order_count == len(counted) + 1
+    assert store.user_stats(USER).order_count == len(counted) + 1
     assert "celery.accumulate" in json.dumps(missing["a Celery task"]["reasons"])
     assert "order_timestamp" in missing["year 1"]["reasons"]
     assert_healthy(worker, settings, sqs_client)

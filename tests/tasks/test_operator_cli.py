@@ -5,7 +5,7 @@ import json
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from conftest import celery_cli
+from conftest import celery_cli, order_body
 
 
 
@@ -56,9 +56,7 @@ def test_dlq_list_show_redrive_and_purge(settings, sqs_client):
 
 
 def test_rejected_list_show_and_requeue(settings, store, sqs_client):
-    bad = json.dumps({"order_id": "ORD-BAD", "user_id": "U1",
-                      "order_timestamp": "2024-12-01T00:00:00Z", "order_value": 5.02,
-                      "items": [{"product_id": "P1", "quantity": 1, "price_per_unit": 5}]})
+    bad = order_body("ORD-BAD", value_cents=502)  # the item total is 5.00
     store.apply([evaluate(Incoming(bad, "msg-1"), Settings()),
                  evaluate(Incoming("not json", "msg-2"), Settings())])
 

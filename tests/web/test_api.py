@@ -7,6 +7,7 @@ import pytest
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
+from conftest import order
 from stack.services import free_port
 from web import create_app
 
@@ -16,17 +17,17 @@ def client(settings):
     return create_app(settings).test_client()
 
 
-def count(store, user_id, order_id, value, items):
-    body = json.dumps({"order_id": order_id, "user_id": user_id,
-                       "order_timestamp": "2024-12-13T10:00:00Z", "order_value": value,
-                       "items": items})
+def count(store, body: dict):
     now = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    assert store.apply([evaluate(Incoming(body, order_id), Settings(), now=now)]) == ["counted"]
+    evaluated = evaluate(Incoming(json.dumps(body), body["order_id"]), Settings(), now=now)
+    assert store.apply([evaluated]) == ["counted"]
 
 
 def test_user_stats_have_the_documented_shape(client, store):
-    count(store, "U5678", "O1", 99.99, [{"product_id": "P1", "quantity": 1, "price_per_unit": 99.99}])
-    count(store, "U5678", "O2", 659.91, [{"product_id": "P2", "quantity": 9, "price_per_unit": 73.3233}])
+    count(store, order("O1", "U5678", lines=[("P1", 1, 9999)]))
+    # A unit price finer than a cent: 9 x 73.3233 = 659.9097, rounded once per line.
+    count(store, order("O2", "U5678", order_value=659.91,
+                       items=[{"product_id": "P2", "quantity": 9, "price_per_unit": 73.3233}]))
     expected = {"user_id": "U5678", "order_count": 2, "total_spend": 759.9}
     for path in ("/users/U5678/stats", "/user/U5678/stats"):
         response = client.get(path)
@@ -36,8 +37,8 @@ def test_user_stats_have_the_documented_shape(client, store):
 
 def test_global_stats_are_zero_when_empty_and_exact_after(client, store):
     assert client.get("/stats/global").get_json() == {"total_orders": 0, "total_revenue": 0}
-    count(store, "U1", "O1", 0.1, [{"product_id": "P1", "quantity": 1, "price_per_unit": 0.1}])
-    count(store, "U2", "O2", 0.2, [{"product_id": "P1", "quantity": 2, "price_per_unit": 0.1}])
+    count(store, order("O1", "U1", lines=[("P1", 1, 10)]))
+    count(store, order("O2", "U2", lines=[("P1", 2, 10)]))
     for path in ("/stats/global", "/global/stats"):
         assert client.get(path).get_json() == {"total_orders": 2, "total_revenue": 0.3}
 
@@ -46,7 +47,7 @@ def test_global_stats_are_zero_when_empty_and_exact_after(client, store):
     ("a/b", "/users/a%2Fb/stats"), ("a:b", "/users/a:b/stats"), ("é 1", "/users/%C3%A9%201/stats"),
     ("*", "/users/*/stats")])
 def test_odd_user_ids_reach_their_own_stats(client, store, user_id, path):
-    count(store, user_id, "O-" + user_id, 5, [{"product_id": "P", "quantity": 1, "price_per_unit": 5}])
+    count(store, order("O-" + user_id, user_id))
     response = client.get(path)
     assert response.status_code == 200
     assert response.get_json()["user_id"] == user_id

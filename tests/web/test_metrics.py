@@ -1,5 +1,4 @@
 """/metrics: valid Prometheus text whose counters match what happened."""
-import json
 from datetime import datetime, timezone
 
 import requests
@@ -8,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import sqs
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from conftest import wait_for
+from conftest import order_body, wait_for
 
 
 def samples(text):
@@ -17,9 +16,7 @@ def samples(text):
 
 
 def test_metrics_count_outcomes_queue_depth_and_requests(settings, store, sqs_client, api_server):
-    good = json.dumps({"order_id": "O1", "user_id": "U1", "order_timestamp": "2024-12-01T00:00:00Z",
-                       "order_value": 5, "items": [{"product_id": "P", "quantity": 1,
-                                                    "price_per_unit": 5}]})
+    good = order_body("O1", day="2024-12-01")
     now = datetime(2025, 1, 1, tzinfo=timezone.utc)
     sent = datetime(2024, 12, 31, tzinfo=timezone.utc)
     store.apply([evaluate(Incoming(body, f"m{i}", sent), Settings(), now=now)

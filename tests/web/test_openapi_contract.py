@@ -3,7 +3,6 @@
 schemathesis derives requests from /openapi.json (valid and invalid arguments alike) and
 checks every answer: never a 5xx, always a documented status, content type and schema.
 """
-import json
 from datetime import datetime, timezone
 
 import pytest
@@ -14,6 +13,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
+from conftest import order_body
 from web import create_app
 
 
@@ -30,11 +30,8 @@ schema = schemathesis.openapi.from_dict(openapi_document())
 def live_api(api_server, store):
     """gunicorn's base URL, with orders counted so that answers are not all empty."""
     now = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    bodies = [json.dumps({"order_id": f"O{i}", "user_id": f"U{i % 3}",
-                          "order_timestamp": f"2024-12-{1 + i % 5:02d}T10:00:00Z",
-                          "order_value": 2.5 * i,
-                          "items": [{"product_id": f"P{i % 4}", "quantity": i,
-                                     "price_per_unit": 2.5}]}) for i in range(1, 13)]
+    bodies = [order_body(f"O{i}", f"U{i % 3}", lines=[(f"P{i % 4}", i, 250)],
+                         day=f"2024-12-{1 + i % 5:02d}") for i in range(1, 13)]
     outcomes = store.apply([evaluate(Incoming(b, f"m{i}"), Settings(), now=now)
                             for i, b in enumerate(bodies)])
     assert outcomes == ["counted"] * len(bodies)
