@@ -35,7 +35,8 @@ def client(settings: Settings, timeout: float = 10, attempts: int = 3):
         aws_access_key_id="test" if local else None,
         aws_secret_access_key="test" if local else None,
         config=Config(connect_timeout=timeout, read_timeout=timeout,
-                      retries={"max_attempts": attempts, "mode": "standard"}),
+                      # botocore's max_attempts would count the retries alone.
+                      retries={"total_max_attempts": attempts, "mode": "standard"}),
     )
 
 
