@@ -77,20 +77,15 @@ class Amount(fields.Field):
         return amount
 
 
-class Quantity(fields.Field):
-    """A whole JSON number >= 1 (not 2.5, not "2", not true)."""
+class Quantity(fields.Integer):
+    """A whole JSON number from 1 to MAX_QUANTITY (not 2.5, not "2", not true)."""
 
-    default_error_messages = {
-        "invalid": "Must be a whole number.",
-        "range": f"Must be between 1 and {MAX_QUANTITY}.",
-    }
+    default_error_messages = {"invalid": "Must be a whole number."}
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.make_error("invalid")
-        if not 1 <= value <= MAX_QUANTITY:
-            raise self.make_error("range")
-        return value
+    def __init__(self, **kwargs):
+        # strict: else marshmallow's Integer would load 2.5 as 2 and "2" as 2.
+        super().__init__(strict=True, validate=validate.Range(
+            1, MAX_QUANTITY, error="Must be between {min} and {max}."), **kwargs)
 
 
 class Timestamp(fields.AwareDateTime):
