@@ -43,13 +43,6 @@ def test_offsets_and_microseconds_are_stored_in_utc():
     assert result.order.placed_at == datetime(2024, 12, 13, 18, 0, 0, 123456, timezone.utc)
 
 
-def test_a_padded_timestamp_is_trimmed_like_an_id():
-    # marshmallow's AwareDateTime alone refuses the padding that ids are trimmed of.
-    stamp = "2024-12-13T10:00:00+01:00"
-    expected = datetime.fromisoformat(stamp).astimezone(timezone.utc)
-    assert verdict(example(order_timestamp=f" {stamp}\t")).order.placed_at == expected
-
-
 @pytest.mark.parametrize("field, value, message", [
     ("order_value", "two hundred", "Must be a number."),
     ("order_value", True, "Must be a number."),
