@@ -82,21 +82,32 @@ def require_free_port(port: int, what: str) -> None:
             f"may still be running, or another server holds it (see: ss -ltnp 'sport = :{port}')")
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group, read from /proc."""
-    members = []
+def live_processes(matches) -> list[int]:
+    """Live (non-zombie) processes whose /proc entry satisfies matches(entry).
+
+    A process that ends while it is read, or whose files cannot be read, is left out.
+    """
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            if _stat_fields(entry)[0] != "Z" and matches(entry):
+                found.append(int(entry.name))
         except OSError:
             continue
-        # Fields after the command name, which may itself contain spaces and parentheses.
-        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
-        if int(group) == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
+    return found
+
+
+def _stat_fields(entry: Path) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: state, ppid, group, ..."""
+    # The command name may itself contain spaces and parentheses.
+    return (entry / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group, read from /proc."""
+    return live_processes(lambda entry: int(_stat_fields(entry)[2]) == pgid)
 
 
 def tail(path: Path, lines: int = 40) -> str:

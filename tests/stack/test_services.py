@@ -17,7 +17,7 @@ import redis
 import requests
 
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
-                            free_port, port_is_free, wait_for)
+                            free_port, live_processes, port_is_free, wait_for)
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 
@@ -32,17 +32,8 @@ def pid_alive(pid: int) -> bool:
 
 def processes_with_env(marker: str) -> list[int]:
     """Live processes whose environment contains marker (NAME=value)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in environ and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    return live_processes(lambda entry: marker.encode() in (entry / "environ").read_bytes()
+                          .split(b"\0"))
 
 
 def test_redis_restart_keeps_appendonly_data(tmp_path):
