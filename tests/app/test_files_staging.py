@@ -1,0 +1,52 @@
+"""Delta tables on LocalStack's S3: upserts by key, reads pinned to a version, KPI effects."""
+from app import aws
+from app.files.cleaning import clean, read_csv
+from app.files.contract import ORDERS, PRODUCTS
+from app.files.staging import Staging
+
+HEADER = ",".join(ORDERS.columns)
+
+
+def orders(*rows: tuple[str, str, str]):
+    """A cleaned orders frame of (order_id, user_id, created_at) rows."""
+    lines = [HEADER] + [f"{oid},{user},complete,{created},,,,1" for oid, user, created in rows]
+    return clean(read_csv("\n".join(lines).encode(), ORDERS), ORDERS).frame
+
+
+def staging_of(settings) -> Staging:
+    return Staging(f"s3://{settings.files_bucket}/{aws.STAGING}",
+                   aws.delta_storage_options(settings))
+
+
+def test_an_upsert_updates_by_key_and_an_old_version_still_reads_as_it_was(files_settings):
+    staging = staging_of(files_settings)
+    assert staging.versions() == {"products": None, "order_items": None, "orders": None}
+    assert staging.scan(ORDERS, None).collect().is_empty()
+
+    first = orders(("O1", "U1", "2024-01-05T10:00:00Z"), ("O2", "U2", "2024-01-06T10:00:00Z"))
+    staging.upsert(ORDERS, first)
+    version = staging.versions()["orders"]
+    moved = orders(("O2", "U9", "2024-01-20T10:00:00Z"), ("O3", "U3", "2024-01-21T10:00:00Z"))
+    # O2 changes its date: both its old and its new date need their KPIs again.
+    assert staging.affected(ORDERS, moved) == {"dates": ["2024-01-06", "2024-01-20",
+                                                         "2024-01-21"]}
+    metrics = staging.upsert(ORDERS, moved)
+
+    assert (metrics["num_target_rows_updated"], metrics["num_target_rows_inserted"]) == (1, 1)
+    users = dict(staging.scan(ORDERS, staging.versions()["orders"]).collect()
+                 .select("order_id", "user_id").iter_rows())
+    assert users == {"O1": "U1", "O2": "U9", "O3": "U3"}
+    pinned = dict(staging.scan(ORDERS, version).collect().select("order_id", "user_id")
+                  .iter_rows())
+    assert pinned == {"O1": "U1", "O2": "U2"}
+
+
+def test_the_same_rows_again_commit_nothing(files_settings):
+    staging = staging_of(files_settings)
+    rows = orders(("O1", "U1", "2024-01-05T10:00:00Z"))
+    staging.upsert(ORDERS, rows)
+    before = staging.versions()
+    metrics = staging.upsert(ORDERS, rows)
+    assert metrics["num_target_rows_updated"] == metrics["num_target_rows_inserted"] == 0
+    assert staging.versions() == before
+    assert staging.versions()[PRODUCTS.name] is None
