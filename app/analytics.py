@@ -262,8 +262,8 @@ def top_users(store: Store, n: int = 10, by: str = "spend",
     """The n users with the highest spend or order count, all-time or over a period.
 
     Ties go to the smaller user id (byte order). All-time, one day or one whole month:
-    O(log N + n). Any other period adds up its buckets: O(N + M log M) for N entries in
-    them and M distinct users.
+    O(log N + n). Any other period merges its buckets page by page (app.ranking): every
+    Redis command bounded, the pages read depending on how the buckets' leaders overlap.
     """
     _check_n(n)
     if by not in USER_MEASURES:

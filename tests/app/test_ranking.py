@@ -1,10 +1,15 @@
-"""app.ranking against a brute-force sum, on sources held in memory in Redis's order."""
+"""app.ranking against a brute-force sum: on sources in memory, then through Store.ranked."""
 from __future__ import annotations
+
+import random
+import uuid
 
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
+from redis.cluster import RedisCluster
 
 from app import ranking
+from app.store import Store
 
 # Few names, so sources share members and totals tie; 'é' and 'u10' test code point order.
 members = st.sampled_from(["a", "b", "c", "u1", "u10", "u2", "z", "é", "ab", "B"])
@@ -89,3 +94,41 @@ def test_a_clear_leader_is_found_without_reading_everything():
 def test_n_below_one_is_refused():
     with pytest.raises(ValueError, match="n >= 1"):
         ranking.top_of_sum(MemorySources([{}]), [0], 0)
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_store(request):
+    """A Store on the session's redis-server, or on its 3-primary cluster."""
+    if request.param == "standalone":
+        yield Store.from_url(request.getfixturevalue("redis_server").url)
+        return
+    cluster = request.getfixturevalue("redis_cluster")
+    yield Store(cluster.client(decode_responses=True))
+
+
+def test_store_ranks_a_sum_of_sets_over_many_pages_exactly(redis_store):
+    rng = random.Random(11)
+    prefix = f"rank-test:{uuid.uuid4().hex[:8]}"
+    keys = [f"{prefix}:by:{i}" for i in range(4)]
+    second_keys = [f"{prefix}:second:{i}" for i in range(4)]
+    # 1,500 users, ~1,200 per set: pages of 500 are crossed, and scores 0..40 tie a lot.
+    sets = [{f"U{u:04d}": rng.randint(0, 40) for u in rng.sample(range(1500), 1200)}
+            for _ in keys]
+    seconds = [{member: rng.randint(1, 5) for member in s} for s in sets]
+    client = redis_store.redis
+    pipe = client.pipeline(transaction=False)
+    for key, mapping in zip([*keys, *second_keys], [*sets, *seconds]):
+        pipe.zadd(key, mapping)
+    pipe.execute()
+    try:
+        if isinstance(client, RedisCluster):  # the sets really sit on several nodes
+            assert len({client.get_node_from_key(key).name for key in keys}) > 1
+        for n in (1, 10, 100):
+            assert redis_store.ranked(keys, second_keys, n) == brute_force(
+                [*sets, *seconds], range(4), range(4, 8), n)
+        # One set (the ranking script) agrees with the sum of that set alone.
+        assert redis_store.ranked(keys[:1], second_keys[:1], 10) == brute_force(
+            [sets[0], seconds[0]], [0], [1], 10)
+    finally:
+        for key in [*keys, *second_keys]:
+            client.delete(key)
