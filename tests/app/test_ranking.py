@@ -111,7 +111,7 @@ def test_store_ranks_a_sum_of_sets_over_many_pages_exactly(redis_store):
     prefix = f"rank-test:{uuid.uuid4().hex[:8]}"
     keys = [f"{prefix}:by:{i}" for i in range(4)]
     second_keys = [f"{prefix}:second:{i}" for i in range(4)]
-    # 1,500 users, ~1,200 per set: pages of 500 are crossed, and scores 0..40 tie a lot.
+    # 1,500 users, ~1,200 per set: pages (250) and lookups (100) are crossed, ties abound.
     sets = [{f"U{u:04d}": rng.randint(0, 40) for u in rng.sample(range(1500), 1200)}
             for _ in keys]
     seconds = [{member: rng.randint(1, 5) for member in s} for s in sets]
