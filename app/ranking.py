@@ -8,6 +8,10 @@ total; once the n-th exact total is above that bound, nothing unread can enter t
 and the answer is exact. A new member whose own bound is already below the n-th total is
 dropped without a lookup: the n-th total only grows, the bounds only shrink.
 
+A source may be `bounded`: its pages list a superset of its members by an upper bound of
+their score there (0 when absent), e.g. a month's ranking for some of its days; its exact
+scores come from lookups only. Many small sources then read as one.
+
 The order is the one of a Redis ranking: higher total first, equal totals by member in
 ascending (code point = UTF-8 byte) order. A member absent from a source counts 0 there,
 as in ZUNIONSTORE. The sources are abstract (`Sources`), so this module knows no Redis;
@@ -16,7 +20,8 @@ every read is one page or one lookup of at most a page of members, batched per r
 from __future__ import annotations
 
 import heapq
-from typing import Protocol, Sequence
+from collections import defaultdict
+from typing import Collection, Protocol, Sequence
 
 # Entries per page read, and members per lookup: each Redis command stays O(log N + 250).
 # Measured on a 300,000-member sorted set (2 busy cores): ZREVRANGE of 250 entries p50
@@ -55,7 +60,8 @@ def _lookup(sources: Sources, wanted: dict[int, list[str]], size: int
 
 
 def top_of_sum(sources: Sources, ranked_by: Sequence[int], n: int,
-               page_size: int = PAGE_SIZE) -> list[tuple[str, float]]:
+               page_size: int = PAGE_SIZE, bounded: Collection[int] = ()
+               ) -> list[tuple[str, float]]:
     """The n best (member, total) of the summed sources ranked_by, in ranking order."""
     if n < 1 or page_size < 1:
         raise ValueError("top_of_sum needs n >= 1 and page_size >= 1")
@@ -81,22 +87,25 @@ def top_of_sum(sources: Sources, ranked_by: Sequence[int], n: int,
         # a source read to the end holds nothing more (absent: 0).
         ceiling = {source: max(last[source], 0) for source in open_sources}
         unread = sum(ceiling.values())
-        wanted: dict[int, list[str]] = {source: [] for source in open_sources}
-        for member, known in list(seen.items()):
+        wanted: dict[int, list[str]] = defaultdict(list)  # source -> members to look up
+        asked: dict[str, list[int]] = {}  # member -> sources it is looked up in
+        for member, known in seen.items():
             bound = sum(known.values()) + unread - sum(ceiling.get(s, 0) for s in known)
             if nth is not None and _order((member, bound)) > nth:
                 settled.add(member)  # its bound only shrinks, the n-th only grows
-                del seen[member]
                 continue
-            for source in open_sources:
-                if source not in known:
-                    wanted[source].append(member)
-        found = _lookup(sources, {s: m for s, m in wanted.items() if m},
-                        min(page_size, LOOKUP_SIZE))
-        new_totals = {member: sum(known.values()) + sum(
-            found[source][member] or 0 for source in open_sources if source not in known)
-            for member, known in seen.items()}
-        settled.update(new_totals)
+            asked[member] = [*(s for s in open_sources if s not in known),
+                             *(s for s in known if s in bounded)]
+            for source in asked[member]:
+                wanted[source].append(member)
+        found = _lookup(sources, wanted, min(page_size, LOOKUP_SIZE))
+        new_totals = {}
+        for member, looked_up in asked.items():
+            listed = [score for s, score in seen[member].items() if s not in bounded]
+            scores = [found[s][member] for s in looked_up if found[s][member] is not None]
+            if listed or scores:  # only listed by bounds, and in no source: not a member
+                new_totals[member] = sum(listed) + sum(scores)
+        settled.update(asked)
         best = heapq.nsmallest(n, [*best, *new_totals.items()], key=_order)
         if len(best) == n:
             nth = _order(best[-1])
@@ -107,9 +116,10 @@ def top_of_sum(sources: Sources, ranked_by: Sequence[int], n: int,
 
 
 def ranked(sources: Sources, ranked_by: Sequence[int], second: Sequence[int], n: int,
-           page_size: int = PAGE_SIZE) -> list[tuple[str, float, float]]:
+           page_size: int = PAGE_SIZE, bounded: Collection[int] = ()
+           ) -> list[tuple[str, float, float]]:
     """top_of_sum of ranked_by, each with its total over the `second` sources too."""
-    top = top_of_sum(sources, ranked_by, n, page_size)
+    top = top_of_sum(sources, ranked_by, n, page_size, bounded)
     members = [member for member, _ in top]
     seconds = dict.fromkeys(members, 0)
     found = _lookup(sources, {source: members for source in second if members},

@@ -530,22 +530,47 @@ return result
 class _SortedSets:
     """app.ranking's sources on Redis: one pipeline per batch, each command on one key
     and bounded (a page, or a lookup of at most a page of members), so it runs on a
-    cluster whose sets sit on different nodes."""
+    cluster whose sets sit on different nodes. A source is the key its pages come from
+    and the keys whose scores it sums (several for a bounded source)."""
 
-    def __init__(self, client: redis.Redis, keys: list[str]):
-        self.client, self.keys = client, keys
+    def __init__(self, client: redis.Redis, sources: list[tuple[str, list[str]]]):
+        self.client, self.sources = client, sources
 
     def pages(self, reads):
         pipe = self.client.pipeline(transaction=False)
         for source, start, stop in reads:
-            pipe.zrevrange(self.keys[source], start, stop, withscores=True)
+            pipe.zrevrange(self.sources[source][0], start, stop, withscores=True)
         return pipe.execute()
 
     def scores(self, lookups):
         pipe = self.client.pipeline(transaction=False)
         for source, members in lookups:
-            pipe.zmscore(self.keys[source], members)
-        return pipe.execute()
+            for key in self.sources[source][1]:
+                pipe.zmscore(key, members)
+        replies = iter(pipe.execute())
+        results = []
+        for source, members in lookups:
+            parts = [next(replies) for _ in self.sources[source][1]]
+            results.append([None if all(p[i] is None for p in parts)
+                            else sum(p[i] or 0 for p in parts) for i in range(len(members))])
+        return results
+
+
+def _sources(keys: list[str], second_keys: list[str], bounds: list[str | None]
+             ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], set[int]]:
+    """Ranked and second sources of ranked(): keys sharing a bound read as one source."""
+    groups: dict[object, list[int]] = {}
+    for i, bound in enumerate(bounds):
+        groups.setdefault(bound or i, []).append(i)
+    ranked_by, second, bounded = [], [], set()
+    for bound, members in groups.items():
+        if len(members) > 1:
+            bounded.add(len(ranked_by))
+            ranked_by.append((bound, [keys[i] for i in members]))
+        else:
+            ranked_by.append((keys[members[0]], [keys[members[0]]]))
+        second.append((second_keys[members[0]], [second_keys[i] for i in members]))
+    return ranked_by, second, bounded
 
 
 @dataclass(frozen=True)
@@ -742,15 +767,18 @@ class Store:
             keys.append(rejected_order_key(record["order_id"]))
         return bool(self._forget_rejection(keys=keys, args=[repr(record["at"])]))
 
-    def ranked(self, keys: list[str], second_keys: list[str], n: int
-               ) -> list[tuple[str, int, int]]:
+    def ranked(self, keys: list[str], second_keys: list[str], n: int,
+               bounds: list[str | None] | None = None) -> list[tuple[str, int, int]]:
         """The n best members of the summed sorted sets, ties by member, with a second measure.
 
         One set: one round trip, O(log N + n). Several: app.ranking reads them a page at a
         time in the API process, every command bounded, two pipelined round trips a round.
+        bounds[i], if any: a set holding every member of keys[i] with at least its score
+        there (a month's ranking for one of its days); keys sharing one read through it.
         """
-        if not keys or len(keys) != len(second_keys) or n < 1:
-            raise ValueError("ranked needs as many second keys as keys, and n >= 1")
+        bounds = bounds or [None] * len(keys)
+        if not keys or not len(keys) == len(second_keys) == len(bounds) or n < 1:
+            raise ValueError("ranked needs as many second keys and bounds as keys, and n >= 1")
         if len(keys) == 1:
             # On a cluster the two keys may sit in two slots: the second measure comes next.
             apart = isinstance(self.redis, RedisCluster)
@@ -761,9 +789,10 @@ class Store:
                 top = [(member, score, int(second or 0))
                        for (member, score, _), second in zip(top, seconds)]
             return top
-        p = len(keys)
-        top = ranking.ranked(_SortedSets(self.redis, [*keys, *second_keys]), range(p),
-                             range(p, 2 * p), n)
+        ranked_by, second, bounded = _sources(keys, second_keys, bounds)
+        p = len(ranked_by)
+        top = ranking.ranked(_SortedSets(self.redis, [*ranked_by, *second]), range(p),
+                             range(p, 2 * p), n, bounded=bounded)
         return [(member, int(score), int(second)) for member, score, second in top]
 
     def ping(self) -> bool:

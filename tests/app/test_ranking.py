@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
@@ -23,10 +24,11 @@ class MemorySources:
     """Sorted sets in memory, listed as ZREVRANGE lists them (ties in descending member
     order), recording every read."""
 
-    def __init__(self, sets: list[dict[str, int]]):
+    def __init__(self, sets: list[dict[str, int]], bounds: dict[int, dict[str, int]] = {}):
         self.sets = sets
-        self.listed = [sorted(s.items(), key=lambda item: (item[1], item[0]), reverse=True)
-                       for s in sets]
+        # A bounded source's pages list its bounds; its lookups give its exact scores.
+        self.listed = [sorted(bounds.get(i, s).items(), key=lambda item: (item[1], item[0]),
+                              reverse=True) for i, s in enumerate(sets)]
         self.reads: list[int] = []  # entries asked for per page read or lookup
         self.rounds = 0
 
@@ -62,6 +64,29 @@ def test_top_of_a_sum_is_the_brute_force_one(sets, n, page_size):
     got = ranking.ranked(memory, range(p), range(p, 2 * p), n, page_size=page_size)
     assert got == brute_force(memory.sets, range(p), range(p, 2 * p), n)
     assert max(memory.reads, default=0) <= page_size
+
+
+@st.composite
+def bounded_source(draw):
+    """(exact scores, upper bounds): each member's bound >= its score (0 when absent),
+    and some members bounded that are absent."""
+    exact = draw(source)
+    bounds = {m: max(score, 0) + draw(st.integers(0, 4)) for m, score in exact.items()}
+    bounds.update({m: draw(st.integers(0, 12)) for m in draw(st.sets(members, max_size=3))
+                   if m not in exact})
+    return exact, bounds
+
+
+@PROPERTY
+@given(st.lists(st.tuples(bounded_source(), st.booleans()), min_size=1, max_size=5),
+       st.integers(min_value=1, max_value=12), st.integers(min_value=1, max_value=4))
+def test_sources_read_through_upper_bounds_rank_exactly(drawn, n, page_size):
+    sets = [exact for (exact, _), _ in drawn]
+    bounded = {i for i, (_, is_bounded) in enumerate(drawn) if is_bounded}
+    memory = MemorySources(sets, {i: drawn[i][0][1] for i in bounded})
+    p = len(sets)
+    got = ranking.top_of_sum(memory, range(p), n, page_size=page_size, bounded=bounded)
+    assert got == [(m, t) for m, t, _ in brute_force(sets, range(p), [], n)]
 
 
 @PROPERTY
@@ -131,4 +156,34 @@ def test_store_ranks_a_sum_of_sets_over_many_pages_exactly(redis_store):
             [sets[0], seconds[0]], [0], [1], 10)
     finally:
         for key in [*keys, *second_keys]:
+            client.delete(key)
+
+
+def test_store_reads_days_through_their_month_exactly(redis_store):
+    rng = random.Random(12)
+    prefix = f"rank-test:{uuid.uuid4().hex[:8]}"
+    # Days 1-3 of a month read through the month (their sum, plus users of other days),
+    # beside a whole other month; 2,000 users, scores that tie.
+    days = [{f"U{u:04d}": rng.randint(1, 30) for u in rng.sample(range(2000), 700)}
+            for _ in range(3)]
+    month = Counter({f"U{u:04d}": rng.randint(1, 30) for u in rng.sample(range(2000), 900)})
+    for day in days:
+        month.update(day)
+    other = {f"U{u:04d}": rng.randint(1, 60) for u in rng.sample(range(2000), 800)}
+    sets = [*days, other]
+    seconds = [{member: rng.randint(1, 3) for member in s} for s in sets]
+    keys = [f"{prefix}:by:{i}" for i in range(4)]
+    second_keys = [f"{prefix}:second:{i}" for i in range(4)]
+    month_key = f"{prefix}:month"
+    client = redis_store.redis
+    pipe = client.pipeline(transaction=False)
+    for key, mapping in zip([*keys, *second_keys, month_key], [*sets, *seconds, month]):
+        pipe.zadd(key, mapping)
+    pipe.execute()
+    try:
+        for n in (1, 10, 100):
+            assert redis_store.ranked(keys, second_keys, n, [month_key] * 3 + [None]) == \
+                brute_force([*sets, *seconds], range(4), range(4, 8), n)
+    finally:
+        for key in [*keys, *second_keys, month_key]:
             client.delete(key)
