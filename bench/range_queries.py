@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -43,6 +44,7 @@ PARETO_ALPHA, WEIGHT_CAP = 1.5, 100.0
 VALUE_MU, VALUE_SIGMA = 8.3, 0.9
 ZADD_CHUNK = 1000
 TOP_N = 10
+TARGET_MS = 5  # issue 11: no command of a range query longer
 REPEATS = 3
 APPLY_BATCH = 10
 # The ZUNIONSTORE script Store.ranked ran before app.ranking, kept here as the baseline.
@@ -182,12 +184,15 @@ def periods(days: int) -> list[tuple[str, Period]]:
             ("3 months cut mid-month", cut)]
 
 
-def _command(entry: dict) -> str:
-    """The command name of a SLOWLOG entry (redis-py gives its arguments as bytes)."""
+def _text(entry: dict) -> str:
+    """The command line of a SLOWLOG entry (redis-py gives it as bytes)."""
     command = entry["command"]
-    if isinstance(command, bytes):
-        command = command.decode(errors="replace")
-    return command.split()[0].upper()
+    return command.decode(errors="replace") if isinstance(command, bytes) else command
+
+
+def _command(entry: dict) -> str:
+    """The command name of a SLOWLOG entry."""
+    return _text(entry).split()[0].upper()
 
 
 def _slowlog(client: redis.Redis) -> list[dict]:
@@ -198,7 +203,7 @@ def _slowlog(client: redis.Redis) -> list[dict]:
 
 def _measure(client: redis.Redis, query) -> dict:
     """Run query REPEATS times under SLOWLOG: its answer, wall times, slowest command."""
-    walls, busy, commands, worst, answer = [], [], [], None, None
+    walls, busy, commands, worst, answer, durations = [], [], [], None, None, []
     for _ in range(REPEATS):
         client.slowlog_reset()
         started = time.perf_counter()
@@ -207,12 +212,15 @@ def _measure(client: redis.Redis, query) -> dict:
         entries = _slowlog(client)
         commands.append(len(entries))
         busy.append(sum(e["duration"] for e in entries) / 1000)
+        durations += [e["duration"] for e in entries]
         slowest = max(entries, key=lambda e: e["duration"])
         if worst is None or slowest["duration"] > worst["duration"]:
             worst = slowest
     return {"answer": answer, "wall_ms": round(statistics.median(walls), 1),
             "slowest_ms": round(worst["duration"] / 1000, 2),
             "slowest_command": _command(worst),
+            "p99_ms": round(sorted(durations)[int(len(durations) * 0.99)] / 1000, 2),
+            "over_target": sum(d > TARGET_MS * 1000 for d in durations),
             "commands": round(statistics.median(commands)),
             "redis_busy_ms": round(statistics.median(busy), 1)}
 
@@ -242,7 +250,8 @@ def run_queries(client: redis.Redis, store: Store, days: int) -> list[dict]:
                          "last": period.last.isoformat(), "by": by, "buckets": len(buckets),
                          "merged": {k: v for k, v in new.items() if k != "answer"},
                          "zunionstore": old, "answers_agree": new["answer"] == old_answer})
-            print(f"range {label} by {by}: {new['commands']:,} commands, slowest {new['slowest_ms']} ms "
+            print(f"range {label} by {by}: {new['commands']:,} commands, "
+                  f"slowest {new['slowest_ms']} ms "
                   f"({new['slowest_command']}), wall {new['wall_ms']} ms; "
                   f"ZUNIONSTORE script {old['slowest_ms']} ms", file=sys.stderr)
     return rows
@@ -305,13 +314,19 @@ def run_apply_latency(url: str, client: redis.Redis, store: Store, days: int,
         worker = context.Process(target=_apply_loop, args=(url, seconds, f"b{phase}", results))
         worker.start()
         queries = 0
+        client.slowlog_reset()
         while query and worker.is_alive() and results.empty():
             query()
             queries += 1
         latencies, errors = results.get(timeout=seconds + 600)
         worker.join()
+        # The worker's scripts' own time in Redis, from SLOWLOG: every EVALSHA but the
+        # old ranking script's.
+        script = sorted(e["duration"] / 1000 for e in _slowlog(client)
+                        if _command(e) == "EVALSHA" and union.sha not in _text(e))
         rows.append({"beside": name, "queries": queries, **_latency(latencies),
-                     "errors": errors})
+                     "errors": errors, "script_p50_ms": round(script[len(script) // 2], 3),
+                     "script_p99_ms": round(script[int(len(script) * 0.99)], 3)})
         print(f"apply beside {name}: p99 {rows[-1]['p99_ms']} ms", file=sys.stderr)
     return rows
 
@@ -321,6 +336,14 @@ def run(log_dir: Path, orders_per_day: int = 10_000, days: int = 366, users: int
     """The whole part on its own redis-server (it holds about a GiB at full size)."""
     server = RedisServer(free_port(), log_dir=log_dir, name="redis-range")
     server.start()
+    # On shared cores a command's SLOWLOG time includes any time redis-server was
+    # preempted; a higher priority keeps that out of the figures, for both ways alike.
+    nice = 0
+    try:
+        os.setpriority(os.PRIO_PROCESS, server.process.pid, -5)
+        nice = -5
+    except OSError:
+        pass
     try:
         # redis-py's default 5 s timeout would cut the old script short at full size.
         client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=600)
@@ -335,22 +358,24 @@ def run(log_dir: Path, orders_per_day: int = 10_000, days: int = 366, users: int
     finally:
         server.stop()
     return {"data": data, "describe": describe(data), "queries": queries,
-            "apply_latency": latency, "target_ms": 5}
+            "apply_latency": latency, "target_ms": TARGET_MS, "redis_nice": nice,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def markdown(result: dict) -> str:
     """The range rankings as two small Markdown tables."""
     lines = [f"Data: {result['describe']}. Top {TOP_N} users; SLOWLOG at 0 µs, reset before "
              f"each query; medians of {REPEATS} runs (slowest command: the worst of them).",
-             "", "| period | by | buckets | merged: slowest command | commands | Redis busy | "
-             "wall | ZUNIONSTORE script: its EVALSHA | wall | "
-             "answers agree |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "", "| period | by | buckets | merged: slowest command | p99 | over "
+             f"{result['target_ms']} ms | commands | Redis busy | wall | ZUNIONSTORE script: "
+             "its EVALSHA | wall | answers agree |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in result["queries"]:
         new, old = row["merged"], row["zunionstore"]
         lines.append(f"| {row['period']} ({row['first']} … {row['last']}) | {row['by']} | "
                      f"{row['buckets']} | {new['slowest_ms']} ms ({new['slowest_command']}) | "
-                     f"{new['commands']:,} | {new['redis_busy_ms']} ms | {new['wall_ms']} ms | "
+                     f"{new['p99_ms']} ms | {new['over_target']} | {new['commands']:,} | "
+                     f"{new['redis_busy_ms']} ms | {new['wall_ms']} ms | "
                      f"{old['slowest_ms']} ms | {old['wall_ms']} ms | "
                      f"{'yes' if row['answers_agree'] else '**NO**'} |")
     worst = max((row["merged"]["slowest_ms"] for row in result["queries"]), default=0)
@@ -359,13 +384,16 @@ def markdown(result: dict) -> str:
               f"(worst {worst} ms)."]
     lines += ["", f"Store.apply of {APPLY_BATCH} new orders from another process (a worker's "
               "call), back to back:", "",
-              "| beside | range queries run | batches | p50 | p99 | max | errors |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+              "| beside | range queries run | batches | p50 | p99 | max | errors | "
+              "script in Redis (SLOWLOG) p50 · p99 |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for row in result["apply_latency"]:
         errors = ", ".join(f"{name} {count:,}" for name, count in row["errors"].items())
         lines.append(f"| {row['beside']} | {row['queries']:,} | {row['batches']:,} | "
                      f"{row['p50_ms']} ms | {row['p99_ms']} ms | {row['max_ms']} ms | "
-                     f"{errors or 'none'} |")
+                     f"{errors or 'none'} | {row['script_p50_ms']} · {row['script_p99_ms']} ms |")
+    lines += ["", f"redis-server at nice {result['redis_nice']}; load average at the end "
+              f"{' '.join(map(str, result['load_average']))} (2 cores shared with other work)."]
     return "\n".join(lines) + "\n"
 
 
