@@ -262,8 +262,8 @@ def top_users(store: Store, n: int = 10, by: str = "spend",
     """The n users with the highest spend or order count, all-time or over a period.
 
     Ties go to the smaller user id (byte order). All-time, one day or one whole month:
-    O(log N + n). Any other period adds up its buckets: O(N + M log M) for N entries in
-    them and M distinct users.
+    O(log N + n). Any other period merges its buckets page by page (app.ranking), the
+    days of a month read through the month's ranking: every Redis command bounded.
     """
     _check_n(n)
     if by not in USER_MEASURES:
@@ -272,7 +272,9 @@ def top_users(store: Store, n: int = 10, by: str = "spend",
     buckets = period.buckets() if period else [("", "")]
     keys = [top_users_key(by, day=d, month=m) for d, m in buckets]
     second = [top_users_key(other, day=d, month=m) for d, m in buckets]
-    ranked = store.ranked(keys, second, n)
+    # A day's month holds each of its users with at least the day's figure.
+    bounds = [top_users_key(by, month=d[:7]) if d else None for d, _ in buckets]
+    ranked = store.ranked(keys, second, n, bounds)
     return [TopUser(rank, user_id, *((score, count) if by == "spend" else (count, score)))
             for rank, (user_id, score, count) in enumerate(ranked, start=1)]
 

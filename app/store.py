@@ -9,7 +9,9 @@ from datetime import date
 from urllib.parse import quote
 
 import redis
+from redis.cluster import RedisCluster
 
+from app import ranking
 from app.orders import Evaluated, Order
 from app.settings import Settings
 
@@ -21,8 +23,6 @@ TOP_USERS_BY_ORDERS = "top:users:orders"
 TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
 TOP_PRODUCTS_BY_UNITS = "top:products:units"
 CORRECTIONS_KEY = "corrections"
-# Where RANKED adds up several sorted sets; it exists only while the script runs.
-RANKED_SCRATCH = "ranked:scratch"
 REJECTED_BY_FIELD = "pipeline:rejected-by-field"
 # When the last batch was applied and when its oldest message had been sent (ms).
 LAG_KEY = "pipeline:lag"
@@ -476,26 +476,16 @@ redis.call('HINCRBY', outcomes_key, outcome, -1)
 return 1
 """
 
-# The first n members of a ranking: highest score first, equal scores by member in byte
+# The first n members of one ranking: highest score first, equal scores by member in byte
 # order. A sorted set keeps ties in ascending member order, so ZREVRANGE lists them
 # backwards and its n-th entry may cut a tie group at the wrong end: that group is read
-# again from its first member. KEYS: p sorted sets to rank by (their scores added up),
-# then p sorted sets of a second measure of the same buckets, added up for the chosen
-# members, then a scratch key for the sum of several sets, deleted before the script
-# returns. ARGV[1]: n. Returns member, score, second score, ... (scores as integers).
+# again from its first member. O(log N + n). KEYS: the sorted set to rank by, then,
+# optionally (on one slot), the sorted set of a second measure of the same bucket.
+# ARGV[1]: n. Returns member, score, second score (0 without KEYS[2]), ... (scores as
+# integers). A sum of several sets is ranked by app.ranking instead.
 RANKED = """
 local n = tonumber(ARGV[1])
-local p = (#KEYS - 1) / 2
 local source = KEYS[1]
-if p > 1 then
-  -- O(N + M log M), N entries in the p sets and M distinct members, all in C: the M
-  -- members never travel to Lua.
-  source = KEYS[#KEYS]
-  local union = {'ZUNIONSTORE', source, p}
-  for k = 1, p do union[#union + 1] = KEYS[k] end
-  redis.call(unpack(union))
-end
--- O(log M + n) from here on.
 local top = redis.call('ZREVRANGE', source, 0, n - 1, 'WITHSCORES')
 local boundary = nil
 if #top == 2 * n then boundary = top[#top] end
@@ -520,7 +510,6 @@ if boundary then
                            'LIMIT', 0, n - #chosen / 2)
   for k = 1, #group do chosen[#chosen + 1] = group[k] end
 end
-if p > 1 then redis.call('UNLINK', source) end
 local result, members = {}, {}
 for k = 1, #chosen, 2 do
   members[#members + 1] = chosen[k]
@@ -528,16 +517,60 @@ for k = 1, #chosen, 2 do
   result[#result + 1] = tonumber(chosen[k + 1])
   result[#result + 1] = 0
 end
-if #members > 0 then
-  for k = p + 1, 2 * p do
-    local scores = redis.call('ZMSCORE', KEYS[k], unpack(members))
-    for j = 1, #members do
-      if scores[j] then result[3 * j] = result[3 * j] + tonumber(scores[j]) end
-    end
+if #members > 0 and KEYS[2] then
+  local scores = redis.call('ZMSCORE', KEYS[2], unpack(members))
+  for j = 1, #members do
+    if scores[j] then result[3 * j] = tonumber(scores[j]) end
   end
 end
 return result
 """
+
+
+class _SortedSets:
+    """app.ranking's sources on Redis: one pipeline per batch, each command on one key
+    and bounded (a page, or a lookup of at most a page of members), so it runs on a
+    cluster whose sets sit on different nodes. A source is the key its pages come from
+    and the keys whose scores it sums (several for a bounded source)."""
+
+    def __init__(self, client: redis.Redis, sources: list[tuple[str, list[str]]]):
+        self.client, self.sources = client, sources
+
+    def pages(self, reads):
+        pipe = self.client.pipeline(transaction=False)
+        for source, start, stop in reads:
+            pipe.zrevrange(self.sources[source][0], start, stop, withscores=True)
+        return pipe.execute()
+
+    def scores(self, lookups):
+        pipe = self.client.pipeline(transaction=False)
+        for source, members in lookups:
+            for key in self.sources[source][1]:
+                pipe.zmscore(key, members)
+        replies = iter(pipe.execute())
+        results = []
+        for source, members in lookups:
+            parts = [next(replies) for _ in self.sources[source][1]]
+            results.append([None if all(p[i] is None for p in parts)
+                            else sum(p[i] or 0 for p in parts) for i in range(len(members))])
+        return results
+
+
+def _sources(keys: list[str], second_keys: list[str], bounds: list[str | None]
+             ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], set[int]]:
+    """Ranked and second sources of ranked(): keys sharing a bound read as one source."""
+    groups: dict[object, list[int]] = {}
+    for i, bound in enumerate(bounds):
+        groups.setdefault(bound or i, []).append(i)
+    ranked_by, second, bounded = [], [], set()
+    for bound, members in groups.items():
+        if len(members) > 1:
+            bounded.add(len(ranked_by))
+            ranked_by.append((bound, [keys[i] for i in members]))
+        else:
+            ranked_by.append((keys[members[0]], [keys[members[0]]]))
+        second.append((second_keys[members[0]], [second_keys[i] for i in members]))
+    return ranked_by, second, bounded
 
 
 @dataclass(frozen=True)
@@ -734,17 +767,33 @@ class Store:
             keys.append(rejected_order_key(record["order_id"]))
         return bool(self._forget_rejection(keys=keys, args=[repr(record["at"])]))
 
-    def ranked(self, keys: list[str], second_keys: list[str], n: int
-               ) -> list[tuple[str, int, int]]:
+    def ranked(self, keys: list[str], second_keys: list[str], n: int,
+               bounds: list[str | None] | None = None) -> list[tuple[str, int, int]]:
         """The n best members of the summed sorted sets, ties by member, with a second measure.
 
-        One round trip: O(log N + n) for one set, O(N + M log M) to add up several
-        (N entries, M distinct members).
+        One set: one round trip, O(log N + n). Several: app.ranking reads them a page at a
+        time in the API process, every command bounded, two pipelined round trips a round.
+        bounds[i], if any: a set holding every member of keys[i] with at least its score
+        there (a month's ranking for one of its days); keys sharing one read through it.
         """
-        if not keys or len(keys) != len(second_keys) or n < 1:
-            raise ValueError("ranked needs as many second keys as keys, and n >= 1")
-        flat = self._ranked(keys=[*keys, *second_keys, RANKED_SCRATCH], args=[n])
-        return [(flat[i], int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+        bounds = bounds or [None] * len(keys)
+        if not keys or not len(keys) == len(second_keys) == len(bounds) or n < 1:
+            raise ValueError("ranked needs as many second keys and bounds as keys, and n >= 1")
+        if len(keys) == 1:
+            # On a cluster the two keys may sit in two slots: the second measure comes next.
+            apart = isinstance(self.redis, RedisCluster)
+            flat = self._ranked(keys=keys if apart else [*keys, *second_keys], args=[n])
+            top = [(flat[i], int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+            if apart and top:
+                seconds = self.redis.zmscore(second_keys[0], [member for member, _, _ in top])
+                top = [(member, score, int(second or 0))
+                       for (member, score, _), second in zip(top, seconds)]
+            return top
+        ranked_by, second, bounded = _sources(keys, second_keys, bounds)
+        p = len(ranked_by)
+        top = ranking.ranked(_SortedSets(self.redis, [*ranked_by, *second]), range(p),
+                             range(p, 2 * p), n, bounded=bounded)
+        return [(member, int(score), int(second)) for member, score, second in top]
 
     def ping(self) -> bool:
         """True when Redis answers."""

@@ -8,6 +8,7 @@ import time
 from importlib import metadata
 
 from bench.files import markdown as files_markdown
+from bench.range_queries import markdown as range_markdown
 from stack.services import PROJECT_ROOT, sqs_server_python
 
 PACKAGES = ("celery", "kombu", "boto3", "redis", "gunicorn", "flask", "fastapi", "uvicorn")
@@ -307,5 +308,8 @@ def markdown(results: dict) -> str:
         lines += _durability(results)
     if results.get("files"):
         lines += ["### Batch files", "", files_markdown(results["files"])]
+    if results.get("range_queries"):
+        lines += ["### Range rankings: no query blocks the store", "",
+                  range_markdown(results["range_queries"])]
     lines += _targets(results)
     return "\n".join(lines) + "\n"

@@ -12,7 +12,9 @@ ports; then, each on a fresh queue and a flushed Redis:
 2. wrk against the project's gunicorn API and the seed-style FastAPI peer;
 3. the project's ingest at several user counts, with Redis memory per user;
 4. the batch files path on about --files-items order_items rows against a bare polars
-   script (bench/files.py).
+   script (bench/files.py);
+5. top users over 3 months and a year at --range-orders-per-day orders a day, merged page
+   by page against the ZUNIONSTORE script, on its own redis-server (bench/range_queries.py).
 
 Prints one Markdown table and writes it with the raw figures to --out (latest.md, latest.json).
 
@@ -46,6 +48,7 @@ from app import aws, sample, sqs
 from app.settings import Settings, to_env
 from app.store import Store
 from bench import files as files_bench
+from bench import range_queries
 from bench import report, seed_worker, stock_celery
 from bench.sqs_counter import COUNTS_PATH, rtt_url
 from stack.produce import send_all
@@ -763,6 +766,16 @@ def parse_args(argv):
     parser.add_argument("--files-items", type=int,
                         default=env_int("BENCH_FILES_ITEMS", 1_000_000),
                         help="order_items rows of the files row; 0 skips it [BENCH_FILES_ITEMS]")
+    parser.add_argument("--range-orders-per-day", type=int,
+                        default=env_int("BENCH_RANGE_ORDERS_PER_DAY", 10_000),
+                        help="orders a day of the range rankings' data; 0 skips them "
+                             "[BENCH_RANGE_ORDERS_PER_DAY]")
+    parser.add_argument("--range-days", type=int, default=env_int("BENCH_RANGE_DAYS", 366))
+    parser.add_argument("--range-users", type=int,
+                        default=env_int("BENCH_RANGE_USERS", 1_000_000),
+                        help="customer base of the range rankings' data [BENCH_RANGE_USERS]")
+    parser.add_argument("--range-apply-seconds", type=float, default=10,
+                        help="Store.apply loop of each range latency row")
     parser.add_argument("--durability", type=int, default=env_int("BENCH_DURABILITY", 1),
                         help="1: the project's ingest at each Redis durability level")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
@@ -785,7 +798,8 @@ def main(argv=None):
         "rtts_ms": rtts, "worker_processes": scale_out,
         "api_seconds": args.api_seconds, "scale_users": scale_users,
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
-        "files_items": args.files_items, "durability": args.durability}}
+        "files_items": args.files_items, "durability": args.durability,
+        "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days}}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:
@@ -837,6 +851,10 @@ def main(argv=None):
         if args.files_items:
             results["files"] = files_bench.run(stack.data.url, stack.control.url,
                                                stack.sqs.endpoint_url, log_dir, args.files_items)
+        if args.range_orders_per_day:
+            results["range_queries"] = range_queries.run(
+                log_dir, args.range_orders_per_day, args.range_days, args.range_users,
+                args.range_apply_seconds)
     results["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     table = report.markdown(results)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

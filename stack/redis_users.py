@@ -10,20 +10,17 @@ import secrets
 from typing import Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from app.store import RANKED_SCRATCH
-
 WORKER_USER = "worker"
 API_USER = "api"
 # The workers (and Flower, the CLI) own the data and the control plane. The API runs
 # read commands only, plus the ranking script: EVALSHA asks write access to every key it
 # is given, so the root rules allow all keys, and a script is held to the same command
-# list, command by command. The one write, ZUNIONSTORE (a ranking over several days adds
-# them up), is allowed by a selector only into the scratch key, reading any other.
+# list, command by command: it cannot write.
 USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
     API_USER: ("resetkeys", "~*", "resetchannels", "-@all", "+@read", "-@dangerous",
                "+@transaction", "+ping", "+info", "+hello", "+select", "+evalsha",
-               "+script|load", f"(%R~* ~{RANKED_SCRATCH} +zunionstore +unlink)"),
+               "+script|load"),
 }
 
 

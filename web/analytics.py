@@ -20,8 +20,8 @@ class TopUsers(MethodView):
         """The n users with the highest spend or order count, all-time or over a period.
 
         Equal figures are ordered by user id (byte order). Cost: all-time, one day or one
-        month O(log N + n); from/to adds up the range's whole months and other days,
-        O(N + M log M) for N entries in them and M distinct users.
+        month O(log N + n); from/to merges the range's whole months and other days page by
+        page in the API process: no Redis command grows with the data.
         """
         ranked = analytics.top_users(store(), args["n"], args["by"], args["period"])
         return {**args, "users": ranked}

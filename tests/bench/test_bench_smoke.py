@@ -36,7 +36,8 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
                "--products", "50", "--api-seconds", "2" if WITH_API else "0",
                "--rtts", f"0,{RTT_MS:g}", "--worker-processes", "1,2",
                "--scale-users", "2000", "--scale-orders", "200", "--max-seconds", "20",
-               "--files-items", "2000",
+               "--files-items", "2000", "--range-orders-per-day", "200", "--range-days", "62",
+               "--range-users", "2000", "--range-apply-seconds", "1",
                "--out", str(tmp_path)]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -85,6 +86,8 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     assert all(r["status"] == "ok" and r["done"] >= 200 for r in levels), levels
     assert "WAIT" in levels[-1]["redis_commands"] or "wait" in levels[-1]["redis_commands"]
     assert "### Durability" in table
+    assert all(row["answers_agree"] for row in results["range_queries"]["queries"])
+    assert "### Range rankings" in table
     if not WITH_API:
         return
 

@@ -61,7 +61,7 @@ def test_the_api_user_reads_but_cannot_write(acl_redis, worker_store):
     assert api.ping()
     assert api.global_stats() == worker_store.global_stats()
     assert api.outcomes()["counted"] == 2
-    # A ranking over two days adds them up in its scratch key: the one key it may write.
+    # A ranking over two days reads both, page by page.
     ranked = top_users(api, 5, period=Period(date(2024, 12, 1), date(2024, 12, 2)))
     assert [row.user_id for row in ranked] == ["U1", "U2"]
     assert api.redis.info("server")["redis_version"]
