@@ -16,10 +16,6 @@ from app.settings import Settings
 GLOBAL_KEY = "global:stats"
 OUTCOMES_KEY = "pipeline:outcomes"
 REJECTED_INDEX = "rejected"
-TOP_USERS_BY_SPEND = "top:users:spend"
-TOP_USERS_BY_ORDERS = "top:users:orders"
-TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
-TOP_PRODUCTS_BY_UNITS = "top:products:units"
 CORRECTIONS_KEY = "corrections"
 # Where RANKED adds up several sorted sets; it exists only while the script runs.
 RANKED_SCRATCH = "ranked:scratch"
@@ -27,7 +23,9 @@ REJECTED_BY_FIELD = "pipeline:rejected-by-field"
 # When the last batch was applied and when its oldest message had been sent (ms).
 LAG_KEY = "pipeline:lag"
 TASK_EVENTS_KEY = "pipeline:task-events"
-OUTCOMES = ("counted", "duplicate", "rejected", "conflict", "corrected")
+OUTCOMES = ("counted", "duplicate", "rejected", "conflict")
+# The day and month hashes' figures, in the order Store.kpis returns them.
+KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold", "unique_customers")
 # The largest total kept (cents, units or orders, per user, product, day, month or all):
 # sorted-set scores and Lua numbers are doubles, exact up to 2^53. An order that would
 # take any total past it is rejected whole, with the figure named in its reasons.
@@ -448,9 +446,9 @@ if batch.oldest_sent_ms > 0 then
 end
 return results
 """
-BATCH_KEYS = [GLOBAL_KEY, OUTCOMES_KEY, REJECTED_INDEX, TOP_USERS_BY_SPEND,
-              TOP_USERS_BY_ORDERS, TOP_PRODUCTS_BY_REVENUE, TOP_PRODUCTS_BY_UNITS, CORRECTIONS_KEY,
-              REJECTED_BY_FIELD, LAG_KEY]
+BATCH_KEYS = [GLOBAL_KEY, OUTCOMES_KEY, REJECTED_INDEX, top_users_key("spend"),
+              top_users_key("orders"), top_products_key("revenue"), top_products_key("units"),
+              CORRECTIONS_KEY, REJECTED_BY_FIELD, LAG_KEY]
 
 # Removes a rejection record and its count, together, unless it was written again (its
 # time changed) since it was read. KEYS: the record, the index, the outcomes, then the
@@ -547,6 +545,17 @@ class UserStats:
     user_id: str
     order_count: int
     total_spend_cents: int
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """Everything the user hash holds: totals and first/last order times (ms since epoch)."""
+
+    user_id: str
+    order_count: int
+    total_spend_cents: int
+    first_order_ms: int | None
+    last_order_ms: int | None
 
 
 @dataclass(frozen=True)
@@ -664,12 +673,47 @@ class Store:
                 "reasons": json.dumps(reasons, ensure_ascii=False), "fields": sorted(reasons),
                 **kept_body(body, self.max_body_bytes)}
 
-    def user_stats(self, user_id: str) -> UserStats | None:
-        """A user's all-time totals, or None when the user has no counted order."""
-        count, cents = self.redis.hmget(user_key(user_id), "order_count", "total_spend_cents")
+    def user(self, user_id: str) -> UserRecord | None:
+        """The user's hash, or None when the user has no counted order: O(1)."""
+        count, cents, first, last = self.redis.hmget(
+            user_key(user_id), "order_count", "total_spend_cents", "first_order_ts",
+            "last_order_ts")
         if count is None:
             return None
-        return UserStats(user_id, int(count), int(cents or 0))
+        return UserRecord(user_id, int(count), int(cents or 0), _int_or_none(first),
+                          _int_or_none(last))
+
+    def user_stats(self, user_id: str) -> UserStats | None:
+        """A user's all-time totals, or None when the user has no counted order."""
+        record = self.user(user_id)
+        return record and UserStats(user_id, record.order_count, record.total_spend_cents)
+
+    def user_days(self, user_id: str, days: list[str]) -> list[tuple[int, int]] | None:
+        """(orders, cents) of a user on each day (YYYY-MM-DD), or None for an unknown user."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hexists(user_key(user_id), "order_count")
+        pipe.hmget(user_days_key(user_id), days)
+        known, packed = pipe.execute()
+        if not known:
+            return None
+        return [tuple(map(int, value.split(":"))) if value else (0, 0) for value in packed]
+
+    def kpis(self, buckets: list[str], monthly: bool = False) -> list[tuple[int, ...]]:
+        """KPI_FIELDS of each day (YYYY-MM-DD) or month (YYYY-MM), zeros where none."""
+        key = month_key if monthly else day_key
+        # One MULTI/EXEC: a consistent snapshot in one round trip, O(buckets).
+        pipe = self.redis.pipeline(transaction=True)
+        for bucket in buckets:
+            pipe.hmget(key(bucket), *KPI_FIELDS)
+        return [tuple(int(v or 0) for v in values) for values in pipe.execute()]
+
+    def product(self, product_id: str) -> tuple[int, int, int] | None:
+        """A product's (units sold, revenue cents, orders), or None if never sold: O(1)."""
+        units, cents, orders = self.redis.hmget(product_key(product_id), "units_sold",
+                                                "revenue_cents", "orders")
+        if orders is None:
+            return None
+        return int(units or 0), int(cents or 0), int(orders)
 
     def global_stats(self) -> GlobalStats:
         """The platform's all-time totals (zeros when nothing was counted)."""
@@ -680,6 +724,10 @@ class Store:
         """How many messages ended in each outcome."""
         raw = self.redis.hgetall(OUTCOMES_KEY)
         return {name: int(raw.get(name, 0)) for name in OUTCOMES}
+
+    def corrected(self) -> int:
+        """How many counted orders had their value corrected (ORDER_VALUE_MISMATCH=correct)."""
+        return int(self.redis.hget(OUTCOMES_KEY, "corrected") or 0)
 
     def rejected_by_field(self) -> dict[str, int]:
         """How many rejections named each field ('_schema': the body as a whole)."""
@@ -749,6 +797,10 @@ class Store:
     def ping(self) -> bool:
         """True when Redis answers."""
         return bool(self.redis.ping())
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    return int(raw) if raw is not None else None
 
 
 def _products(order: Order) -> list[list]:

@@ -14,7 +14,7 @@ from app import analytics
 from app.money import format_cents
 from app.orders import MAX_ORDER_CENTS, Incoming, evaluate
 from app.settings import Settings
-from app.store import (GLOBAL_KEY, MAX_TOTAL, TOP_USERS_BY_SPEND, day_key, month_key, order_key,
+from app.store import (GLOBAL_KEY, MAX_TOTAL, day_key, month_key, order_key,
                        product_key, top_products_key, top_users_key, user_key)
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -77,7 +77,7 @@ BOUNDS = [
     ("hash", product_key("P1"), "revenue_cents", CENTS, "items"),
     ("hash", product_key("P1"), "units_sold", QUANTITY, "items"),
     ("hash", product_key("P1"), "orders", 1, "items"),
-    ("zset", TOP_USERS_BY_SPEND, "U1", CENTS, "order_value"),
+    ("zset", top_users_key("spend"), "U1", CENTS, "order_value"),
     ("zset", top_users_key("spend", day=DAY), "U1", CENTS, "order_value"),
     ("zset", top_users_key("orders", month=MONTH), "U1", 1, "_schema"),
     ("zset", top_products_key("revenue"), "P1", CENTS, "items"),
