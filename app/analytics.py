@@ -269,9 +269,9 @@ def top_users(store: Store, n: int = 10, by: str = "spend",
         raise ValueError(f"no ranking of users by {by!r}")
     other = "orders" if by == "spend" else "spend"
     buckets = period.buckets() if period else [("", "")]
-    keys = [top_users_key(by, day=d, month=m) for d, m in buckets]
-    second = [top_users_key(other, day=d, month=m) for d, m in buckets]
-    ranked = store.ranked(keys, second, n)
+    ranked = store.top(lambda s: [top_users_key(by, day=d, month=m, shard=s) for d, m in buckets],
+                       lambda s: [top_users_key(other, day=d, month=m, shard=s)
+                                  for d, m in buckets], n)
     return [TopUser(rank, user_id, *((score, count) if by == "spend" else (count, score)))
             for rank, (user_id, score, count) in enumerate(ranked, start=1)]
 
@@ -282,7 +282,8 @@ def top_products(store: Store, n: int = 10, by: str = "revenue") -> list[TopProd
     if by not in PRODUCT_MEASURES:
         raise ValueError(f"no ranking of products by {by!r}")
     other = "units" if by == "revenue" else "revenue"
-    ranked = store.ranked([top_products_key(by)], [top_products_key(other)], n)
+    ranked = store.top(lambda s: [top_products_key(by, s)], lambda s: [top_products_key(other, s)],
+                       n)
     return [TopProduct(rank, product_id,
                        *((score, units) if by == "revenue" else (units, score)))
             for rank, (product_id, score, units) in enumerate(ranked, start=1)]

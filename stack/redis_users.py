@@ -23,7 +23,7 @@ USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
     API_USER: ("resetkeys", "~*", "resetchannels", "-@all", "+@read", "-@dangerous",
                "+@transaction", "+ping", "+info", "+hello", "+select", "+evalsha",
-               "+script|load", f"(%R~* ~{RANKED_SCRATCH} +zunionstore +unlink)"),
+               "+script|load", f"(%R~* ~{RANKED_SCRATCH}:* +zunionstore +unlink)"),
 }
 
 
