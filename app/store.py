@@ -403,8 +403,8 @@ end
 local marked = {}
 local function is_applied(op)
   local key = K(op, 'applied')
-  return (marked[key] and marked[key][op.order_id])
-    or redis.call('ZSCORE', key, op.order_id) ~= false
+  return (marked[key] and marked[key][op.mark])
+    or redis.call('ZSCORE', key, op.mark) ~= false
 end
 -- A part's check: 'applied', or 'fits' and what the figures become, or 'over' and reasons.
 local function check_part(op)
@@ -437,7 +437,7 @@ local function commit(op, updates)
   if op.kind == 'shard' then customers[K(op, 'customers')][op.user_id] = true end
   local key = K(op, 'applied')
   marked[key] = marked[key] or {}
-  marked[key][op.order_id] = true
+  marked[key][op.mark] = true
 end
 
 -- Writes from here on; none of them can fail.
@@ -500,9 +500,9 @@ end
 -- Applies a part unless its applied set names the order; 1 when applied now.
 local function apply_part(op)
   local applied = K(op, 'applied')
-  if redis.call('ZSCORE', applied, op.order_id) then return 0 end
+  if redis.call('ZSCORE', applied, op.mark) then return 0 end
   writers[op.kind](op)
-  redis.call('ZADD', applied, now, op.order_id)
+  redis.call('ZADD', applied, now, op.mark)
   -- The set keeps the window's orders; a key nobody adds to any more expires whole.
   redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. (now - window))
   redis.call('EXPIRE', applied, window)
@@ -633,7 +633,8 @@ for i, o in ipairs(req.orders) do
       error({err = 'ERR order ' .. o.claim.order_id .. ' is partly applied and its other '
                    .. 'parts would pass the largest total'})
     elseif reasons then
-      verdict = {outcome = 'rejected', reasons = reasons}
+      -- A claim left by an interrupted attempt that applied nothing: the id is free again.
+      verdict = {outcome = 'rejected', reasons = reasons, drop = state == 'seen'}
     elseif #todo == 0 then
       verdict = {outcome = 'duplicate'}
       duplicates = duplicates + 1
@@ -655,6 +656,8 @@ for i, o in ipairs(req.orders) do
   if verdict.outcome == 'counted' then
     if verdict.new then write_claim(o.claim) end
     for _, t in ipairs(verdict.todo) do apply_part(t[1]) end
+  elseif verdict.drop then
+    drop_claim(o.claim)
   end
 end
 write_book(req.book, rejections, duplicates)
@@ -909,8 +912,7 @@ class Store:
                                         "other parts would pass the largest total")
                 reasons = next(json.loads(r) for status, r in statuses if status == "over")
                 verdict = {"outcome": "rejected", "reasons": reasons}
-                if state == "new":
-                    drops.append(claim)
+                drops.append(claim)  # nothing of it was applied: the id is free again
             elif all(status == "applied" for status, _ in statuses):
                 verdict = {"outcome": "duplicate"}
             else:
@@ -1043,11 +1045,16 @@ class Store:
         cents = str(order.value_cents)
         claim = {"kind": "claim", "order_id": order_id, "fp": order.fingerprint,
                  "keys": {"order": order_key(order_id)}}
-        user = {"kind": "user", "order_id": order_id, "cents": cents, "day": day,
+        # A part's marker names the content too, so another order under the same id (after
+        # its claim expired or was dropped) never passes for one already applied.
+        digest = hashlib.sha256(order.fingerprint.encode("utf-8", "surrogatepass")).hexdigest()
+        mark = f"{order_id}:{digest[:16]}"
+        user = {"kind": "user", "order_id": order_id, "mark": mark, "cents": cents, "day": day,
                 "ts": int(order.placed_at.timestamp() * 1000),
                 "keys": {"user": user_key(user_id), "days": user_days_key(user_id),
                          "applied": user_applied_key(user_id)}}
-        totals = {"kind": "shard", "order_id": order_id, "user_id": user_id, "cents": cents,
+        totals = {"kind": "shard", "order_id": order_id, "mark": mark, "user_id": user_id,
+                  "cents": cents,
                   "units": str(sum(line.quantity for line in order.lines)),
                   "correction": _correction(order),
                   "keys": {"global": global_key(shard), "day": day_key(day, shard),
@@ -1068,7 +1075,7 @@ class Store:
             by_shard.setdefault(j, []).append({"id": product_id, "units": str(units),
                                                "cents": str(line_cents),
                                                "keys": {"product": product_key(product_id, j)}})
-        products = [{"kind": "products", "order_id": order_id, "products": entries,
+        products = [{"kind": "products", "order_id": order_id, "mark": mark, "products": entries,
                      "keys": {"applied": shard_applied_key(j, "products"),
                               "revenue": top_products_key("revenue", j),
                               "units": top_products_key("units", j)}}
