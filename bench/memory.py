@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
+import tempfile
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
-
-import re
 from pathlib import Path
-import tempfile
-
-from redis.cluster import RedisCluster
 
 from app.orders import Evaluated, Incoming, Line, Order
 from app.store import Store

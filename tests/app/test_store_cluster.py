@@ -5,7 +5,6 @@ Real redis-server processes: the session's standalone Redis and its 3-primary cl
 import json
 import random
 from datetime import date, datetime, timezone
-from decimal import Decimal
 
 import pytest
 import redis
@@ -22,7 +21,8 @@ NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 def evaluated(bodies, prefix="m"):
-    return [evaluate(Incoming(b, f"{prefix}-{i}"), Settings(), now=NOW) for i, b in enumerate(bodies)]
+    return [evaluate(Incoming(b, f"{prefix}-{i}"), Settings(), now=NOW)
+            for i, b in enumerate(bodies)]
 
 
 def realistic(count, seed=7):
