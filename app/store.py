@@ -497,16 +497,25 @@ function writers.products(op)
     redis.call('ZINCRBY', K(op, 'units'), p.units, p.id)
   end
 end
--- Applies a part unless its applied set names the order; 1 when applied now.
-local function apply_part(op)
+-- Applies a part unless its applied set names the order (checked: this call's check said
+-- it does not); 1 when applied now.
+local touched, touched_keys = {}, {}
+local function apply_part(op, checked)
   local applied = K(op, 'applied')
-  if redis.call('ZSCORE', applied, op.mark) then return 0 end
+  if not checked and redis.call('ZSCORE', applied, op.mark) then return 0 end
   writers[op.kind](op)
   redis.call('ZADD', applied, now, op.mark)
-  -- The set keeps the window's orders; a key nobody adds to any more expires whole.
-  redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. (now - window))
-  redis.call('EXPIRE', applied, window)
+  if not touched[applied] then
+    touched[applied] = true; touched_keys[#touched_keys + 1] = applied
+  end
   return 1
+end
+-- Each applied set keeps the window's orders; a key nobody adds to any more expires whole.
+local function trim_applied()
+  for _, key in ipairs(touched_keys) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - window))
+    redis.call('EXPIRE', key, window)
+  end
 end
 
 -- The claim: new (absent), seen (same fingerprint) or conflict (and the one seen).
@@ -607,6 +616,7 @@ if req.mode == 'write' then
   for i, op in ipairs(req.ops) do
     if op.kind == 'claim' then drop_claim(op); out[i] = 0 else out[i] = apply_part(op) end
   end
+  trim_applied()
   if req.book then write_book(req.book, rejections, duplicates) end
   return out
 end
@@ -655,11 +665,12 @@ for i, o in ipairs(req.orders) do
   results[i] = verdict.outcome
   if verdict.outcome == 'counted' then
     if verdict.new then write_claim(o.claim) end
-    for _, t in ipairs(verdict.todo) do apply_part(t[1]) end
+    for _, t in ipairs(verdict.todo) do apply_part(t[1], true) end
   elseif verdict.drop then
     drop_claim(o.claim)
   end
 end
+trim_applied()
 write_book(req.book, rejections, duplicates)
 return results
 """
