@@ -14,7 +14,7 @@ from app import analytics
 from app.analytics import MonthRange, Period
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import MAX_TOTAL, Store, order_key, user_key
+from app.store import MAX_TOTAL, NotReplicated, Store, order_key, user_key
 from conftest import make_orders
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -230,3 +230,15 @@ def test_an_order_over_the_limit_after_an_interrupted_attempt_is_rejected_whole(
     assert phased.redis.get(order_key("I2")) is None
     assert phased.global_stats().total_orders == 0
     assert phased.outcomes() == {"counted": 0, "duplicate": 0, "rejected": 1, "conflict": 0}
+
+
+def test_with_wait_required_and_no_replica_the_cluster_raises_a_transient_error(cluster_store):
+    from tasks.orders import TRANSIENT_ERRORS  # what Celery retries
+    waiting = Store(cluster_store.redis, Settings(redis_wait_replicas=1))
+    for _ in range(2):  # the claims were written: the retry finds them, still unconfirmed
+        with pytest.raises(NotReplicated, match="0 of 1 replica") as raised:
+            waiting.apply(evaluated(BATCH[:1]))
+        assert isinstance(raised.value, TRANSIENT_ERRORS)
+    # Without WAIT the retry goes through, and the order is counted once.
+    assert cluster_store.apply(evaluated(BATCH[:1])) == ["counted"]
+    assert cluster_store.outcomes()["counted"] == 1
