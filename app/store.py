@@ -1329,32 +1329,34 @@ def kept_body(body: str, max_bytes: int) -> dict:
 # The seed's DynamoDB tables, in Redis: OrderKPIs by order_date, CategoryKPIs by
 # (category, order_date). Exact integers are stored; rates and averages are derived on read.
 
-KPI_DATES_KEY = "kpi:orders:dates"
+# Every key of the files path shares the {files} hash tag: WRITE_KPIS touches several at
+# once, which a cluster runs only within one slot (the KPI tables are small).
+KPI_DATES_KEY = "kpi:{files}:orders:dates"
 # order_date -> rank of the table snapshot its KPIs were computed from (see WRITE_KPIS).
-KPI_SNAPSHOTS_KEY = "kpi:snapshots"
-EXECUTIONS_KEY = "files:executions"
+KPI_SNAPSHOTS_KEY = "kpi:{files}:snapshots"
+EXECUTIONS_KEY = "files:{files}:executions"
 ORDER_KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold",
                     "unique_customers", "returned_orders")
 
 
 def order_kpi_key(order_date: str) -> str:
     """Hash of one order_date's order KPIs (OrderKPIs item)."""
-    return f"kpi:orders:{order_date}"
+    return f"kpi:{{files}}:orders:{order_date}"
 
 
 def category_kpi_key(order_date: str) -> str:
     """Hash of one order_date's category KPIs: field category, value a JSON array."""
-    return f"kpi:categories:{order_date}"
+    return f"kpi:{{files}}:categories:{order_date}"
 
 
 def execution_key(execution_id: str) -> str:
     """JSON record of one files execution (the copy of results/<id>.json the API serves)."""
-    return f"files:execution:{_part(execution_id)}"
+    return f"files:{{files}}:execution:{_part(execution_id)}"
 
 
 def execution_settled_key(execution_id: str) -> str:
     """Marker that an execution was settled (finished or failed) once."""
-    return f"files:execution-settled:{_part(execution_id)}"
+    return f"files:{{files}}:execution-settled:{_part(execution_id)}"
 
 
 # One call writes every date of an execution, so a reader sees all of its KPIs or none.
@@ -1394,8 +1396,8 @@ class FilesStore:
     @classmethod
     def from_url(cls, url: str) -> "FilesStore":
         """A FilesStore on a new client for the Redis URL."""
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                        socket_connect_timeout=5))
+        return cls(connect(url, decode_responses=True, socket_timeout=10,
+                           socket_connect_timeout=5))
 
     def write_kpis(self, rank: int, dates: list[str], order_kpis, category_kpis) -> int:
         """Replace the KPIs of the dates in one atomic call; return the dates written."""
