@@ -41,10 +41,13 @@ the calls are grouped by node: one pipeline per node for claims and checks, one 
 parts and the bookkeeping, the nodes in parallel.
 
 Limits of the split (cluster only): a check and its part's write are two calls, so two
-workers adding near MAX_TOTAL at once could both pass; a part never writes past it (it
-fails, the task retries, the message ends in the DLQ). Two deliveries of one order running
-at the same instant on two workers may finish different parts; both then say "counted"
-and the counters record one message.
+workers adding within one order of MAX_TOTAL at the same moment could both pass and take
+a figure past it; every later check of that figure then refuses it as corrupt (nothing
+inexact is ever written on top). Within a batch, a slot's check counts the earlier orders
+of the batch as added even if another slot rejects one of them: near the limit this
+rejects too much, never too little. Two deliveries of one order running at the same
+instant on two workers may finish different parts; both then say "counted" and the
+counters record one message.
 """
 from __future__ import annotations
 
