@@ -1026,7 +1026,8 @@ class Store:
             if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.TryAgainError,
                                   redis.exceptions.ClusterDownError)):
                 self._refresh_topology()
-                raise TopologyChanged(str(reply))
+                name = type(reply).__name__.removesuffix("Error").upper()
+                raise TopologyChanged(f"{name} {reply}: the cluster's slots changed; retry")
         if wait and isinstance(confirmed, Exception):
             raise confirmed
         failed = any(isinstance(reply, Exception) for reply in replies)

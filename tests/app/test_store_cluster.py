@@ -242,3 +242,33 @@ def test_with_wait_required_and_no_replica_the_cluster_raises_a_transient_error(
     # Without WAIT the retry goes through, and the order is counted once.
     assert cluster_store.apply(evaluated(BATCH[:1])) == ["counted"]
     assert cluster_store.outcomes()["counted"] == 1
+
+
+def move_slot(client: RedisCluster, slot: int, target) -> None:
+    """Give an empty slot to another primary, telling every node (CLUSTER SETSLOT NODE)."""
+    target_id = client.get_redis_connection(target).execute_command("CLUSTER MYID")
+    for node in [target] + [n for n in client.get_primaries() if n.name != target.name]:
+        client.get_redis_connection(node).execute_command("CLUSTER", "SETSLOT", slot, "NODE",
+                                                          target_id)
+
+
+def test_a_slot_moved_under_a_worker_is_a_transient_error_then_the_new_owner_counts(
+        cluster_store):
+    from tasks.orders import TRANSIENT_ERRORS  # what Celery retries
+    client = cluster_store.redis
+    slot = client.keyslot(order_key("I2"))
+    owner = client.nodes_manager.get_node_from_slot(slot)
+    other = next(n for n in client.get_primaries() if n.name != owner.name)
+    cluster_store.apply(evaluated(BATCH[:1]))  # the client knows the topology
+    move_slot(client, slot, other)
+    try:
+        with pytest.raises(TRANSIENT_ERRORS, match="MOVED"):
+            cluster_store.apply(evaluated(BATCH[1:2]))
+        # The map was refreshed: the retry goes to the new owner and counts the order once.
+        assert cluster_store.apply(evaluated(BATCH[1:2])) == ["counted"]
+        assert client.nodes_manager.get_node_from_slot(slot).name == other.name
+        assert cluster_store.user_stats("B").order_count == 1
+    finally:
+        client.delete(order_key("I2"))
+        move_slot(client, slot, owner)
+        client.nodes_manager.initialize()
