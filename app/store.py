@@ -209,6 +209,14 @@ def rejected_order_key(order_id: str) -> str:
     return f"rejected-order:{{p}}:{_part(order_id)}"
 
 
+def applied_mark(order_id: str, fingerprint: str) -> str:
+    """An order's member in the applied sets: its id and a digest of its content."""
+    # The content too, so another order under the same id (after its claim expired or was
+    # dropped) never passes for one already applied.
+    digest = hashlib.sha256(fingerprint.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{order_id}:{digest[:16]}"
+
+
 def hash_tag(key: str) -> str:
     """The {...} part of a key that decides its slot."""
     start = key.index("{")
@@ -855,6 +863,14 @@ class Store:
         """The shard holding a product's hash and rankings."""
         return shard_of(product_id, self.shards)
 
+    def applied_keys(self, fingerprint: str) -> list[str]:
+        """The applied sets a counted order with this fingerprint is named in (migrations)."""
+        user_id, _, _, lines = json.loads(fingerprint)
+        products = sorted({self.product_shard(product_id) for product_id, _, _ in lines})
+        return [user_applied_key(user_id),
+                shard_applied_key(self.user_shard(user_id), "users"),
+                *(shard_applied_key(j, "products") for j in products)]
+
     # --- Writes ---------------------------------------------------------------------------
 
     def apply(self, evaluated: list[Evaluated]) -> list[str]:
@@ -1060,10 +1076,7 @@ class Store:
         cents = str(order.value_cents)
         claim = {"kind": "claim", "order_id": order_id, "fp": order.fingerprint,
                  "keys": {"order": order_key(order_id)}}
-        # A part's marker names the content too, so another order under the same id (after
-        # its claim expired or was dropped) never passes for one already applied.
-        digest = hashlib.sha256(order.fingerprint.encode("utf-8", "surrogatepass")).hexdigest()
-        mark = f"{order_id}:{digest[:16]}"
+        mark = applied_mark(order_id, order.fingerprint)
         user = {"kind": "user", "order_id": order_id, "mark": mark, "cents": cents, "day": day,
                 "ts": int(order.placed_at.timestamp() * 1000),
                 "keys": {"user": user_key(user_id), "days": user_days_key(user_id),

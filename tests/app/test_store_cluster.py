@@ -14,7 +14,7 @@ from app import analytics
 from app.analytics import MonthRange, Period
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import MAX_TOTAL, NotReplicated, Store, order_key, user_key
+from app.store import MAX_TOTAL, NotReplicated, Store, applied_mark, order_key, user_key
 from conftest import make_orders
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -272,3 +272,14 @@ def test_a_slot_moved_under_a_worker_is_a_transient_error_then_the_new_owner_cou
         client.delete(order_key("I2"))
         move_slot(client, slot, owner)
         client.nodes_manager.initialize()
+
+
+def test_applied_keys_name_the_sets_that_hold_a_counted_orders_mark(phased):
+    # What a migration writes for an order counted by the old layout.
+    [first] = evaluated(BATCH[:1])
+    assert phased.apply([first]) == ["counted"]
+    order = first.order
+    keys = phased.applied_keys(order.fingerprint)
+    assert len(keys) == 2 + len({phased.product_shard(li.product_id) for li in order.lines})
+    mark = applied_mark(order.order_id, order.fingerprint)
+    assert all(phased.redis.zscore(key, mark) is not None for key in keys)
