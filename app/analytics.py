@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
-from app.store import (Store, day_key, month_key, product_key, top_products_key, top_users_key,
-                       user_days_key, user_key)
+from app.store import Store, top_products_key, top_users_key
 
 MAX_DAYS = 366   # the longest range of days a query may ask for (a leap year)
 MAX_MONTHS = 12  # the longest range of months
@@ -261,20 +260,22 @@ def top_users(store: Store, n: int = 10, by: str = "spend",
               period: Period | None = None) -> list[TopUser]:
     """The n users with the highest spend or order count, all-time or over a period.
 
-    Ties go to the smaller user id (byte order). All-time, one day or one whole month:
-    O(log N + n). Any other period merges its buckets page by page (app.ranking), the
-    days of a month read through the month's ranking: every Redis command bounded.
+    Ties go to the smaller user id (byte order). Each shard ranks its own users (a user
+    lives in one shard) and the shards' tops are merged. All-time, one day or one whole
+    month: O(log N + n) per shard. Any other period merges its buckets page by page
+    (app.ranking), the days of a month read through the month's ranking: every Redis
+    command bounded.
     """
     _check_n(n)
     if by not in USER_MEASURES:
         raise ValueError(f"no ranking of users by {by!r}")
     other = "orders" if by == "spend" else "spend"
     buckets = period.buckets() if period else [("", "")]
-    keys = [top_users_key(by, day=d, month=m) for d, m in buckets]
-    second = [top_users_key(other, day=d, month=m) for d, m in buckets]
-    # A day's month holds each of its users with at least the day's figure.
-    bounds = [top_users_key(by, month=d[:7]) if d else None for d, _ in buckets]
-    ranked = store.ranked(keys, second, n, bounds)
+    ranked = store.top(
+        lambda s: [top_users_key(by, day=d, month=m, shard=s) for d, m in buckets],
+        lambda s: [top_users_key(other, day=d, month=m, shard=s) for d, m in buckets], n,
+        # A day's month holds each of its users with at least the day's figure.
+        lambda s: [top_users_key(by, month=d[:7], shard=s) if d else None for d, _ in buckets])
     return [TopUser(rank, user_id, *((score, count) if by == "spend" else (count, score)))
             for rank, (user_id, score, count) in enumerate(ranked, start=1)]
 
@@ -285,69 +286,53 @@ def top_products(store: Store, n: int = 10, by: str = "revenue") -> list[TopProd
     if by not in PRODUCT_MEASURES:
         raise ValueError(f"no ranking of products by {by!r}")
     other = "units" if by == "revenue" else "revenue"
-    ranked = store.ranked([top_products_key(by)], [top_products_key(other)], n)
+    ranked = store.top(lambda s: [top_products_key(by, s)], lambda s: [top_products_key(other, s)],
+                       n)
     return [TopProduct(rank, product_id,
                        *((score, units) if by == "revenue" else (units, score)))
             for rank, (product_id, score, units) in enumerate(ranked, start=1)]
 
 
-KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold", "unique_customers")
-
-
-def _kpis(store: Store, buckets: list[str], key) -> list[Kpis]:
-    # One MULTI/EXEC: a consistent snapshot in one round trip, O(buckets).
-    pipe = store.redis.pipeline(transaction=True)
-    for bucket in buckets:
-        pipe.hmget(key(bucket), *KPI_FIELDS)
-    return [Kpis(bucket, *(int(v or 0) for v in values))
-            for bucket, values in zip(buckets, pipe.execute())]
-
-
 def daily(store: Store, period: Period) -> list[Kpis]:
     """The platform's KPIs for each day of the period, zeros on days without orders."""
-    return _kpis(store, [d.isoformat() for d in period.each_day()], day_key)
+    days = [d.isoformat() for d in period.each_day()]
+    return [Kpis(day, *figures) for day, figures in zip(days, store.kpis(days))]
 
 
 def monthly(store: Store, months: MonthRange) -> list[Kpis]:
     """The platform's KPIs for each month of the range, zeros included."""
-    return _kpis(store, [month_text(m) for m in months.each_month()], month_key)
+    names = [month_text(m) for m in months.each_month()]
+    return [Kpis(name, *figures) for name, figures in zip(names, store.kpis(names, True))]
 
 
 def user_period(store: Store, user_id: str, period: Period) -> UserPeriod | None:
     """A user's orders and spend day by day over a period, or None for an unknown user."""
     days = period.each_day()
-    pipe = store.redis.pipeline(transaction=True)
-    pipe.hexists(user_key(user_id), "order_count")
-    pipe.hmget(user_days_key(user_id), [d.isoformat() for d in days])
-    known, packed = pipe.execute()
-    if not known:
+    figures = store.user_days(user_id, [d.isoformat() for d in days])
+    if figures is None:
         return None
     return UserPeriod(user_id, period, tuple(
-        UserDay(day, *(map(int, value.split(":")) if value else (0, 0)))
-        for day, value in zip(days, packed)))
+        UserDay(day, orders, cents) for day, (orders, cents) in zip(days, figures)))
 
 
 def user_summary(store: Store, user_id: str) -> UserSummary | None:
     """A user's all-time totals, average and first and last order times: O(1)."""
-    count, cents, first, last = store.redis.hmget(
-        user_key(user_id), "order_count", "total_spend_cents", "first_order_ts", "last_order_ts")
-    if count is None:
+    record = store.user(user_id)
+    if record is None:
         return None
-    return UserSummary(user_id, int(count), int(cents or 0), _from_ms(first), _from_ms(last))
+    return UserSummary(user_id, record.order_count, record.total_spend_cents,
+                       _from_ms(record.first_order_ms), _from_ms(record.last_order_ms))
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _from_ms(ms: str | None) -> datetime | None:
+def _from_ms(ms: int | None) -> datetime | None:
     # Exact to the millisecond, which a float of seconds is not.
-    return EPOCH + timedelta(milliseconds=int(ms)) if ms is not None else None
+    return EPOCH + timedelta(milliseconds=ms) if ms is not None else None
 
 
 def product_stats(store: Store, product_id: str) -> ProductStats | None:
     """A product's all-time units, revenue and orders, or None if never sold: O(1)."""
-    units, cents, orders = store.redis.hmget(product_key(product_id), "units_sold",
-                                             "revenue_cents", "orders")
-    if orders is None:
-        return None
-    return ProductStats(product_id, int(units or 0), int(cents or 0), int(orders))
+    figures = store.product(product_id)
+    return ProductStats(product_id, *figures) if figures else None

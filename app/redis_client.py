@@ -15,7 +15,13 @@ def is_cluster(url: str) -> bool:
 
 def connect(url: str, **options) -> redis.Redis | RedisCluster:
     """A client for url: redis-py's RedisCluster when it names a cluster node, else Redis."""
-    if is_cluster(url):
+    try:
+        cluster = is_cluster(url)
+    except redis.ConnectionError:
+        # Not up yet: a standalone client, which reports Redis as down until it answers
+        # (a process started before its cluster must be restarted to use it).
+        cluster = False
+    if cluster:
         # A cluster has only database 0; the client finds every node from this one.
         return RedisCluster.from_url(url, **options)
     return redis.Redis.from_url(url, **options)

@@ -54,6 +54,12 @@ class Settings:
     # Replicas that must confirm each batch (Redis WAIT) before its messages are deleted
     # from SQS; fewer in time and the batch is retried. 0 trusts the primary alone.
     redis_wait_replicas: int = 0
+    # Shard keys the global, day and month totals and the rankings are spread over (each
+    # its own hash slot, summed or merged on read). Changing it needs a migration.
+    redis_shards: int = 8
+    # Days an order id stays claimed: a redelivery within them is a duplicate, after them
+    # it is counted again. Longer than SQS keeps a message (14 days) plus its DLQ's 14.
+    dedup_window_days: int = 30
     retry_backoff_max: int = 60
     api_bind: str = "127.0.0.1:8000"
     # gunicorn sync workers; 0 means CPU cores + 1 (on 2 cores, 3 kept p99 lowest).
@@ -104,6 +110,10 @@ class Settings:
             raise ValueError("REJECTED_RETENTION_DAYS must be at least 1")
         if self.redis_wait_replicas < 0:
             raise ValueError("REDIS_WAIT_REPLICAS must not be negative")
+        if self.redis_shards < 1:
+            raise ValueError("REDIS_SHARDS must be at least 1")
+        if self.dedup_window_days < 1:
+            raise ValueError("DEDUP_WINDOW_DAYS must be at least 1")
         if self.files_queue in {*self.consumed_queue_urls, self.dlq_name, self.files_dlq}:
             raise ValueError(f"FILES_QUEUE {self.files_queue!r} cannot be an orders queue or a DLQ")
         if not 60 <= self.files_execution_timeout <= 43200:

@@ -1,9 +1,61 @@
-"""The Redis gateway: every key name, the atomic update script and the reads."""
+"""The Redis gateway: every key name, the batch scripts and the reads.
+
+Key layout (one layout on a standalone Redis and on a Redis Cluster). Every key carries a
+hash tag, and each script call touches the keys of one tag only, so a cluster can route it:
+
+- ``{o:<order_id>}``, the claim: ``order:{o:<id>}`` holds the fingerprint of the order
+  counted under that id, for DEDUP_WINDOW_DAYS.
+- ``{u:<user_id>}``, the user part: the user hash ``user:{u:<id>}``, the user's days
+  ``user-days:{u:<id>}`` and ``applied:{u:<id>}``, the orders this part applied.
+- ``{s<k>}``, k = crc32(user_id) mod REDIS_SHARDS, the shard part: the shard's share of the
+  global, day and month totals, day customers, top users (all-time, per day, per month),
+  the counted/corrected counters, corrections and ``applied:users:{s<k>}``. A user's orders
+  all go to one shard, so per-shard rankings and distinct counts are disjoint: sums and
+  merges over the shards are exact.
+- ``{s<j>}``, j = crc32(product_id) mod REDIS_SHARDS, a product part: the product hashes,
+  the product rankings and ``applied:products:{s<j>}``.
+- ``{p}``, the bookkeeping: rejection records and their index, the rejected, conflict and
+  duplicate counters, rejections by field, the lag.
+
+Exactly once across slots. One order touches several slots, so no single script makes it
+atomic on a cluster; instead:
+
+1. Claim: ``order:{o:<id>}`` is set to the fingerprint unless it exists. Another
+   fingerprint there is a conflict: refused, recorded, nothing applied.
+2. Check: every part reads the figures it would add to and tells whether the order fits
+   under MAX_TOTAL (or that it applied that order already). An order that does not fit
+   anywhere, with no part applied yet, is rejected whole and its claim removed.
+3. Parts: each part applies the order unless its own ``applied`` set names it, and adds
+   the order to that set in the same script (kept for the window), so running a part again
+   changes nothing.
+
+A crash, a timeout or a failover between any two steps leaves some parts applied, each
+whole; the redelivered message finds its claim with the same fingerprint, checks the
+parts, applies the missing ones and skips the rest. The "counted" counter is in the shard
+part, so it moves once per order; an attempt that found nothing left to apply counts as a
+duplicate. A redelivery after the window (claim and markers expired) is counted again.
+
+Round trips: on a standalone Redis the same pieces run composed in one script call per
+batch (no CROSSSLOT on one node): claims, checks and every part, atomically. On a cluster
+the calls are grouped by node: one pipeline per node for claims and checks, one for the
+parts and the bookkeeping, the nodes in parallel.
+
+Limits of the split (cluster only): a check and its part's write are two calls, so two
+workers adding within one order of MAX_TOTAL at the same moment could both pass and take
+a figure past it; every later check of that figure then refuses it as corrupt (nothing
+inexact is ever written on top). Within a batch, a slot's check counts the earlier orders
+of the batch as added even if another slot rejects one of them: near the limit this
+rejects too much, never too little. Two deliveries of one order running at the same
+instant on two workers may finish different parts; both then say "counted" and the
+counters record one message.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from urllib.parse import quote
@@ -13,24 +65,23 @@ from redis.cluster import RedisCluster
 
 from app import ranking
 from app.orders import Evaluated, Order
+from app.redis_client import connect
 from app.settings import Settings
 
-GLOBAL_KEY = "global:stats"
-OUTCOMES_KEY = "pipeline:outcomes"
-REJECTED_INDEX = "rejected"
-TOP_USERS_BY_SPEND = "top:users:spend"
-TOP_USERS_BY_ORDERS = "top:users:orders"
-TOP_PRODUCTS_BY_REVENUE = "top:products:revenue"
-TOP_PRODUCTS_BY_UNITS = "top:products:units"
-CORRECTIONS_KEY = "corrections"
-REJECTED_BY_FIELD = "pipeline:rejected-by-field"
+# The bookkeeping slot's keys.
+BOOKKEEPING_TAG = "{p}"
+OUTCOMES_KEY = "pipeline:outcomes:{p}"
+REJECTED_INDEX = "rejected:{p}"
+REJECTED_BY_FIELD = "pipeline:rejected-by-field:{p}"
 # When the last batch was applied and when its oldest message had been sent (ms).
-LAG_KEY = "pipeline:lag"
+LAG_KEY = "pipeline:lag:{p}"
 TASK_EVENTS_KEY = "pipeline:task-events"
-OUTCOMES = ("counted", "duplicate", "rejected", "conflict", "corrected")
-# The largest total kept (cents, units or orders, per user, product, day, month or all):
+OUTCOMES = ("counted", "duplicate", "rejected", "conflict")
+# The day and month hashes' figures, in the order Store.kpis returns them.
+KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold", "unique_customers")
+# The largest total kept (cents, units or orders, per user, product, day, month or shard):
 # sorted-set scores and Lua numbers are doubles, exact up to 2^53. An order that would
-# take any total past it is rejected whole, with the figure named in its reasons.
+# take any stored figure past it is rejected whole, with the figure named in its reasons.
 MAX_TOTAL = 2**53 - 1
 # What a rejection record keeps of a body larger than MAX_ORDER_BYTES.
 KEPT_BODY_BYTES = 4096
@@ -42,91 +93,154 @@ class NotReplicated(redis.RedisError):
     """Fewer replicas than REDIS_WAIT_REPLICAS confirmed a batch in time: retry it."""
 
 
+class TopologyChanged(redis.ConnectionError):
+    """A cluster node answered MOVED or ASK: the slots moved; retry once the map is fresh."""
+
+
+class PartlyApplied(redis.ResponseError):
+    """An order's applied parts leave no room for its missing ones under MAX_TOTAL."""
+
+
 def _part(value: str) -> str:
     # Percent-encoding is injective and leaves plain ids (U5678) as they are, so
-    # "a:b", "*" or "é" can never spell another key.
+    # "a:b", "*", "{x}" or "é" can never spell another key or another hash tag.
     return quote(value, safe="")
 
 
+def shard_of(value: str, shards: int) -> int:
+    """The shard (0..shards-1) of a user or product id: the same in every process."""
+    return zlib.crc32(value.encode("utf-8", "surrogatepass")) % shards
+
+
+def shard_tag(shard: int) -> str:
+    """The hash tag of a shard's slot."""
+    return f"{{s{shard}}}"
+
+
 def user_key(user_id: str) -> str:
-    """Hash of one user's totals (the seeds' layout: user:<id>)."""
-    return f"user:{_part(user_id)}"
-
-
-def order_key(order_id: str) -> str:
-    """The 'already counted' marker of an order, holding its fingerprint."""
-    return f"order:{_part(order_id)}"
-
-
-def product_key(product_id: str) -> str:
-    """Hash of one product's sales."""
-    return f"product:{_part(product_id)}"
-
-
-def day_key(day: str) -> str:
-    """Hash of one UTC day's KPIs (day is YYYY-MM-DD)."""
-    return f"day:{day}"
-
-
-def day_customers_key(day: str) -> str:
-    """Set of the distinct users who ordered on a UTC day."""
-    return f"day:{day}:customers"
-
-
-def month_key(month: str) -> str:
-    """Hash of one UTC month's KPIs (month is YYYY-MM), the day hash's fields."""
-    return f"month:{month}"
-
-
-def top_users_key(by: str, day: str = "", month: str = "") -> str:
-    """Sorted set of users by spend (cents) or orders: all-time, of one day or one month."""
-    if by not in ("spend", "orders"):
-        raise ValueError(f"no ranking of users by {by!r}")
-    if day:
-        return f"top:users:{by}:day:{day}"
-    if month:
-        return f"top:users:{by}:month:{month}"
-    return f"top:users:{by}"
-
-
-def top_products_key(by: str) -> str:
-    """Sorted set of products by revenue (cents) or units, all-time."""
-    if by not in ("revenue", "units"):
-        raise ValueError(f"no ranking of products by {by!r}")
-    return f"top:products:{by}"
+    """Hash of one user's totals (the seeds' fields, under user:{u:<id>})."""
+    return f"user:{{u:{_part(user_id)}}}"
 
 
 def user_days_key(user_id: str) -> str:
     """Hash of one user's days: field YYYY-MM-DD, value "<orders>:<cents>"."""
     # Not under user:*, where each key is one user's totals hash.
-    return f"user-days:{_part(user_id)}"
+    return f"user-days:{{u:{_part(user_id)}}}"
+
+
+def user_applied_key(user_id: str) -> str:
+    """Sorted set of the orders the user part applied, scored by time (the window's)."""
+    return f"applied:{{u:{_part(user_id)}}}"
+
+
+def order_key(order_id: str) -> str:
+    """The claim of an order id, holding its fingerprint for the dedup window."""
+    return f"order:{{o:{_part(order_id)}}}"
+
+
+def global_key(shard: int) -> str:
+    """Hash of one shard's share of the platform's totals."""
+    return f"global:{shard_tag(shard)}"
+
+
+def outcomes_key(shard: int) -> str:
+    """Hash of one shard's counted and corrected orders."""
+    return f"pipeline:outcomes:{shard_tag(shard)}"
+
+
+def corrections_key(shard: int) -> str:
+    """Hash of what the mismatch policy changed, by order id, for a shard's users."""
+    return f"corrections:{shard_tag(shard)}"
+
+
+def shard_applied_key(shard: int, part: str) -> str:
+    """Sorted set of the orders a shard's users or products part applied."""
+    return f"applied:{part}:{shard_tag(shard)}"
+
+
+def product_key(product_id: str, shard: int) -> str:
+    """Hash of one product's sales (shard: shard_of(product_id))."""
+    return f"product:{shard_tag(shard)}:{_part(product_id)}"
+
+
+def day_key(day: str, shard: int) -> str:
+    """Hash of one shard's share of a UTC day's KPIs (day is YYYY-MM-DD)."""
+    return f"day:{shard_tag(shard)}:{day}"
+
+
+def day_customers_key(day: str, shard: int) -> str:
+    """Set of the distinct users of a shard who ordered on a UTC day."""
+    return f"day:{shard_tag(shard)}:{day}:customers"
+
+
+def month_key(month: str, shard: int) -> str:
+    """Hash of one shard's share of a UTC month's KPIs (YYYY-MM), the day hash's fields."""
+    return f"month:{shard_tag(shard)}:{month}"
+
+
+def top_users_key(by: str, day: str = "", month: str = "", shard: int = 0) -> str:
+    """One shard's users by spend (cents) or orders: all-time, of one day or one month."""
+    if by not in ("spend", "orders"):
+        raise ValueError(f"no ranking of users by {by!r}")
+    if day:
+        return f"top:users:{by}:{shard_tag(shard)}:day:{day}"
+    if month:
+        return f"top:users:{by}:{shard_tag(shard)}:month:{month}"
+    return f"top:users:{by}:{shard_tag(shard)}"
+
+
+def top_products_key(by: str, shard: int = 0) -> str:
+    """One shard's products by revenue (cents) or units, all-time."""
+    if by not in ("revenue", "units"):
+        raise ValueError(f"no ranking of products by {by!r}")
+    return f"top:products:{by}:{shard_tag(shard)}"
 
 
 def rejected_key(message_id: str) -> str:
     """Hash of one rejected message: body, reasons, time (expires after the retention)."""
-    return f"rejected:{_part(message_id)}"
+    return f"rejected:{{p}}:{_part(message_id)}"
 
 
 def rejected_order_key(order_id: str) -> str:
     """The message id of an order id's latest rejection; expires with that record."""
     # A key per order rather than one hash, so each pointer expires with its record.
-    return f"rejected-order:{_part(order_id)}"
+    return f"rejected-order:{{p}}:{_part(order_id)}"
 
 
-# One call applies a whole batch: for each order the 'seen' check and every increment
-# happen together, so a crash or a redelivery can never count half an order or count it
-# twice. Money arrives as integer cents in strings; the decimal strings kept beside them
-# (total_spend, total_revenue) are for readers of the seeds' layout. ARGV: the batch as
-# JSON, the time, MAX_TOTAL, the rejected records' retention in seconds.
-APPLY_BATCH = """
-local global_key, outcomes_key, rejected_index = KEYS[1], KEYS[2], KEYS[3]
-local top_users_spend, top_users_orders = KEYS[4], KEYS[5]
-local top_products_revenue, top_products_units = KEYS[6], KEYS[7]
-local corrections_key, rejected_by_field, lag_key = KEYS[8], KEYS[9], KEYS[10]
-local batch = cjson.decode(ARGV[1])
-local now = tonumber(ARGV[2])
-local max_total = tonumber(ARGV[3])
-local retention = tonumber(ARGV[4])
+def applied_mark(order_id: str, fingerprint: str) -> str:
+    """An order's member in the applied sets: its id and a digest of its content."""
+    # The content too, so another order under the same id (after its claim expired or was
+    # dropped) never passes for one already applied.
+    digest = hashlib.sha256(fingerprint.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{order_id}:{digest[:16]}"
+
+
+def hash_tag(key: str) -> str:
+    """The {...} part of a key that decides its slot."""
+    start = key.index("{")
+    return key[start:key.index("}", start) + 1]
+
+
+# The pieces of an order's update, as one script. ARGV[1] is JSON: {mode, now, max_total,
+# retention, window, ...}. Each op names its keys: op.keys maps a name to an index in
+# KEYS (K(op, 'user') is the user hash), so no key is addressed by position.
+#   mode 'batch' (one node holds every key: a standalone Redis): orders = [{claim, parts}],
+#     book; every check runs before the first write, then claims, parts and bookkeeping.
+#     Returns each order's outcome.
+#   mode 'check' (a cluster's first phase, one slot): ops are claims (set unless present;
+#     state new, seen or conflict) and parts' checks (applied, fits or over with reasons).
+#   mode 'write' (the second phase, one slot): parts to apply (1 applied, 0 already),
+#     claims to drop (rejected orders), the bookkeeping.
+# Money arrives as integer cents in strings; the decimal strings kept beside them
+# (total_spend, total_revenue) are for readers of the seeds' layout.
+APPLY = """
+local req = cjson.decode(ARGV[1])
+local now, max_total = tonumber(req.now), tonumber(req.max_total)
+local retention, window = tonumber(req.retention), tonumber(req.window)
+local function K(op, name)
+  local index = op.keys[name]
+  return index and KEYS[index]
+end
 
 local function money(cents)
   -- From the digits, not from a division of doubles: exact for every total up to max_total.
@@ -138,42 +252,36 @@ end
 
 -- Redis does not roll a script back when a command fails half-way, so everything that
 -- could fail is checked before the first write: 1. the type of every key.
-local expected = {}
-for _, key in ipairs({global_key, outcomes_key, corrections_key, rejected_by_field,
-                      lag_key}) do
-  expected[key] = 'hash'
-end
-for _, key in ipairs({rejected_index, top_users_spend, top_users_orders,
-                      top_products_revenue, top_products_units}) do
-  expected[key] = 'zset'
-end
-for _, o in ipairs(batch.orders) do
-  expected[o.order_key] = 'string'
-  expected[o.user_key] = 'hash'
-  expected[o.day_key] = 'hash'
-  expected[o.day_customers_key] = 'set'
-  expected[o.month_key] = 'hash'
-  expected[o.user_days_key] = 'hash'
-  for _, key in ipairs(o.user_rankings) do expected[key] = 'zset' end
-  for _, p in ipairs(o.products) do expected[p[1]] = 'hash' end
-  expected[o.rejection_key] = 'hash'
-  if o.order_ref_key ~= '' then expected[o.order_ref_key] = 'string' end
-end
-for _, r in ipairs(batch.rejections) do
-  expected[r.key] = 'hash'
-  if r.order_ref_key ~= '' then expected[r.order_ref_key] = 'string' end
-end
-for key, kind in pairs(expected) do
+local typed = {}
+local function expect(key, kind)
+  if not key or typed[key] then return end
   local actual = redis.call('TYPE', key).ok
   if actual ~= 'none' and actual ~= kind then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. kind)
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. kind})
+  end
+  typed[key] = kind
+end
+local kinds = {
+  claim = {order = 'string'},
+  user = {user = 'hash', days = 'hash', applied = 'zset'},
+  shard = {global = 'hash', day = 'hash', customers = 'set', month = 'hash', spend = 'zset',
+           orders = 'zset', day_spend = 'zset', day_orders = 'zset', month_spend = 'zset',
+           month_orders = 'zset', outcomes = 'hash', corrections = 'hash', applied = 'zset'},
+  products = {applied = 'zset', revenue = 'zset', units = 'zset'},
+  book = {outcomes = 'hash', index = 'zset', by_field = 'hash', lag = 'hash'},
+}
+local function expect_op(op)
+  for name, kind in pairs(kinds[op.kind]) do expect(K(op, name), kind) end
+  for _, p in ipairs(op.products or {}) do expect(K(p, 'product'), 'hash') end
+  for _, r in ipairs(op.rejections or {}) do
+    expect(K(r, 'rec'), 'hash'); expect(K(r, 'ref'), 'string')
   end
 end
 
 -- 2. Every figure an increment touches: a whole number within max_total now, and still
 -- within it after the increment. Scores and Lua numbers are doubles, exact only up to
 -- 2^53, so max_total bounds the integer hash fields too. values holds each figure as the
--- orders accepted so far in this batch leave it.
+-- orders accepted so far in this call leave it.
 local values = {}
 local function remember(key, field, raw, is_score)
   local value = 0
@@ -212,68 +320,76 @@ local function read_ahead(list)
     for i, field in ipairs(wanted[key]) do remember(key, field, raws[i], false) end
   end
 end
--- A user's day is one packed field "<orders>:<cents>".
-local function current_day(key, day)
-  values[key] = values[key] or {}
-  local pair = values[key][day]
-  if pair == nil then
-    pair = {0, 0}
-    local raw = redis.call('HGET', key, day)
-    if raw then
-      local orders, cents = string.match(raw, '^(%d+):(%d+)$')
-      pair = {tonumber(orders), tonumber(cents)}
-      if not orders or pair[1] > max_total or pair[2] > max_total then
-        error({err = 'ERR corrupt figure ' .. key .. ' ' .. day .. ': ' .. raw})
-      end
-    end
-    values[key][day] = pair
+local function parse_day(key, day, raw)
+  if not raw then return {0, 0} end
+  local orders, cents = string.match(raw, '^(%d+):(%d+)$')
+  local pair = {tonumber(orders), tonumber(cents)}
+  if not orders or pair[1] > max_total or pair[2] > max_total then
+    error({err = 'ERR corrupt figure ' .. key .. ' ' .. day .. ': ' .. raw})
   end
   return pair
 end
-local customers = {}  -- set key -> user -> true: day customers added earlier in this batch
-local function is_day_customer(o)
-  customers[o.day_customers_key] = customers[o.day_customers_key] or {}
-  return customers[o.day_customers_key][o.user_id]
-    or redis.call('SISMEMBER', o.day_customers_key, o.user_id) == 1
+-- A user's day is one packed field "<orders>:<cents>".
+local function current_day(key, day)
+  values[key] = values[key] or {}
+  if values[key][day] == nil then
+    values[key][day] = parse_day(key, day, redis.call('HGET', key, day))
+  end
+  return values[key][day]
+end
+local customers = {}  -- set key -> user -> true: day customers added earlier in this call
+local function is_day_customer(key, user)
+  customers[key] = customers[key] or {}
+  return customers[key][user] or redis.call('SISMEMBER', key, user) == 1
 end
 
--- What counting one order adds, one entry per figure: {key, field, by, is_score, unit,
+-- What applying one part adds, one entry per figure: {key, field, by, is_score, unit,
 -- what, product}. unit is cents, units or orders; what names the figure (of the product,
 -- if any) in a rejection. No figure appears twice: lines arrive merged per product.
-local function additions(o)
-  local cents, units, u, r = tonumber(o.cents), tonumber(o.units), o.user_id, o.user_rankings
-  local list = {
-    {o.user_key, 'total_spend_cents', cents, false, 'cents', "the user's spend"},
-    {o.user_key, 'order_count', 1, false, 'orders', "the user's order count"},
-    {global_key, 'total_revenue_cents', cents, false, 'cents', 'the total revenue'},
-    {global_key, 'total_orders', 1, false, 'orders', 'the total order count'},
-    {top_users_spend, u, cents, true, 'cents', "the user's spend"},
-    {top_users_orders, u, 1, true, 'orders', "the user's order count"},
-    {o.day_key, 'total_orders', 1, false, 'orders', "the day's order count"},
-    {o.day_key, 'total_revenue_cents', cents, false, 'cents', "the day's revenue"},
-    {o.day_key, 'total_items_sold', units, false, 'units', "the day's items sold"},
-    {r[1], u, cents, true, 'cents', "the user's spend that day"},
-    {r[2], u, 1, true, 'orders', "the user's orders that day"},
-    {r[3], u, cents, true, 'cents', "the user's spend that month"},
-    {r[4], u, 1, true, 'orders', "the user's orders that month"},
-    {o.month_key, 'total_orders', 1, false, 'orders', "the month's order count"},
-    {o.month_key, 'total_revenue_cents', cents, false, 'cents', "the month's revenue"},
-    {o.month_key, 'total_items_sold', units, false, 'units', "the month's items sold"},
+local additions = {}
+function additions.user(op)
+  local cents, u = tonumber(op.cents), K(op, 'user')
+  return {
+    {u, 'total_spend_cents', cents, false, 'cents', "the user's spend"},
+    {u, 'order_count', 1, false, 'orders', "the user's order count"},
   }
-  if not is_day_customer(o) then
-    list[#list + 1] = {o.day_key, 'unique_customers', 1, false, 'orders', "the day's customers"}
+end
+function additions.shard(op)
+  local cents, units, u = tonumber(op.cents), tonumber(op.units), op.user_id
+  local day, month = K(op, 'day'), K(op, 'month')
+  local list = {
+    {K(op, 'global'), 'total_revenue_cents', cents, false, 'cents', 'the total revenue'},
+    {K(op, 'global'), 'total_orders', 1, false, 'orders', 'the total order count'},
+    {K(op, 'spend'), u, cents, true, 'cents', "the user's spend"},
+    {K(op, 'orders'), u, 1, true, 'orders', "the user's order count"},
+    {day, 'total_orders', 1, false, 'orders', "the day's order count"},
+    {day, 'total_revenue_cents', cents, false, 'cents', "the day's revenue"},
+    {day, 'total_items_sold', units, false, 'units', "the day's items sold"},
+    {K(op, 'day_spend'), u, cents, true, 'cents', "the user's spend that day"},
+    {K(op, 'day_orders'), u, 1, true, 'orders', "the user's orders that day"},
+    {K(op, 'month_spend'), u, cents, true, 'cents', "the user's spend that month"},
+    {K(op, 'month_orders'), u, 1, true, 'orders', "the user's orders that month"},
+    {month, 'total_orders', 1, false, 'orders', "the month's order count"},
+    {month, 'total_revenue_cents', cents, false, 'cents', "the month's revenue"},
+    {month, 'total_items_sold', units, false, 'units', "the month's items sold"},
+  }
+  if not is_day_customer(K(op, 'customers'), u) then
+    list[#list + 1] = {day, 'unique_customers', 1, false, 'orders', "the day's customers"}
   end
-  if current(r[4], u, true) == 0 then
-    list[#list + 1] = {o.month_key, 'unique_customers', 1, false, 'orders',
-                       "the month's customers"}
+  if current(K(op, 'month_orders'), u, true) == 0 then
+    list[#list + 1] = {month, 'unique_customers', 1, false, 'orders', "the month's customers"}
   end
-  for _, p in ipairs(o.products) do
-    local p_units, p_cents = tonumber(p[3]), tonumber(p[4])
-    list[#list + 1] = {p[1], 'units_sold', p_units, false, 'units', 'units sold', p[2]}
-    list[#list + 1] = {p[1], 'revenue_cents', p_cents, false, 'cents', 'revenue', p[2]}
-    list[#list + 1] = {p[1], 'orders', 1, false, 'orders', 'order count', p[2]}
-    list[#list + 1] = {top_products_revenue, p[2], p_cents, true, 'cents', 'revenue', p[2]}
-    list[#list + 1] = {top_products_units, p[2], p_units, true, 'units', 'units sold', p[2]}
+  return list
+end
+function additions.products(op)
+  local list = {}
+  for _, p in ipairs(op.products) do
+    local key, units, cents = K(p, 'product'), tonumber(p.units), tonumber(p.cents)
+    list[#list + 1] = {key, 'units_sold', units, false, 'units', 'units sold', p.id}
+    list[#list + 1] = {key, 'revenue_cents', cents, false, 'cents', 'revenue', p.id}
+    list[#list + 1] = {key, 'orders', 1, false, 'orders', 'order count', p.id}
+    list[#list + 1] = {K(op, 'revenue'), p.id, cents, true, 'cents', 'revenue', p.id}
+    list[#list + 1] = {K(op, 'units'), p.id, units, true, 'units', 'units sold', p.id}
   end
   return list
 end
@@ -286,175 +402,288 @@ local function past_limit(a)
   return {[field] = {'Counting this order would take ' .. what .. ' past ' .. limit ..
                      ', the largest total kept exactly.'}}
 end
--- Reasons (marshmallow's shape) when counting o would take a figure past max_total, or nil;
--- when it fits, values moves on to the figures counting it leaves.
-local function over_limit(o)
-  local list, after = additions(o), {}
+local function full(key, field, room)
+  if current(key, field, false) + room > max_total then
+    error({err = 'ERR counter ' .. key .. ' ' .. field .. ' is full'})
+  end
+end
+
+-- Parts applied earlier in this call: applied key -> order id -> true.
+local marked = {}
+local function is_applied(op)
+  local key = K(op, 'applied')
+  return (marked[key] and marked[key][op.mark])
+    or redis.call('ZSCORE', key, op.mark) ~= false
+end
+-- A part's check: 'applied', or 'fits' and what the figures become, or 'over' and reasons.
+local function check_part(op)
+  expect_op(op)
+  if is_applied(op) then return 'applied' end
+  local list, after = additions[op.kind](op), {}
   read_ahead(list)
   for i, a in ipairs(list) do
     after[i] = current(a[1], a[2], a[4]) + a[3]
-    if after[i] > max_total then return past_limit(a) end
+    if after[i] > max_total then return 'over', past_limit(a) end
   end
-  local day = current_day(o.user_days_key, o.day)
-  if day[1] + 1 > max_total or day[2] + tonumber(o.cents) > max_total then
-    return {order_value = {"Counting this order would take the user's day past the largest "
-                           .. 'total kept exactly.'}}
-  end
-  for i, a in ipairs(list) do values[a[1]][a[2]] = after[i] end
-  values[o.user_days_key][o.day] = {day[1] + 1, day[2] + tonumber(o.cents)}
-  customers[o.day_customers_key][o.user_id] = true
-  return nil
-end
-
--- Each order's verdict, decided before any write.
-local verdicts = {}
-local markers = {}  -- order key -> fingerprint of an order counted earlier in this batch
-local counters = {}  -- fields of the bookkeeping hashes the batch will add to
-for _, field in ipairs({'counted', 'duplicate', 'conflict', 'rejected', 'corrected'}) do
-  counters[#counters + 1] = {outcomes_key, field}
-end
-for i, o in ipairs(batch.orders) do
-  local seen = markers[o.order_key] or redis.call('GET', o.order_key)
-  if seen == o.fingerprint then
-    verdicts[i] = {outcome = 'duplicate'}
-  elseif seen then
-    verdicts[i] = {outcome = 'conflict', first_seen = seen,
-                   reasons = {order_id = {'Already counted with different content.'}}}
-  else
-    local reasons = over_limit(o)
-    if reasons then
-      verdicts[i] = {outcome = 'rejected', reasons = reasons}
-    else
-      markers[o.order_key] = o.fingerprint
-      verdicts[i] = {outcome = 'counted'}
+  local updates = {}
+  for i, a in ipairs(list) do updates[i] = {a[1], a[2], after[i]} end
+  if op.kind == 'user' then
+    local key, cents = K(op, 'days'), tonumber(op.cents)
+    local day = current_day(key, op.day)
+    if day[1] + 1 > max_total or day[2] + cents > max_total then
+      return 'over', {order_value = {"Counting this order would take the user's day past "
+                                     .. 'the largest total kept exactly.'}}
     end
+    updates[#updates + 1] = {key, op.day, {day[1] + 1, day[2] + cents}}
+  elseif op.kind == 'shard' then
+    full(K(op, 'outcomes'), 'counted', 1)
+    full(K(op, 'outcomes'), 'corrected', 1)
   end
-  for field in pairs(verdicts[i].reasons or {}) do
-    counters[#counters + 1] = {rejected_by_field, field}
-  end
+  return 'fits', updates
 end
-for _, r in ipairs(batch.rejections) do
-  for _, field in ipairs(r.fields) do counters[#counters + 1] = {rejected_by_field, field} end
-end
-local room = #batch.orders + #batch.rejections
-for _, c in ipairs(counters) do
-  if current(c[1], c[2], false) + room > max_total then
-    return redis.error_reply('ERR counter ' .. c[1] .. ' ' .. c[2] .. ' is full')
-  end
+local function commit(op, updates)
+  for _, u in ipairs(updates) do values[u[1]][u[2]] = u[3] end
+  if op.kind == 'shard' then customers[K(op, 'customers')][op.user_id] = true end
+  local key = K(op, 'applied')
+  marked[key] = marked[key] or {}
+  marked[key][op.mark] = true
 end
 
 -- Writes from here on; none of them can fail.
-local recorded = false
-local function record_rejection(r)
+local writers = {}
+function writers.user(op)
+  local u, cents = K(op, 'user'), op.cents
+  local spend = redis.call('HINCRBY', u, 'total_spend_cents', cents)
+  redis.call('HINCRBY', u, 'order_count', 1)
+  redis.call('HSET', u, 'total_spend', money(spend))
+  local first = tonumber(redis.call('HGET', u, 'first_order_ts') or '')
+  if not first or op.ts < first then redis.call('HSET', u, 'first_order_ts', op.ts) end
+  local last = tonumber(redis.call('HGET', u, 'last_order_ts') or '')
+  if not last or op.ts > last then redis.call('HSET', u, 'last_order_ts', op.ts) end
+  -- One packed field per day keeps a user's days in one small (listpack) hash.
+  local days = K(op, 'days')
+  local day = parse_day(days, op.day, redis.call('HGET', days, op.day))
+  redis.call('HSET', days, op.day, string.format('%d:%d', day[1] + 1, day[2] + tonumber(cents)))
+end
+function writers.shard(op)
+  local cents, units, u = op.cents, op.units, op.user_id
+  local global, day, month = K(op, 'global'), K(op, 'day'), K(op, 'month')
+  local revenue = redis.call('HINCRBY', global, 'total_revenue_cents', cents)
+  redis.call('HINCRBY', global, 'total_orders', 1)
+  redis.call('HSET', global, 'total_revenue', money(revenue))
+  redis.call('ZINCRBY', K(op, 'spend'), cents, u)
+  redis.call('ZINCRBY', K(op, 'orders'), 1, u)
+  redis.call('HINCRBY', day, 'total_orders', 1)
+  redis.call('HINCRBY', day, 'total_revenue_cents', cents)
+  redis.call('HINCRBY', day, 'total_items_sold', units)
+  if redis.call('SADD', K(op, 'customers'), u) == 1 then
+    redis.call('HINCRBY', day, 'unique_customers', 1)
+  end
+  redis.call('ZINCRBY', K(op, 'day_spend'), cents, u)
+  redis.call('ZINCRBY', K(op, 'day_orders'), 1, u)
+  redis.call('ZINCRBY', K(op, 'month_spend'), cents, u)
+  -- The month's order ranking doubles as its set of customers: a first order makes 1.
+  if tonumber(redis.call('ZINCRBY', K(op, 'month_orders'), 1, u)) == 1 then
+    redis.call('HINCRBY', month, 'unique_customers', 1)
+  end
+  redis.call('HINCRBY', month, 'total_orders', 1)
+  redis.call('HINCRBY', month, 'total_revenue_cents', cents)
+  redis.call('HINCRBY', month, 'total_items_sold', units)
+  redis.call('HINCRBY', K(op, 'outcomes'), 'counted', 1)
+  if op.correction ~= '' then
+    redis.call('HSET', K(op, 'corrections'), op.order_id, op.correction)
+    redis.call('HINCRBY', K(op, 'outcomes'), 'corrected', 1)
+  end
+end
+function writers.products(op)
+  -- One entry per product, so 'orders' counts the order once however many lines.
+  for _, p in ipairs(op.products) do
+    local key = K(p, 'product')
+    redis.call('HINCRBY', key, 'units_sold', p.units)
+    redis.call('HINCRBY', key, 'revenue_cents', p.cents)
+    redis.call('HINCRBY', key, 'orders', 1)
+    redis.call('ZINCRBY', K(op, 'revenue'), p.cents, p.id)
+    redis.call('ZINCRBY', K(op, 'units'), p.units, p.id)
+  end
+end
+-- Applies a part unless its applied set names the order (checked: this call's check said
+-- it does not); 1 when applied now.
+local touched, touched_keys = {}, {}
+local function apply_part(op, checked)
+  local applied = K(op, 'applied')
+  if not checked and redis.call('ZSCORE', applied, op.mark) then return 0 end
+  writers[op.kind](op)
+  redis.call('ZADD', applied, now, op.mark)
+  if not touched[applied] then
+    touched[applied] = true; touched_keys[#touched_keys + 1] = applied
+  end
+  return 1
+end
+-- Each applied set keeps the window's orders; a key nobody adds to any more expires whole.
+local function trim_applied()
+  for _, key in ipairs(touched_keys) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - window))
+    redis.call('EXPIRE', key, window)
+  end
+end
+
+-- The claim: new (absent), seen (same fingerprint) or conflict (and the one seen).
+local claimed = {}  -- order key -> fingerprint claimed earlier in this call
+local function claim_state(op)
+  expect_op(op)
+  local key = K(op, 'order')
+  local seen = claimed[key] or redis.call('GET', key)
+  if not seen then return 'new' end
+  if seen == op.fp then return 'seen' end
+  return 'conflict', seen
+end
+local function write_claim(op)
+  redis.call('SET', K(op, 'order'), op.fp, 'EX', window)
+  claimed[K(op, 'order')] = op.fp
+end
+local function drop_claim(op)
+  if redis.call('GET', K(op, 'order')) == op.fp then redis.call('DEL', K(op, 'order')) end
+end
+
+-- The bookkeeping: rejection records, the outcome counters of the {p} slot, the lag.
+local function check_book(book, rejections, duplicates)
+  expect_op(book)
+  local room = #rejections + duplicates
+  for _, name in ipairs({'duplicate', 'conflict', 'rejected'}) do
+    full(K(book, 'outcomes'), name, room)
+  end
+  for _, r in ipairs(rejections) do
+    for _, f in ipairs(r.fields) do full(K(book, 'by_field'), f, room) end
+  end
+end
+local function record_rejection(book, r)
   -- A message rejected again (redelivered, or requeued and still invalid) replaces its
   -- record, with a fresh time and expiry, and is not counted twice.
-  local fresh = redis.call('EXISTS', r.key) == 0
-  redis.call('DEL', r.key)
-  redis.call('HSET', r.key, 'message_id', r.message_id, 'kind', r.kind, 'body', r.body,
+  local key, ref = K(r, 'rec'), K(r, 'ref')
+  local fresh = redis.call('EXISTS', key) == 0
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'message_id', r.message_id, 'kind', r.kind, 'body', r.body,
              'reasons', r.reasons, 'order_id', r.order_id, 'at', now,
              'first_seen', r.first_seen)
   if r.body_sha256 then
-    redis.call('HSET', r.key, 'body_bytes', r.body_bytes, 'body_sha256', r.body_sha256)
+    redis.call('HSET', key, 'body_bytes', r.body_bytes, 'body_sha256', r.body_sha256)
   end
-  redis.call('EXPIRE', r.key, retention)
-  redis.call('ZADD', rejected_index, now, r.message_id)
-  if r.order_ref_key ~= '' then
-    redis.call('SET', r.order_ref_key, r.message_id, 'EX', retention)
-  end
+  redis.call('EXPIRE', key, retention)
+  redis.call('ZADD', K(book, 'index'), now, r.message_id)
+  if ref then redis.call('SET', ref, r.message_id, 'EX', retention) end
   if fresh then
-    redis.call('HINCRBY', outcomes_key, r.kind == 'conflict' and 'conflict' or 'rejected', 1)
-    for _, field in ipairs(r.fields) do redis.call('HINCRBY', rejected_by_field, field, 1) end
+    redis.call('HINCRBY', K(book, 'outcomes'), r.kind == 'conflict' and 'conflict' or 'rejected', 1)
+    for _, f in ipairs(r.fields) do redis.call('HINCRBY', K(book, 'by_field'), f, 1) end
   end
-  recorded = true
 end
+local function write_book(book, rejections, duplicates)
+  for _, r in ipairs(rejections) do record_rejection(book, r) end
+  if #rejections > 0 then
+    -- Records expire by themselves; their index entries go once older than the retention.
+    redis.call('ZREMRANGEBYSCORE', K(book, 'index'), '-inf', '(' .. (now - retention))
+  end
+  if duplicates > 0 then redis.call('HINCRBY', K(book, 'outcomes'), 'duplicate', duplicates) end
+  if (book.oldest_sent_ms or 0) > 0 then
+    redis.call('HSET', K(book, 'lag'), 'oldest_sent_ms', book.oldest_sent_ms,
+               'applied_ms', math.floor(now * 1000))
+  end
+end
+-- An order's rejection record: a conflict, or a total past the limit.
 local function order_rejection(o, verdict)
-  local fields = {}
-  for field in pairs(verdict.reasons) do fields[#fields + 1] = field end
-  return {key = o.rejection_key, message_id = o.message_id,
-          kind = verdict.outcome == 'conflict' and 'conflict' or 'invalid', body = o.body,
-          body_bytes = o.body_bytes, body_sha256 = o.body_sha256, order_id = o.order_id,
-          order_ref_key = o.order_ref_key, first_seen = verdict.first_seen or '',
-          fields = fields, reasons = cjson.encode(verdict.reasons)}
+  local r, fields = o.rejection, {}
+  expect(K(r, 'rec'), 'hash'); expect(K(r, 'ref'), 'string')
+  for f in pairs(verdict.reasons) do fields[#fields + 1] = f end
+  table.sort(fields)
+  r.kind = verdict.outcome == 'conflict' and 'conflict' or 'invalid'
+  r.first_seen = verdict.first_seen or ''
+  r.fields = fields
+  r.reasons = cjson.encode(verdict.reasons)
+  return r
 end
+
+if req.mode == 'check' then
+  local out = {}
+  for i, op in ipairs(req.ops) do
+    if op.kind == 'claim' then
+      local state, seen = claim_state(op)
+      if state == 'new' then write_claim(op) end
+      out[i] = {state, seen or ''}
+    else
+      local status, payload = check_part(op)
+      if status == 'fits' then commit(op, payload) end
+      out[i] = {status, status == 'over' and cjson.encode(payload) or ''}
+    end
+  end
+  return cjson.encode(out)
+end
+
+if req.mode == 'write' then
+  local rejections, duplicates = req.book and req.book.rejections or {}, req.duplicates or 0
+  if req.book then check_book(req.book, rejections, duplicates) end
+  for _, op in ipairs(req.ops) do expect_op(op) end
+  local out = {}
+  for i, op in ipairs(req.ops) do
+    if op.kind == 'claim' then drop_claim(op); out[i] = 0 else out[i] = apply_part(op) end
+  end
+  trim_applied()
+  if req.book then write_book(req.book, rejections, duplicates) end
+  return out
+end
+
+-- mode 'batch': each order's verdict, decided before any write.
+local verdicts, rejections = {}, {}
+for _, r in ipairs(req.book.rejections) do rejections[#rejections + 1] = r end
+local duplicates = 0
+for i, o in ipairs(req.orders) do
+  local state, seen = claim_state(o.claim)
+  local verdict
+  if state == 'conflict' then
+    verdict = {outcome = 'conflict', first_seen = seen,
+               reasons = {order_id = {'Already counted with different content.'}}}
+  else
+    local todo, applied, reasons = {}, 0, nil
+    for _, part in ipairs(o.parts) do
+      local status, payload = check_part(part)
+      if status == 'applied' then applied = applied + 1
+      elseif status == 'over' then reasons = reasons or payload
+      else todo[#todo + 1] = {part, payload} end
+    end
+    if reasons and applied > 0 then
+      error({err = 'ERR order ' .. o.claim.order_id .. ' is partly applied and its other '
+                   .. 'parts would pass the largest total'})
+    elseif reasons then
+      -- A claim left by an interrupted attempt that applied nothing: the id is free again.
+      verdict = {outcome = 'rejected', reasons = reasons, drop = state == 'seen'}
+    elseif #todo == 0 then
+      verdict = {outcome = 'duplicate'}
+      duplicates = duplicates + 1
+    else
+      for _, t in ipairs(todo) do commit(t[1], t[2]) end
+      if state == 'new' then claimed[K(o.claim, 'order')] = o.claim.fp end
+      verdict = {outcome = 'counted', new = state == 'new', todo = todo}
+    end
+  end
+  if verdict.reasons then rejections[#rejections + 1] = order_rejection(o, verdict) end
+  verdicts[i] = verdict
+end
+check_book(req.book, rejections, duplicates)
+
 local results = {}
-for i, o in ipairs(batch.orders) do
+for i, o in ipairs(req.orders) do
   local verdict = verdicts[i]
   results[i] = verdict.outcome
-  if verdict.outcome == 'duplicate' then
-    redis.call('HINCRBY', outcomes_key, 'duplicate', 1)
-  elseif verdict.outcome ~= 'counted' then
-    record_rejection(order_rejection(o, verdict))
-  else
-    redis.call('SET', o.order_key, o.fingerprint)
-    local spend = redis.call('HINCRBY', o.user_key, 'total_spend_cents', o.cents)
-    redis.call('HINCRBY', o.user_key, 'order_count', 1)
-    redis.call('HSET', o.user_key, 'total_spend', money(spend))
-    local first = tonumber(redis.call('HGET', o.user_key, 'first_order_ts') or '')
-    if not first or o.ts < first then redis.call('HSET', o.user_key, 'first_order_ts', o.ts) end
-    local last = tonumber(redis.call('HGET', o.user_key, 'last_order_ts') or '')
-    if not last or o.ts > last then redis.call('HSET', o.user_key, 'last_order_ts', o.ts) end
-    local revenue = redis.call('HINCRBY', global_key, 'total_revenue_cents', o.cents)
-    redis.call('HINCRBY', global_key, 'total_orders', 1)
-    redis.call('HSET', global_key, 'total_revenue', money(revenue))
-    redis.call('ZINCRBY', top_users_spend, o.cents, o.user_id)
-    redis.call('ZINCRBY', top_users_orders, 1, o.user_id)
-    redis.call('HINCRBY', o.day_key, 'total_orders', 1)
-    redis.call('HINCRBY', o.day_key, 'total_revenue_cents', o.cents)
-    redis.call('HINCRBY', o.day_key, 'total_items_sold', o.units)
-    if redis.call('SADD', o.day_customers_key, o.user_id) == 1 then
-      redis.call('HINCRBY', o.day_key, 'unique_customers', 1)
-    end
-    -- user_rankings: spend and orders of the order's day, then of its month.
-    local r = o.user_rankings
-    redis.call('ZINCRBY', r[1], o.cents, o.user_id)
-    redis.call('ZINCRBY', r[2], 1, o.user_id)
-    redis.call('ZINCRBY', r[3], o.cents, o.user_id)
-    -- The month's order ranking doubles as its set of customers: a first order makes 1.
-    if tonumber(redis.call('ZINCRBY', r[4], 1, o.user_id)) == 1 then
-      redis.call('HINCRBY', o.month_key, 'unique_customers', 1)
-    end
-    redis.call('HINCRBY', o.month_key, 'total_orders', 1)
-    redis.call('HINCRBY', o.month_key, 'total_revenue_cents', o.cents)
-    redis.call('HINCRBY', o.month_key, 'total_items_sold', o.units)
-    -- One packed field per day keeps a user's days in one small (listpack) hash; values
-    -- already holds what it becomes.
-    local day = values[o.user_days_key][o.day]
-    redis.call('HSET', o.user_days_key, o.day, string.format('%d:%d', day[1], day[2]))
-    -- One entry per product, so 'orders' counts the order once however many lines.
-    for _, p in ipairs(o.products) do
-      redis.call('HINCRBY', p[1], 'units_sold', p[3])
-      redis.call('HINCRBY', p[1], 'revenue_cents', p[4])
-      redis.call('HINCRBY', p[1], 'orders', 1)
-      redis.call('ZINCRBY', top_products_revenue, p[4], p[2])
-      redis.call('ZINCRBY', top_products_units, p[3], p[2])
-    end
-    redis.call('HINCRBY', outcomes_key, 'counted', 1)
-    if o.correction ~= '' then
-      redis.call('HSET', corrections_key, o.order_id, o.correction)
-      redis.call('HINCRBY', outcomes_key, 'corrected', 1)
-    end
+  if verdict.outcome == 'counted' then
+    if verdict.new then write_claim(o.claim) end
+    for _, t in ipairs(verdict.todo) do apply_part(t[1], true) end
+  elseif verdict.drop then
+    drop_claim(o.claim)
   end
 end
-for _, r in ipairs(batch.rejections) do
-  record_rejection(r)
-end
-if recorded then
-  -- Records expire by themselves; their index entries go once older than the retention.
-  redis.call('ZREMRANGEBYSCORE', rejected_index, '-inf', '(' .. (now - retention))
-end
-if batch.oldest_sent_ms > 0 then
-  redis.call('HSET', lag_key, 'oldest_sent_ms', batch.oldest_sent_ms,
-             'applied_ms', math.floor(now * 1000))
-end
+trim_applied()
+write_book(req.book, rejections, duplicates)
 return results
 """
-BATCH_KEYS = [GLOBAL_KEY, OUTCOMES_KEY, REJECTED_INDEX, TOP_USERS_BY_SPEND,
-              TOP_USERS_BY_ORDERS, TOP_PRODUCTS_BY_REVENUE, TOP_PRODUCTS_BY_UNITS, CORRECTIONS_KEY,
-              REJECTED_BY_FIELD, LAG_KEY]
 
-# Removes a rejection record and its count, together, unless it was written again (its
-# time changed) since it was read. KEYS: the record, the index, the outcomes, then the
-# order's pointer if it has an order id. ARGV[1]: the record's time as read.
 FORGET_REJECTION = """
 local record_key, rejected_index, outcomes_key, order_ref_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local record = redis.call('HGETALL', record_key)
@@ -583,6 +812,17 @@ class UserStats:
 
 
 @dataclass(frozen=True)
+class UserRecord:
+    """Everything the user hash holds: totals and first/last order times (ms since epoch)."""
+
+    user_id: str
+    order_count: int
+    total_spend_cents: int
+    first_order_ms: int | None
+    last_order_ms: int | None
+
+
+@dataclass(frozen=True)
 class GlobalStats:
     """All-time figures of the platform."""
 
@@ -590,129 +830,431 @@ class GlobalStats:
     total_revenue_cents: int
 
 
-class Store:
-    """Reads and atomic writes of the aggregates in one Redis database."""
 
-    def __init__(self, client: redis.Redis, settings: Settings | None = None):
+class _Call:
+    """One script call: its KEYS, and ops whose key names point into them."""
+
+    def __init__(self):
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def bind(self, value):
+        """value with each 'keys' mapping (name -> key) turned into name -> KEYS index."""
+        if isinstance(value, dict):
+            return {name: ({n: self._at(k) for n, k in item.items()} if name == "keys"
+                           else self.bind(item)) for name, item in value.items()}
+        if isinstance(value, list):
+            return [self.bind(item) for item in value]
+        return value
+
+    def _at(self, key: str) -> int:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)  # Lua counts from 1
+        return self._index[key]
+
+
+class Store:
+    """Reads and exactly-once writes of the aggregates, on a standalone Redis or a cluster."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, settings: Settings | None = None):
         settings = settings or Settings()
         self.redis = client
+        self.cluster = isinstance(client, RedisCluster)
+        # The claim / check / parts protocol, call by call; a standalone Redis runs the
+        # same pieces composed in one call unless this is set (tests of each step set it).
+        self.phased = self.cluster
+        self.shards = settings.redis_shards
+        self.window_seconds = settings.dedup_window_days * 86400
         self.wait_replicas = settings.redis_wait_replicas
         self.retention_seconds = settings.rejected_retention_days * 86400
         self.max_body_bytes = settings.max_order_bytes
-        self._apply_batch = client.register_script(APPLY_BATCH)
+        self._apply = client.register_script(APPLY)
         self._forget_rejection = client.register_script(FORGET_REJECTION)
         self._ranked = client.register_script(RANKED)
+        self._nodes = ThreadPoolExecutor(max_workers=8) if self.cluster else None
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None, **options) -> "Store":
-        """A Store on a new client for the Redis URL."""
+        """A Store on a new client for the Redis URL (a cluster node: a cluster client)."""
         options.setdefault("socket_timeout", 5)
         options.setdefault("socket_connect_timeout", 5)
-        return cls(redis.Redis.from_url(url, decode_responses=True, **options), settings)
+        return cls(connect(url, decode_responses=True, **options), settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
         """The Store of REDIS_URL with the settings' retention, body limit and WAIT."""
         return cls.from_url(settings.redis_url, settings)
 
+    def user_shard(self, user_id: str) -> int:
+        """The shard holding a user's share of the totals and rankings."""
+        return shard_of(user_id, self.shards)
+
+    def product_shard(self, product_id: str) -> int:
+        """The shard holding a product's hash and rankings."""
+        return shard_of(product_id, self.shards)
+
+    def applied_keys(self, fingerprint: str) -> list[str]:
+        """The applied sets a counted order with this fingerprint is named in (migrations)."""
+        user_id, _, _, lines = json.loads(fingerprint)
+        products = sorted({self.product_shard(product_id) for product_id, _, _ in lines})
+        return [user_applied_key(user_id),
+                shard_applied_key(self.user_shard(user_id), "users"),
+                *(shard_applied_key(j, "products") for j in products)]
+
+    # --- Writes ---------------------------------------------------------------------------
+
     def apply(self, evaluated: list[Evaluated]) -> list[str]:
-        """Count the orders and record the rejections of a batch in one round trip.
+        """Count the orders and record the rejections of a batch, each order exactly once.
 
         Returns one outcome per item, in order: counted, duplicate, conflict or rejected
         (an order that would take a total past MAX_TOTAL is rejected too). With
         REDIS_WAIT_REPLICAS it raises NotReplicated when too few replicas confirmed.
         """
-        orders = [e for e in evaluated if e.order]
-        batch = {
-            "orders": [self._order_entry(e.order, e) for e in orders],
-            "rejections": [self._rejection_entry(r.message_id, r.kind, e.body, r.order_id,
-                                                 r.reasons)
-                           for e in evaluated if (r := e.rejection)],
-            "oldest_sent_ms": min((int(e.incoming.sent_at.timestamp() * 1000)
-                                   for e in evaluated if e.incoming.sent_at), default=0),
-        }
-        by_order = iter(self._run_batch(batch))
+        orders = [self._order_ops(e.order, e) for e in evaluated if e.order]
+        rejections = [self._rejection_entry(r.message_id, r.kind, e.body, r.order_id, r.reasons)
+                      for e in evaluated if (r := e.rejection)]
+        oldest = min((int(e.incoming.sent_at.timestamp() * 1000)
+                      for e in evaluated if e.incoming.sent_at), default=0)
+        book = self._book(rejections, oldest)
+        if self.phased:
+            outcomes = self._apply_phased(orders, book)
+        else:
+            call = _Call()
+            payload = {"mode": "batch", **self._limits(), "orders": call.bind(orders),
+                       "book": call.bind(book)}
+            [outcomes] = self._run_calls("batch", [(call.keys, payload)], writes=True)
+        by_order = iter(outcomes)
         return [next(by_order) if e.order else "rejected" for e in evaluated]
 
-    def _run_batch(self, batch: dict) -> list[str]:
-        args = [json.dumps(batch, ensure_ascii=False), time.time(), MAX_TOTAL,
-                self.retention_seconds]
-        if not self.wait_replicas:
-            return self._apply_batch(keys=BATCH_KEYS, args=args)
-        results, confirmed = self._script_then_wait(args)
-        if isinstance(results, redis.exceptions.NoScriptError):  # a new or restarted primary
-            self.redis.script_load(APPLY_BATCH)
-            results, confirmed = self._script_then_wait(args)
-        for reply in (results, confirmed):
+    def _limits(self) -> dict:
+        return {"now": time.time(), "max_total": MAX_TOTAL, "retention": self.retention_seconds,
+                "window": self.window_seconds}
+
+    def _book(self, rejections: list[dict], oldest_sent_ms: int) -> dict:
+        return {"kind": "book", "rejections": rejections, "oldest_sent_ms": oldest_sent_ms,
+                "keys": {"outcomes": OUTCOMES_KEY, "index": REJECTED_INDEX,
+                         "by_field": REJECTED_BY_FIELD, "lag": LAG_KEY}}
+
+    def _apply_phased(self, orders: list[dict], book: dict) -> list[str]:
+        """The claim / check / parts protocol of the module docstring, call by call."""
+        # 1. Claims and checks, one call per slot.
+        steps = [(i, None, o["claim"]) for i, o in enumerate(orders)]
+        steps += [(i, j, part) for i, o in enumerate(orders) for j, part in enumerate(o["parts"])]
+        replies = self._run_slots("check", steps, writes=True, keep_errors=True)
+        failed = [r for r in replies if isinstance(r, Exception)]
+        if failed:
+            # Nothing was applied: take back the claims this attempt made, then fail.
+            ours = [op for (_, j, op), r in zip(steps, replies)
+                    if j is None and not isinstance(r, Exception) and r[0] == "new"]
+            if ours:
+                self._run_slots("write", [(None, op) for op in ours], writes=True)
+            raise failed[0]
+        claims = {i: replies[n] for n, (i, j, _) in enumerate(steps) if j is None}
+        checks = {(i, j): replies[n] for n, (i, j, _) in enumerate(steps) if j is not None}
+
+        verdicts, todo, drops, first_of = [], [], [], {}
+        for i, o in enumerate(orders):
+            claim = o["claim"]
+            state, seen = claims[i]
+            statuses = [checks[i, j] for j in range(len(o["parts"]))]
+            earlier = first_of.setdefault(claim["order_id"], i)
+            if earlier != i and orders[earlier]["claim"]["fp"] == claim["fp"]:
+                # The same order twice in one batch: the first one decides.
+                verdict = dict(verdicts[earlier])
+                if verdict["outcome"] == "counted":
+                    verdict = {"outcome": "duplicate"}
+            elif state == "conflict":
+                verdict = {"outcome": "conflict", "first_seen": seen,
+                           "reasons": {"order_id": ["Already counted with different content."]}}
+            elif any(status == "over" for status, _ in statuses):
+                if any(status == "applied" for status, _ in statuses):
+                    raise PartlyApplied(f"order {claim['order_id']} is partly applied and its "
+                                        "other parts would pass the largest total")
+                reasons = next(json.loads(r) for status, r in statuses if status == "over")
+                verdict = {"outcome": "rejected", "reasons": reasons}
+                drops.append(claim)  # nothing of it was applied: the id is free again
+            elif all(status == "applied" for status, _ in statuses):
+                verdict = {"outcome": "duplicate"}
+            else:
+                verdict = {"outcome": "counted"}
+                todo += [(i, part) for part, (status, _) in zip(o["parts"], statuses)
+                         if status == "fits"]
+            verdicts.append(verdict)
+
+        # 2. The parts, the dropped claims and the bookkeeping, one call per slot.
+        for i, verdict in enumerate(verdicts):
+            if verdict.get("reasons"):
+                book["rejections"].append(_order_rejection(orders[i]["rejection"], verdict))
+        duplicates = sum(v["outcome"] == "duplicate" for v in verdicts)
+        steps = [(i, part) for i, part in todo] + [(None, claim) for claim in drops]
+        applied = self._run_slots("write", steps, writes=True, book=book, duplicates=duplicates)
+        done = {i for (i, _), now_applied in zip(steps, applied) if i is not None and now_applied}
+        outcomes = [v["outcome"] for v in verdicts]
+        late = 0
+        for i in {i for i, _ in todo} - done:
+            outcomes[i] = "duplicate"  # another delivery applied every part meanwhile
+            late += 1
+        if late:
+            self._run_slots("write", [], writes=True, book=self._book([], 0), duplicates=late)
+        return outcomes
+
+    def _run_slots(self, mode: str, steps: list[tuple], writes: bool, book: dict | None = None,
+                   duplicates: int = 0, keep_errors: bool = False) -> list:
+        """Run the steps' ops grouped into one call per slot; one reply per step, in order."""
+        by_tag: dict[str, list[int]] = {}
+        for n, (*_, op) in enumerate(steps):
+            by_tag.setdefault(hash_tag(next(iter(op["keys"].values()))), []).append(n)
+        if book is not None:
+            by_tag.setdefault(BOOKKEEPING_TAG, [])
+        calls, order = [], []
+        for tag, members in by_tag.items():
+            call = _Call()
+            payload = {"mode": mode, **self._limits(),
+                       "ops": call.bind([steps[n][-1] for n in members])}
+            if tag == BOOKKEEPING_TAG and book is not None:
+                payload["book"], payload["duplicates"] = call.bind(book), duplicates
+            calls.append((call.keys, payload))
+            order.append(members)
+        replies = [None] * len(steps)
+        for members, reply in zip(order, self._run_calls(mode, calls, writes, keep_errors)):
             if isinstance(reply, Exception):
-                raise reply
-        if confirmed < self.wait_replicas:
-            # The script ran: a retry finds these orders counted and calls them duplicates.
+                reply = [reply] * len(members)
+            elif mode == "check":
+                reply = json.loads(reply)
+            for n, value in zip(members, reply or []):
+                replies[n] = value
+        return replies
+
+    def _run_calls(self, phase: str, calls: list[tuple[list[str], dict]], writes: bool,
+                   keep_errors: bool = False) -> list:
+        """Run script calls: one pipeline per node, the nodes in parallel; replies in order.
+
+        A call's error is raised, or with keep_errors left in its place.
+        """
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for n, (keys, _) in enumerate(calls):
+            client = self._client_for(keys[0])
+            groups.setdefault(_node_name(client), (client, []))[1].append(n)
+        jobs = [(client, [calls[n] for n in members]) for client, members in groups.values()]
+        if self._nodes and len(jobs) > 1:
+            results = list(self._nodes.map(lambda job: self._pipeline_calls(*job, writes), jobs))
+        else:
+            results = [self._pipeline_calls(*job, writes) for job in jobs]
+        replies = [None] * len(calls)
+        for (_, members), node_replies in zip(groups.values(), results):
+            for n, reply in zip(members, node_replies):
+                replies[n] = reply
+        if not keep_errors:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
+
+    def _client_for(self, key: str) -> redis.Redis:
+        if not self.cluster:
+            return self.redis
+        node = self.redis.nodes_manager.get_node_from_slot(self.redis.keyslot(key))
+        return self.redis.get_redis_connection(node)
+
+    def _pipeline_calls(self, client: redis.Redis, calls: list, writes: bool) -> list:
+        """One node's script calls in one pipeline (then WAIT): their replies, or raise."""
+        try:
+            replies = self._send(client, calls, writes)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                client.script_load(APPLY)  # a new or restarted primary: nothing ran
+                replies = self._send(client, calls, writes)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._refresh_topology()
+            raise
+        wait = self.wait_replicas and writes
+        confirmed = replies.pop() if wait else None
+        for reply in replies + [confirmed]:
+            if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                                  redis.exceptions.ClusterDownError)):
+                self._refresh_topology()
+                name = type(reply).__name__.removesuffix("Error").upper()
+                raise TopologyChanged(f"{name} {reply}: the cluster's slots changed; retry")
+        if wait and isinstance(confirmed, Exception):
+            raise confirmed
+        failed = any(isinstance(reply, Exception) for reply in replies)
+        if wait and confirmed < self.wait_replicas and not failed:
+            # The calls ran: a retry finds these orders applied and calls them duplicates.
             raise NotReplicated(f"{confirmed} of {self.wait_replicas} replica(s) confirmed "
                                 f"the batch within {WAIT_TIMEOUT_MS} ms")
-        return results
+        return replies
 
-    def _script_then_wait(self, args: list) -> list:
-        """The batch script, then WAIT: the replies, errors included."""
+    def _send(self, client: redis.Redis, calls: list, writes: bool) -> list:
         # WAIT counts the replicas holding this connection's writes, so it goes on the
-        # script's connection: both in one pipeline, one round trip.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self._apply_batch.sha, len(BATCH_KEYS), *BATCH_KEYS, *args)
-        pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
+        # scripts' connection: all in one pipeline, one round trip.
+        pipe = client.pipeline(transaction=False)
+        for keys, payload in calls:
+            pipe.evalsha(self._apply.sha, len(keys), *keys,
+                         json.dumps(payload, ensure_ascii=False))
+        if self.wait_replicas and writes:
+            pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
         return pipe.execute(raise_on_error=False)
 
-    def _order_entry(self, order: Order, evaluated: Evaluated) -> dict:
+    def _refresh_topology(self):
+        if self.cluster:
+            self.redis.nodes_manager.initialize()
+
+    def _order_ops(self, order: Order, evaluated: Evaluated) -> dict:
+        """The claim, the parts and the would-be rejection record of one order."""
+        order_id, user_id = order.order_id, order.user_id
         day = order.placed_at.date().isoformat()
-        return {
-            "order_id": order.order_id,
-            "order_key": order_key(order.order_id),
-            "fingerprint": order.fingerprint,
-            "user_id": order.user_id,
-            "user_key": user_key(order.user_id),
-            "cents": str(order.value_cents),
-            "ts": int(order.placed_at.timestamp() * 1000),
-            "day_key": day_key(day),
-            "day_customers_key": day_customers_key(day),
-            "day": day,
-            "month_key": month_key(day[:7]),
-            "user_days_key": user_days_key(order.user_id),
-            "user_rankings": [top_users_key("spend", day=day), top_users_key("orders", day=day),
-                              top_users_key("spend", month=day[:7]),
-                              top_users_key("orders", month=day[:7])],
-            "units": str(sum(line.quantity for line in order.lines)),
-            "products": _products(order),
-            "correction": _correction(order),
-            # Needed only if the order is rejected here: a conflict or a total past the limit.
-            "message_id": evaluated.incoming.message_id,
-            "rejection_key": rejected_key(evaluated.incoming.message_id),
-            "order_ref_key": rejected_order_key(order.order_id),
-            **kept_body(evaluated.body, self.max_body_bytes),
-        }
+        month, shard = day[:7], self.user_shard(user_id)
+        cents = str(order.value_cents)
+        claim = {"kind": "claim", "order_id": order_id, "fp": order.fingerprint,
+                 "keys": {"order": order_key(order_id)}}
+        mark = applied_mark(order_id, order.fingerprint)
+        user = {"kind": "user", "order_id": order_id, "mark": mark, "cents": cents, "day": day,
+                "ts": int(order.placed_at.timestamp() * 1000),
+                "keys": {"user": user_key(user_id), "days": user_days_key(user_id),
+                         "applied": user_applied_key(user_id)}}
+        totals = {"kind": "shard", "order_id": order_id, "mark": mark, "user_id": user_id,
+                  "cents": cents,
+                  "units": str(sum(line.quantity for line in order.lines)),
+                  "correction": _correction(order),
+                  "keys": {"global": global_key(shard), "day": day_key(day, shard),
+                           "customers": day_customers_key(day, shard),
+                           "month": month_key(month, shard),
+                           "spend": top_users_key("spend", shard=shard),
+                           "orders": top_users_key("orders", shard=shard),
+                           "day_spend": top_users_key("spend", day=day, shard=shard),
+                           "day_orders": top_users_key("orders", day=day, shard=shard),
+                           "month_spend": top_users_key("spend", month=month, shard=shard),
+                           "month_orders": top_users_key("orders", month=month, shard=shard),
+                           "outcomes": outcomes_key(shard),
+                           "corrections": corrections_key(shard),
+                           "applied": shard_applied_key(shard, "users")}}
+        by_shard: dict[int, list[dict]] = {}
+        for product_id, units, line_cents in _products(order):
+            j = self.product_shard(product_id)
+            by_shard.setdefault(j, []).append({"id": product_id, "units": str(units),
+                                               "cents": str(line_cents),
+                                               "keys": {"product": product_key(product_id, j)}})
+        products = [{"kind": "products", "order_id": order_id, "mark": mark, "products": entries,
+                     "keys": {"applied": shard_applied_key(j, "products"),
+                              "revenue": top_products_key("revenue", j),
+                              "units": top_products_key("units", j)}}
+                    for j, entries in sorted(by_shard.items())]
+        # Needed only if the order is rejected here: a conflict or a total past the limit.
+        message_id = evaluated.incoming.message_id
+        rejection = {"message_id": message_id, "order_id": order_id,
+                     "keys": {"rec": rejected_key(message_id),
+                              "ref": rejected_order_key(order_id)},
+                     **kept_body(evaluated.body, self.max_body_bytes)}
+        return {"claim": claim, "parts": [user, totals, *products], "rejection": rejection}
 
     def _rejection_entry(self, message_id: str, kind: str, body: str, order_id: str | None,
                          reasons: dict, first_seen: str = "") -> dict:
-        return {"key": rejected_key(message_id), "message_id": message_id, "kind": kind,
-                "order_id": order_id or "", "first_seen": first_seen,
-                "order_ref_key": rejected_order_key(order_id) if order_id else "",
-                "reasons": json.dumps(reasons, ensure_ascii=False), "fields": sorted(reasons),
-                **kept_body(body, self.max_body_bytes)}
+        keys = {"rec": rejected_key(message_id)}
+        if order_id:
+            keys["ref"] = rejected_order_key(order_id)
+        return {"message_id": message_id, "kind": kind, "order_id": order_id or "",
+                "first_seen": first_seen, "reasons": json.dumps(reasons, ensure_ascii=False),
+                "fields": sorted(reasons), "keys": keys, **kept_body(body, self.max_body_bytes)}
+
+    # --- Reads ----------------------------------------------------------------------------
+
+    def _pipeline(self, one_slot: bool = False):
+        # MULTI/EXEC gives a consistent snapshot where the keys allow it: on a cluster only
+        # within one slot.
+        return self.redis.pipeline(transaction=one_slot or not self.cluster)
+
+    def _summed(self, keys: list[str], fields: tuple[str, ...]) -> list[int]:
+        """The fields summed over the hashes."""
+        pipe = self._pipeline()
+        for key in keys:
+            pipe.hmget(key, *fields)
+        totals = [0] * len(fields)
+        for values in pipe.execute():
+            totals = [t + int(v or 0) for t, v in zip(totals, values)]
+        return totals
+
+    def user(self, user_id: str) -> UserRecord | None:
+        """The user's hash, or None when the user has no counted order: O(1)."""
+        count, cents, first, last = self.redis.hmget(
+            user_key(user_id), "order_count", "total_spend_cents", "first_order_ts",
+            "last_order_ts")
+        if count is None:
+            return None
+        return UserRecord(user_id, int(count), int(cents or 0), _int_or_none(first),
+                          _int_or_none(last))
 
     def user_stats(self, user_id: str) -> UserStats | None:
         """A user's all-time totals, or None when the user has no counted order."""
-        count, cents = self.redis.hmget(user_key(user_id), "order_count", "total_spend_cents")
-        if count is None:
+        record = self.user(user_id)
+        return record and UserStats(user_id, record.order_count, record.total_spend_cents)
+
+    def user_days(self, user_id: str, days: list[str]) -> list[tuple[int, int]] | None:
+        """(orders, cents) of a user on each day (YYYY-MM-DD), or None for an unknown user."""
+        pipe = self._pipeline(one_slot=True)
+        pipe.hexists(user_key(user_id), "order_count")
+        pipe.hmget(user_days_key(user_id), days)
+        known, packed = pipe.execute()
+        if not known:
             return None
-        return UserStats(user_id, int(count), int(cents or 0))
+        return [tuple(map(int, value.split(":"))) if value else (0, 0) for value in packed]
+
+    def kpis(self, buckets: list[str], monthly: bool = False) -> list[tuple[int, ...]]:
+        """KPI_FIELDS of each day (YYYY-MM-DD) or month (YYYY-MM), summed over the shards."""
+        key = month_key if monthly else day_key
+        # One pipeline, O(buckets x shards); a consistent snapshot on a standalone Redis.
+        pipe = self._pipeline()
+        for bucket in buckets:
+            for shard in range(self.shards):
+                pipe.hmget(key(bucket, shard), *KPI_FIELDS)
+        replies = pipe.execute()
+        figures = []
+        for b in range(len(buckets)):
+            shares = replies[b * self.shards:(b + 1) * self.shards]
+            figures.append(tuple(sum(int(share[f] or 0) for share in shares)
+                                 for f in range(len(KPI_FIELDS))))
+        return figures
+
+    def product(self, product_id: str) -> tuple[int, int, int] | None:
+        """A product's (units sold, revenue cents, orders), or None if never sold: O(1)."""
+        units, cents, orders = self.redis.hmget(
+            product_key(product_id, self.product_shard(product_id)), "units_sold",
+            "revenue_cents", "orders")
+        if orders is None:
+            return None
+        return int(units or 0), int(cents or 0), int(orders)
 
     def global_stats(self) -> GlobalStats:
-        """The platform's all-time totals (zeros when nothing was counted)."""
-        orders, cents = self.redis.hmget(GLOBAL_KEY, "total_orders", "total_revenue_cents")
-        return GlobalStats(int(orders or 0), int(cents or 0))
+        """The platform's all-time totals, summed over the shards (zeros when empty)."""
+        return GlobalStats(*self._summed([global_key(s) for s in range(self.shards)],
+                                         ("total_orders", "total_revenue_cents")))
 
     def outcomes(self) -> dict[str, int]:
         """How many messages ended in each outcome."""
-        raw = self.redis.hgetall(OUTCOMES_KEY)
-        return {name: int(raw.get(name, 0)) for name in OUTCOMES}
+        keys = [outcomes_key(s) for s in range(self.shards)] + [OUTCOMES_KEY]
+        return dict(zip(OUTCOMES, self._summed(keys, OUTCOMES)))
+
+    def corrected(self) -> int:
+        """How many counted orders had their value corrected (ORDER_VALUE_MISMATCH=correct)."""
+        [count] = self._summed([outcomes_key(s) for s in range(self.shards)], ("corrected",))
+        return count
+
+    def correction(self, order_id: str, user_id: str) -> dict | None:
+        """What the mismatch policy changed in a counted order, or None."""
+        raw = self.redis.hget(corrections_key(self.user_shard(user_id)), order_id)
+        return json.loads(raw) if raw else None
+
+    def top(self, keys_of, second_keys_of, n: int, bounds_of=None) -> list[tuple[str, int, int]]:
+        """ranked() over every shard, merged: exact, as each member lives in one shard.
+
+        keys_of(shard), second_keys_of(shard) and bounds_of(shard) give that shard's sorted
+        sets and their bounds (see ranked).
+        """
+        merged = []
+        for shard in range(self.shards):
+            merged += self.ranked(keys_of(shard), second_keys_of(shard), n,
+                                  bounds_of(shard) if bounds_of else None)
+        return sorted(merged, key=lambda entry: (-entry[1], entry[0].encode("utf-8",
+                                                                              "surrogatepass")))[:n]
 
     def rejected_by_field(self) -> dict[str, int]:
         """How many rejections named each field ('_schema': the body as a whole)."""
@@ -780,8 +1322,10 @@ class Store:
         if not keys or not len(keys) == len(second_keys) == len(bounds) or n < 1:
             raise ValueError("ranked needs as many second keys and bounds as keys, and n >= 1")
         if len(keys) == 1:
-            # On a cluster the two keys may sit in two slots: the second measure comes next.
-            apart = isinstance(self.redis, RedisCluster)
+            # On a cluster two keys in two slots cannot share a call: the second measure
+            # then comes next (a shard's rankings share its slot, so they can).
+            apart = self.cluster and (self.redis.keyslot(keys[0])
+                                      != self.redis.keyslot(second_keys[0]))
             flat = self._ranked(keys=keys if apart else [*keys, *second_keys], args=[n])
             top = [(flat[i], int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
             if apart and top:
@@ -800,14 +1344,31 @@ class Store:
         return bool(self.redis.ping())
 
 
-def _products(order: Order) -> list[list]:
-    """[key, product id, units, cents] per product: lines of the same product merged."""
+
+def _int_or_none(raw: str | None) -> int | None:
+    return int(raw) if raw is not None else None
+
+
+def _products(order: Order) -> list[tuple[str, int, int]]:
+    """(product id, units, cents) per product: lines of the same product merged."""
     merged: dict[str, tuple[int, int]] = {}
     for line in order.lines:
         units, cents = merged.get(line.product_id, (0, 0))
         merged[line.product_id] = (units + line.quantity, cents + line.line_cents)
-    return [[product_key(product_id), product_id, str(units), str(cents)]
-            for product_id, (units, cents) in merged.items()]
+    return [(product_id, units, cents) for product_id, (units, cents) in merged.items()]
+
+
+def _node_name(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def _order_rejection(entry: dict, verdict: dict) -> dict:
+    """The rejection record of an order refused here: a conflict or a total past the limit."""
+    reasons = verdict["reasons"]
+    return {**entry, "kind": "conflict" if verdict["outcome"] == "conflict" else "invalid",
+            "first_seen": verdict.get("first_seen", ""), "fields": sorted(reasons),
+            "reasons": json.dumps(reasons, ensure_ascii=False)}
 
 
 def _correction(order: Order) -> str:
@@ -828,36 +1389,40 @@ def kept_body(body: str, max_bytes: int) -> dict:
             "body_bytes": len(data), "body_sha256": hashlib.sha256(data).hexdigest()}
 
 
+
+
 # --- Batch files (app/files): KPI tables and execution records ---------------------------
 # The seed's DynamoDB tables, in Redis: OrderKPIs by order_date, CategoryKPIs by
 # (category, order_date). Exact integers are stored; rates and averages are derived on read.
 
-KPI_DATES_KEY = "kpi:orders:dates"
+# Every key of the files path shares the {files} hash tag: WRITE_KPIS touches several at
+# once, which a cluster runs only within one slot (the KPI tables are small).
+KPI_DATES_KEY = "kpi:{files}:orders:dates"
 # order_date -> rank of the table snapshot its KPIs were computed from (see WRITE_KPIS).
-KPI_SNAPSHOTS_KEY = "kpi:snapshots"
-EXECUTIONS_KEY = "files:executions"
+KPI_SNAPSHOTS_KEY = "kpi:{files}:snapshots"
+EXECUTIONS_KEY = "files:{files}:executions"
 ORDER_KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold",
                     "unique_customers", "returned_orders")
 
 
 def order_kpi_key(order_date: str) -> str:
     """Hash of one order_date's order KPIs (OrderKPIs item)."""
-    return f"kpi:orders:{order_date}"
+    return f"kpi:{{files}}:orders:{order_date}"
 
 
 def category_kpi_key(order_date: str) -> str:
     """Hash of one order_date's category KPIs: field category, value a JSON array."""
-    return f"kpi:categories:{order_date}"
+    return f"kpi:{{files}}:categories:{order_date}"
 
 
 def execution_key(execution_id: str) -> str:
     """JSON record of one files execution (the copy of results/<id>.json the API serves)."""
-    return f"files:execution:{_part(execution_id)}"
+    return f"files:{{files}}:execution:{_part(execution_id)}"
 
 
 def execution_settled_key(execution_id: str) -> str:
     """Marker that an execution was settled (finished or failed) once."""
-    return f"files:execution-settled:{_part(execution_id)}"
+    return f"files:{{files}}:execution-settled:{_part(execution_id)}"
 
 
 # One call writes every date of an execution, so a reader sees all of its KPIs or none.
@@ -897,8 +1462,8 @@ class FilesStore:
     @classmethod
     def from_url(cls, url: str) -> "FilesStore":
         """A FilesStore on a new client for the Redis URL."""
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                        socket_connect_timeout=5))
+        return cls(connect(url, decode_responses=True, socket_timeout=10,
+                           socket_connect_timeout=5))
 
     def write_kpis(self, rank: int, dates: list[str], order_kpis, category_kpis) -> int:
         """Replace the KPIs of the dates in one atomic call; return the dates written."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from redis.cluster import RedisCluster
 
 from app import aws, sqs
 from app.settings import Settings, to_env
@@ -78,6 +79,16 @@ def files_settings(settings) -> Settings:
 def store(settings) -> Store:
     """The Redis gateway on the test's database."""
     return Store.from_url(settings.redis_url)
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def any_store(request, settings) -> Store:
+    """The Redis gateway on the test's standalone database, then on the session's cluster."""
+    if request.param == "standalone":
+        return Store.from_url(settings.redis_url)
+    store = Store.from_url(request.getfixturevalue("redis_cluster").url)
+    store.redis.flushall(target_nodes=RedisCluster.PRIMARIES)
+    return store
 
 
 @pytest.fixture

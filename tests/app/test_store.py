@@ -1,12 +1,14 @@
 """The Redis gateway against a real redis-server: exact, exactly once, safe keys."""
 import json
+import re
 from datetime import datetime, timezone
 
 import pytest
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import rejected_order_key, user_key
+from app.store import (order_key, product_key, rejected_order_key, top_products_key,
+                       top_users_key, user_key)
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -17,6 +19,17 @@ def body(order_id, user_id="U1", cents=1000, product="P1", quantity=1, day="2024
                        "order_timestamp": f"{day}T10:00:00Z", "order_value": cents / 100,
                        "items": [{"product_id": product, "quantity": quantity,
                                   "price_per_unit": price}]})
+
+
+@pytest.fixture
+def store(any_store):
+    """Each test on a standalone Redis and on the session's Redis Cluster."""
+    return any_store
+
+
+def all_keys(store, pattern: str) -> list[str]:
+    """Keys matching pattern on every node."""
+    return list(store.redis.scan_iter(pattern, count=1000))
 
 
 def apply(store, *bodies, settings=None):
@@ -30,9 +43,8 @@ def test_a_counted_order_updates_user_and_global_totals(store):
     user = store.user_stats("U1")
     assert (user.order_count, user.total_spend_cents) == (2, 2000)
     assert store.global_stats().total_revenue_cents == 2000
-    # The seeds' hash layout stays readable, with exact decimal strings.
-    assert store.redis.hget("user:U1", "total_spend") == "20.00"
-    assert store.redis.hget("global:stats", "total_revenue") == "20.00"
+    # The seeds' hash fields stay readable, with exact decimal strings.
+    assert store.redis.hget(user_key("U1"), "total_spend") == "20.00"
 
 
 def test_the_same_order_delivered_again_is_counted_once(store):
@@ -75,7 +87,7 @@ def test_twenty_thousand_orders_of_ten_cents_total_exactly(store):
         float_total += 0.10
     assert float_total != 2000.0  # what accumulating floats would report
     assert store.global_stats().total_revenue_cents == 200_000
-    assert store.redis.hget("global:stats", "total_revenue") == "2000.00"
+    assert sum(store.user_stats(f"U{u}").total_spend_cents for u in range(7)) == 200_000
 
 
 @pytest.mark.parametrize("user_id", ["a:b", "*", "a b", "a/b", "é😀", "user:U1", "%41", "U1:x"])
@@ -85,40 +97,38 @@ def test_any_user_id_addresses_only_its_own_key(store, user_id):
     assert store.user_stats(user_id).total_spend_cents == 700
     assert store.user_stats("U1").total_spend_cents == 100
     assert user_key(user_id) != user_key("U1")
-    assert len(store.redis.keys("user:*")) == 2
+    assert len(all_keys(store, "user:*")) == 2
 
 
 def test_day_product_and_top_aggregates_follow_the_order_time(store):
     apply(store, body("O1", user_id="A", cents=300, product="P1", quantity=3, day="2024-12-01"),
           body("O2", user_id="B", cents=500, product="P2", quantity=1, day="2024-12-01"),
           body("O3", user_id="A", cents=200, product="P1", quantity=2, day="2024-12-02"))
-    day = store.redis.hgetall("day:2024-12-01")
-    assert day == {"total_orders": "2", "total_revenue_cents": "800", "total_items_sold": "4",
-                   "unique_customers": "2"}
-    assert store.redis.hgetall("product:P1") == {"units_sold": "5", "revenue_cents": "500",
-                                                  "orders": "2"}
-    assert store.redis.zscore("top:users:spend", "A") == 500
-    assert store.redis.zscore("top:users:spend", "B") == 500
-    assert store.redis.zscore("top:users:orders", "A") == 2
-    assert store.redis.zscore("top:products:units", "P1") == 5
+    assert store.kpis(["2024-12-01"]) == [(2, 800, 4, 2)]  # orders, cents, items, customers
+    p1 = product_key("P1", store.product_shard("P1"))
+    assert store.redis.hgetall(p1) == {"units_sold": "5", "revenue_cents": "500", "orders": "2"}
+    a, b = store.user_shard("A"), store.user_shard("B")
+    assert store.redis.zscore(top_users_key("spend", shard=a), "A") == 500
+    assert store.redis.zscore(top_users_key("spend", shard=b), "B") == 500
+    assert store.redis.zscore(top_users_key("orders", shard=a), "A") == 2
+    assert store.redis.zscore(top_products_key("units", store.product_shard("P1")), "P1") == 5
 
 
 def test_corrections_are_recorded_beside_the_counted_value(store):
     apply(store, body("O1", cents=1000).replace('"order_value": 10.0', '"order_value": 12.0'),
           settings=Settings(order_value_mismatch="correct"))
     assert store.user_stats("U1").total_spend_cents == 1000
-    assert json.loads(store.redis.hget("corrections", "O1")) == {
-        "sent_cents": 1200, "counted_cents": 1000}
-    assert store.outcomes()["corrected"] == 1
+    assert store.correction("O1", "U1") == {"sent_cents": 1200, "counted_cents": 1000}
+    assert store.corrected() == 1 and "corrected" not in store.outcomes()
 
 
 def test_a_key_of_the_wrong_type_fails_the_whole_batch_before_any_write(store):
-    store.redis.set("user:U2", "corrupted")
-    with pytest.raises(Exception, match="WRONGTYPE user:U2"):
+    store.redis.set(user_key("U2"), "corrupted")
+    with pytest.raises(Exception, match=re.escape(f"WRONGTYPE {user_key('U2')}")):
         apply(store, body("O1", user_id="U1"), body("O2", user_id="U2"))
     assert store.global_stats().total_orders == 0
-    assert store.redis.get("order:O1") is None
-    store.redis.delete("user:U2")
+    assert store.redis.get(order_key("O1")) is None
+    store.redis.delete(user_key("U2"))
     assert apply(store, body("O1", user_id="U1"), body("O2", user_id="U2")) == ["counted"] * 2
 
 

@@ -14,13 +14,22 @@ from app import analytics
 from app.money import format_cents
 from app.orders import MAX_ORDER_CENTS, Incoming, evaluate
 from app.settings import Settings
-from app.store import (GLOBAL_KEY, MAX_TOTAL, TOP_USERS_BY_SPEND, day_key, month_key, order_key,
-                       product_key, top_products_key, top_users_key, user_key)
+from app.store import (MAX_TOTAL, day_key, global_key, month_key, order_key, outcomes_key,
+                       product_key, shard_of, top_products_key, top_users_key, user_days_key,
+                       user_key)
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 DAY, MONTH = "2024-12-13", "2024-12"
 # Keys that only record what became of a message, not the order's figures.
 BOOKKEEPING = ("pipeline:", "rejected")
+SHARDS = Settings().redis_shards
+U1, P1 = shard_of("U1", SHARDS), shard_of("P1", SHARDS)  # the shards of U1's and P1's keys
+
+
+@pytest.fixture
+def store(any_store):
+    """Each test on a standalone Redis and on the session's Redis Cluster."""
+    return any_store
 
 
 def order(order_id, *lines, user_id="U1", value_cents=None):
@@ -42,7 +51,7 @@ def figures(client: redis.Redis) -> dict:
     """Every key holding an order's figures, with its whole content."""
     read = {"hash": client.hgetall, "string": client.get, "set": client.smembers,
             "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}
-    return {key: read[client.type(key)](key) for key in sorted(client.keys("*"))
+    return {key: read[client.type(key)](key) for key in sorted(client.scan_iter(count=1000))
             if not key.startswith(BOOKKEEPING)}
 
 
@@ -68,20 +77,20 @@ CENTS = PRICE * QUANTITY
 BOUNDS = [
     ("hash", user_key("U1"), "total_spend_cents", CENTS, "order_value"),
     ("hash", user_key("U1"), "order_count", 1, "_schema"),
-    ("hash", GLOBAL_KEY, "total_revenue_cents", CENTS, "order_value"),
-    ("hash", GLOBAL_KEY, "total_orders", 1, "_schema"),
-    ("hash", day_key(DAY), "total_revenue_cents", CENTS, "order_value"),
-    ("hash", day_key(DAY), "total_items_sold", QUANTITY, "items"),
-    ("hash", month_key(MONTH), "total_revenue_cents", CENTS, "order_value"),
-    ("hash", month_key(MONTH), "total_orders", 1, "_schema"),
-    ("hash", product_key("P1"), "revenue_cents", CENTS, "items"),
-    ("hash", product_key("P1"), "units_sold", QUANTITY, "items"),
-    ("hash", product_key("P1"), "orders", 1, "items"),
-    ("zset", TOP_USERS_BY_SPEND, "U1", CENTS, "order_value"),
-    ("zset", top_users_key("spend", day=DAY), "U1", CENTS, "order_value"),
-    ("zset", top_users_key("orders", month=MONTH), "U1", 1, "_schema"),
-    ("zset", top_products_key("revenue"), "P1", CENTS, "items"),
-    ("zset", top_products_key("units"), "P1", QUANTITY, "items"),
+    ("hash", global_key(U1), "total_revenue_cents", CENTS, "order_value"),
+    ("hash", global_key(U1), "total_orders", 1, "_schema"),
+    ("hash", day_key(DAY, U1), "total_revenue_cents", CENTS, "order_value"),
+    ("hash", day_key(DAY, U1), "total_items_sold", QUANTITY, "items"),
+    ("hash", month_key(MONTH, U1), "total_revenue_cents", CENTS, "order_value"),
+    ("hash", month_key(MONTH, U1), "total_orders", 1, "_schema"),
+    ("hash", product_key("P1", P1), "revenue_cents", CENTS, "items"),
+    ("hash", product_key("P1", P1), "units_sold", QUANTITY, "items"),
+    ("hash", product_key("P1", P1), "orders", 1, "items"),
+    ("zset", top_users_key("spend", shard=U1), "U1", CENTS, "order_value"),
+    ("zset", top_users_key("spend", day=DAY, shard=U1), "U1", CENTS, "order_value"),
+    ("zset", top_users_key("orders", month=MONTH, shard=U1), "U1", 1, "_schema"),
+    ("zset", top_products_key("revenue", P1), "P1", CENTS, "items"),
+    ("zset", top_products_key("units", P1), "P1", QUANTITY, "items"),
 ]
 
 
@@ -122,20 +131,22 @@ def test_the_user_total_at_the_limit_reads_exactly(store):
 
 
 def test_in_one_batch_the_orders_that_fit_are_counted_and_the_rest_rejected(store):
-    store.redis.hset(GLOBAL_KEY, "total_revenue_cents", MAX_TOTAL - 2 * CENTS)
-    bodies = [order(f"O{i}", ("P1", QUANTITY, PRICE), user_id=f"U{i}") for i in range(4)]
+    # Four users whose totals share one shard: its share of the revenue is near the limit.
+    users = [u for u in (f"U{i}" for i in range(200)) if shard_of(u, SHARDS) == U1][:4]
+    store.redis.hset(global_key(U1), "total_revenue_cents", MAX_TOTAL - 2 * CENTS)
+    bodies = [order(f"O{i}", ("P1", QUANTITY, PRICE), user_id=u) for i, u in enumerate(users)]
     assert apply(store, *bodies) == ["counted", "counted", "rejected", "rejected"]
     assert store.global_stats() == type(store.global_stats())(2, MAX_TOTAL)
-    assert store.user_stats("U2") is None and store.redis.get(order_key("O3")) is None
+    assert store.user_stats(users[2]) is None and store.redis.get(order_key("O3")) is None
 
 
 @pytest.mark.parametrize("key,field,value", [
     (user_key("U1"), "total_spend_cents", "abc"),
-    (GLOBAL_KEY, "total_orders", "1.5"),
-    (day_key(DAY), "total_orders", "007"),
-    (product_key("P1"), "units_sold", "99999999999999999999"),
-    ("pipeline:outcomes", "counted", "x"),
-    ("user-days:U1", DAY, "1:x"),
+    (global_key(U1), "total_orders", "1.5"),
+    (day_key(DAY, U1), "total_orders", "007"),
+    (product_key("P1", P1), "units_sold", "99999999999999999999"),
+    (outcomes_key(U1), "counted", "x"),
+    (user_days_key("U1"), DAY, "1:x"),
 ])
 def test_a_corrupted_figure_fails_the_batch_before_any_write(store, key, field, value):
     store.redis.hset(key, field, value)

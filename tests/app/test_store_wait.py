@@ -1,5 +1,6 @@
 """REDIS_WAIT_REPLICAS: a batch counts as stored only once enough replicas hold it."""
 import json
+import re
 import time
 
 import pytest
@@ -7,7 +8,7 @@ import redis
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import WAIT_TIMEOUT_MS, NotReplicated, Store, order_key
+from app.store import WAIT_TIMEOUT_MS, NotReplicated, Store, order_key, user_key
 from conftest import wait_for
 from stack.services import RedisServer, free_port
 
@@ -56,7 +57,7 @@ def test_with_a_replica_apply_returns_once_the_replica_holds_the_batch(tmp_path)
 
 def test_with_wait_a_failing_script_raises_its_own_error(settings):
     store = Store.from_url(settings.redis_url, Settings(redis_wait_replicas=1))
-    store.redis.set("user:U1", "corrupted")
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE user:U1"):
+    store.redis.set(user_key("U1"), "corrupted")
+    with pytest.raises(redis.ResponseError, match=re.escape(f"WRONGTYPE {user_key('U1')}")):
         store.apply(orders("O1"))
     assert store.redis.get(order_key("O1")) is None
