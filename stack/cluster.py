@@ -130,6 +130,13 @@ class LocalRedisCluster:
         """A cluster client on this cluster."""
         return RedisCluster.from_url(self.url, **{**self._credentials(), **options})
 
+    def primary_ports(self) -> list[int]:
+        """Ports of the nodes that are primaries now (a failover changes them)."""
+        with redis.Redis(port=self.ports[0], decode_responses=True, **self._credentials()) as node:
+            nodes = node.cluster("NODES")
+        return sorted(int(address.rsplit(":", 1)[1]) for address, meta in nodes.items()
+                      if "master" in meta["flags"] and "fail" not in meta["flags"])
+
     def describe(self) -> list[str]:
         """One line per node: address, role and slot ranges, for make run to print."""
         with redis.Redis(port=self.ports[0], decode_responses=True, **self._credentials()) as node:

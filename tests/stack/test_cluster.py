@@ -93,3 +93,9 @@ def test_a_cluster_with_the_stacks_users_lets_the_api_read_and_not_write(tmp_pat
         assert [reader.get(key) for key in keys] == [key.encode() for key in keys]
         with pytest.raises(redis.exceptions.NoPermissionError):
             reader.set(keys[0], "changed")
+
+
+def test_primary_ports_name_the_primaries(redis_cluster):
+    client = redis_cluster.client()
+    primaries = {node.port for node in client.get_nodes() if node.server_type == "primary"}
+    assert set(redis_cluster.primary_ports()) == primaries and len(primaries) == 3
