@@ -17,13 +17,15 @@ API_USER = "api"
 # The workers (and Flower, the CLI) own the data and the control plane. The API runs
 # read commands only, plus the ranking script: EVALSHA asks write access to every key it
 # is given, so the root rules allow all keys, and a script is held to the same command
-# list, command by command. The one write, ZUNIONSTORE (a ranking over several days adds
+# list, command by command. CLUSTER SLOTS/SHARDS and COMMAND let redis-py's cluster client find the
+# nodes of a Redis Cluster. The one write, ZUNIONSTORE (a ranking over several days adds
 # them up), is allowed by a selector only into the scratch key, reading any other.
 USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
     API_USER: ("resetkeys", "~*", "resetchannels", "-@all", "+@read", "-@dangerous",
                "+@transaction", "+ping", "+info", "+hello", "+select", "+evalsha",
-               "+script|load", f"(%R~* ~{RANKED_SCRATCH}:* +zunionstore +unlink)"),
+               "+script|load", "+cluster|slots", "+cluster|shards", "+command",
+               f"(%R~* ~{RANKED_SCRATCH}:* +zunionstore +unlink)"),
 }
 
 
