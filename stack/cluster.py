@@ -64,12 +64,15 @@ class LocalRedisCluster:
         # admin: (user, password) that joins the nodes and that replicas sync with, when
         # server_args turn the default user off (stack/redis_users.py's ACL users).
         self.admin = admin
-        self.nodes = [RedisServer(port, log_dir=log_dir, name=f"redis-cluster-{port}",
-                                  extra_args=["--cluster-enabled", "yes",
-                                              "--cluster-config-file", f"nodes-{port}.conf",
-                                              "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                                              *server_args])
-                      for port in self.ports]
+        self.log_dir, self.server_args = log_dir, list(server_args)
+        self.nodes = [self._node(port) for port in self.ports]
+
+    def _node(self, port: int) -> RedisServer:
+        return RedisServer(port, log_dir=self.log_dir, name=f"redis-cluster-{port}",
+                           extra_args=["--cluster-enabled", "yes",
+                                       "--cluster-config-file", f"nodes-{port}.conf",
+                                       "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                                       *self.server_args])
 
     def _credentials(self) -> dict[str, str]:
         """redis-py keyword arguments of the admin user, if any."""
@@ -86,19 +89,41 @@ class LocalRedisCluster:
             for node in self.nodes:
                 node.start()
                 self._let_replicas_sync(node.port)
-            # The password travels in the environment, so the process list does not show it.
-            login = ["--user", self.admin[0]] if self.admin else []
-            env = {**os.environ, "REDISCLI_AUTH": self.admin[1]} if self.admin else None
-            subprocess.run([find_redis_cli(), *login, "--cluster", "create",
-                            *(f"127.0.0.1:{port}" for port in self.ports),
-                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                           check=True, capture_output=True, text=True, timeout=timeout, env=env)
+            self._redis_cli("--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes",
+                            timeout=timeout)
             self._wait_ready(timeout)
         except (subprocess.SubprocessError, ServiceError) as exc:
             self.stop()
             detail = getattr(exc, "stdout", "") or ""
             raise ServiceError(f"the local Redis Cluster did not form: {exc}\n{detail}") from exc
         return self
+
+    def add_replica(self, primary_port: int, timeout: float = 60.0) -> RedisServer:
+        """Start a new node and make it a replica of the primary on primary_port.
+
+        What an operator (or a managed service) does after a failover, so the promoted
+        primary has a replica again and WAIT can be satisfied.
+        """
+        node = self._node(free_node_port(set(self.ports)))
+        self.nodes.append(node)
+        self.ports.append(node.port)
+        node.start()
+        self._let_replicas_sync(node.port)
+        with redis.Redis(port=primary_port, decode_responses=True, **self._credentials()) as primary:
+            primary_id = primary.cluster("MYID")
+        self._redis_cli("--cluster", "add-node", f"127.0.0.1:{node.port}",
+                        f"127.0.0.1:{primary_port}", "--cluster-slave", "--cluster-master-id",
+                        primary_id, timeout=timeout)
+        self._wait_ready(timeout)
+        return node
+
+    def _redis_cli(self, *args: str, timeout: float):
+        # The password travels in the environment, so the process list does not show it.
+        login = ["--user", self.admin[0]] if self.admin else []
+        env = {**os.environ, "REDISCLI_AUTH": self.admin[1]} if self.admin else None
+        subprocess.run([find_redis_cli(), *login, *args], check=True, capture_output=True,
+                       text=True, timeout=timeout, env=env)
 
     def _let_replicas_sync(self, port: int):
         # Set at run time rather than on the command line, where ps would show the password.
@@ -109,7 +134,9 @@ class LocalRedisCluster:
 
     def _wait_ready(self, timeout: float):
         try:
-            wait_for(lambda: all(self._node_ready(port) for port in self.ports), timeout,
+            # Nodes killed on purpose (a failover test's) stay known to the others, failed.
+            live = [node.port for node in self.nodes if node.process and node.process.running]
+            wait_for(lambda: all(self._node_ready(port) for port in live), timeout,
                      interval=0.2, message=f"the cluster on ports {self.ports} to serve all slots")
         except TimeoutError as exc:
             raise ServiceError(str(exc)) from None

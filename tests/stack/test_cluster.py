@@ -99,3 +99,14 @@ def test_primary_ports_name_the_primaries(redis_cluster):
     client = redis_cluster.client()
     primaries = {node.port for node in client.get_nodes() if node.server_type == "primary"}
     assert set(redis_cluster.primary_ports()) == primaries and len(primaries) == 3
+
+
+def test_a_replica_added_to_a_primary_syncs_with_it(tmp_path):
+    with LocalRedisCluster(3, log_dir=tmp_path) as cluster:
+        primary = cluster.primary_ports()[0]
+        node = cluster.add_replica(primary)
+        with redis.Redis(port=node.port, decode_responses=True) as replica:
+            info = replica.info("replication")
+        assert (info["role"], info["master_port"], info["master_link_status"]) == (
+            "slave", primary, "up")
+        assert cluster.primary_ports() == sorted(cluster.ports[:3])
