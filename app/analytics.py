@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
-from app.store import KPI_FIELDS, Store, top_products_key, top_users_key
+from app.store import Store, top_products_key, top_users_key
 
 MAX_DAYS = 366   # the longest range of days a query may ask for (a leap year)
 MAX_MONTHS = 12  # the longest range of months
@@ -260,9 +260,10 @@ def top_users(store: Store, n: int = 10, by: str = "spend",
               period: Period | None = None) -> list[TopUser]:
     """The n users with the highest spend or order count, all-time or over a period.
 
-    Ties go to the smaller user id (byte order). All-time, one day or one whole month:
-    O(log N + n). Any other period adds up its buckets: O(N + M log M) for N entries in
-    them and M distinct users.
+    Ties go to the smaller user id (byte order). Each shard ranks its own users (a user
+    lives in one shard) and the shards' tops are merged. All-time, one day or one whole
+    month: O(log N + n) per shard. Any other period adds up its buckets: O(N + M log M)
+    for N entries in them and M distinct users.
     """
     _check_n(n)
     if by not in USER_MEASURES:

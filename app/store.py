@@ -41,10 +41,13 @@ the calls are grouped by node: one pipeline per node for claims and checks, one 
 parts and the bookkeeping, the nodes in parallel.
 
 Limits of the split (cluster only): a check and its part's write are two calls, so two
-workers adding near MAX_TOTAL at once could both pass; a part never writes past it (it
-fails, the task retries, the message ends in the DLQ). Two deliveries of one order running
-at the same instant on two workers may finish different parts; both then say "counted"
-and the counters record one message.
+workers adding within one order of MAX_TOTAL at the same moment could both pass and take
+a figure past it; every later check of that figure then refuses it as corrupt (nothing
+inexact is ever written on top). Within a batch, a slot's check counts the earlier orders
+of the batch as added even if another slot rejects one of them: near the limit this
+rejects too much, never too little. Two deliveries of one order running at the same
+instant on two workers may finish different parts; both then say "counted" and the
+counters record one message.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ import json
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from urllib.parse import quote
 
@@ -497,16 +500,25 @@ function writers.products(op)
     redis.call('ZINCRBY', K(op, 'units'), p.units, p.id)
   end
 end
--- Applies a part unless its applied set names the order; 1 when applied now.
-local function apply_part(op)
+-- Applies a part unless its applied set names the order (checked: this call's check said
+-- it does not); 1 when applied now.
+local touched, touched_keys = {}, {}
+local function apply_part(op, checked)
   local applied = K(op, 'applied')
-  if redis.call('ZSCORE', applied, op.mark) then return 0 end
+  if not checked and redis.call('ZSCORE', applied, op.mark) then return 0 end
   writers[op.kind](op)
   redis.call('ZADD', applied, now, op.mark)
-  -- The set keeps the window's orders; a key nobody adds to any more expires whole.
-  redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. (now - window))
-  redis.call('EXPIRE', applied, window)
+  if not touched[applied] then
+    touched[applied] = true; touched_keys[#touched_keys + 1] = applied
+  end
   return 1
+end
+-- Each applied set keeps the window's orders; a key nobody adds to any more expires whole.
+local function trim_applied()
+  for _, key in ipairs(touched_keys) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - window))
+    redis.call('EXPIRE', key, window)
+  end
 end
 
 -- The claim: new (absent), seen (same fingerprint) or conflict (and the one seen).
@@ -607,6 +619,7 @@ if req.mode == 'write' then
   for i, op in ipairs(req.ops) do
     if op.kind == 'claim' then drop_claim(op); out[i] = 0 else out[i] = apply_part(op) end
   end
+  trim_applied()
   if req.book then write_book(req.book, rejections, duplicates) end
   return out
 end
@@ -655,11 +668,12 @@ for i, o in ipairs(req.orders) do
   results[i] = verdict.outcome
   if verdict.outcome == 'counted' then
     if verdict.new then write_claim(o.claim) end
-    for _, t in ipairs(verdict.todo) do apply_part(t[1]) end
+    for _, t in ipairs(verdict.todo) do apply_part(t[1], true) end
   elseif verdict.drop then
     drop_claim(o.claim)
   end
 end
+trim_applied()
 write_book(req.book, rejections, duplicates)
 return results
 """
@@ -1012,7 +1026,8 @@ class Store:
             if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.TryAgainError,
                                   redis.exceptions.ClusterDownError)):
                 self._refresh_topology()
-                raise TopologyChanged(str(reply))
+                name = type(reply).__name__.removesuffix("Error").upper()
+                raise TopologyChanged(f"{name} {reply}: the cluster's slots changed; retry")
         if wait and isinstance(confirmed, Exception):
             raise confirmed
         failed = any(isinstance(reply, Exception) for reply in replies)
@@ -1318,32 +1333,34 @@ def kept_body(body: str, max_bytes: int) -> dict:
 # The seed's DynamoDB tables, in Redis: OrderKPIs by order_date, CategoryKPIs by
 # (category, order_date). Exact integers are stored; rates and averages are derived on read.
 
-KPI_DATES_KEY = "kpi:orders:dates"
+# Every key of the files path shares the {files} hash tag: WRITE_KPIS touches several at
+# once, which a cluster runs only within one slot (the KPI tables are small).
+KPI_DATES_KEY = "kpi:{files}:orders:dates"
 # order_date -> rank of the table snapshot its KPIs were computed from (see WRITE_KPIS).
-KPI_SNAPSHOTS_KEY = "kpi:snapshots"
-EXECUTIONS_KEY = "files:executions"
+KPI_SNAPSHOTS_KEY = "kpi:{files}:snapshots"
+EXECUTIONS_KEY = "files:{files}:executions"
 ORDER_KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold",
                     "unique_customers", "returned_orders")
 
 
 def order_kpi_key(order_date: str) -> str:
     """Hash of one order_date's order KPIs (OrderKPIs item)."""
-    return f"kpi:orders:{order_date}"
+    return f"kpi:{{files}}:orders:{order_date}"
 
 
 def category_kpi_key(order_date: str) -> str:
     """Hash of one order_date's category KPIs: field category, value a JSON array."""
-    return f"kpi:categories:{order_date}"
+    return f"kpi:{{files}}:categories:{order_date}"
 
 
 def execution_key(execution_id: str) -> str:
     """JSON record of one files execution (the copy of results/<id>.json the API serves)."""
-    return f"files:execution:{_part(execution_id)}"
+    return f"files:{{files}}:execution:{_part(execution_id)}"
 
 
 def execution_settled_key(execution_id: str) -> str:
     """Marker that an execution was settled (finished or failed) once."""
-    return f"files:execution-settled:{_part(execution_id)}"
+    return f"files:{{files}}:execution-settled:{_part(execution_id)}"
 
 
 # One call writes every date of an execution, so a reader sees all of its KPIs or none.
@@ -1383,8 +1400,8 @@ class FilesStore:
     @classmethod
     def from_url(cls, url: str) -> "FilesStore":
         """A FilesStore on a new client for the Redis URL."""
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                        socket_connect_timeout=5))
+        return cls(connect(url, decode_responses=True, socket_timeout=10,
+                           socket_connect_timeout=5))
 
     def write_kpis(self, rank: int, dates: list[str], order_kpis, category_kpis) -> int:
         """Replace the KPIs of the dates in one atomic call; return the dates written."""

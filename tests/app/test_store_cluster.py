@@ -5,7 +5,6 @@ Real redis-server processes: the session's standalone Redis and its 3-primary cl
 import json
 import random
 from datetime import date, datetime, timezone
-from decimal import Decimal
 
 import pytest
 import redis
@@ -15,14 +14,15 @@ from app import analytics
 from app.analytics import MonthRange, Period
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import MAX_TOTAL, Store, order_key, user_key
+from app.store import MAX_TOTAL, NotReplicated, Store, order_key, user_key
 from conftest import make_orders
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 def evaluated(bodies, prefix="m"):
-    return [evaluate(Incoming(b, f"{prefix}-{i}"), Settings(), now=NOW) for i, b in enumerate(bodies)]
+    return [evaluate(Incoming(b, f"{prefix}-{i}"), Settings(), now=NOW)
+            for i, b in enumerate(bodies)]
 
 
 def realistic(count, seed=7):
@@ -230,3 +230,45 @@ def test_an_order_over_the_limit_after_an_interrupted_attempt_is_rejected_whole(
     assert phased.redis.get(order_key("I2")) is None
     assert phased.global_stats().total_orders == 0
     assert phased.outcomes() == {"counted": 0, "duplicate": 0, "rejected": 1, "conflict": 0}
+
+
+def test_with_wait_required_and_no_replica_the_cluster_raises_a_transient_error(cluster_store):
+    from tasks.orders import TRANSIENT_ERRORS  # what Celery retries
+    waiting = Store(cluster_store.redis, Settings(redis_wait_replicas=1))
+    for _ in range(2):  # the claims were written: the retry finds them, still unconfirmed
+        with pytest.raises(NotReplicated, match="0 of 1 replica") as raised:
+            waiting.apply(evaluated(BATCH[:1]))
+        assert isinstance(raised.value, TRANSIENT_ERRORS)
+    # Without WAIT the retry goes through, and the order is counted once.
+    assert cluster_store.apply(evaluated(BATCH[:1])) == ["counted"]
+    assert cluster_store.outcomes()["counted"] == 1
+
+
+def move_slot(client: RedisCluster, slot: int, target) -> None:
+    """Give an empty slot to another primary, telling every node (CLUSTER SETSLOT NODE)."""
+    target_id = client.get_redis_connection(target).execute_command("CLUSTER MYID")
+    for node in [target] + [n for n in client.get_primaries() if n.name != target.name]:
+        client.get_redis_connection(node).execute_command("CLUSTER", "SETSLOT", slot, "NODE",
+                                                          target_id)
+
+
+def test_a_slot_moved_under_a_worker_is_a_transient_error_then_the_new_owner_counts(
+        cluster_store):
+    from tasks.orders import TRANSIENT_ERRORS  # what Celery retries
+    client = cluster_store.redis
+    slot = client.keyslot(order_key("I2"))
+    owner = client.nodes_manager.get_node_from_slot(slot)
+    other = next(n for n in client.get_primaries() if n.name != owner.name)
+    cluster_store.apply(evaluated(BATCH[:1]))  # the client knows the topology
+    move_slot(client, slot, other)
+    try:
+        with pytest.raises(TRANSIENT_ERRORS, match="MOVED"):
+            cluster_store.apply(evaluated(BATCH[1:2]))
+        # The map was refreshed: the retry goes to the new owner and counts the order once.
+        assert cluster_store.apply(evaluated(BATCH[1:2])) == ["counted"]
+        assert client.nodes_manager.get_node_from_slot(slot).name == other.name
+        assert cluster_store.user_stats("B").order_count == 1
+    finally:
+        client.delete(order_key("I2"))
+        move_slot(client, slot, owner)
+        client.nodes_manager.initialize()
