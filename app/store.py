@@ -209,6 +209,12 @@ def rejected_order_key(order_id: str) -> str:
     return f"rejected-order:{{p}}:{_part(order_id)}"
 
 
+def applied_mark(order_id: str, fingerprint: str) -> str:
+    """The entry of an order in a part's applied set: its id and a digest of its content."""
+    digest = hashlib.sha256(fingerprint.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{order_id}:{digest[:16]}"
+
+
 def hash_tag(key: str) -> str:
     """The {...} part of a key that decides its slot."""
     start = key.index("{")
@@ -1062,8 +1068,7 @@ class Store:
                  "keys": {"order": order_key(order_id)}}
         # A part's marker names the content too, so another order under the same id (after
         # its claim expired or was dropped) never passes for one already applied.
-        digest = hashlib.sha256(order.fingerprint.encode("utf-8", "surrogatepass")).hexdigest()
-        mark = f"{order_id}:{digest[:16]}"
+        mark = applied_mark(order_id, order.fingerprint)
         user = {"kind": "user", "order_id": order_id, "mark": mark, "cents": cents, "day": day,
                 "ts": int(order.placed_at.timestamp() * 1000),
                 "keys": {"user": user_key(user_id), "days": user_days_key(user_id),
