@@ -373,8 +373,8 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | 
     finally:
         process.stop(timeout=15)
     traffic = _delta(proxy0, proxy1)
-    data_commands, data_trips = RedisMeter.delta(data0, data1)
-    control_commands, control_trips = RedisMeter.delta(control0, control1)
+    data_commands, data_trips = stack.data_meter.delta(data0, data1)
+    control_commands, control_trips = stack.control_meter.delta(control0, control1)
     result.update(
         seconds=round(elapsed, 2), done=done, orders_per_s=round(done / elapsed, 1),
         # From the first orders done: what the contender sustains once it runs.
