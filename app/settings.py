@@ -213,6 +213,13 @@ class StackSettings:
 
     sqs_port: int = 4566
     redis_port: int = 6379
+    # Primaries of a local Redis Cluster for the store (0: one standalone Redis); Redis on
+    # redis_port then serves only the control plane.
+    redis_cluster: int = 0
+    # Replicas of each cluster primary.
+    redis_replicas: int = 0
+    # First port of the cluster's nodes (each also uses its port + 10000 for the bus).
+    redis_cluster_port: int = 7001
     api_port: int = 8000
     flower_port: int = 5555
     demo_orders: int = 3000

@@ -2,8 +2,9 @@
 
 Written the way the public examples serve the same two endpoints, as the peer the API
 benchmark compares the project's gunicorn + Flask setup with. It reads whichever user
-layout it finds (the seeds' float total_spend or the project's total_spend_cents), so it
-serves the data the project's worker wrote in the same run.
+layout it finds (the seeds' float total_spend or the project's total_spend_cents) under
+the project's key names (hash-tagged; the global totals summed over REDIS_SHARDS shards),
+so it serves the data the project's worker wrote in the same run.
 
     BENCH_REDIS_URL=redis://127.0.0.1:6379/0 uvicorn bench.fastapi_peer:app --port 8001
 """
@@ -12,9 +13,13 @@ import os
 import redis.asyncio as redis
 from fastapi import FastAPI, HTTPException
 
+from app.settings import from_env
+from app.store import global_key, user_key
+
 app = FastAPI(title="seed-style order stats")
 r = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
                          decode_responses=True)
+SHARDS = from_env().redis_shards
 
 
 def money(data: dict, name: str) -> float:
@@ -27,7 +32,7 @@ def money(data: dict, name: str) -> float:
 @app.get("/users/{user_id}/stats")
 async def user_stats(user_id: str):
     """One user's order count and spend."""
-    data = await r.hgetall(f"user:{user_id}")
+    data = await r.hgetall(user_key(user_id))
     if not data:
         raise HTTPException(status_code=404, detail="User not found")
     return {"user_id": user_id, "order_count": int(data.get("order_count", 0)),
@@ -37,6 +42,9 @@ async def user_stats(user_id: str):
 @app.get("/stats/global")
 async def global_stats():
     """The platform's order count and revenue."""
-    data = await r.hgetall("global:stats")
-    return {"total_orders": int(data.get("total_orders", 0)),
-            "total_revenue": money(data, "total_revenue")}
+    async with r.pipeline(transaction=False) as pipe:
+        for shard in range(SHARDS):
+            pipe.hgetall(global_key(shard))
+        shares = await pipe.execute()
+    return {"total_orders": sum(int(data.get("total_orders", 0)) for data in shares),
+            "total_revenue": round(sum(money(data, "total_revenue") for data in shares), 2)}

@@ -297,6 +297,24 @@ def _durability(results: dict) -> list[str]:
     return lines
 
 
+def _cluster(results: dict) -> list[str]:
+    rows = results["cluster"]
+    base = rows[0]["orders_per_s"] or 1
+    lines = ["", "### Redis Cluster: the project's ingest on one Redis and on a cluster", "",
+             "| Redis | orders/s | × one Redis | Redis round trips per order (all primaries) "
+             "| Redis commands per order | CPU % of a core: SQS server · contender · Redis | "
+             "check |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in rows:
+        orders = r["done"] or r["orders"]
+        lines.append(f"| {r['contender'].removeprefix('this project, ')} | "
+                     f"{_n(r['orders_per_s'])} | {r['orders_per_s'] / base:.2f}× | "
+                     f"{_per(r['redis_round_trips'], orders)} | "
+                     f"{_per(sum(r['redis_commands'].values()), orders)} | "
+                     f"{_busy(r['cpu_busy'], ('sqs', 'contender', 'redis'))} | "
+                     f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The whole table: header, ingest, API, scale and targets."""
     lines = _header(results) + _ingest(results)
@@ -306,6 +324,8 @@ def markdown(results: dict) -> str:
         lines += _scale(results)
     if results.get("durability"):
         lines += _durability(results)
+    if results.get("cluster"):
+        lines += _cluster(results)
     if results.get("files"):
         lines += ["### Batch files", "", files_markdown(results["files"])]
     if results.get("range_queries"):

@@ -51,6 +51,7 @@ from bench import files as files_bench
 from bench import range_queries
 from bench import report, seed_worker, stock_celery
 from bench.sqs_counter import COUNTS_PATH, rtt_url
+from stack.cluster import LocalRedisCluster
 from stack.produce import send_all
 from stack.services import PROJECT_ROOT, Process, RedisServer, SqsServer, free_port, wait_for
 
@@ -121,6 +122,39 @@ class RedisMeter:
     def flush(self):
         """Empty every database (a fresh start for the next contender)."""
         self.client.flushall()
+
+
+class ClusterMeter:
+    """RedisMeter's figures summed over a Redis Cluster's primaries (replicas only copy)."""
+
+    def __init__(self, cluster: LocalRedisCluster):
+        self.cluster = cluster
+        self.store = Store(cluster.client(decode_responses=True))
+        self.primaries = [RedisMeter(f"redis://127.0.0.1:{port}/0")
+                          for port in cluster.primary_ports()]
+
+    def snapshot(self) -> list:
+        """Each primary's snapshot."""
+        return [meter.snapshot() for meter in self.primaries]
+
+    @staticmethod
+    def delta(before: list, after: list) -> tuple[Counter, int]:
+        """Commands per name and round trips of all the primaries together."""
+        calls, trips = Counter(), 0
+        for one_before, one_after in zip(before, after):
+            node_calls, node_trips = RedisMeter.delta(one_before, one_after)
+            calls.update(node_calls)
+            trips += node_trips
+        return calls, trips
+
+    def used_memory(self) -> int:
+        """used_memory summed over the primaries."""
+        return sum(meter.used_memory() for meter in self.primaries)
+
+    def flush(self):
+        """Empty every primary."""
+        for meter in self.primaries:
+            meter.flush()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -200,8 +234,8 @@ class Stack:
 
     def cpu_groups(self, contender: Process | None) -> dict:
         """The process groups whose CPU time is reported for each phase."""
-        groups = {"sqs": _fixed(self.sqs.process), "redis": _fixed(self.data.process,
-                                                                   self.control.process),
+        data = [node.process for node in getattr(self.data, "nodes", [self.data])]
+        groups = {"sqs": _fixed(self.sqs.process), "redis": _fixed(*data, self.control.process),
                   "proxy": _fixed(self.proxy)}
         if contender is not None:
             groups["contender"] = contender.members
@@ -342,8 +376,8 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | 
     finally:
         process.stop(timeout=15)
     traffic = _delta(proxy0, proxy1)
-    data_commands, data_trips = RedisMeter.delta(data0, data1)
-    control_commands, control_trips = RedisMeter.delta(control0, control1)
+    data_commands, data_trips = stack.data_meter.delta(data0, data1)
+    control_commands, control_trips = stack.control_meter.delta(control0, control1)
     result.update(
         seconds=round(elapsed, 2), done=done, orders_per_s=round(done / elapsed, 1),
         # From the first orders done: what the contender sustains once it runs.
@@ -565,6 +599,18 @@ def run_durability(stack: Stack, orders: Orders, data_dir: Path) -> list[dict]:
     return rows
 
 
+def run_cluster(stack: Stack, orders: Orders, primaries: int = 3) -> list[dict]:
+    """The project's ingest on a standalone Redis and on a local Redis Cluster, side by side."""
+    rows = [run_project(stack, orders, label="this project, one standalone Redis")]
+    with LocalRedisCluster(primaries, log_dir=stack.log_dir) as cluster:
+        on_cluster = replace(stack, data=cluster, data_meter=ClusterMeter(cluster))
+        rows.append(run_project(on_cluster, orders,
+                                label=f"this project, Redis Cluster of {primaries} primaries"))
+    for row, nodes in zip(rows, (1, primaries)):
+        row["redis_nodes"] = nodes
+    return rows
+
+
 def _outcome_check(stack: Stack, total: int, result: dict) -> dict:
     """Every message has exactly one outcome in Redis (unless the run was cut short)."""
     result["outcomes"] = outcomes = stack.data_meter.store.outcomes()
@@ -778,6 +824,9 @@ def parse_args(argv):
                         help="Store.apply loop of each range latency row")
     parser.add_argument("--durability", type=int, default=env_int("BENCH_DURABILITY", 1),
                         help="1: the project's ingest at each Redis durability level")
+    parser.add_argument("--cluster", type=int, default=env_int("BENCH_CLUSTER", 1),
+                        help="1: the project's ingest on a standalone Redis and on a local "
+                             "Redis Cluster of 3 primaries [BENCH_CLUSTER]")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
                         help="where latest.md, latest.json and the logs go")
     return parser.parse_args(argv)
@@ -799,7 +848,8 @@ def main(argv=None):
         "api_seconds": args.api_seconds, "scale_users": scale_users,
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
         "files_items": args.files_items, "durability": args.durability,
-        "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days}}
+        "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days,
+        "cluster": args.cluster}}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:
@@ -846,6 +896,8 @@ def main(argv=None):
                                                        peer_url)], args.api_seconds)
             peer.stop()
         results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
+        if args.cluster:
+            results["cluster"] = run_cluster(stack, orders)
         if args.durability:
             results["durability"] = run_durability(stack, orders, Path(stack_dir) / "durable")
         if args.files_items:

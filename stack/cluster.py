@@ -6,6 +6,7 @@ Redis ships for it. Slots are spread evenly; with replicas, each primary gets it
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -47,7 +48,8 @@ class LocalRedisCluster:
     """`primaries` redis-server primaries with `replicas` replicas each, as one cluster."""
 
     def __init__(self, primaries: int = 3, replicas: int = 0, ports: list[int] | None = None,
-                 log_dir: Path | str | None = None):
+                 log_dir: Path | str | None = None, server_args: list[str] = (),
+                 admin: tuple[str, str] | None = None):
         if primaries < 3:
             raise ValueError("a Redis Cluster needs at least 3 primaries")
         count = primaries * (1 + replicas)
@@ -59,11 +61,22 @@ class LocalRedisCluster:
         if len(self.ports) != count:
             raise ValueError(f"{primaries} primaries with {replicas} replicas need {count} ports")
         self.primaries, self.replicas = primaries, replicas
-        self.nodes = [RedisServer(port, log_dir=log_dir, name=f"redis-cluster-{port}",
-                                  extra_args=["--cluster-enabled", "yes",
-                                              "--cluster-config-file", f"nodes-{port}.conf",
-                                              "--cluster-node-timeout", str(NODE_TIMEOUT_MS)])
-                      for port in self.ports]
+        # admin: (user, password) that joins the nodes and that replicas sync with, when
+        # server_args turn the default user off (stack/redis_users.py's ACL users).
+        self.admin = admin
+        self.log_dir, self.server_args = log_dir, list(server_args)
+        self.nodes = [self._node(port) for port in self.ports]
+
+    def _node(self, port: int) -> RedisServer:
+        return RedisServer(port, log_dir=self.log_dir, name=f"redis-cluster-{port}",
+                           extra_args=["--cluster-enabled", "yes",
+                                       "--cluster-config-file", f"nodes-{port}.conf",
+                                       "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                                       *self.server_args])
+
+    def _credentials(self) -> dict[str, str]:
+        """redis-py keyword arguments of the admin user, if any."""
+        return {"username": self.admin[0], "password": self.admin[1]} if self.admin else {}
 
     @property
     def url(self) -> str:
@@ -75,10 +88,10 @@ class LocalRedisCluster:
         try:
             for node in self.nodes:
                 node.start()
-            subprocess.run([find_redis_cli(), "--cluster", "create",
-                            *(f"127.0.0.1:{port}" for port in self.ports),
-                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                           check=True, capture_output=True, text=True, timeout=timeout)
+                self._let_replicas_sync(node.port)
+            self._redis_cli("--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes",
+                            timeout=timeout)
             self._wait_ready(timeout)
         except (subprocess.SubprocessError, ServiceError) as exc:
             self.stop()
@@ -86,9 +99,44 @@ class LocalRedisCluster:
             raise ServiceError(f"the local Redis Cluster did not form: {exc}\n{detail}") from exc
         return self
 
+    def add_replica(self, primary_port: int, timeout: float = 60.0) -> RedisServer:
+        """Start a new node and make it a replica of the primary on primary_port.
+
+        What an operator (or a managed service) does after a failover, so the promoted
+        primary has a replica again and WAIT can be satisfied.
+        """
+        node = self._node(free_node_port(set(self.ports)))
+        self.nodes.append(node)
+        self.ports.append(node.port)
+        node.start()
+        self._let_replicas_sync(node.port)
+        with redis.Redis(port=primary_port, decode_responses=True, **self._credentials()) as primary:
+            primary_id = primary.cluster("MYID")
+        self._redis_cli("--cluster", "add-node", f"127.0.0.1:{node.port}",
+                        f"127.0.0.1:{primary_port}", "--cluster-slave", "--cluster-master-id",
+                        primary_id, timeout=timeout)
+        self._wait_ready(timeout)
+        return node
+
+    def _redis_cli(self, *args: str, timeout: float):
+        # The password travels in the environment, so the process list does not show it.
+        login = ["--user", self.admin[0]] if self.admin else []
+        env = {**os.environ, "REDISCLI_AUTH": self.admin[1]} if self.admin else None
+        subprocess.run([find_redis_cli(), *login, *args], check=True, capture_output=True,
+                       text=True, timeout=timeout, env=env)
+
+    def _let_replicas_sync(self, port: int):
+        # Set at run time rather than on the command line, where ps would show the password.
+        if self.admin:
+            with redis.Redis(port=port, **self._credentials()) as node:
+                node.config_set("masteruser", self.admin[0])
+                node.config_set("masterauth", self.admin[1])
+
     def _wait_ready(self, timeout: float):
         try:
-            wait_for(lambda: all(self._node_ready(port) for port in self.ports), timeout,
+            # Nodes killed on purpose (a failover test's) stay known to the others, failed.
+            live = [node.port for node in self.nodes if node.process and node.process.running]
+            wait_for(lambda: all(self._node_ready(port) for port in live), timeout,
                      interval=0.2, message=f"the cluster on ports {self.ports} to serve all slots")
         except TimeoutError as exc:
             raise ServiceError(str(exc)) from None
@@ -96,7 +144,7 @@ class LocalRedisCluster:
     def _node_ready(self, port: int) -> bool:
         # Every node must agree: all slots served and every node known, replicas synced.
         try:
-            with redis.Redis(port=port, socket_timeout=1) as node:
+            with redis.Redis(port=port, socket_timeout=1, **self._credentials()) as node:
                 info = node.cluster("INFO")
                 synced = node.info("replication").get("master_link_status", "up") == "up"
         except redis.RedisError:
@@ -107,11 +155,18 @@ class LocalRedisCluster:
 
     def client(self, **options) -> RedisCluster:
         """A cluster client on this cluster."""
-        return RedisCluster.from_url(self.url, **options)
+        return RedisCluster.from_url(self.url, **{**self._credentials(), **options})
+
+    def primary_ports(self) -> list[int]:
+        """Ports of the nodes that are primaries now (a failover changes them)."""
+        with redis.Redis(port=self.ports[0], decode_responses=True, **self._credentials()) as node:
+            nodes = node.cluster("NODES")
+        return sorted(int(address.rsplit(":", 1)[1]) for address, meta in nodes.items()
+                      if "master" in meta["flags"] and "fail" not in meta["flags"])
 
     def describe(self) -> list[str]:
         """One line per node: address, role and slot ranges, for make run to print."""
-        with redis.Redis(port=self.ports[0], decode_responses=True) as node:
+        with redis.Redis(port=self.ports[0], decode_responses=True, **self._credentials()) as node:
             nodes = node.cluster("NODES")
         return [f"{address}  {', '.join(sorted(set(meta['flags'].split(',')) - {'myself'}))}"
                 f"{'  slots ' + ' '.join('-'.join(r) for r in meta['slots']) if meta['slots'] else ''}"

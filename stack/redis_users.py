@@ -15,12 +15,13 @@ API_USER = "api"
 # The workers (and Flower, the CLI) own the data and the control plane. The API runs
 # read commands only, plus the ranking script: EVALSHA asks write access to every key it
 # is given, so the root rules allow all keys, and a script is held to the same command
-# list, command by command: it cannot write.
+# list, command by command: it cannot write. CLUSTER SLOTS/SHARDS and COMMAND let redis-py's
+# cluster client find the nodes of a Redis Cluster.
 USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
     API_USER: ("resetkeys", "~*", "resetchannels", "-@all", "+@read", "-@dangerous",
                "+@transaction", "+ping", "+info", "+hello", "+select", "+evalsha",
-               "+script|load"),
+               "+script|load", "+cluster|slots", "+cluster|shards", "+command"),
 }
 
 

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from app import settings as app_settings
 from app import aws, sqs
 from stack import redis_users
+from stack.cluster import BUS_OFFSET, LocalRedisCluster
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             require_free_port, wait_for)
 
@@ -117,17 +118,7 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
                                               python=stack.settings.sqs_server_python or None))
         env["SQS_ENDPOINT_URL"] = server.endpoint_url
     if "REDIS_URL" not in os.environ:
-        port = stack.settings.redis_port
-        say(f"starting redis-server on 127.0.0.1:{port}, data in {stack.var_dir}/redis")
-        # New passwords every start: the users live in redis-server's options, not its data.
-        passwords = redis_users.new_passwords()
-        server = stack.start_server(
-            RedisServer(port, stack.var_dir / "redis", log_dir=stack.log_dir,
-                        extra_args=redis_users.server_args(passwords)))
-        env["REDIS_URL"] = redis_users.url_for(server.url, redis_users.WORKER_USER,
-                                               passwords[redis_users.WORKER_USER])
-        env["API_REDIS_URL"] = redis_users.url_for(server.url, redis_users.API_USER,
-                                                   passwords[redis_users.API_USER])
+        env.update(start_redis(stack))
 
     # An existing producer sends to OrderQueue: it works unchanged against the local stack.
     env.setdefault("EXTRA_ORDERS_QUEUES", "OrderQueue")
@@ -172,6 +163,50 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     wait_for_health(f"{api_url}/health", stack.processes, HEALTH_TIMEOUT)
     flower = f"http://127.0.0.1:{flower_port} (user {FLOWER_USER}, password {flower_password})"
     return settings, env, api_url, flower
+
+
+def start_redis(stack: Stack) -> dict[str, str]:
+    """Start the store's Redis (standalone or a local cluster); return its URLs."""
+    # New passwords every start: the users live in redis-server's options, not its data.
+    passwords = redis_users.new_passwords()
+    port = stack.settings.redis_port
+    say(f"starting redis-server on 127.0.0.1:{port}, data in {stack.var_dir}/redis")
+    server = stack.start_server(
+        RedisServer(port, stack.var_dir / "redis", log_dir=stack.log_dir,
+                    extra_args=redis_users.server_args(passwords)))
+    store_url = server.url
+    urls = {}
+    if stack.settings.redis_cluster:
+        # kombu's Redis transport speaks no cluster: the standalone one is the control plane.
+        urls["CONTROL_URL"] = redis_users.url_for(server.url, redis_users.WORKER_USER,
+                                                  passwords[redis_users.WORKER_USER])
+        store_url = start_cluster(stack, passwords).url
+    for variable, user in (("REDIS_URL", redis_users.WORKER_USER),
+                           ("API_REDIS_URL", redis_users.API_USER)):
+        urls[variable] = redis_users.url_for(store_url, user, passwords[user])
+    return urls
+
+
+def start_cluster(stack: Stack, passwords: dict[str, str]) -> LocalRedisCluster:
+    """Start the local Redis Cluster of REDIS_CLUSTER primaries and print its nodes."""
+    primaries, replicas = stack.settings.redis_cluster, stack.settings.redis_replicas
+    first = stack.settings.redis_cluster_port
+    ports = list(range(first, first + primaries * (1 + replicas)))
+    for port in ports:
+        require_free_port(port, "a Redis Cluster node")
+        require_free_port(port + BUS_OFFSET, "a Redis Cluster node's bus")
+    say(f"starting a Redis Cluster of {primaries} primaries with {replicas} replica(s) each "
+        f"on 127.0.0.1:{ports[0]}-{ports[-1]} (data discarded at stop)")
+    cluster = LocalRedisCluster(primaries, replicas, ports, log_dir=stack.log_dir,
+                                server_args=redis_users.server_args(passwords),
+                                admin=(redis_users.WORKER_USER,
+                                       passwords[redis_users.WORKER_USER]))
+    # Each node is watched and stopped like any server of the stack.
+    stack.servers.extend(cluster.nodes)
+    cluster.start()
+    for line in cluster.describe():
+        say(f"  {line}")
+    return cluster
 
 
 def api_environment(env: dict[str, str], settings: app_settings.Settings) -> dict[str, str]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import logging
 
 from celery import Celery, current_app
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from pythonjsonlogger.json import JsonFormatter
 
 import celeryconfig
 from app.display import printable
+from app.redis_client import check_control_plane
 from app.settings import Settings
 from tasks.transport import use_for_sqs_urls
 
@@ -65,3 +66,16 @@ def use_log_format(logger: logging.Logger, **kwargs):
     settings = getattr(current_app, "settings", None)
     if settings is not None:
         format_logs(logger, settings)
+
+
+@worker_init.connect
+def refuse_a_cluster_control_plane(sender=None, **kwargs):
+    """A worker on a Redis Cluster store needs a standalone CONTROL_URL: say so and exit."""
+    settings = getattr(sender.app if sender else current_app, "settings", None)
+    if settings is None:
+        return
+    try:
+        check_control_plane(settings)
+    except ValueError as exc:
+        # SystemExit prints the message alone: a traceback would bury it.
+        raise SystemExit(f"worker not started: {exc}") from None

@@ -50,6 +50,11 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     assert list(rows) == ROWS
     for name, _, _ in ROWS:
         assert f"| {name}" in table
+    # One Redis and a cluster of 3 primaries, each with every outcome in place.
+    assert [row["redis_nodes"] for row in results["cluster"]] == [1, 3]
+    for row in results["cluster"]:
+        assert row["status"] == "ok" and "MISMATCH" not in row["check"], row
+    assert "### Redis Cluster" in table
     # Stock Celery may hit the 20 s time box (it polls once a second by default), and so
     # may the seed-style worker at 20 ms (a DeleteMessage per order); the others get
     # through all 200 and their own checks hold.

@@ -1,11 +1,18 @@
 """The local Redis Cluster (REDIS_CLUSTER=3 make run, the tests) and cluster detection."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
 from app.redis_client import check_control_plane, connect, is_cluster
-from app.settings import Settings
+from app.settings import Settings, to_env
+from stack import redis_users
 from stack.cluster import BUS_OFFSET, SLOTS, LocalRedisCluster, free_node_port
+from stack.services import PROJECT_ROOT
 
 
 def test_three_primaries_serve_every_slot(redis_cluster):
@@ -52,3 +59,54 @@ def test_node_ports_leave_room_for_the_cluster_bus():
 def test_a_cluster_needs_three_primaries():
     with pytest.raises(ValueError, match="at least 3 primaries"):
         LocalRedisCluster(primaries=2)
+
+
+def test_a_worker_on_a_cluster_store_without_control_url_exits_saying_why(redis_cluster):
+    env = {**os.environ, **to_env(Settings(redis_url=redis_cluster.url))}
+    env.pop("CONTROL_URL", None)
+    finished = subprocess.run([str(Path(sys.executable).parent / "celery"), "-A", "tasks",
+                               "worker", "--pool", "solo"], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert finished.returncode != 0
+    assert "worker not started" in finished.stderr
+    assert "CONTROL_URL must name a standalone Redis" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_a_cluster_with_the_stacks_users_lets_the_api_read_and_not_write(tmp_path):
+    passwords = redis_users.new_passwords()
+    worker = (redis_users.WORKER_USER, passwords[redis_users.WORKER_USER])
+    with LocalRedisCluster(3, 1, log_dir=tmp_path, admin=worker,
+                           server_args=redis_users.server_args(passwords)) as cluster:
+        # Replicas synced with the worker user's password: the default user is off.
+        assert len(cluster.describe()) == 6 and sum("slave" in n for n in cluster.describe()) == 3
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=cluster.ports[0]).ping()
+        writer = RedisCluster.from_url(redis_users.url_for(cluster.url, *worker))
+        keys = [f"key-{i}" for i in range(12)]
+        for key in keys:
+            writer.set(key, key)
+        api_url = redis_users.url_for(cluster.url, redis_users.API_USER,
+                                      passwords[redis_users.API_USER])
+        reader = connect(api_url)
+        assert isinstance(reader, RedisCluster)
+        assert [reader.get(key) for key in keys] == [key.encode() for key in keys]
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            reader.set(keys[0], "changed")
+
+
+def test_primary_ports_name_the_primaries(redis_cluster):
+    client = redis_cluster.client()
+    primaries = {node.port for node in client.get_nodes() if node.server_type == "primary"}
+    assert set(redis_cluster.primary_ports()) == primaries and len(primaries) == 3
+
+
+def test_a_replica_added_to_a_primary_syncs_with_it(tmp_path):
+    with LocalRedisCluster(3, log_dir=tmp_path) as cluster:
+        primary = cluster.primary_ports()[0]
+        node = cluster.add_replica(primary)
+        with redis.Redis(port=node.port, decode_responses=True) as replica:
+            info = replica.info("replication")
+        assert (info["role"], info["master_port"], info["master_link_status"]) == (
+            "slave", primary, "up")
+        assert cluster.primary_ports() == sorted(cluster.ports[:3])
