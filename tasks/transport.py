@@ -30,6 +30,7 @@ import logging
 
 from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
 
+from tasks.pipelining import ReceivePipeline, WindowQoS
 from tasks.task_messages import (REFUSED_KEY, Refused, accepted_files_task_message,
                                  accepted_task_message, looks_like_task_message)
 
@@ -40,8 +41,8 @@ RECEIVE_RETRY_FIRST = 0.5
 RECEIVE_RETRY_MAX = 5.0
 
 
-class QoS(SQS.QoS):
-    """SQS QoS whose requeue does not run the failure backoff policy."""
+class QoS(WindowQoS, SQS.QoS):
+    """SQS QoS whose requeue does not run the failure backoff policy (window: pipelining.py)."""
 
     def reject(self, delivery_tag, requeue=False):
         if requeue:
@@ -50,8 +51,8 @@ class QoS(SQS.QoS):
         super().reject(delivery_tag, requeue=requeue)
 
 
-class Channel(SQS.Channel):
-    """SQS channel that survives odd bodies and failed receives."""
+class Channel(ReceivePipeline, SQS.Channel):
+    """SQS channel that survives odd bodies and failed receives (pipelining: pipelining.py)."""
 
     QoS = QoS
     _failed_receives = 0

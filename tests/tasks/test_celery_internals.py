@@ -96,3 +96,52 @@ def test_sqs_envelope_internals_the_task_message_check_relies_on():
     # The body is decoded when the message is built, after _envelope_payload: a body that
     # did not decode raised there, in the consumer.
     assert "decode_body" in inspect.getsource(virtual.Message.__init__)
+
+
+def test_settling_a_delivery_wakes_a_receive_parked_on_a_full_window():
+    """tasks/pipelining.py parks a receive chain on a full window; kombu's QoS settles
+    every ack, reject and requeue through _quick_ack, where WindowQoS wakes it."""
+    from kombu.asynchronous import Hub
+
+    connection = celery_app.connection_for_write("sqs://test:test@127.0.0.1:1")
+    channel = connection.channel()
+    queue = celery_app.conf.task_default_queue
+    try:
+        channel.hub = Hub()
+        qos = channel.qos
+        qos.prefetch_count = 20
+        window = qos.prefetch_count + channel.receive_allowance()
+        tags = [f"tag-{i}" for i in range(window)]
+        for tag in tags:
+            qos.append({"delivery_info": {}}, tag)
+        channel._active_queues.append(queue)
+        channel._chains[queue] = 1
+        channel._schedule_queue(queue)  # the window is full: this chain parks
+        assert channel._parked == [queue] and not channel.hub._ready
+        for tag in tags[:10]:  # room for a whole receive again
+            qos.ack(tag)
+        woken = [p for p in channel.hub._ready
+                 if getattr(p, "fun", None) == channel._schedule_queue]
+        assert [p.args for p in woken] == [(queue,)] and channel._parked == []
+        for tag in tags[10:]:
+            qos.ack(tag)
+    finally:
+        channel._active_queues.clear()
+        channel.close()
+        connection.release()
+
+
+def test_receives_in_flight_follow_the_measured_rate_and_round_trip():
+    import math
+
+    from tasks.pipelining import MAX_RECEIVES_PER_QUEUE, RECEIVE_HEADROOM, ReceiveMeter
+
+    meter = ReceiveMeter()
+    for rate, round_trip in ((100, 0.001), (800, 0.030), (5000, 0.100)):
+        meter.rate.value, meter.round_trip.value = rate, round_trip
+        # Little's law: receives on the way = rate x round trip / ten per receive.
+        on_the_way = rate * round_trip / 10
+        assert meter.receives_needed() == min(MAX_RECEIVES_PER_QUEUE,
+                                              math.ceil(on_the_way * RECEIVE_HEADROOM) + 1)
+    meter.rate.value, meter.round_trip.value = 800, 0.030
+    assert meter.receives_needed() > 1  # a far SQS needs several in flight

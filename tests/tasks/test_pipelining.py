@@ -1,0 +1,68 @@
+"""With SQS a round trip away, receives overlap and deletes do not hold up the event loop."""
+import json
+import os
+import sys
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from app import sqs
+from bench.sqs_counter import COUNTS_PATH
+from conftest import ROOT, wait_for
+from stack.services import Process, free_port
+
+# Long enough that a consumer waiting for each request in turn could not overlap two.
+RTT_MS = 100
+
+
+def order(order_id, cents=250):
+    return json.dumps({"order_id": order_id, "user_id": f"U{order_id}",
+                       "order_timestamp": "2024-12-13T10:00:00Z", "order_value": cents / 100,
+                       "items": [{"product_id": "P1", "quantity": 1,
+                                  "price_per_unit": cents / 100}]})
+
+
+@pytest.fixture
+def far_sqs(sqs_server, tmp_path):
+    """The counting proxy of the benchmark in front of SQS, adding RTT_MS to every request."""
+    port = free_port()
+    proxy = Process("sqs-counter", [sys.executable, "-m", "bench.sqs_counter", "--port", port,
+                                    "--upstream", sqs_server.endpoint_url, "--rtt-ms", RTT_MS],
+                    env={**os.environ, "PYTHONPATH": str(ROOT)}, log_dir=tmp_path,
+                    cwd=ROOT).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def counts():
+        try:
+            with urllib.request.urlopen(url + COUNTS_PATH, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            return None
+    wait_for(counts, timeout=30, message="the counting proxy to answer")
+    yield url, counts
+    proxy.stop()
+
+
+@pytest.mark.slow
+def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
+        settings, store, sqs_client, start_worker, far_sqs):
+    url, counts = far_sqs
+    bodies = [order(f"L{i}") for i in range(300)]
+    for start in range(0, len(bodies), sqs.BATCH_SIZE):
+        assert sqs.send_bodies(sqs_client, settings.orders_url,
+                               bodies[start:start + sqs.BATCH_SIZE]) == []
+    start_worker(settings=replace(settings, sqs_endpoint_url=url))
+
+    wait_for(lambda: store.outcomes()["counted"] == len(bodies), timeout=90,
+             message="every order counted")
+    wait_for(lambda: counts()["messages"].get("deleted", 0) == len(bodies), timeout=30,
+             message="every message deleted")
+    seen = counts()
+    assert store.outcomes()["duplicate"] == 0
+    assert seen["requests"]["DeleteMessageBatch"] * 10 >= len(bodies)  # batches of ten
+    # kombu alone keeps one ReceiveMessage in flight per queue (tasks/pipelining.py
+    # ReceivePipeline over Channel._schedule_queue and _get_from_sqs).
+    assert seen["peak_in_flight"]["ReceiveMessage"] >= 2, seen
+    # A delete made on the event loop would wait there, one at a time (pipelining.Settler).
+    assert seen["peak_in_flight"]["DeleteMessageBatch"] >= 2, seen
