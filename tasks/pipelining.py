@@ -7,10 +7,15 @@ per two round trips, however idle the CPU.
 
 - ReceivePipeline (a Channel mixin) keeps as many receives in flight per queue as the
   measured receive rate times the measured round trip needs (Little's law, with
-  headroom), and wakes them when acks free room instead of sleeping polling_interval.
+  headroom) while the queue has messages, and one long poll while it is empty; a
+  receive that finds the window full waits (parks) until an ack or a landing receive
+  frees room, instead of sleeping polling_interval.
 - WindowQoS (a QoS mixin) widens the prefetch window by the messages those receives
-  may bring: Celery's prefetch (worker_prefetch_multiplier x concurrency) covers the
-  work in the pool, the receives in flight cover the round trip.
+  may bring, ten per live receive chain of every queue: Celery's prefetch
+  (worker_prefetch_multiplier x concurrency) covers the work in the pool, the receives
+  in flight cover the round trip. So receives never crowd each other out: a chain
+  parks only while more than Celery's prefetch is delivered and not yet settled, and
+  each of those deliveries wakes it when it is settled.
 - Settler runs DeleteMessage(Batch) and ChangeMessageVisibility on a few threads. The
   kombu bookkeeping (the prefetch slot) is released at once on the loop; a settlement
   that fails is logged and harmless: a message not deleted is received again after its
@@ -33,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # ReceiveMessage and DeleteMessageBatch take at most ten messages.
 SQS_MAX_MESSAGES = 10
-# Receives in flight per queue: at least one, at most this many (kombu's curl client
+# Receives in flight per queue that has messages: at most this many (kombu's curl client
 # serves ten requests at a time per process, shared by every queue), and this many
 # before anything is measured (fewer soon follow if the rate does not need them).
 MAX_RECEIVES_PER_QUEUE = 8
@@ -94,9 +99,11 @@ class ReceivePipeline:
     """SQS Channel mixin: several ReceiveMessage calls in flight per queue.
 
     kombu's receive loop is a chain per queue: _schedule_queue receives (if the prefetch
-    window has room), and the answer schedules the next _schedule_queue. This runs as
-    many chains per queue as ReceiveMeter says, ends surplus ones, and parks a chain
-    that finds the window full until an ack frees room.
+    window has room), and the answer schedules the next _schedule_queue (_loop1). This
+    adds chains up to what ReceiveMeter says after a receive that brought messages, ends
+    surplus ones and, after an empty receive, every one but the last (an empty queue
+    needs one long poll, not eight); a chain that finds the window full parks until an
+    ack or a landing receive frees room.
     """
 
     def __init__(self, *args, **kwargs):
@@ -107,8 +114,14 @@ class ReceivePipeline:
         self.receiving = 0  # messages asked for by the receives in flight
 
     def receive_allowance(self) -> int:
-        """Messages the prefetch window holds beyond Celery's prefetch: those in flight."""
-        return self.receive_meter.receives_needed() * SQS_MAX_MESSAGES
+        """Messages the prefetch window holds beyond Celery's prefetch: ten per live chain.
+
+        Counted over every queue's chains: sized by the rate alone, the empty queues' long
+        polls (in flight for wait_time_seconds) filled the window, and a queue whose
+        chains had all parked was never received from again (the files queue after its
+        first files.execute, with the orders queues idle).
+        """
+        return sum(self._chains.values()) * SQS_MAX_MESSAGES
 
     def basic_consume(self, queue, *args, **kwargs):
         """kombu starts one receive chain for the queue; count it."""
@@ -122,15 +135,22 @@ class ReceivePipeline:
             self._chains[queue] -= 1  # this chain ends (queue cancelled, or one too many)
             return
         if not self.qos.can_consume():
-            self._parked.append(queue)  # woken by wake_receivers() when an ack frees room
+            self._parked.append(queue)  # woken by wake_receivers() once room opens
             return
         super()._schedule_queue(queue)
-        while self._chains[queue] < self.receive_meter.receives_needed():
-            self._chains[queue] += 1
-            self.hub.call_soon(self._schedule_queue, queue)
+
+    def _loop1(self, queue, messages_fetched=None):
+        if not messages_fetched and self._chains[queue] > 1:
+            self._chains[queue] -= 1  # the queue is empty: one long poll is enough
+            return
+        if messages_fetched:
+            while self._chains[queue] < self.receive_meter.receives_needed():
+                self._chains[queue] += 1
+                self.hub.call_soon(self._schedule_queue, queue)
+        super()._loop1(queue, messages_fetched)
 
     def wake_receivers(self):
-        """Resume the parked chains once the window has room (called on every ack)."""
+        """Resume the parked chains once the window has room (on every ack and landing)."""
         if self._parked and self.hub and self.qos.can_consume():
             parked, self._parked = self._parked, []
             for queue in parked:
@@ -144,6 +164,7 @@ class ReceivePipeline:
             self.receiving -= count
             messages = response.get("Messages") if isinstance(response, dict) else None
             self.receive_meter.landed(monotonic() - started, len(messages or ()))
+            self.wake_receivers()  # the room this receive held is free again
             return response
 
         return super()._get_from_sqs(queue_name, queue_url, connection, count,

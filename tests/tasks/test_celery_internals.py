@@ -110,12 +110,12 @@ def test_settling_a_delivery_wakes_a_receive_parked_on_a_full_window():
         channel.hub = Hub()
         qos = channel.qos
         qos.prefetch_count = 20
+        channel._active_queues.append(queue)
+        channel._chains[queue] = 1  # the window holds ten more per live receive chain
         window = qos.prefetch_count + channel.receive_allowance()
         tags = [f"tag-{i}" for i in range(window)]
         for tag in tags:
             qos.append({"delivery_info": {}}, tag)
-        channel._active_queues.append(queue)
-        channel._chains[queue] = 1
         channel._schedule_queue(queue)  # the window is full: this chain parks
         assert channel._parked == [queue] and not channel.hub._ready
         for tag in tags[:10]:  # room for a whole receive again

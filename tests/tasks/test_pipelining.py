@@ -1,15 +1,19 @@
 """With SQS a round trip away, receives overlap and deletes do not hold up the event loop."""
 import json
 import os
+import random
 import sys
 import urllib.request
 from dataclasses import replace
 
 import pytest
 
-from app import sqs
+from app import aws, sqs
+from app.files.contract import ORDERS
+from app.store import FilesStore
 from bench.sqs_counter import COUNTS_PATH
 from conftest import ROOT, wait_for
+from files_oracle import csv_of, make_rows
 from stack.services import Process, free_port
 
 # Long enough that a consumer waiting for each request in turn could not overlap two.
@@ -66,3 +70,29 @@ def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
     assert seen["peak_in_flight"]["ReceiveMessage"] >= 2, seen
     # A delete made on the event loop would wait there, one at a time (pipelining.Settler).
     assert seen["peak_in_flight"]["DeleteMessageBatch"] >= 2, seen
+
+
+def test_a_worker_on_both_queues_goes_on_receiving_after_files_executions(
+        files_settings, store, sqs_client, start_worker):
+    """The wedge of 31cd53a: idle long polls filled the window, the files queue parked."""
+    # Idle orders queues, as make run has two: their long polls are what filled the window.
+    settings = replace(files_settings, extra_orders_queues=",".join(
+        f"{files_settings.orders_queue}-idle{i}" for i in range(2)))
+    sqs.ensure_queues(settings)
+    files = FilesStore.from_url(settings.redis_url)
+    start_worker(settings=settings, concurrency=1)  # the smallest window
+    rng = random.Random(12)
+    for execution in range(1, 4):
+        # Each execution needs its files.stage, files.kpis and files.finish received.
+        orders = make_rows(rng, orders=5)[1]
+        aws.s3_client(settings).put_object(Bucket=settings.files_bucket,
+                                           Key=f"input/orders_{execution}.csv",
+                                           Body=csv_of(ORDERS, orders))
+        wait_for(lambda: [e["status"] for e in files.executions()] == ["succeeded"] * execution,
+                 timeout=60, message=f"files execution {execution} to succeed")
+    bodies = [order(f"F{i}") for i in range(30)]
+    for start in range(0, len(bodies), sqs.BATCH_SIZE):
+        assert sqs.send_bodies(sqs_client, settings.orders_url,
+                               bodies[start:start + sqs.BATCH_SIZE]) == []
+    wait_for(lambda: store.outcomes()["counted"] == len(bodies), timeout=60,
+             message="the orders sent after the files executions counted")
