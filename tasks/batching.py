@@ -12,8 +12,8 @@ import uuid
 from celery.worker.request import Request
 from kombu.message import Message
 from kombu.serialization import dumps
-from kombu.transport import virtual
 
+from tasks import compat
 from tasks.names import PROCESS_BATCH
 from tasks.pipelining import settler
 
@@ -75,7 +75,7 @@ class BatchMessage(GroupMessage):
     def ack(self, multiple=False):
         """Delete every message with one DeleteMessageBatch (failed ones are rejected)."""
         self._settle()
-        self._state = "ACK"
+        compat.mark_settled(self, "ACK")
 
     def reject(self, requeue=False):
         """Leave the messages to SQS: redelivered after their backoff, then dead-lettered.
@@ -87,7 +87,7 @@ class BatchMessage(GroupMessage):
         else:
             for message in self.messages:
                 message.reject(requeue=requeue)
-        self._state = "REJECTED"
+        compat.mark_settled(self, "REJECTED")
 
     def requeue(self):
         """Give every message back to the queue."""
@@ -116,8 +116,8 @@ def delete_batch(messages: list[Message]):
                      [m.delivery_info["sqs_message"]["ReceiptHandle"] for m in messages])
     for message in messages:
         # The base channel's ack only does kombu's bookkeeping; SQS's would delete again.
-        virtual.Channel.basic_ack(message.channel, message.delivery_tag)
-        message._state = "ACK"
+        compat.release_delivery(message.channel, message.delivery_tag)
+        compat.mark_settled(message, "ACK")
 
 
 class BatchRequest(Request):
@@ -126,6 +126,7 @@ class BatchRequest(Request):
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         """Delete the counted messages and leave only the failed ones to SQS."""
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
-        if isinstance(exc, BatchPartlyFailed) and isinstance(self._message, BatchMessage):
-            self._message.failed_ids = set(exc.failed_ids)
+        message = compat.request_message(self)
+        if isinstance(exc, BatchPartlyFailed) and isinstance(message, BatchMessage):
+            message.failed_ids = set(exc.failed_ids)
         return super().on_failure(exc_info, send_failed_event, return_ok)

@@ -5,6 +5,7 @@ from celery.worker.consumer import Consumer
 from kombu.serialization import dumps
 
 from app.deadletters import original_id
+from tasks import compat
 from tasks.batching import BatchMessage, raw_entry
 from tasks.control import control_connection
 from tasks.files_consumer import FilesBatcher
@@ -38,7 +39,7 @@ def adopt_raw_order(app, message) -> bool:
     message.content_type, message.content_encoding, message.body = dumps(body, serializer="json")
     message.headers = headers
     message.properties.update(properties)
-    message._decoded_cache = None
+    compat.forget_decoded_body(message)
     return True
 
 
@@ -57,12 +58,13 @@ class OrderConsumer(Consumer):
     class Blueprint(Consumer.Blueprint):
         """Celery's consumer steps with remote control served from the control plane."""
 
-        default_steps = [step.replace("celery.worker.consumer.control:Control",
-                                      "tasks.control:RedisControl")
-                         for step in Consumer.Blueprint.default_steps]
+        default_steps = compat.replace_consumer_step(Consumer.Blueprint.default_steps,
+                                                     compat.CELERY_CONTROL_STEP,
+                                                     "tasks.control:RedisControl")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        compat.warn_if_broken()
         settings = self.app.settings
         self.batch_size = settings.consume_batch_size
         self.orders_queue = settings.orders_queue
@@ -78,7 +80,7 @@ class OrderConsumer(Consumer):
 
     def shutdown(self):
         """Stop consuming, then let the deletes and visibility changes under way finish."""
-        self._flush_events()  # the events still buffered
+        compat.flush_task_events(self)  # the events still buffered
         super().shutdown()
         wait_for_settlements()
 
@@ -90,7 +92,7 @@ class OrderConsumer(Consumer):
 
     def _flush_buffered_events(self):
         self._events_timer = None
-        self._flush_events()
+        compat.flush_task_events(self)
 
     def connection_for_write(self, url=None, heartbeat=None):
         """Events go to the control-plane Redis: SQS would drop them (no fanout)."""

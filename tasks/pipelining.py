@@ -21,6 +21,8 @@ per two round trips, however idle the CPU.
   that fails is logged and harmless: a message not deleted is received again after its
   visibility timeout and counted as a duplicate, one whose visibility was not changed
   comes back after the visibility timeout instead of its backoff.
+
+The kombu internals this overrides or reads are listed, with why, in tasks/compat.py.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
 from time import monotonic
 
-from kombu.transport import virtual
 from vine import transform
+
+from tasks import compat
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ class ReceivePipeline:
         return super().basic_consume(queue, *args, **kwargs)
 
     def _schedule_queue(self, queue):
-        if queue not in self._active_queues or (
+        if queue not in compat.active_queues(self) or (
                 self._chains[queue] > self.receive_meter.receives_needed()):
             self._chains[queue] -= 1  # this chain ends (queue cancelled, or one too many)
             return
@@ -183,7 +186,7 @@ class ReceivePipeline:
 
     def release(self, delivery_tag):
         """kombu's bookkeeping of an ack (the base channel's: no SQS call)."""
-        virtual.Channel.basic_ack(self, delivery_tag)
+        compat.release_delivery(self, delivery_tag)
 
     def _queue_of(self, delivery_info: dict) -> str | None:
         routing_key = delivery_info.get("routing_key")
@@ -204,20 +207,14 @@ class WindowQoS:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        mark_settled = self._dirty.add
-
-        def settled(delivery_tag):
-            # Every ack, reject and requeue ends here: room may have opened for a receive.
-            mark_settled(delivery_tag)
-            self.channel.wake_receivers()
-
-        self._quick_ack = settled
+        # Every ack, reject and requeue: room may have opened for a receive.
+        compat.on_settled(self, lambda: self.channel.wake_receivers())
 
     def _room(self) -> int | None:
         if not self.prefetch_count:
             return None
         return (self.prefetch_count + self.channel.receive_allowance()
-                - (len(self._delivered) - len(self._dirty)) - self.channel.receiving)
+                - compat.unsettled(self) - self.channel.receiving)
 
     def can_consume(self):
         """Room for a whole receive (or for the whole window, if smaller)."""
@@ -234,7 +231,7 @@ class WindowQoS:
 
     def apply_backoff_policy(self, routing_key, delivery_tag, backoff_policy, backoff_tasks):
         """kombu's backoff (hide a failed message for a while), sent off the loop."""
-        queue_url = self.channel._queue_cache[routing_key]
+        queue_url = compat.queue_url(self.channel, routing_key)
         task_name, receives = self.extract_task_name_and_number_of_retries(delivery_tag)
         if not task_name or not receives:
             return

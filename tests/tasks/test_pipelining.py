@@ -66,10 +66,13 @@ def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
     assert store.outcomes()["duplicate"] == 0
     assert seen["requests"]["DeleteMessageBatch"] * 10 >= len(bodies)  # batches of ten
     # kombu alone keeps one ReceiveMessage in flight per queue (tasks/pipelining.py
-    # ReceivePipeline over Channel._schedule_queue and _get_from_sqs).
-    assert seen["peak_in_flight"]["ReceiveMessage"] >= 2, seen
-    # A delete made on the event loop would wait there, one at a time (pipelining.Settler).
-    assert seen["peak_in_flight"]["DeleteMessageBatch"] >= 2, seen
+    # ReceivePipeline over Channel._schedule_queue, _loop1 and _get_from_sqs).
+    assert seen["peak_in_flight"]["ReceiveMessage"] >= 2, (
+        "compat dependence 'sqs-receive-chain' broke (tasks/compat.py)", seen)
+    # A delete made on the event loop would wait there, one at a time (pipelining.Settler,
+    # behind kombu's ack bookkeeping: compat 'release-delivery').
+    assert seen["peak_in_flight"]["DeleteMessageBatch"] >= 2, (
+        "compat dependence 'release-delivery' broke (tasks/compat.py)", seen)
 
 
 def test_a_worker_on_both_queues_goes_on_receiving_after_files_executions(
