@@ -97,8 +97,8 @@ def celery_settings(settings: Settings) -> dict:
         "task_soft_time_limit": max(1, time_limit - 5),
         # Messages held unacknowledged per pool process: the batch it works on and the next
         # one waiting (acks are per batch, late). The receives in flight, which hide the SQS
-        # round trip, widen the window by what the measured rate and round trip need
-        # (tasks/pipelining.py), so nothing here depends on how far away SQS is.
+        # round trip and follow the measured rate and round trip, widen the window by ten
+        # messages each (tasks/pipelining.py), so nothing here depends on how far SQS is.
         "worker_prefetch_multiplier": 2 * settings.consume_batch_size,
         # Events and remote control ride on the control-plane Redis (tasks/control.py).
         "worker_consumer": "tasks.consumer:OrderConsumer",
