@@ -95,9 +95,11 @@ def celery_settings(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         "task_time_limit": time_limit,
         "task_soft_time_limit": max(1, time_limit - 5),
-        # Messages held unacknowledged per pool process: three receives of 10, so each
-        # process has its next batch waiting while it works on one (acks are per batch, late).
-        "worker_prefetch_multiplier": 30,
+        # Messages held unacknowledged per pool process: the batch it works on and the next
+        # one waiting (acks are per batch, late). The receives in flight, which hide the SQS
+        # round trip and follow the measured rate and round trip, widen the window by ten
+        # messages each (tasks/pipelining.py), so nothing here depends on how far SQS is.
+        "worker_prefetch_multiplier": 2 * settings.consume_batch_size,
         # Events and remote control ride on the control-plane Redis (tasks/control.py).
         "worker_consumer": "tasks.consumer:OrderConsumer",
         "worker_send_task_events": True,

@@ -7,17 +7,15 @@ while the batch still runs through Celery's machinery (retries, events, time lim
 """
 from __future__ import annotations
 
-import logging
 import uuid
 
 from celery.worker.request import Request
 from kombu.message import Message
 from kombu.serialization import dumps
-from kombu.transport import virtual
 
+from tasks import compat
 from tasks.names import PROCESS_BATCH
-
-logger = logging.getLogger(__name__)
+from tasks.pipelining import settler
 
 # delivery_info key under which the transport leaves why it did not run a task-shaped body
 # as a task (tasks/task_messages.py); the pipeline adds it to the body's rejection.
@@ -77,7 +75,7 @@ class BatchMessage(GroupMessage):
     def ack(self, multiple=False):
         """Delete every message with one DeleteMessageBatch (failed ones are rejected)."""
         self._settle()
-        self._state = "ACK"
+        compat.mark_settled(self, "ACK")
 
     def reject(self, requeue=False):
         """Leave the messages to SQS: redelivered after their backoff, then dead-lettered.
@@ -89,7 +87,7 @@ class BatchMessage(GroupMessage):
         else:
             for message in self.messages:
                 message.reject(requeue=requeue)
-        self._state = "REJECTED"
+        compat.mark_settled(self, "REJECTED")
 
     def requeue(self):
         """Give every message back to the queue."""
@@ -105,21 +103,21 @@ class BatchMessage(GroupMessage):
 
 
 def delete_batch(messages: list[Message]):
-    """Delete messages of one queue in one call and release their prefetch slots."""
+    """Release the messages' prefetch slots now; delete them in one call off the event loop.
+
+    The DeleteMessageBatch waits a round trip on a Settler thread (tasks/pipelining.py),
+    not on the loop that receives and dispatches; if it fails, the messages are received
+    again and counted as duplicates.
+    """
     channel = messages[0].channel
     info = messages[0].delivery_info
     queue = channel.canonical_queue_name(info["routing_key"]) if "routing_key" in info else None
-    response = channel.sqs(queue=queue).delete_message_batch(
-        QueueUrl=info["sqs_queue"],
-        Entries=[{"Id": str(i), "ReceiptHandle": m.delivery_info["sqs_message"]["ReceiptHandle"]}
-                 for i, m in enumerate(messages)])
-    for failure in response.get("Failed", []):
-        # Redelivered later and then counted as a duplicate: harmless, but worth seeing.
-        logger.warning("SQS did not delete message %s: %s", failure["Id"], failure.get("Message"))
+    settler().delete(channel.sqs(queue=queue), info["sqs_queue"],
+                     [m.delivery_info["sqs_message"]["ReceiptHandle"] for m in messages])
     for message in messages:
         # The base channel's ack only does kombu's bookkeeping; SQS's would delete again.
-        virtual.Channel.basic_ack(message.channel, message.delivery_tag)
-        message._state = "ACK"
+        compat.release_delivery(message.channel, message.delivery_tag)
+        compat.mark_settled(message, "ACK")
 
 
 class BatchRequest(Request):
@@ -128,6 +126,7 @@ class BatchRequest(Request):
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         """Delete the counted messages and leave only the failed ones to SQS."""
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
-        if isinstance(exc, BatchPartlyFailed) and isinstance(self._message, BatchMessage):
-            self._message.failed_ids = set(exc.failed_ids)
+        message = compat.request_message(self)
+        if isinstance(exc, BatchPartlyFailed) and isinstance(message, BatchMessage):
+            message.failed_ids = set(exc.failed_ids)
         return super().on_failure(exc_info, send_failed_event, return_ok)

@@ -17,6 +17,8 @@ from celery.worker.consumer.control import Control as ControlStep
 from celery.worker.pidbox import Pidbox
 from kombu import Connection
 
+from tasks import compat
+
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class ControlPlane(AppControl):
         super().__init__(app)
         # Celery publishes commands and replies through the app's producer pool, which
         # is SQS; without a pool kombu publishes on the channel given, i.e. Redis.
-        self.mailbox._producer_pool = None
+        compat.publish_on_given_channel(self.mailbox)
 
     def broadcast(self, command, arguments=None, destination=None, connection=None, **kwargs):
         """Broadcast a control command over the control-plane Redis."""

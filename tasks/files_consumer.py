@@ -9,9 +9,9 @@ maxReceiveCount receives, dead-letters them. Nothing here can lose an event.
 from __future__ import annotations
 
 from kombu.message import Message
-from kombu.transport import virtual
 
 from app.settings import Settings
+from tasks import compat
 from tasks.batching import GroupMessage
 from tasks.names import FILES_EXECUTE
 
@@ -42,15 +42,15 @@ class EventsMessage(GroupMessage):
     def ack(self, multiple=False):
         """Release the events' prefetch slots; they stay on SQS for the execution."""
         for message in self.messages:
-            virtual.Channel.basic_ack(message.channel, message.delivery_tag)
-            message._state = "ACK"
-        self._state = "ACK"
+            compat.release_delivery(message.channel, message.delivery_tag)
+            compat.mark_settled(message, "ACK")
+        compat.mark_settled(self, "ACK")
 
     def reject(self, requeue=False):
         """files.execute itself failed: the events come back after their backoff."""
         for message in self.messages:
             message.reject(requeue=requeue)
-        self._state = "REJECTED"
+        compat.mark_settled(self, "REJECTED")
 
     def requeue(self):
         """Give every event back to the queue."""

@@ -23,13 +23,18 @@
    dict: AttributeError in a timer, the promise chain that schedules the next poll is
    broken, and the worker, alive and silent, never receives again. A failed receive is
    counted as one and polled again after a short backoff (0.5 s doubling up to 5 s).
+
+The kombu internals these fixes override are listed, with their upstream issues, in
+tasks/compat.py.
 """
 from __future__ import annotations
 
 import logging
 
-from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
+from kombu.transport import SQS, virtual
 
+from tasks import compat
+from tasks.pipelining import ReceivePipeline, WindowQoS
 from tasks.task_messages import (REFUSED_KEY, Refused, accepted_files_task_message,
                                  accepted_task_message, looks_like_task_message)
 
@@ -40,8 +45,8 @@ RECEIVE_RETRY_FIRST = 0.5
 RECEIVE_RETRY_MAX = 5.0
 
 
-class QoS(SQS.QoS):
-    """SQS QoS whose requeue does not run the failure backoff policy."""
+class QoS(WindowQoS, SQS.QoS):
+    """SQS QoS whose requeue does not run the failure backoff policy (window: pipelining.py)."""
 
     def reject(self, delivery_tag, requeue=False):
         if requeue:
@@ -50,8 +55,8 @@ class QoS(SQS.QoS):
         super().reject(delivery_tag, requeue=requeue)
 
 
-class Channel(SQS.Channel):
-    """SQS channel that survives odd bodies and failed receives."""
+class Channel(ReceivePipeline, SQS.Channel):
+    """SQS channel that survives odd bodies and failed receives (pipelining: pipelining.py)."""
 
     QoS = QoS
     _failed_receives = 0
@@ -120,4 +125,4 @@ def use_for_sqs_urls() -> None:
     Not celeryconfig.broker_transport: Celery passes it with every URL, so the events
     connection and Flower's --broker on the control-plane Redis became SQS connections.
     """
-    TRANSPORT_ALIASES["sqs"] = f"{__name__}:Transport"
+    compat.alias_transport("sqs", f"{__name__}:Transport")

@@ -317,8 +317,10 @@ def test_redis_down_for_15_seconds_then_back(settings, sqs_client, start_worker,
         expected = Expected()
         expected.add_orders(orders)
         api = start_api(own)
-        worker = start_worker(settings=own)
+        # Queued before the worker starts: a worker as fast as the sender counted the
+        # stream while it was sent, and Redis then stopped after the stream.
         send(sqs_client, own.orders_url, [dumps(body) for body, _ in orders])
+        worker = start_worker(settings=own)
 
         wait_for(lambda: store.outcomes()["counted"] >= 300, timeout=120, message="300 counted")
         redis_server.stop()

@@ -1,26 +1,55 @@
-"""Loud failures if the Celery/kombu internals the SQS adaptations rely on change shape.
+"""Each Celery/kombu internal listed in tasks/compat.py, exercised by what it does.
 
-tasks/consumer.py and tasks/control.py subclass or call these; an upgrade that moves
-them must fail here, by name, rather than as messages silently not consumed.
+An upgrade that moves one must fail here, with the dependence's name, rather than as
+messages silently not consumed. None of these needs a server: SQS channels point at a
+closed port and are never asked to send.
 """
-import inspect
+import json
+import math
+from contextlib import contextmanager
 
 import celery
 import kombu
 import kombu.transport.redis
-from celery.app.control import Control
+import pytest
 from celery.worker.consumer import Consumer
-from celery.worker.consumer.control import Control as ControlStep
-from celery.worker.pidbox import Pidbox
-from kombu.pidbox import Mailbox
-from kombu.transport.SQS import QoS
+from celery.worker.request import Request
+from kombu import Connection
+from kombu.asynchronous import Hub
 
 from app.settings import Settings
+from tasks import compat
+from tasks.batching import REFUSED_KEY
 from tasks.celery import create_celery
-from tasks.consumer import OrderConsumer
+from tasks.consumer import OrderConsumer, adopt_raw_order
+from tasks.names import PROCESS_ORDER
+from tasks.pipelining import MAX_RECEIVES_PER_QUEUE, RECEIVE_HEADROOM, ReceiveMeter
 from tasks.transport import Transport as OrdersSqsTransport
 
 celery_app = create_celery(Settings())
+NOWHERE = "sqs://test:test@127.0.0.1:1"  # a closed port: any request would fail loudly
+
+
+def broke(dependence: str) -> str:
+    return f"compat dependence {dependence!r} broke (tasks/compat.py)"
+
+
+@contextmanager
+def sqs_channel():
+    """A channel of the project's SQS transport that makes no request unless asked to."""
+    connection = celery_app.connection_for_write(NOWHERE)
+    channel = connection.channel()
+    try:
+        yield channel
+    finally:
+        channel._active_queues.clear()
+        channel.close()
+        connection.release()
+
+
+def sqs_message(body: str, receive_count: int = 1) -> dict:
+    return {"MessageId": "m-1", "ReceiptHandle": "rh-1", "Body": body,
+            "Attributes": {"ApproximateReceiveCount": str(receive_count)}}
 
 
 def test_versions_are_the_pinned_ones():
@@ -28,71 +57,156 @@ def test_versions_are_the_pinned_ones():
     assert kombu.__version__.startswith("5.7."), kombu.__version__
 
 
-def test_the_consumer_builds_its_task_handler_and_steps_as_expected():
-    assert "promise" in inspect.signature(Consumer.create_task_handler).parameters
-    assert "celery.worker.consumer.control:Control" in Consumer.Blueprint.default_steps
-    assert "tasks.control:RedisControl" in OrderConsumer.Blueprint.default_steps
-    assert "celery.worker.consumer.control:Control" not in OrderConsumer.Blueprint.default_steps
-    assert "url" in inspect.signature(Consumer.connection_for_write).parameters
+def test_every_hook_the_project_relies_on_is_there():
+    assert compat.missing_internals() == []
 
 
-def test_sqs_urls_get_the_fixed_transport_and_redis_urls_stay_redis():
+def test_transport_alias_sqs_urls_get_the_fixed_transport_and_redis_urls_stay_redis():
     """Flower (--broker CONTROL_URL) and the worker's events read the transport from the URL."""
     assert not celery_app.conf.broker_transport
-    sqs_connection = celery_app.connection_for_write("sqs://test:test@127.0.0.1:1")
-    assert sqs_connection.get_transport_cls() is OrdersSqsTransport
+    sqs_connection = celery_app.connection_for_write(NOWHERE)
+    assert sqs_connection.get_transport_cls() is OrdersSqsTransport, broke("transport-alias")
     redis_connection = celery_app.connection_for_read("redis://127.0.0.1:1/1")
     assert redis_connection.get_transport_cls() is kombu.transport.redis.Transport
 
 
+def test_consumer_steps_remote_control_is_served_from_the_control_plane():
+    steps = OrderConsumer.Blueprint.default_steps
+    assert "tasks.control:RedisControl" in steps, broke("consumer-steps")
+    assert compat.CELERY_CONTROL_STEP not in steps
+    assert len(steps) == len(Consumer.Blueprint.default_steps)
+    with pytest.raises(compat.CompatError, match="consumer-steps"):
+        compat.replace_consumer_step(["celery.worker.consumer.tasks:Tasks"],
+                                     compat.CELERY_CONTROL_STEP, "tasks.control:RedisControl")
+
+
+def test_producer_pool_control_messages_go_out_on_the_channel_given():
+    mailbox = celery_app.control.mailbox
+    with Connection("memory://") as connection:
+        channel = connection.channel()
+        with mailbox.producer_or_acquire(None, channel) as producer:
+            assert producer.channel is channel, broke("producer-pool")
+
+
+def test_decoded_cache_an_adopted_raw_body_decodes_as_its_task_message():
+    with sqs_channel() as channel:
+        body = json.dumps({"order_id": "O1"})
+        payload = channel._message_to_python(sqs_message(body), "q", "http://q")
+        message = channel.Message(payload, channel=channel)
+        assert message.decode() == body  # decoded, hence cached, as the raw body
+        assert adopt_raw_order(celery_app, message)
+        decoded = message.decode()  # the task message's (args, kwargs, embed), not the cache
+        assert isinstance(decoded, list) and decoded[0] == [body], broke("decoded-cache")
+        assert decoded[1]["message_id"] == "m-1" and message.headers["task"] == PROCESS_ORDER
+
+
+def test_message_state_a_message_settled_by_the_project_cannot_be_acked_again():
+    with sqs_channel() as channel:
+        payload = channel._message_to_python(sqs_message("{}"), "q", "http://q")
+        message = channel.Message(payload, channel=channel)
+        compat.mark_settled(message, "ACK")
+        assert message.acknowledged, broke("message-state")
+        with pytest.raises(message.MessageStateError, match="already"):
+            message.ack()
+
+
+def test_request_message_a_request_keeps_the_message_it_was_built_from():
+    message = kombu.Message(body=json.dumps([["{}"], {}, {}]),
+                            content_type="application/json", content_encoding="utf-8",
+                            headers=celery_app.amqp.as_task_v2(
+                                "id-1", PROCESS_ORDER, args=("{}",)).headers)
+    celery_app.loader.import_default_modules()  # the worker registers the tasks so
+    request = Request(message, app=celery_app, task=celery_app.tasks[PROCESS_ORDER])
+    assert compat.request_message(request) is message, broke("request-message")
+
+
+def test_release_delivery_frees_the_slot_without_an_sqs_request():
+    with sqs_channel() as channel:
+        channel.qos.append({"delivery_info": {}}, "tag-1")
+        assert compat.unsettled(channel.qos) == 1, broke("qos-settled")
+        compat.release_delivery(channel, "tag-1")  # the closed port would raise if asked
+        assert compat.unsettled(channel.qos) == 0, broke("release-delivery")
+
+
+def test_qos_settled_settling_a_delivery_wakes_a_receive_parked_on_a_full_window():
+    """A receive chain parks on a full window; every ack passes through _quick_ack."""
+    queue = celery_app.conf.task_default_queue
+    with sqs_channel() as channel:
+        channel.hub = Hub()
+        qos = channel.qos
+        qos.prefetch_count = 20
+        compat.active_queues(channel).append(queue)
+        channel._chains[queue] = 1  # the window holds ten more per live receive chain
+        window = qos.prefetch_count + channel.receive_allowance()
+        tags = [f"tag-{i}" for i in range(window)]
+        for tag in tags:
+            qos.append({"delivery_info": {}}, tag)
+        channel._schedule_queue(queue)  # the window is full: this chain parks
+        assert channel._parked == [queue] and not channel.hub._ready, broke("sqs-receive-chain")
+        for tag in tags[:10]:  # room for a whole receive again
+            qos.ack(tag)
+        woken = [p for p in channel.hub._ready
+                 if getattr(p, "fun", None) == channel._schedule_queue]
+        assert [p.args for p in woken] == [(queue,)] and channel._parked == [], broke(
+            "qos-settled")
+        for tag in tags[10:]:
+            qos.ack(tag)
+
+
+def test_sqs_failed_receive_an_empty_answer_is_counted_and_polled_again():
+    with sqs_channel() as channel:
+        assert channel._on_messages_ready("q", "q", []) == 0, broke("sqs-failed-receive")
+        assert channel._failed_receives == 1, broke("sqs-failed-receive")
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 1000 + "]" * 1000,  # RecursionError in kombu's JSON parse
+    json.dumps({"order_id": "O1", "properties": "not an object"}),
+    json.dumps({"body": "abc", "headers": {"task": PROCESS_ORDER},
+                "properties": {"body_encoding": "base64"}}),  # binascii.Error in decode_body
+])
+def test_sqs_envelope_bodies_that_stopped_the_consumer_become_raw_messages(body):
+    with sqs_channel() as channel:
+        payload = channel._message_to_python(sqs_message(body), "q", "http://q")
+        message = channel.Message(payload, channel=channel)  # kombu decodes the body here
+        assert message.body == body.encode(), broke("sqs-envelope")
+        assert message.delivery_info["sqs_message"]["MessageId"] == "m-1"
+
+
+def test_sqs_envelope_a_refused_task_message_carries_its_reason():
+    body = json.dumps({"body": "abc", "headers": {"task": PROCESS_ORDER},
+                       "properties": {"body_encoding": "base64"}})
+    with sqs_channel() as channel:
+        payload = channel._message_to_python(sqs_message(body), "q", "http://q")
+        assert payload["properties"]["delivery_info"][REFUSED_KEY], broke("sqs-envelope")
+
+
+def test_sqs_backoff_reads_the_task_header_and_the_receive_count():
+    with sqs_channel() as channel:
+        payload = channel._message_to_python(sqs_message("{}", receive_count=3), "q", "http://q")
+        message = channel.Message(payload, channel=channel)
+        message.headers = {"task": PROCESS_ORDER}  # what the consumer gives raw bodies
+        channel.qos.append(message, "rh-1")
+        assert channel.qos.extract_task_name_and_number_of_retries("rh-1") == (
+            PROCESS_ORDER, 3), broke("sqs-backoff")
+        compat.release_delivery(channel, "rh-1")
+
+
+def test_receives_in_flight_follow_the_measured_rate_and_round_trip():
+    meter = ReceiveMeter()
+    for rate, round_trip in ((100, 0.001), (800, 0.030), (5000, 0.100)):
+        meter.rate.value, meter.round_trip.value = rate, round_trip
+        # Little's law: receives on the way = rate x round trip / ten per receive.
+        on_the_way = rate * round_trip / 10
+        assert meter.receives_needed() == min(MAX_RECEIVES_PER_QUEUE,
+                                              math.ceil(on_the_way * RECEIVE_HEADROOM) + 1)
+    meter.rate.value, meter.round_trip.value = 800, 0.030
+    assert meter.receives_needed() > 1  # a far SQS needs several in flight
+
+
 def test_task_messages_are_built_by_as_task_v2():
-    message = celery_app.amqp.as_task_v2("id-1", "orders.process", args=("{}",),
+    message = celery_app.amqp.as_task_v2("id-1", PROCESS_ORDER, args=("{}",),
                                          kwargs={"message_id": "id-1"})
-    assert message.headers["task"] == "orders.process" and message.headers["id"] == "id-1"
+    assert message.headers["task"] == PROCESS_ORDER and message.headers["id"] == "id-1"
     assert message.body == (("{}",), {"message_id": "id-1"},
                             {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
-
-
-def test_remote_control_internals_used_by_the_control_plane():
-    assert "include_if" in vars(ControlStep)
-    assert {"on_message", "start", "stop", "shutdown"} <= set(vars(Pidbox))
-    assert "_producer_pool" in inspect.getsource(Mailbox.__init__)
-    assert "connection" in inspect.signature(Control.broadcast).parameters
-    assert type(celery_app.control).__name__ == "ControlPlane"
-    assert celery_app.control.mailbox._producer_pool is None
-
-
-def test_sqs_backoff_policy_reads_the_task_name_from_headers():
-    # Our adopted raw messages get headers['task'] set, which this relies on.
-    source = inspect.getsource(QoS.extract_task_name_and_number_of_retries)
-    assert "message_headers['task']" in source and "ApproximateReceiveCount" in source
-
-
-def test_batching_internals_used_to_settle_several_sqs_messages():
-    from celery.worker.request import Request
-    from kombu.message import Message
-    from kombu.transport import virtual
-    from kombu.transport.SQS import Channel
-
-    assert "self._message = message" in inspect.getsource(Request.__init__)
-    assert "self.qos.ack(delivery_tag)" in inspect.getsource(virtual.Channel.basic_ack)
-    assert "_state" in inspect.getsource(Message.ack)
-    assert {"canonical_queue_name", "sqs", "basic_reject"} <= set(dir(Channel))
-    assert "delivery_info['routing_key']" in inspect.getsource(
-        QoS._extract_backoff_policy_configuration_and_message)
-
-
-def test_sqs_envelope_internals_the_task_message_check_relies_on():
-    """tasks/transport.py decides in _envelope_payload what runs as a task message."""
-    from kombu.transport import virtual
-    from kombu.transport.SQS import Channel
-
-    assert list(inspect.signature(Channel._envelope_payload).parameters) == [
-        "self", "payload", "raw_text", "message", "q_url"]
-    assert "self._envelope_payload(payload, text, message, q_url)" in inspect.getsource(
-        Channel._message_to_python)
-    # kombu wraps a payload without 'properties' as a raw body (what a refusal relies on).
-    assert "'properties' not in payload" in inspect.getsource(Channel._envelope_payload)
-    # The body is decoded when the message is built, after _envelope_payload: a body that
-    # did not decode raised there, in the consumer.
-    assert "decode_body" in inspect.getsource(virtual.Message.__init__)

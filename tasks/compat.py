@@ -1,0 +1,193 @@
+"""Every use of Celery's and kombu's private internals, in one place.
+
+Last checked with celery 5.7.0 and kombu 5.7.0 (`make test-upgrade`). Each dependence has
+a name; tests/tasks/test_celery_internals.py exercises each by its behaviour and names it
+when an upgrade breaks it, and missing_internals() names the hooks that are gone (the
+worker logs them at start).
+
+transport-alias     kombu.transport.TRANSPORT_ALIASES["sqs"] names tasks.transport:Transport.
+                    celeryconfig's broker_transport would apply to every URL, so the
+                    events connection and Flower's --broker on the control-plane Redis
+                    became SQS connections (tasks/transport.py use_for_sqs_urls; the
+                    bench's stock Celery contender sets kombu's back, bench/stock_celery.py).
+consumer-steps      Consumer.Blueprint.default_steps lists
+                    "celery.worker.consumer.control:Control", replaced by RedisControl:
+                    SQS has no fanout, so remote control never starts on it (celery#3197,
+                    "SQS does not support remote control" in Celery's broker docs).
+events-flush        Consumer._flush_events and on_send_event_buffered: task events are
+                    published in batches every 0.1 s instead of once per loop turn
+                    (Celery 5.7 behaviour, no upstream issue; tasks/consumer.py).
+producer-pool       Mailbox._producer_pool = None makes kombu publish control commands and
+                    replies on the channel given (Redis), not the app's pool (SQS)
+                    (tasks/control.py ControlPlane; Flower: flower#687).
+decoded-cache       Message._decoded_cache, reset after a raw SQS body is rewritten in place
+                    as a task message (tasks/consumer.py adopt_raw_order).
+message-state       Message._state, set when messages are settled together outside
+                    Message.ack (one DeleteMessageBatch; tasks/batching.py,
+                    tasks/files_consumer.py): kombu refuses a second ack by it.
+request-message     Request._message, the message a Request was built from: a partial batch
+                    failure marks which of its SQS messages failed (tasks/batching.py).
+release-delivery    virtual.Channel.basic_ack: kombu's bookkeeping of an ack (the prefetch
+                    slot) without SQS.Channel's DeleteMessage (kombu deletes one message
+                    per request; batches and the Settler delete off the loop).
+qos-settled         virtual.QoS._quick_ack, _dirty, _delivered: every ack, reject and
+                    requeue passes _quick_ack; deliveries not yet settled are _delivered
+                    less _dirty (tasks/pipelining.py WindowQoS).
+sqs-receive-chain   SQS.Channel._schedule_queue, _loop1(queue, messages_fetched),
+                    _get_from_sqs(queue_name, queue_url, connection, count, callback),
+                    _active_queues: kombu keeps one ReceiveMessage in flight per queue
+                    (issue 12 here; polling regressions kombu#1783, kombu#2439);
+                    tasks/pipelining.py ReceivePipeline runs several chains.
+sqs-failed-receive  SQS.Channel._on_messages_ready(queue, qname, messages) is handed [] on a
+                    timeout, 5xx or curl 599 and then broke the receive chain: the worker
+                    never received again (kombu's "to prevent hanging"; stalls celery#5840,
+                    kombu#1125). tasks/transport.py counts and retries.
+sqs-envelope        SQS.Channel._prepare_json_payload(text) and
+                    _envelope_payload(payload, raw_text, message, q_url), called by
+                    _message_to_python before kombu decodes the body: bodies that are not
+                    kombu's stopped the consumer (kombu#2421; tasks/transport.py).
+sqs-requeue         SQS.Channel._put sees message["redelivered"] on a requeue, and
+                    SQS.QoS.reject's backoff read the 'sqs_message' kombu had just dropped:
+                    KeyError, the worker stopped (kombu#1824); requeues use
+                    virtual.QoS.reject (tasks/transport.py) and ChangeMessageVisibility off
+                    the loop (tasks/pipelining.py).
+sqs-backoff         SQS.QoS.apply_backoff_policy and extract_task_name_and_number_of_retries
+                    read headers["task"] and the ApproximateReceiveCount attribute, and
+                    Channel._queue_cache the queue's URL: raw bodies are given a task
+                    header for it (tasks/consumer.py, tasks/files_consumer.py).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+
+from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+from kombu.message import Message
+from kombu.pidbox import Mailbox
+from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
+
+logger = logging.getLogger(__name__)
+
+CELERY_CONTROL_STEP = "celery.worker.consumer.control:Control"
+
+
+class CompatError(RuntimeError):
+    """A private internal this project relies on is not where it was: an upgrade broke it."""
+
+    def __init__(self, dependence: str, detail: str):
+        super().__init__(f"Celery/kombu internal {dependence!r} changed ({detail}); "
+                         "see tasks/compat.py")
+        self.dependence = dependence
+
+
+def alias_transport(scheme: str, target: str) -> None:
+    """transport-alias: URLs of `scheme` use `target` ("module:Class") in this process."""
+    TRANSPORT_ALIASES[scheme] = target
+
+
+def replace_consumer_step(steps, old: str, new: str) -> list:
+    """consumer-steps: Celery's consumer steps with `old` replaced by `new`."""
+    if old not in steps:
+        raise CompatError("consumer-steps", f"{old} is not a default consumer step")
+    return [new if step == old else step for step in steps]
+
+
+def flush_task_events(consumer) -> None:
+    """events-flush: publish the task events the consumer has buffered."""
+    consumer._flush_events()
+
+
+def publish_on_given_channel(mailbox: Mailbox) -> None:
+    """producer-pool: the mailbox publishes on the channel it is given, not a pool."""
+    mailbox._producer_pool = None
+
+
+def forget_decoded_body(message: Message) -> None:
+    """decoded-cache: the next message.decode() reads the rewritten body."""
+    message._decoded_cache = None
+
+
+def mark_settled(message: Message, state: str) -> None:
+    """message-state: the message counts as acked or rejected ("ACK", "REJECTED")."""
+    message._state = state
+
+
+def request_message(request: Request) -> Message:
+    """request-message: the message a Celery Request was built from."""
+    return request._message
+
+
+def release_delivery(channel, delivery_tag) -> None:
+    """release-delivery: kombu's bookkeeping of an ack, with no SQS request."""
+    virtual.Channel.basic_ack(channel, delivery_tag)
+
+
+def unsettled(qos) -> int:
+    """qos-settled: deliveries of the channel not yet acked, rejected or requeued."""
+    return len(qos._delivered) - len(qos._dirty)
+
+
+def on_settled(qos, callback) -> None:
+    """qos-settled: call callback() after each ack, reject or requeue of a delivery."""
+    mark = qos._quick_ack
+
+    def settled(delivery_tag):
+        mark(delivery_tag)
+        callback()
+
+    qos._quick_ack = settled
+
+
+def active_queues(channel) -> list:
+    """sqs-receive-chain: the queues the channel consumes."""
+    return channel._active_queues
+
+
+def queue_url(channel, routing_key: str) -> str:
+    """sqs-backoff: the URL of a queue the channel has resolved."""
+    return channel._queue_cache[routing_key]
+
+
+# Hooks each dependence needs: (dependence, owner, attribute, parameters it must take).
+_HOOKS = (
+    ("consumer-steps", Consumer.Blueprint, "default_steps", None),
+    ("events-flush", Consumer, "_flush_events", ()),
+    ("events-flush", Consumer, "on_send_event_buffered", ()),
+    ("release-delivery", virtual.Channel, "basic_ack", ("delivery_tag",)),
+    ("qos-settled", virtual.QoS, "_flush", ()),
+    ("sqs-receive-chain", SQS.Channel, "_schedule_queue", ("queue",)),
+    ("sqs-receive-chain", SQS.Channel, "_loop1", ("queue", "messages_fetched")),
+    ("sqs-receive-chain", SQS.Channel, "_get_from_sqs",
+     ("queue_name", "queue_url", "connection", "count", "callback")),
+    ("sqs-failed-receive", SQS.Channel, "_on_messages_ready", ("queue", "qname", "messages")),
+    ("sqs-envelope", SQS.Channel, "_prepare_json_payload", ("text",)),
+    ("sqs-envelope", SQS.Channel, "_envelope_payload",
+     ("payload", "raw_text", "message", "q_url")),
+    ("sqs-requeue", SQS.Channel, "_put", ("queue", "message")),
+    ("sqs-backoff", SQS.QoS, "apply_backoff_policy",
+     ("routing_key", "delivery_tag", "backoff_policy", "backoff_tasks")),
+    ("sqs-backoff", SQS.QoS, "extract_task_name_and_number_of_retries", ("delivery_tag",)),
+)
+
+
+def missing_internals() -> list[str]:
+    """The dependences whose hooks are gone or take other parameters in the installed libraries."""
+    broken = []
+    for dependence, owner, name, parameters in _HOOKS:
+        hook = getattr(owner, name, None)
+        if hook is None:
+            broken.append(f"{dependence}: {owner.__qualname__}.{name} is gone")
+        elif parameters is not None:
+            found = list(inspect.signature(hook).parameters)[1:]
+            if found[:len(parameters)] != list(parameters):
+                broken.append(f"{dependence}: {owner.__qualname__}.{name}{tuple(found)}")
+    if CELERY_CONTROL_STEP not in Consumer.Blueprint.default_steps:
+        broken.append(f"consumer-steps: {CELERY_CONTROL_STEP} is no default step")
+    return broken
+
+
+def warn_if_broken() -> None:
+    """At worker start: log every dependence an upgrade broke (the worker runs on)."""
+    for broken in missing_internals():
+        logger.error("Celery/kombu internal changed, see tasks/compat.py: %s", broken)
