@@ -10,18 +10,15 @@ from app.analytics import Kpis, MonthRange, Period, RangeError, TopProduct, TopU
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import month_key, top_users_key, user_days_key
+from builders import order_body
 
 NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)
 P1, P2, P3 = 500, 1000, 100  # unit prices in cents
 
 
 def order(order_id, user_id, at, *lines):
-    """An order body; lines are (product, quantity, unit cents)."""
-    value = sum(quantity * cents for _, quantity, cents in lines)
-    return json.dumps({"order_id": order_id, "user_id": user_id, "order_timestamp": at,
-                       "order_value": value / 100,
-                       "items": [{"product_id": p, "quantity": q, "price_per_unit": c / 100}
-                                 for p, q, c in lines]})
+    """An order body placed at a time; lines are (product, quantity, unit cents)."""
+    return order_body(order_id, user_id, lines=lines, order_timestamp=at)
 
 
 def apply(store, *bodies):

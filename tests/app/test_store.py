@@ -9,16 +9,15 @@ from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import (order_key, product_key, rejected_order_key, top_products_key,
                        top_users_key, user_key)
+from builders import order_body
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 def body(order_id, user_id="U1", cents=1000, product="P1", quantity=1, day="2024-12-13"):
-    price = cents / quantity / 100
-    return json.dumps({"order_id": order_id, "user_id": user_id,
-                       "order_timestamp": f"{day}T10:00:00Z", "order_value": cents / 100,
-                       "items": [{"product_id": product, "quantity": quantity,
-                                  "price_per_unit": price}]})
+    """An order of one line worth cents in all."""
+    return order_body(order_id, user_id, lines=((product, quantity, cents / quantity),),
+                      day=day, value_cents=cents)
 
 
 @pytest.fixture

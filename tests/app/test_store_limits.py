@@ -17,6 +17,7 @@ from app.settings import Settings
 from app.store import (MAX_TOTAL, day_key, global_key, month_key, order_key, outcomes_key,
                        product_key, shard_of, top_products_key, top_users_key, user_days_key,
                        user_key)
+from builders import order_body
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 DAY, MONTH = "2024-12-13", "2024-12"
@@ -33,12 +34,8 @@ def store(any_store):
 
 
 def order(order_id, *lines, user_id="U1", value_cents=None):
-    """An order body; lines are (product, quantity, unit price in cents)."""
-    total = sum(q * c for _, q, c in lines) if value_cents is None else value_cents
-    return json.dumps({"order_id": order_id, "user_id": user_id,
-                       "order_timestamp": f"{DAY}T10:00:00Z", "order_value": total / 100,
-                       "items": [{"product_id": p, "quantity": q, "price_per_unit": c / 100}
-                                 for p, q, c in lines]})
+    """An order body on DAY; lines are (product, quantity, unit price in cents)."""
+    return order_body(order_id, user_id, lines=lines, day=DAY, value_cents=value_cents)
 
 
 def apply(store, *bodies, settings=None):

@@ -1,5 +1,4 @@
 """REDIS_WAIT_REPLICAS: a batch counts as stored only once enough replicas hold it."""
-import json
 import re
 import time
 
@@ -11,11 +10,11 @@ from app.settings import Settings
 from app.store import WAIT_TIMEOUT_MS, NotReplicated, Store, order_key, user_key
 from conftest import wait_for
 from stack.services import RedisServer, free_port
+from builders import order_body
 
 
 def orders(*ids):
-    return [evaluate(Incoming(json.dumps({"order_id": i, "user_id": "U1", "amount": 5}), f"m-{i}"),
-                     Settings()) for i in ids]
+    return [evaluate(Incoming(order_body(i), f"m-{i}"), Settings()) for i in ids]
 
 
 def test_with_wait_required_and_no_replica_apply_raises_a_transient_error(settings):

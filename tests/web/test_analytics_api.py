@@ -1,5 +1,4 @@
 """The analytics endpoints on a real Redis: exact JSON, zeros, ties and named bad arguments."""
-import json
 from datetime import datetime, timezone
 
 import pytest
@@ -8,6 +7,7 @@ import schemathesis
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from web import create_app
+from builders import order_body
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -18,11 +18,9 @@ def client(settings):
 
 
 def order(order_id, user_id, at, *lines):
-    """An order body; lines are (product, quantity, unit price)."""
-    return json.dumps({"order_id": order_id, "user_id": user_id, "order_timestamp": at,
-                       "order_value": round(sum(q * price for _, q, price in lines), 2),
-                       "items": [{"product_id": p, "quantity": q, "price_per_unit": price}
-                                 for p, q, price in lines]})
+    """An order body placed at a time; lines are (product, quantity, unit price)."""
+    return order_body(order_id, user_id, lines=[(p, q, round(price * 100)) for p, q, price in lines],
+                      order_timestamp=at)
 
 
 # order  user  UTC time            lines           value
