@@ -5,8 +5,8 @@ import logging
 from importlib.resources import files as package_files
 
 import redis
-from flask import Flask, send_from_directory
-from flask_smorest import Api
+from flask import Flask, request, send_from_directory
+from flask_smorest import Api, abort
 from werkzeug.exceptions import HTTPException
 
 from app import settings as app_settings
@@ -68,6 +68,14 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     api.register_blueprint(health.blp)
     # SQS is read by a background thread (web.metrics.SqsFigures), never by a request.
     metrics.init_app(flask_app, settings, flask_app.extensions["store"])
+
+    @flask_app.before_request
+    def refuse_repeated_arguments():
+        """?limit=1&limit=2 is ambiguous (webargs would take one): a 422 naming it."""
+        repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+        if repeated:
+            abort(422, errors={"query": {name: ["Give this argument once."]
+                                         for name in repeated}})
 
     @flask_app.get(f"{SWAGGER_UI_ASSETS}/<path:filename>")
     def swagger_ui_asset(filename):

@@ -3,7 +3,9 @@
 schemathesis derives requests from /openapi.json (valid and invalid arguments alike) and
 checks every answer: never a 5xx, always a documented status, content type and schema.
 """
+import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import requests
@@ -15,6 +17,10 @@ from app.orders import Incoming, evaluate
 from app.settings import Settings
 from conftest import order_body
 from web import create_app
+
+# gunicorn refuses longer request lines itself (web/gunicorn.conf.py).
+LIMIT_REQUEST_LINE = int(re.search(r"^limit_request_line = (\d+)$", (
+    Path(__file__).parents[2] / "web" / "gunicorn.conf.py").read_text(), re.M)[1])
 
 
 def openapi_document() -> dict:
@@ -45,7 +51,21 @@ def test_every_answer_matches_the_openapi_document(case, live_api):
     # OpenAPI 3.0 cannot say "from <= to", "at most 366 days" or "only one of day, month
     # and from/to" (the descriptions do): such requests fit the document yet get the
     # documented 422, which is right, so that one check is left out.
-    case.call_and_validate(base_url=live_api, excluded_checks=[positive_data_acceptance])
+    response = case.call(base_url=live_api)
+    if response.status_code == 414:
+        # gunicorn's own refusal of a request line over limit_request_line (its HTML page,
+        # before the app): the server's limit, stated in the README, not the app's answer.
+        line = len(f"GET {response.request.path_url} HTTP/1.1")
+        assert line > LIMIT_REQUEST_LINE, (line, response.text)
+        return
+    case.validate_response(response, excluded_checks=[positive_data_acceptance])
+
+
+def test_a_repeated_argument_is_refused_with_its_name(live_api):
+    response = requests.get(f"{live_api}/stats/top-users", params=[("n", 1), ("n", 2)], timeout=10)
+    assert response.status_code == 422
+    assert response.json() == {"error": "Invalid arguments: n", "status": 422,
+                               "errors": {"n": ["Give this argument once."]}}
 
 
 # Requests random generation would seldom make: ids and periods that have orders.
