@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -188,3 +188,58 @@ def celery_cli(settings: Settings, *args: str, check: bool = True) -> subprocess
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+@dataclass
+class StackRun:
+    """One `orders-stack run` (make run) of a test: its process, output, ports and API."""
+
+    process: subprocess.Popen
+    output: Path
+    ports: dict[str, int]
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['API_PORT']}"
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def assert_running(self):
+        assert self.process.poll() is None, f"orders-stack exited early:\n{self.text()}"
+
+    def stop(self, timeout: float = 120) -> int:
+        """SIGINT, as Ctrl-C; its exit status (killed if it does not stop in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+@pytest.fixture
+def orders_stack(tmp_path):
+    """Factory: `orders-stack run` on free ports with the given variables; stopped at the end."""
+    runs = []
+
+    def start(**variables: str) -> StackRun:
+        ports = {name: free_port() for name in ("API_PORT", "FLOWER_PORT", "SQS_PORT",
+                                                 "REDIS_PORT")}
+        env = {key: value for key, value in os.environ.items()
+               if key not in ("REDIS_URL", "SQS_ENDPOINT_URL", "CONTROL_URL", "API_BIND")}
+        env.update({name: str(port) for name, port in ports.items()}, DEMO_ORDERS="0",
+                   STACK_VAR_DIR=str(tmp_path / "var"))
+        env.update(variables)
+        output = tmp_path / f"orders-stack-{len(runs)}.out"
+        with open(output, "wb") as out:
+            process = subprocess.Popen([str(BIN / "orders-stack"), "run"], cwd=ROOT, env=env,
+                                       stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        runs.append(StackRun(process, output, ports))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.stop()

@@ -1,12 +1,10 @@
 """The real local services (redis-server, LocalStack SQS), Process and `orders-stack run`."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +17,6 @@ import requests
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             free_port, live_processes, port_is_free, wait_for)
 
-SCRIPTS = Path(sysconfig.get_path("scripts"))
 
 
 def pid_alive(pid: int) -> bool:
@@ -176,40 +173,27 @@ def check_locked_doors(output: str, ports: dict, var_dir: Path, marker: str) -> 
 
 
 @pytest.mark.slow
-def test_orders_stack_run_stops_everything_on_sigint(tmp_path):
-    ports = {name: free_port() for name in ("API_PORT", "FLOWER_PORT", "SQS_PORT", "REDIS_PORT")}
+def test_orders_stack_run_stops_everything_on_sigint(orders_stack, tmp_path):
     # Every process of the run inherits this variable: that is how leftovers are found.
     run_id = uuid.uuid4().hex
     marker = f"ORDERS_STACK_TEST_RUN={run_id}"
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("REDIS_URL", "SQS_ENDPOINT_URL", "CONTROL_URL", "API_BIND")}
-    env.update({name: str(port) for name, port in ports.items()},
-               DEMO_ORDERS="0", STACK_VAR_DIR=str(tmp_path / "var"), ORDERS_STACK_TEST_RUN=run_id)
-    output = tmp_path / "orders-stack.out"
-    with open(output, "wb") as out:
-        run = subprocess.Popen([str(SCRIPTS / "orders-stack"), "run"], cwd=PROJECT_ROOT, env=env,
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    run = orders_stack(ORDERS_STACK_TEST_RUN=run_id)
+    ports = run.ports
 
     def healthy() -> bool:
-        assert run.poll() is None, f"orders-stack exited early:\n{output.read_text()}"
+        run.assert_running()
         try:
-            return requests.get(f"http://127.0.0.1:{ports['API_PORT']}/health",
-                                timeout=10).status_code == 200
+            return requests.get(f"{run.api}/health", timeout=10).status_code == 200
         except requests.RequestException:
             return False
 
-    try:
-        wait_for(healthy, 120, message="the API's /health answering 200")
-        wait_for(lambda: "running; Ctrl-C" in output.read_text(), 30, message="the stack running")
-        check_locked_doors(output.read_text(), ports, tmp_path / "var", marker)
-        # Worker, its pool, gunicorn and its workers, Flower, redis-server, LocalStack.
-        assert len(processes_with_env(marker)) >= 7
-        run.send_signal(signal.SIGINT)
-        assert run.wait(120) == 0, output.read_text()
-    finally:
-        if run.poll() is None:
-            run.kill()
-    text = output.read_text()
+    wait_for(healthy, 120, message="the API's /health answering 200")
+    wait_for(lambda: "running; Ctrl-C" in run.text(), 30, message="the stack running")
+    check_locked_doors(run.text(), ports, tmp_path / "var", marker)
+    # Worker, its pool, gunicorn and its workers, Flower, redis-server, LocalStack.
+    assert len(processes_with_env(marker)) >= 7
+    assert run.stop() == 0, run.text()
+    text = run.text()
     assert "SIGINT received" in text and "stopped" in text
     assert processes_with_env(marker) == [], text
     for name, port in ports.items():
