@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery, current_app
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from pythonjsonlogger.json import JsonFormatter
@@ -79,3 +80,6 @@ def refuse_a_cluster_control_plane(sender=None, **kwargs):
     except ValueError as exc:
         # SystemExit prints the message alone: a traceback would bury it.
         raise SystemExit(f"worker not started: {exc}") from None
+    except redis.RedisError as exc:
+        # Redis not up yet: the worker starts all the same, its tasks retry until it is.
+        logging.getLogger(__name__).warning("could not check the control plane: %s", exc)

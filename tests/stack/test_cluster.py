@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from app.redis_client import check_control_plane, connect, is_cluster
 from app.settings import Settings, to_env
 from stack import redis_users
 from stack.cluster import BUS_OFFSET, SLOTS, LocalRedisCluster, free_node_port
-from stack.services import PROJECT_ROOT
+from stack.services import PROJECT_ROOT, free_port
 
 
 def test_three_primaries_serve_every_slot(redis_cluster):
@@ -110,3 +111,10 @@ def test_a_replica_added_to_a_primary_syncs_with_it(tmp_path):
         assert (info["role"], info["master_port"], info["master_link_status"]) == (
             "slave", primary, "up")
         assert cluster.primary_ports() == sorted(cluster.ports[:3])
+
+
+def test_a_worker_starts_while_its_redis_does_not_answer_yet(settings, start_worker):
+    down = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                   control_url=settings.control_plane_url)
+    worker = start_worker(settings=down)
+    assert "could not check the control plane" in worker.log_path.read_text()
