@@ -40,6 +40,7 @@ class TcpProxy:
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._accepting = threading.Event()
+        self._replication_stalled = threading.Event()
 
     @property
     def url(self) -> str:
@@ -110,10 +111,11 @@ class TcpProxy:
                 _reset(upstream)
                 return
             self._open.update((client, upstream))
-        pump = threading.Thread(target=self._pump, args=(upstream, client, self),
+        link = {"replication": False}  # set once the client speaks as a Redis replica
+        pump = threading.Thread(target=self._pump, args=(upstream, client, self, link),
                                 name="proxy-pump", daemon=True)
         pump.start()
-        self._pump(client, upstream)
+        self._pump(client, upstream, link=link)
         pump.join()
         with self._lock:
             self._open.discard(client)
@@ -121,15 +123,35 @@ class TcpProxy:
         client.close()
         upstream.close()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket, delayed: "TcpProxy | None" = None
-              ) -> None:
-        """Copy bytes one way until EOF or an error; pass EOF on as a half-close."""
+    def stall_replication(self, stalled: bool = True) -> None:
+        """Stop (or resume) passing a primary's stream on to its replicas, and only that.
+
+        The stream then waits in the primary's buffers, as on a network that stopped
+        delivering; cut() and a dead primary lose it. Other clients are served as before.
+        """
+        if stalled:
+            self._replication_stalled.set()
+        else:
+            self._replication_stalled.clear()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, delayed: "TcpProxy | None" = None,
+              link: dict | None = None) -> None:
+        """Copy bytes one way until EOF or an error; pass EOF on as a half-close.
+
+        With delayed (the server-to-client direction), each chunk waits delayed.delay, and
+        a replication link waits while stall_replication holds it. Without (the other
+        direction), a replica's handshake (REPLCONF) marks its link.
+        """
         try:
             while True:
+                while (delayed is not None and link["replication"]
+                       and self._replication_stalled.is_set() and not self.is_cut):
+                    time.sleep(0.01)
                 data = source.recv(BUFFER)
                 if not data:
                     break
+                if delayed is None and link is not None and b"REPLCONF" in data:
+                    link["replication"] = True
                 if delayed is not None and delayed.delay:
                     time.sleep(delayed.delay)
                 sink.sendall(data)

@@ -233,8 +233,10 @@ def test_pool_process_killed_mid_stream_loses_and_doubles_nothing(settings, stor
     # Redis below holds the tasks only, not the worker's main process.
     control = RedisServer(free_port(), log_dir=tmp_path, name="redis-control").start()
     try:
-        worker = start_worker(settings=replace(settings, control_url=control.url))
+        # Queued first: a worker that keeps pace with the sender would be through before
+        # the pause below.
         send(sqs_client, settings.orders_url, [dumps(body) for body, _ in orders])
+        worker = start_worker(settings=replace(settings, control_url=control.url))
         wait_for(lambda: store.outcomes()["counted"] >= 400, timeout=120,
                  message="400 counted")
 
@@ -275,8 +277,9 @@ def test_whole_worker_killed_mid_stream_then_restarted(settings, store, sqs_clie
     expected = Expected()
     expected.add_orders(orders)
     api = start_api(settings)
-    first = start_worker(name="w1")
+    # Queued first, so the stream is still going when the worker dies (see above).
     send(sqs_client, settings.orders_url, [dumps(body) for body, _ in orders])
+    first = start_worker(name="w1")
 
     wait_for(lambda: store.outcomes()["counted"] >= 800, timeout=120, message="800 counted")
     first.stop(sig=signal.SIGKILL)
