@@ -231,6 +231,15 @@ def v1_keys(client: redis.Redis) -> list[str]:
 def main(dry_run: bool):
     """Convert REDIS_URL's store from the v1 layout into today's, in place (idempotent)."""
     settings = app_settings.from_env()
+    try:
+        migrate(settings, dry_run)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis: {exc} (what was converted stays converted: run "
+                                   "again to go on)") from None
+
+
+def migrate(settings: app_settings.Settings, dry_run: bool) -> None:
+    """Convert every v1 key of settings.redis_url, reporting on stderr."""
     if is_cluster(settings.redis_url):
         raise click.ClickException("REDIS_URL names a Redis Cluster; the v1 layout only ran on "
                                    "a standalone Redis: migrate there, then move the data")

@@ -18,8 +18,8 @@ from app import analytics
 from app.settings import to_env
 from app.store import Store
 from fixtures import store_v1
-from stack.migrate_store import is_v1
-from stack.services import PROJECT_ROOT
+from stack.migrate_store import Migration, is_v1, v1_keys
+from stack.services import PROJECT_ROOT, free_port
 
 V1_KEYS = json.loads(store_v1.DUMP.read_text())
 FIRST_DAY, LAST_DAY = date(2024, 10, 1), date(2025, 1, 31)
@@ -105,7 +105,6 @@ def test_a_v1_store_migrated_answers_as_if_todays_code_had_filled_it(settings_v1
 def test_an_interrupted_migration_resumes(settings_v1):
     client = redis.Redis.from_url(settings_v1.redis_url, decode_responses=True)
     store_v1.load(client, V1_KEYS)
-    from stack.migrate_store import Migration, v1_keys
 
     keys = v1_keys(client)
     half = Migration(client, settings_v1)
@@ -127,3 +126,8 @@ def test_a_cluster_is_refused(settings_v1, redis_cluster):
     run = migrate(replace(settings_v1, redis_url=redis_cluster.url))
     assert run.returncode != 0 and "only ran on a standalone Redis" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_an_unreachable_redis_is_a_clear_error(settings_v1):
+    run = migrate(replace(settings_v1, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    assert run.returncode != 0 and "Redis:" in run.stderr and "Traceback" not in run.stderr
