@@ -200,12 +200,15 @@ class StackRun:
 
     @property
     def api(self) -> str:
+        """Base URL of its API."""
         return f"http://127.0.0.1:{self.ports['API_PORT']}"
 
     def text(self) -> str:
+        """What it printed so far."""
         return self.output.read_text(errors="replace")
 
     def assert_running(self):
+        """Fail with its output if it exited."""
         assert self.process.poll() is None, f"orders-stack exited early:\n{self.text()}"
 
     def stop(self, timeout: float = 120) -> int:
