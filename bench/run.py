@@ -556,6 +556,25 @@ def run_project(stack: Stack, orders: Orders, label: str = "this project as ship
     return result
 
 
+def run_rounds(stack: Stack, orders: Orders, rounds: int, far_ms: float,
+               scale_out: list[int]) -> list[dict]:
+    """Issue 12's ratios measured side by side, `rounds` times over, interleaved.
+
+    Each round runs the raw drain and the project at 0 ms, then the project at far_ms with
+    each number of worker processes: one round's rows ran within a minute or two of each
+    other, so their ratios are less at the mercy of what the shared cores did meanwhile.
+    """
+    rows = []
+    for number in range(1, rounds + 1):
+        stack.set_rtt(0)
+        round_rows = [run_drain(stack, orders, through_proxy=True), run_project(stack, orders)]
+        stack.set_rtt(far_ms)
+        round_rows += [run_project(stack, orders, processes=n) for n in scale_out]
+        rows += [{**row, "round": number} for row in round_rows]
+    stack.set_rtt(0)
+    return rows
+
+
 # Each durability level of the aggregates' Redis: its options, and the replicas that must
 # confirm every batch (REDIS_WAIT_REPLICAS) before its SQS messages are deleted.
 DURABILITY_LEVELS = (("append-only, appendfsync everysec", ["--appendfsync", "everysec"], 0),
@@ -798,6 +817,10 @@ def parse_args(argv):
                         default=os.environ.get("BENCH_WORKER_PROCESSES", "1,2,4"),
                         help="worker processes (-c 2 each) of the project's rows at the "
                              "largest round trip [BENCH_WORKER_PROCESSES]")
+    parser.add_argument("--rounds", type=int, default=env_int("BENCH_ROUNDS", 3),
+                        help="interleaved rounds of issue 12's ratio rows (raw drain and "
+                             "project at 0 ms, project at the largest round trip with each "
+                             "number of worker processes); 0 for none [BENCH_ROUNDS]")
     parser.add_argument("--api-seconds", type=int, default=env_int("BENCH_API_SECONDS", 20),
                         help="wrk run per server and endpoint, 0 for none [BENCH_API_SECONDS]")
     parser.add_argument("--scale-users", default=os.environ.get("BENCH_SCALE_USERS",
@@ -849,7 +872,7 @@ def main(argv=None):
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
         "files_items": args.files_items, "durability": args.durability,
         "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days,
-        "cluster": args.cluster}}
+        "cluster": args.cluster, "rounds": args.rounds}}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:
@@ -885,6 +908,8 @@ def main(argv=None):
         results["ingest"] += [run_project(stack, orders, processes=n)
                               for n in scale_out if n > 1]
         stack.set_rtt(0)
+        if args.rounds:
+            results["rounds"] = run_rounds(stack, orders, args.rounds, rtts[-1], scale_out)
         if args.api_seconds:
             # The API phase reads what the project's worker just wrote.
             servers = [("project: gunicorn + Flask", gunicorn, api_url)]

@@ -37,7 +37,7 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
                "--rtts", f"0,{RTT_MS:g}", "--worker-processes", "1,2",
                "--scale-users", "2000", "--scale-orders", "200", "--max-seconds", "20",
                "--files-items", "2000", "--range-orders-per-day", "200", "--range-days", "62",
-               "--range-users", "2000", "--range-apply-seconds", "1",
+               "--range-users", "2000", "--range-apply-seconds", "1", "--rounds", "1",
                "--out", str(tmp_path)]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -78,6 +78,12 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     drain_far = rows[("raw drain", RTT_MS, 1)]
     assert drain_far["orders_per_s"] <= 2 * 10 / (2 * RTT_MS / 1000), drain_far
     assert "### Issue 12's targets" in table
+    # One interleaved round of the ratio rows, each through every order.
+    assert [(r["contender"], r["rtt_ms"], r["processes"], r["round"])
+            for r in results["rounds"]] == [("raw drain", 0, 1, 1), (PROJECT, 0, 1, 1),
+                                            (PROJECT, RTT_MS, 1, 1), (PROJECT, RTT_MS, 2, 1)]
+    assert all(r["status"] == "ok" and r["done"] >= 200 for r in results["rounds"])
+    assert "### Issue 12's ratios: 1 interleaved round" in table
     assert "### Issue 6's targets" in table
     assert "API /stats/global agrees" in project["check"]
     [scale] = results["scale"]
