@@ -198,11 +198,13 @@ def _find(rows: list[dict], name: str, rtt_ms: float = 0, processes: int = 1) ->
 PROJECT = "this project as shipped"
 
 
-# Issue 12's ratio targets: (key, what it is, at least).
+# Issue 12's ratio targets: (key, what it is, at least; None: shown, not a target).
 RATIO_TARGETS = (("far", "at {far:g} ms, one worker (-c 2) ≥ 0.85× its own 0 ms orders/s", 0.85),
                  ("x2", "at {far:g} ms, 2 worker processes ≥ 1.8× one", 1.8),
                  ("x4", "at {far:g} ms, 4 worker processes ≥ 3.2× one", 3.2),
-                 ("drain", "at 0 ms, orders/s ≥ 0.85× the raw drain", 0.85))
+                 ("drain", "at 0 ms, orders/s ≥ 0.85× the raw drain", 0.85),
+                 ("room", "(not a target) room the SQS server leaves for scale-out: the raw "
+                  "drain at 0 ms (its ceiling here) over one worker at {far:g} ms", None))
 
 
 def _far(rows: list[dict]) -> float:
@@ -217,9 +219,11 @@ def latency_ratios(rows: list[dict], far: float) -> dict[str, float]:
 
     zero, one_far, drain = rate(PROJECT), rate(PROJECT, far), rate("raw drain")
     pairs = {"far": (one_far, zero), "x2": (rate(PROJECT, far, 2), one_far),
-             "x4": (rate(PROJECT, far, 4), one_far), "drain": (zero, drain)}
+             "x4": (rate(PROJECT, far, 4), one_far), "drain": (zero, drain),
+             # The SQS server's ceiling over one worker: the most scale-out it leaves room for.
+             "room": (drain, one_far)}
     if not far:
-        del pairs["far"], pairs["x2"], pairs["x4"]
+        del pairs["far"], pairs["x2"], pairs["x4"], pairs["room"]
     return {key: a / b for key, (a, b) in pairs.items() if a and b}
 
 
@@ -251,10 +255,12 @@ def latency_targets(results: dict) -> list[tuple[str, str, bool | None]]:
                 middle = _median(values)
                 found.append((text.format(far=far),
                               f"{middle:.2f}× (median of {len(values)} round{'s' * (len(values) > 1)}: "
-                              + ", ".join(f"{v:.2f}" for v in values) + ")", middle >= least))
+                              + ", ".join(f"{v:.2f}" for v in values) + ")",
+                              None if least is None else middle >= least))
     else:
         ratios = latency_ratios(rows, far)
-        found += [(text.format(far=far), f"{ratios[key]:.2f}×", ratios[key] >= least)
+        found += [(text.format(far=far), f"{ratios[key]:.2f}×",
+                   None if least is None else ratios[key] >= least)
                   for key, text, least in RATIO_TARGETS if key in ratios]
     ours = [r for r in rows + rounds if r["contender"] == PROJECT and r["done"]]
     sqs = max(sum(r["sqs_requests"].values()) / r["done"] for r in ours)
@@ -336,7 +342,7 @@ def _targets(results: dict) -> list[str]:
             continue
         lines += ["", f"### Issue {issue}'s targets, from this run's figures", "",
                   "| target | this run | met |", "| --- | ---: | --- |"]
-        lines += [f"| {name} | {value} | {'yes' if met else '**no**'} |"
+        lines += [f"| {name} | {value} | {'–' if met is None else 'yes' if met else '**no**'} |"
                   for name, value, met in found]
     return lines
 

@@ -38,6 +38,10 @@ def test_each_ratio_is_the_median_of_the_rounds_own_ratios():
     expect("at 25 ms, 4 worker processes ≥ 3.2× one", [2000 / 800, 2600 / 850, 3000 / 900], 3.2)
     expect("at 0 ms, orders/s ≥ 0.85× the raw drain", [900 / 1000, 900 / 1200, 1000 / 1100],
            0.85)
+    room = found["(not a target) room the SQS server leaves for scale-out: the raw drain at "
+                 "0 ms (its ceiling here) over one worker at 25 ms"]
+    assert room[0].startswith(f"{sorted([1000 / 800, 1200 / 850, 1100 / 900])[1]:.2f}×")
+    assert room[1] is None
 
 
 def test_without_rounds_the_main_rows_give_the_ratios():
