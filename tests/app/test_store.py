@@ -4,10 +4,11 @@ import re
 from datetime import datetime, timezone
 
 import pytest
+import redis
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import (order_key, product_key, rejected_order_key, top_products_key,
+from app.store import (Store, order_key, product_key, rejected_order_key, top_products_key,
                        top_users_key, user_key)
 from builders import order_body
 
@@ -162,3 +163,38 @@ def test_rejections_are_counted_by_field_and_lag_is_recorded(store):
     assert by_field["order_id"] == 1  # the conflict
     oldest, applied = store.lag()
     assert oldest == int(sent.timestamp() * 1000) and applied >= oldest
+
+
+class CountingRedis(redis.Redis):
+    """A client that counts what it sends: single commands and pipelines."""
+
+    sent: list[str] = []
+
+    def execute_command(self, *args, **options):
+        self.sent.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, *args, **kwargs):
+        self.sent.append("pipeline")
+        return super().pipeline(*args, **kwargs)
+
+
+def test_the_top_of_every_shard_comes_in_one_round_trip_and_merges_exactly(settings):
+    client = CountingRedis.from_url(settings.redis_url, decode_responses=True)
+    store = Store(client, settings)
+    users = [f"U{i}" for i in range(40)]
+    assert len({store.user_shard(u) for u in users}) == store.shards  # every shard ranks
+    apply(store, *(body(f"O{i}", user, cents=100 * (i % 7 + 1)) for i, user in enumerate(users)))
+    client.script_flush()  # the first pipeline finds no script: loaded, then sent again
+    CountingRedis.sent = []
+
+    top = store.top(lambda s: [top_users_key("spend", shard=s)],
+                    lambda s: [top_users_key("orders", shard=s)], 5)
+
+    spend = {user: 100 * (i % 7 + 1) for i, user in enumerate(users)}
+    assert top == sorted(((u, c, 1) for u, c in spend.items()), key=lambda e: (-e[1], e[0]))[:5]
+    assert CountingRedis.sent == ["pipeline", "SCRIPT LOAD", "pipeline"]
+    CountingRedis.sent = []
+    assert store.top(lambda s: [top_users_key("spend", shard=s)],
+                     lambda s: [top_users_key("orders", shard=s)], 5) == top
+    assert CountingRedis.sent == ["pipeline"]
