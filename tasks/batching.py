@@ -105,15 +105,15 @@ class BatchMessage(GroupMessage):
 def delete_batch(messages: list[Message]):
     """Release the messages' prefetch slots now; delete them in one call off the event loop.
 
-    The DeleteMessageBatch waits a round trip on a Settler thread (tasks/pipelining.py),
-    not on the loop that receives and dispatches; if it fails, the messages are received
+    The DeleteMessageBatch is sent from the event loop and not waited for (or waits on a
+    thread off the loop: tasks/pipelining.py); if it fails, the messages are received
     again and counted as duplicates.
     """
     channel = messages[0].channel
     info = messages[0].delivery_info
     queue = channel.canonical_queue_name(info["routing_key"]) if "routing_key" in info else None
-    settler().delete(channel.sqs(queue=queue), info["sqs_queue"],
-                     [m.delivery_info["sqs_message"]["ReceiptHandle"] for m in messages])
+    settler(channel).delete(channel.sqs(queue=queue), info["sqs_queue"],
+                            [m.delivery_info["sqs_message"]["ReceiptHandle"] for m in messages])
     for message in messages:
         # The base channel's ack only does kombu's bookkeeping; SQS's would delete again.
         compat.release_delivery(message.channel, message.delivery_tag)

@@ -69,8 +69,8 @@ def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
     # ReceivePipeline over Channel._schedule_queue, _loop1 and _get_from_sqs).
     assert seen["peak_in_flight"]["ReceiveMessage"] >= 2, (
         "compat dependence 'sqs-receive-chain' broke (tasks/compat.py)", seen)
-    # A delete made on the event loop would wait there, one at a time (pipelining.Settler,
-    # behind kombu's ack bookkeeping: compat 'release-delivery').
+    # A delete the event loop waited for would go out one at a time (pipelining.LoopSettler
+    # sends them and goes on, behind kombu's ack bookkeeping: compat 'release-delivery').
     assert seen["peak_in_flight"]["DeleteMessageBatch"] >= 2, (
         "compat dependence 'release-delivery' broke (tasks/compat.py)", seen)
 
