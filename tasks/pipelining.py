@@ -324,7 +324,7 @@ class LoopSettler:
     (shutdown, or a reset after a lost connection) is handed to the thread Settler.
     """
 
-    def __init__(self, hub, fallback: "Settler"):
+    def __init__(self, hub, fallback: Settler):
         self.hub, self._fallback = hub, fallback
         self._loop_thread = threading.get_ident()
         self.on_loop = True  # False once the consumer stops (the pool then drains off it)
