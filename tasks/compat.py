@@ -29,7 +29,7 @@ request-message     Request._message, the message a Request was built from: a pa
                     failure marks which of its SQS messages failed (tasks/batching.py).
 release-delivery    virtual.Channel.basic_ack: kombu's bookkeeping of an ack (the prefetch
                     slot) without SQS.Channel's DeleteMessage (kombu deletes one message
-                    per request; batches and the Settler delete off the loop).
+                    per request; batches are deleted in one request, not waited for).
 qos-settled         virtual.QoS._quick_ack, _dirty, _delivered: every ack, reject and
                     requeue passes _quick_ack; deliveries not yet settled are _delivered
                     less _dirty (tasks/pipelining.py WindowQoS).
@@ -51,6 +51,15 @@ sqs-requeue         SQS.Channel._put sees message["redelivered"] on a requeue, a
                     KeyError, the worker stopped (kombu#1824); requeues use
                     virtual.QoS.reject (tasks/transport.py) and ChangeMessageVisibility off
                     the loop (tasks/pipelining.py).
+sqs-async-request   kombu.asynchronous.aws.sqs.connection.AsyncSQSConnection(client,
+                    http_client=...).make_request(operation, params, queue_url, verb,
+                    callback, protocol_params): a request signed by the boto3 client's
+                    signer, sent by curl on the hub; callback gets an AsyncHTTPResponse
+                    (.status, 599 when curl failed; .read()). Settlements go out from the
+                    event loop without boto3's per-call machinery (tasks/pipelining.py).
+hub-close           Hub.on_close: callbacks run by Hub.close() and Hub.reset(), which also
+                    close the hub's curl clients, their requests never answered; the
+                    settlements still unanswered go to threads then (tasks/pipelining.py).
 sqs-backoff         SQS.QoS.apply_backoff_policy and extract_task_name_and_number_of_retries
                     read headers["task"] and the ApproximateReceiveCount attribute, and
                     Channel._queue_cache the queue's URL: raw bodies are given a task
@@ -63,6 +72,7 @@ import logging
 
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
+from kombu.asynchronous.aws.sqs.connection import AsyncSQSConnection
 from kombu.message import Message
 from kombu.pidbox import Mailbox
 from kombu.transport import SQS, TRANSPORT_ALIASES, virtual
@@ -139,6 +149,18 @@ def on_settled(qos, callback) -> None:
     qos._quick_ack = settled
 
 
+def send_sqs_request(connection, operation: str, queue_url: str, protocol_params: dict,
+                     callback) -> None:
+    """sqs-async-request: send one SQS request from the hub; callback(response) answers."""
+    connection.make_request(operation, {}, queue_url, "POST", callback=callback,
+                            protocol_params=protocol_params)
+
+
+def on_hub_close(hub, callback) -> None:
+    """hub-close: call callback(hub) when the hub closes or resets (its curl clients close)."""
+    hub.on_close.add(callback)
+
+
 def active_queues(channel) -> list:
     """sqs-receive-chain: the queues the channel consumes."""
     return channel._active_queues
@@ -165,6 +187,8 @@ _HOOKS = (
     ("sqs-envelope", SQS.Channel, "_envelope_payload",
      ("payload", "raw_text", "message", "q_url")),
     ("sqs-requeue", SQS.Channel, "_put", ("queue", "message")),
+    ("sqs-async-request", AsyncSQSConnection, "make_request",
+     ("operation_name", "params", "queue_url", "verb", "callback", "protocol_params")),
     ("sqs-backoff", SQS.QoS, "apply_backoff_policy",
      ("routing_key", "delivery_tag", "backoff_policy", "backoff_tasks")),
     ("sqs-backoff", SQS.QoS, "extract_task_name_and_number_of_retries", ("delivery_tag",)),

@@ -10,7 +10,7 @@ from tasks.batching import BatchMessage, raw_entry
 from tasks.control import control_connection
 from tasks.files_consumer import FilesBatcher
 from tasks.names import FILES_TASKS, ORDER_TASKS, PROCESS_BATCH, PROCESS_ORDER
-from tasks.pipelining import wait_for_settlements
+from tasks.pipelining import settle_off_the_loop, wait_for_settlements
 from tasks.task_messages import is_message_id
 
 # A ReceiveMessage hands its messages over one after the other in the same loop turn;
@@ -77,6 +77,11 @@ class OrderConsumer(Consumer):
         self._flush_timer = None
         self.files_batcher = FilesBatcher(self, settings)
         self._events_timer = None
+
+    def stop(self):
+        """The loop has stopped: what the pool still finishes is settled from threads."""
+        settle_off_the_loop()
+        super().stop()
 
     def shutdown(self):
         """Stop consuming, then let the deletes and visibility changes under way finish."""

@@ -16,23 +16,32 @@ per two round trips, however idle the CPU.
   in flight cover the round trip. So receives never crowd each other out: a chain
   parks only while more than Celery's prefetch is delivered and not yet settled, and
   each of those deliveries wakes it when it is settled.
-- Settler runs DeleteMessage(Batch) and ChangeMessageVisibility on a few threads. The
-  kombu bookkeeping (the prefetch slot) is released at once on the loop; a settlement
-  that fails is logged and harmless: a message not deleted is received again after its
-  visibility timeout and counted as a duplicate, one whose visibility was not changed
-  comes back after the visibility timeout instead of its backoff.
+- LoopSettler sends DeleteMessageBatch and ChangeMessageVisibility from the event loop
+  through kombu's asynchronous SQS connection (botocore's signer, a curl client of its
+  own), never waiting for the answer: no boto3 client call (event hooks, validation,
+  retries, parsing by shape) and no thread contending with the loop for the GIL. Off
+  the loop (the pool draining at shutdown, the celery CLI) Settler runs them on a few
+  threads with boto3, and takes over whatever the loop had not settled when its hub
+  closes. The kombu bookkeeping (the prefetch slot) is released at once on the loop; a
+  settlement that fails is logged and harmless: a message not deleted is received again
+  after its visibility timeout and counted as a duplicate, one whose visibility was not
+  changed comes back after the visibility timeout instead of its backoff.
 
 The kombu internals this overrides or reads are listed, with why, in tasks/compat.py.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
+from itertools import count
 from time import monotonic
 
+from kombu.asynchronous.aws.sqs.connection import AsyncSQSConnection
+from kombu.asynchronous.http import Client as HttpClient
 from vine import transform
 
 from tasks import compat
@@ -52,8 +61,11 @@ RECEIVE_HEADROOM = 1.5
 # The receive rate is measured over windows of this many seconds (EWMA of their rates).
 RATE_WINDOW_SECONDS = 0.25
 EWMA_WEIGHT = 0.5
-# Threads that settle messages; each waits one round trip per request.
+# Threads that settle messages off the loop; each waits one round trip per request.
 SETTLE_THREADS = 8
+# Settlements in flight at once from the loop: a curl client of their own, so they never
+# queue behind the receives (kombu's shared client serves ten, long polls included).
+SETTLE_CONNECTIONS = 8
 
 
 class Ewma:
@@ -180,8 +192,8 @@ class ReceivePipeline:
             receipt_handle = info["sqs_message"]["ReceiptHandle"]
         except KeyError:
             return super().basic_ack(delivery_tag, multiple)
-        settler().delete(self.sqs(queue=self._queue_of(info)), info["sqs_queue"],
-                         [receipt_handle])
+        settler(self).delete(self.sqs(queue=self._queue_of(info)), info["sqs_queue"],
+                             [receipt_handle])
         self.release(delivery_tag)
 
     def release(self, delivery_tag):
@@ -196,10 +208,10 @@ class ReceivePipeline:
         if not message.get("redelivered"):
             return super()._put(queue, message, **kwargs)
         # A requeue: kombu makes the message visible again after wait_time_seconds.
-        settler().change_visibility(self.sqs(queue=self.canonical_queue_name(queue)),
-                                    self._new_queue(queue),
-                                    message["properties"]["delivery_tag"],
-                                    self.wait_time_seconds)
+        settler(self).change_visibility(self.sqs(queue=self.canonical_queue_name(queue)),
+                                        self._new_queue(queue),
+                                        message["properties"]["delivery_tag"],
+                                        self.wait_time_seconds)
 
 
 class WindowQoS:
@@ -237,8 +249,8 @@ class WindowQoS:
             return
         seconds = backoff_policy.get(receives)
         if task_name in backoff_tasks and seconds is not None:
-            settler().change_visibility(self.channel.sqs(routing_key), queue_url,
-                                        delivery_tag, seconds)
+            settler(self.channel).change_visibility(self.channel.sqs(routing_key), queue_url,
+                                                    delivery_tag, seconds)
 
 
 class Settler:
@@ -255,13 +267,14 @@ class Settler:
 
     def delete(self, client, queue_url: str, receipt_handles: list[str]):
         """Delete up to ten messages of one queue in one request."""
-        self._submit(_delete, client, queue_url, receipt_handles)
+        self.submit(_delete, client, queue_url, receipt_handles)
 
     def change_visibility(self, client, queue_url: str, receipt_handle: str, seconds: int):
         """Hide (or show) one message for `seconds`."""
-        self._submit(_change_visibility, client, queue_url, receipt_handle, seconds)
+        self.submit(_change_visibility, client, queue_url, receipt_handle, seconds)
 
-    def _submit(self, fn, *args):
+    def submit(self, fn, *args):
+        """Run fn(*args) on a settling thread."""
         future = self._pool.submit(fn, *args)
         with self._lock:
             self._pending.add(future)
@@ -302,21 +315,151 @@ def _change_visibility(client, queue_url: str, receipt_handle: str, seconds: int
                        seconds, exc)
 
 
+class LoopSettler:
+    """DeleteMessageBatch and ChangeMessageVisibility sent from the event loop, not waited for.
+
+    Each request is signed by botocore and sent by curl on the hub; its answer is checked
+    by a callback that logs and never raises (an exception there would reach the hub and
+    lose the other answers curl had read). What is still unanswered when the hub closes
+    (shutdown, or a reset after a lost connection) is handed to the thread Settler.
+    """
+
+    def __init__(self, hub, fallback: Settler):
+        self.hub, self._fallback = hub, fallback
+        self._loop_thread = threading.get_ident()
+        self.on_loop = True  # False once the consumer stops (the pool then drains off it)
+        self._http = None
+        self._connections: dict[int, AsyncSQSConnection] = {}
+        self._pending: dict[int, tuple] = {}  # request -> what the thread Settler would run
+        self._ids = count()
+        self._lock = threading.Lock()
+        compat.on_hub_close(hub, lambda hub: self.hand_over())
+
+    def usable(self, channel) -> bool:
+        """Whether a settlement asked for now, by this channel, can go out from the loop."""
+        return (self.on_loop and channel.hub is self.hub
+                and threading.get_ident() == self._loop_thread)
+
+    def delete(self, client, queue_url: str, receipt_handles: list[str]):
+        """Delete up to ten messages of one queue in one request."""
+        entries = [{"Id": str(i), "ReceiptHandle": handle}
+                   for i, handle in enumerate(receipt_handles)]
+        query = {}
+        for n, entry in enumerate(entries, 1):
+            query.update({f"DeleteMessageBatchRequestEntry.{n}.{key}": value
+                          for key, value in entry.items()})
+        self._send(client, "DeleteMessageBatch", queue_url,
+                   {"json": {"Entries": entries}, "query": query},
+                   (_delete, client, queue_url, receipt_handles))
+
+    def change_visibility(self, client, queue_url: str, receipt_handle: str, seconds: int):
+        """Hide (or show) one message for `seconds`."""
+        params = {"ReceiptHandle": receipt_handle, "VisibilityTimeout": int(seconds)}
+        self._send(client, "ChangeMessageVisibility", queue_url,
+                   {"json": params, "query": {**params, "VisibilityTimeout": str(int(seconds))}},
+                   (_change_visibility, client, queue_url, receipt_handle, seconds))
+
+    def _send(self, client, operation: str, queue_url: str, protocol_params: dict, fallback):
+        request = next(self._ids)
+        with self._lock:
+            self._pending[request] = fallback
+
+        def answered(response):
+            with self._lock:
+                if self._pending.pop(request, None) is None:
+                    return  # handed to the thread Settler already
+            try:
+                _check_answer(operation, queue_url, response)
+            except Exception:  # noqa: BLE001 - nothing may raise into the hub
+                logger.exception("SQS: could not read the answer to %s on %s", operation,
+                                 queue_url)
+
+        try:
+            compat.send_sqs_request(self._connection(client), operation, queue_url,
+                                    protocol_params, answered)
+        except Exception as exc:  # noqa: BLE001 - the thread Settler tries with boto3
+            logger.warning("SQS: could not send %s from the event loop (%r); sending it "
+                           "from a thread", operation, exc)
+            with self._lock:
+                fallback = self._pending.pop(request, None)
+            if fallback:
+                self._fallback.submit(*fallback)
+
+    def _connection(self, client) -> AsyncSQSConnection:
+        if self._http is None:
+            self._http = HttpClient(self.hub, max_clients=SETTLE_CONNECTIONS)
+            self._connections.clear()
+        connection = self._connections.get(id(client))
+        if connection is None:
+            connection = self._connections[id(client)] = AsyncSQSConnection(
+                client, http_client=self._http)
+        return connection
+
+    def hand_over(self) -> int:
+        """Give every settlement not yet answered to the thread Settler; how many."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        # The hub closes its curl clients with it; the next settlement makes a new one.
+        self._http = None
+        self._connections.clear()
+        for fallback in pending.values():
+            self._fallback.submit(*fallback)
+        return len(pending)
+
+
+def _check_answer(operation: str, queue_url: str, response):
+    """Log a settlement SQS did not make (an answer of the asynchronous connection)."""
+    if response.status != 200:
+        body = response.read() if response.status != 599 else None
+        logger.warning("SQS: %s on %s failed (HTTP %s %s, %.200r); %s", operation, queue_url,
+                       response.status, response.reason, body,
+                       "the messages are received again and counted as duplicates"
+                       if operation == "DeleteMessageBatch" else
+                       "the message comes back after its visibility timeout")
+        return
+    if operation == "DeleteMessageBatch":
+        body = response.read() or b""
+        if b'"Failed"' in body:
+            failed = json.loads(body).get("Failed") or []
+        else:
+            failed = [{"Id": "?", "Message": body[:200]}] if b"BatchResultError" in body else []
+        for failure in failed:
+            logger.warning("SQS did not delete message %s: %s", failure.get("Id"),
+                           failure.get("Message"))
+
+
 _settler: Settler | None = None
+_loop_settler: LoopSettler | None = None
 _settler_lock = threading.Lock()
 
 
-def settler() -> Settler:
-    """This process's Settler, started on first use (in the worker's main process)."""
-    global _settler
+def settler(channel=None):
+    """Who settles for the channel now: its loop's LoopSettler, or this process's Settler."""
+    global _settler, _loop_settler
+    loop = _loop_settler
+    if loop is not None and channel is not None and loop.usable(channel):
+        return loop
     with _settler_lock:
         if _settler is None:
             _settler = Settler()
+        if (_loop_settler is None and channel is not None
+                and getattr(channel, "hub", None) is not None):
+            _loop_settler = LoopSettler(channel.hub, _settler)
+            if _loop_settler.usable(channel):
+                return _loop_settler
         return _settler
+
+
+def settle_off_the_loop():
+    """The consumer stops: settlements from now on go to threads (the loop turns no more)."""
+    if _loop_settler is not None:
+        _loop_settler.on_loop = False
 
 
 def wait_for_settlements(timeout: float = 10.0):
     """Before the worker exits: let the deletes and visibility changes under way finish."""
+    if _loop_settler is not None:
+        _loop_settler.hand_over()
     if _settler is not None:
         left = _settler.wait(timeout)
         if left:

@@ -83,6 +83,10 @@ class Channel(ReceivePipeline, SQS.Channel):
         super()._loop1(queue, messages_fetched)
 
     def _prepare_json_payload(self, text):
+        if '"body"' not in text:
+            # Only a kombu envelope's parse is used (tasks/task_messages.py): an order is
+            # parsed once, by its task, not a second time here.
+            return {}
         try:
             return super()._prepare_json_payload(text)
         except (RecursionError, ValueError):

@@ -296,6 +296,31 @@ def test_whole_worker_killed_mid_stream_then_restarted(settings, store, sqs_clie
     assert store.outcomes()["duplicate"] <= in_flight
 
 
+def test_worker_stopped_warm_mid_stream_settles_what_it_counted(settings, store, sqs_client,
+                                                                start_worker):
+    """SIGTERM mid-stream: the pool finishes, every counted message is deleted before exit.
+
+    Deletes sent from the event loop and those of the pool's last tasks (sent from threads
+    once the loop has stopped) are waited for: a new worker finds no counted message again.
+    """
+    orders = make_orders("WS", 2000, users=40, rng=random.Random(5))
+    send(sqs_client, settings.orders_url, [dumps(body) for body, _ in orders])
+    first = start_worker(name="w1")
+    wait_for(lambda: store.outcomes()["counted"] >= 600, timeout=120, message="600 counted")
+    # A warm shutdown as `kill <pid>` or Docker gives it: the main process alone. (Worker.stop
+    # signals the whole group, whose pool processes then die mid-task: WorkerLostError.)
+    os.kill(first.process.pid, signal.SIGTERM)
+    wait_for(lambda: not first.service.members(), timeout=60, message="the worker to exit")
+    assert store.outcomes()["counted"] < len(orders), "the stop came after the stream"
+    log = first.log_path.read_text(errors="replace")
+    assert "still pending at shutdown" not in log and "could not" not in log, log[-3000:]
+
+    start_worker(name="w2")
+    wait_for(lambda: store.outcomes()["counted"] == len(orders) and drained(sqs_client, settings),
+             timeout=180, message="every order counted and the queue empty")
+    assert store.outcomes()["duplicate"] == 0
+
+
 # --- 3. Redis down -------------------------------------------------------------------------
 
 @pytest.mark.slow

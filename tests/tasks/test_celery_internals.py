@@ -5,7 +5,9 @@ messages silently not consumed. None of these needs a server: SQS channels point
 closed port and are never asked to send.
 """
 import json
+import logging
 import math
+import time
 from contextlib import contextmanager
 
 import celery
@@ -23,7 +25,8 @@ from tasks.batching import REFUSED_KEY
 from tasks.celery import create_celery
 from tasks.consumer import OrderConsumer, adopt_raw_order
 from tasks.names import PROCESS_ORDER
-from tasks.pipelining import MAX_RECEIVES_PER_QUEUE, RECEIVE_HEADROOM, ReceiveMeter
+from tasks.pipelining import (MAX_RECEIVES_PER_QUEUE, RECEIVE_HEADROOM, LoopSettler,
+                              ReceiveMeter)
 from tasks.transport import Transport as OrdersSqsTransport
 
 celery_app = create_celery(Settings())
@@ -210,3 +213,50 @@ def test_task_messages_are_built_by_as_task_v2():
     assert message.headers["task"] == PROCESS_ORDER and message.headers["id"] == "id-1"
     assert message.body == (("{}",), {"message_id": "id-1"},
                             {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+
+
+class RecordingSettler:
+    """Stands in for the thread Settler: records what it is handed instead of sending it."""
+
+    def __init__(self):
+        self.handed = []
+
+    def submit(self, fn, *args):
+        self.handed.append((fn.__name__, args[1:]))
+
+
+def run_hub_until(hub: Hub, done, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        hub.run_once()
+    return done()
+
+
+def test_sqs_async_request_a_delete_sqs_cannot_take_is_logged_on_the_hub_not_raised(caplog):
+    """A DeleteMessageBatch sent from the loop to a closed port: answered (599), logged."""
+    hub, threads = Hub(), RecordingSettler()
+    with sqs_channel() as channel:
+        settler = LoopSettler(hub, threads)
+        channel.hub = hub
+        assert settler.usable(channel)
+        with caplog.at_level(logging.WARNING, logger="tasks.pipelining"):
+            settler.delete(channel.sqs(), "http://127.0.0.1:1/000000000000/q", ["rh-1", "rh-2"])
+            assert run_hub_until(hub, lambda: not settler._pending), broke("sqs-async-request")
+        assert "DeleteMessageBatch" in caplog.text and "HTTP 599" in caplog.text, broke(
+            "sqs-async-request")
+        assert threads.handed == []  # answered on the loop: nothing for the threads
+    hub.close()
+
+
+def test_hub_close_hands_the_unanswered_settlements_to_the_threads():
+    """Hub.close() (shutdown) or reset() closes curl's requests: the threads send them."""
+    hub, threads = Hub(), RecordingSettler()
+    with sqs_channel() as channel:
+        settler = LoopSettler(hub, threads)
+        url = "http://127.0.0.1:1/000000000000/q"
+        settler.delete(channel.sqs(), url, ["rh-1"])
+        settler.change_visibility(channel.sqs(), url, "rh-2", 30)
+        hub.close()  # before the hub ever turned: neither was answered
+        assert threads.handed == [("_delete", (url, ["rh-1"])),
+                                  ("_change_visibility", (url, "rh-2", 30))], broke("hub-close")
+        assert not settler._pending

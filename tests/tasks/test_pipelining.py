@@ -3,10 +3,12 @@ import json
 import os
 import random
 import sys
+import time
 import urllib.request
 from dataclasses import replace
 
 import pytest
+from kombu.asynchronous import Hub
 
 from app import aws, sqs
 from app.files.contract import ORDERS
@@ -15,6 +17,7 @@ from bench.sqs_counter import COUNTS_PATH
 from conftest import ROOT, wait_for
 from files_oracle import csv_of, make_rows
 from stack.services import Process, free_port
+from tasks.pipelining import LoopSettler
 
 # Long enough that a consumer waiting for each request in turn could not overlap two.
 RTT_MS = 100
@@ -69,8 +72,8 @@ def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
     # ReceivePipeline over Channel._schedule_queue, _loop1 and _get_from_sqs).
     assert seen["peak_in_flight"]["ReceiveMessage"] >= 2, (
         "compat dependence 'sqs-receive-chain' broke (tasks/compat.py)", seen)
-    # A delete made on the event loop would wait there, one at a time (pipelining.Settler,
-    # behind kombu's ack bookkeeping: compat 'release-delivery').
+    # A delete the event loop waited for would go out one at a time (pipelining.LoopSettler
+    # sends them and goes on, behind kombu's ack bookkeeping: compat 'release-delivery').
     assert seen["peak_in_flight"]["DeleteMessageBatch"] >= 2, (
         "compat dependence 'release-delivery' broke (tasks/compat.py)", seen)
 
@@ -99,3 +102,30 @@ def test_a_worker_on_both_queues_goes_on_receiving_after_files_executions(
                                bodies[start:start + sqs.BATCH_SIZE]) == []
     wait_for(lambda: store.outcomes()["counted"] == len(bodies), timeout=60,
              message="the orders sent after the files executions counted")
+
+
+def test_settlements_sent_from_the_event_loop_delete_and_show_messages(settings, sqs_client):
+    """LoopSettler on a real hub and SQS: two messages deleted, one shown again at once."""
+    url = settings.orders_url
+    assert sqs.send_bodies(sqs_client, url, [order(f"S{i}") for i in range(3)]) == []
+    received = []
+    wait_for(lambda: received.extend(sqs_client.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30).get("Messages", []))
+        or len(received) == 3, timeout=30, message="the three messages received")
+    handles = {m["Body"]: m["ReceiptHandle"] for m in received}
+    shown = order("S2")
+    hub = Hub()
+    settler = LoopSettler(hub, fallback=None)  # nothing may go to threads here
+    settler.delete(sqs_client, url, [handles[order("S0")], handles[order("S1")]])
+    settler.change_visibility(sqs_client, url, handles[shown], 0)
+    deadline = time.monotonic() + 30
+    while settler._pending and time.monotonic() < deadline:
+        hub.run_once()
+    assert not settler._pending, "SQS did not answer the settlements sent from the loop"
+    hub.close()
+    again = sqs_client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                       WaitTimeSeconds=2).get("Messages", [])
+    assert [m["Body"] for m in again] == [shown]  # the deleted two never come back
+    sqs_client.delete_message(QueueUrl=url, ReceiptHandle=again[0]["ReceiptHandle"])
+    assert sqs.depth(settings, settings.orders_queue, sqs_client) == {
+        "visible": 0, "in_flight": 0, "delayed": 0}
