@@ -860,18 +860,21 @@ class _Call:
 
     def bind(self, value):
         """value with each 'keys' mapping (name -> key) turned into name -> KEYS index."""
-        if isinstance(value, dict):
-            return {name: ({n: self._at(k) for n, k in item.items()} if name == "keys"
-                           else self.bind(item)) for name, item in value.items()}
         if isinstance(value, list):
             return [self.bind(item) for item in value]
-        return value
+        if not isinstance(value, dict):
+            return value
+        # Scalars are copied as they are, not visited: most of a payload is scalars.
+        return {name: ({n: self._at(k) for n, k in item.items()} if name == "keys"
+                       else self.bind(item) if isinstance(item, (dict, list)) else item)
+                for name, item in value.items()}
 
     def _at(self, key: str) -> int:
-        if key not in self._index:
+        index = self._index.get(key)
+        if index is None:
             self.keys.append(key)
-            self._index[key] = len(self.keys)  # Lua counts from 1
-        return self._index[key]
+            index = self._index[key] = len(self.keys)  # Lua counts from 1
+        return index
 
 
 class Store:
