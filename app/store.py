@@ -330,8 +330,9 @@ local function read_ahead(list)
   for _, a in ipairs(list) do
     local key, field, is_score = a[1], a[2], a[4]
     if not is_score and not (values[key] and values[key][field]) then
-      if not wanted[key] then wanted[key] = {}; order[#order + 1] = key end
-      table.insert(wanted[key], field)
+      local fields = wanted[key]
+      if not fields then fields = {}; wanted[key] = fields; order[#order + 1] = key end
+      fields[#fields + 1] = field
     end
   end
   for _, key in ipairs(order) do
@@ -437,14 +438,13 @@ end
 -- A part's check: 'applied', or 'fits' and what the figures become, or 'over' and reasons.
 local function check_part(op)
   if is_applied(op) then expect_op(op); return 'applied' end
-  local list, after = additions[op.kind](op), {}
-  read_ahead(list)
-  for i, a in ipairs(list) do
-    after[i] = current(a[1], a[2], a[4]) + a[3]
-    if after[i] > max_total then expect_op(op); return 'over', past_limit(a) end
+  local updates = additions[op.kind](op)
+  read_ahead(updates)
+  -- Each entry's by becomes what its figure would be: {key, field, value} is an update.
+  for _, a in ipairs(updates) do
+    a[3] = current(a[1], a[2], a[4]) + a[3]
+    if a[3] > max_total then expect_op(op); return 'over', past_limit(a) end
   end
-  local updates = {}
-  for i, a in ipairs(list) do updates[i] = {a[1], a[2], after[i]} end
   if op.kind == 'user' then
     local key, cents = K(op, 'days'), tonumber(op.cents)
     local day = current_day(key, op.day)
