@@ -1113,7 +1113,7 @@ class Store:
         pipe = client.pipeline(transaction=False)
         for keys, payload in calls:
             pipe.evalsha(self._apply.sha, len(keys), *keys,
-                         json.dumps(payload, ensure_ascii=False))
+                         json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
         if self.wait_replicas and writes:
             pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
         return pipe.execute(raise_on_error=False)
