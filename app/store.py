@@ -237,6 +237,10 @@ APPLY = """
 local req = cjson.decode(ARGV[1])
 local now, max_total = tonumber(req.now), tonumber(req.max_total)
 local retention, window = tonumber(req.retention), tonumber(req.window)
+-- A number passed to redis.call is formatted ('%.17g') on every call: the repeated ones
+-- are passed as strings made once (the same values: a score is read back as a double).
+local now_score, window_seconds = string.format('%.17g', now), string.format('%d', window)
+local trim_below = '(' .. (now - window)
 local function K(op, name)
   local index = op.keys[name]
   return index and KEYS[index]
@@ -251,7 +255,8 @@ local function money(cents)
 end
 
 -- Redis does not roll a script back when a command fails half-way, so everything that
--- could fail is checked before the first write: 1. the type of every key.
+-- could fail is checked before the first write: 1. the type of every key. A check's reads
+-- (redis.pcall) type the keys they read: only the keys no read touched cost a TYPE.
 local typed = {}
 local function expect(key, kind)
   if not key or typed[key] then return end
@@ -260,6 +265,16 @@ local function expect(key, kind)
     error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. kind})
   end
   typed[key] = kind
+end
+-- A read's reply, its key typed; a WRONGTYPE refused as expect refuses it, by name.
+local function read(command, key, kind, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    expect(key, kind)
+    error(reply)
+  end
+  typed[key] = kind
+  return reply
 end
 local kinds = {
   claim = {order = 'string'},
@@ -271,7 +286,11 @@ local kinds = {
   book = {outcomes = 'hash', index = 'zset', by_field = 'hash', lag = 'hash'},
 }
 local function expect_op(op)
-  for name, kind in pairs(kinds[op.kind]) do expect(K(op, name), kind) end
+  local kind_of = kinds[op.kind]
+  for name, index in pairs(op.keys) do
+    local key, kind = KEYS[index], kind_of[name]
+    if kind and not typed[key] then expect(key, kind) end
+  end
   for _, p in ipairs(op.products or {}) do expect(K(p, 'product'), 'hash') end
   for _, r in ipairs(op.rejections or {}) do
     expect(K(r, 'rec'), 'hash'); expect(K(r, 'ref'), 'string')
@@ -289,7 +308,7 @@ local function remember(key, field, raw, is_score)
     value = tonumber(raw)
     -- HINCRBY takes only canonical digits: not '1e3', '007' or '-0' as Lua would.
     local digits = is_score or raw == '0' or string.match(raw, '^%-?[1-9]%d*$')
-    if not digits or not value or value ~= math.floor(value) or math.abs(value) > max_total then
+    if not digits or not value or value % 1 ~= 0 or value > max_total or value < -max_total then
       error({err = 'ERR corrupt figure ' .. key .. ' ' .. field .. ': ' .. raw})
     end
   end
@@ -301,8 +320,8 @@ local function current(key, field, is_score)
   local value = values[key] and values[key][field]
   if value ~= nil then return value end
   local raw
-  if is_score then raw = redis.call('ZSCORE', key, field)
-  else raw = redis.call('HGET', key, field) end
+  if is_score then raw = read('ZSCORE', key, 'zset', field)
+  else raw = read('HGET', key, 'hash', field) end
   return remember(key, field, raw, is_score)
 end
 -- Reads the hash fields of additions not read yet, one HMGET per key.
@@ -311,12 +330,13 @@ local function read_ahead(list)
   for _, a in ipairs(list) do
     local key, field, is_score = a[1], a[2], a[4]
     if not is_score and not (values[key] and values[key][field]) then
-      if not wanted[key] then wanted[key] = {}; order[#order + 1] = key end
-      table.insert(wanted[key], field)
+      local fields = wanted[key]
+      if not fields then fields = {}; wanted[key] = fields; order[#order + 1] = key end
+      fields[#fields + 1] = field
     end
   end
   for _, key in ipairs(order) do
-    local raws = redis.call('HMGET', key, unpack(wanted[key]))
+    local raws = read('HMGET', key, 'hash', unpack(wanted[key]))
     for i, field in ipairs(wanted[key]) do remember(key, field, raws[i], false) end
   end
 end
@@ -333,14 +353,14 @@ end
 local function current_day(key, day)
   values[key] = values[key] or {}
   if values[key][day] == nil then
-    values[key][day] = parse_day(key, day, redis.call('HGET', key, day))
+    values[key][day] = parse_day(key, day, read('HGET', key, 'hash', day))
   end
   return values[key][day]
 end
 local customers = {}  -- set key -> user -> true: day customers added earlier in this call
 local function is_day_customer(key, user)
   customers[key] = customers[key] or {}
-  return customers[key][user] or redis.call('SISMEMBER', key, user) == 1
+  return customers[key][user] or read('SISMEMBER', key, 'set', user) == 1
 end
 
 -- What applying one part adds, one entry per figure: {key, field, by, is_score, unit,
@@ -413,24 +433,23 @@ local marked = {}
 local function is_applied(op)
   local key = K(op, 'applied')
   return (marked[key] and marked[key][op.mark])
-    or redis.call('ZSCORE', key, op.mark) ~= false
+    or read('ZSCORE', key, 'zset', op.mark) ~= false
 end
 -- A part's check: 'applied', or 'fits' and what the figures become, or 'over' and reasons.
 local function check_part(op)
-  expect_op(op)
-  if is_applied(op) then return 'applied' end
-  local list, after = additions[op.kind](op), {}
-  read_ahead(list)
-  for i, a in ipairs(list) do
-    after[i] = current(a[1], a[2], a[4]) + a[3]
-    if after[i] > max_total then return 'over', past_limit(a) end
+  if is_applied(op) then expect_op(op); return 'applied' end
+  local updates = additions[op.kind](op)
+  read_ahead(updates)
+  -- Each entry's by becomes what its figure would be: {key, field, value} is an update.
+  for _, a in ipairs(updates) do
+    a[3] = current(a[1], a[2], a[4]) + a[3]
+    if a[3] > max_total then expect_op(op); return 'over', past_limit(a) end
   end
-  local updates = {}
-  for i, a in ipairs(list) do updates[i] = {a[1], a[2], after[i]} end
   if op.kind == 'user' then
     local key, cents = K(op, 'days'), tonumber(op.cents)
     local day = current_day(key, op.day)
     if day[1] + 1 > max_total or day[2] + cents > max_total then
+      expect_op(op)
       return 'over', {order_value = {"Counting this order would take the user's day past "
                                      .. 'the largest total kept exactly.'}}
     end
@@ -439,6 +458,7 @@ local function check_part(op)
     full(K(op, 'outcomes'), 'counted', 1)
     full(K(op, 'outcomes'), 'corrected', 1)
   end
+  expect_op(op)
   return 'fits', updates
 end
 local function commit(op, updates)
@@ -454,7 +474,7 @@ local writers = {}
 function writers.user(op)
   local u, cents = K(op, 'user'), op.cents
   local spend = redis.call('HINCRBY', u, 'total_spend_cents', cents)
-  redis.call('HINCRBY', u, 'order_count', 1)
+  redis.call('HINCRBY', u, 'order_count', '1')
   redis.call('HSET', u, 'total_spend', money(spend))
   local first = tonumber(redis.call('HGET', u, 'first_order_ts') or '')
   if not first or op.ts < first then redis.call('HSET', u, 'first_order_ts', op.ts) end
@@ -469,30 +489,30 @@ function writers.shard(op)
   local cents, units, u = op.cents, op.units, op.user_id
   local global, day, month = K(op, 'global'), K(op, 'day'), K(op, 'month')
   local revenue = redis.call('HINCRBY', global, 'total_revenue_cents', cents)
-  redis.call('HINCRBY', global, 'total_orders', 1)
+  redis.call('HINCRBY', global, 'total_orders', '1')
   redis.call('HSET', global, 'total_revenue', money(revenue))
   redis.call('ZINCRBY', K(op, 'spend'), cents, u)
-  redis.call('ZINCRBY', K(op, 'orders'), 1, u)
-  redis.call('HINCRBY', day, 'total_orders', 1)
+  redis.call('ZINCRBY', K(op, 'orders'), '1', u)
+  redis.call('HINCRBY', day, 'total_orders', '1')
   redis.call('HINCRBY', day, 'total_revenue_cents', cents)
   redis.call('HINCRBY', day, 'total_items_sold', units)
   if redis.call('SADD', K(op, 'customers'), u) == 1 then
-    redis.call('HINCRBY', day, 'unique_customers', 1)
+    redis.call('HINCRBY', day, 'unique_customers', '1')
   end
   redis.call('ZINCRBY', K(op, 'day_spend'), cents, u)
-  redis.call('ZINCRBY', K(op, 'day_orders'), 1, u)
+  redis.call('ZINCRBY', K(op, 'day_orders'), '1', u)
   redis.call('ZINCRBY', K(op, 'month_spend'), cents, u)
   -- The month's order ranking doubles as its set of customers: a first order makes 1.
-  if tonumber(redis.call('ZINCRBY', K(op, 'month_orders'), 1, u)) == 1 then
-    redis.call('HINCRBY', month, 'unique_customers', 1)
+  if tonumber(redis.call('ZINCRBY', K(op, 'month_orders'), '1', u)) == 1 then
+    redis.call('HINCRBY', month, 'unique_customers', '1')
   end
-  redis.call('HINCRBY', month, 'total_orders', 1)
+  redis.call('HINCRBY', month, 'total_orders', '1')
   redis.call('HINCRBY', month, 'total_revenue_cents', cents)
   redis.call('HINCRBY', month, 'total_items_sold', units)
-  redis.call('HINCRBY', K(op, 'outcomes'), 'counted', 1)
+  redis.call('HINCRBY', K(op, 'outcomes'), 'counted', '1')
   if op.correction ~= '' then
     redis.call('HSET', K(op, 'corrections'), op.order_id, op.correction)
-    redis.call('HINCRBY', K(op, 'outcomes'), 'corrected', 1)
+    redis.call('HINCRBY', K(op, 'outcomes'), 'corrected', '1')
   end
 end
 function writers.products(op)
@@ -501,7 +521,7 @@ function writers.products(op)
     local key = K(p, 'product')
     redis.call('HINCRBY', key, 'units_sold', p.units)
     redis.call('HINCRBY', key, 'revenue_cents', p.cents)
-    redis.call('HINCRBY', key, 'orders', 1)
+    redis.call('HINCRBY', key, 'orders', '1')
     redis.call('ZINCRBY', K(op, 'revenue'), p.cents, p.id)
     redis.call('ZINCRBY', K(op, 'units'), p.units, p.id)
   end
@@ -513,7 +533,7 @@ local function apply_part(op, checked)
   local applied = K(op, 'applied')
   if not checked and redis.call('ZSCORE', applied, op.mark) then return 0 end
   writers[op.kind](op)
-  redis.call('ZADD', applied, now, op.mark)
+  redis.call('ZADD', applied, now_score, op.mark)
   if not touched[applied] then
     touched[applied] = true; touched_keys[#touched_keys + 1] = applied
   end
@@ -522,23 +542,23 @@ end
 -- Each applied set keeps the window's orders; a key nobody adds to any more expires whole.
 local function trim_applied()
   for _, key in ipairs(touched_keys) do
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - window))
-    redis.call('EXPIRE', key, window)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', trim_below)
+    redis.call('EXPIRE', key, window_seconds)
   end
 end
 
 -- The claim: new (absent), seen (same fingerprint) or conflict (and the one seen).
 local claimed = {}  -- order key -> fingerprint claimed earlier in this call
 local function claim_state(op)
-  expect_op(op)
   local key = K(op, 'order')
-  local seen = claimed[key] or redis.call('GET', key)
+  local seen = claimed[key] or read('GET', key, 'string')
+  expect_op(op)
   if not seen then return 'new' end
   if seen == op.fp then return 'seen' end
   return 'conflict', seen
 end
 local function write_claim(op)
-  redis.call('SET', K(op, 'order'), op.fp, 'EX', window)
+  redis.call('SET', K(op, 'order'), op.fp, 'EX', window_seconds)
   claimed[K(op, 'order')] = op.fp
 end
 local function drop_claim(op)
@@ -547,7 +567,6 @@ end
 
 -- The bookkeeping: rejection records, the outcome counters of the {p} slot, the lag.
 local function check_book(book, rejections, duplicates)
-  expect_op(book)
   local room = #rejections + duplicates
   for _, name in ipairs({'duplicate', 'conflict', 'rejected'}) do
     full(K(book, 'outcomes'), name, room)
@@ -555,6 +574,7 @@ local function check_book(book, rejections, duplicates)
   for _, r in ipairs(rejections) do
     for _, f in ipairs(r.fields) do full(K(book, 'by_field'), f, room) end
   end
+  expect_op(book)
 end
 local function record_rejection(book, r)
   -- A message rejected again (redelivered, or requeued and still invalid) replaces its
@@ -840,18 +860,21 @@ class _Call:
 
     def bind(self, value):
         """value with each 'keys' mapping (name -> key) turned into name -> KEYS index."""
-        if isinstance(value, dict):
-            return {name: ({n: self._at(k) for n, k in item.items()} if name == "keys"
-                           else self.bind(item)) for name, item in value.items()}
         if isinstance(value, list):
             return [self.bind(item) for item in value]
-        return value
+        if not isinstance(value, dict):
+            return value
+        # Scalars are copied as they are, not visited: most of a payload is scalars.
+        return {name: ({n: self._at(k) for n, k in item.items()} if name == "keys"
+                       else self.bind(item) if isinstance(item, (dict, list)) else item)
+                for name, item in value.items()}
 
     def _at(self, key: str) -> int:
-        if key not in self._index:
+        index = self._index.get(key)
+        if index is None:
             self.keys.append(key)
-            self._index[key] = len(self.keys)  # Lua counts from 1
-        return self._index[key]
+            index = self._index[key] = len(self.keys)  # Lua counts from 1
+        return index
 
 
 class Store:
@@ -1090,7 +1113,7 @@ class Store:
         pipe = client.pipeline(transaction=False)
         for keys, payload in calls:
             pipe.evalsha(self._apply.sha, len(keys), *keys,
-                         json.dumps(payload, ensure_ascii=False))
+                         json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
         if self.wait_replicas and writes:
             pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
         return pipe.execute(raise_on_error=False)
