@@ -30,7 +30,10 @@ from tcp_proxy import TcpProxy
 from test_failure_scenarios import (Expected, assert_totals, dead_letter_ids, drained, dumps,
                                     send)
 
-ORDERS = 3000
+# Enough that the stream outlasts the stall: the proxy's and the kernel's buffers take in
+# much of the stream first, and a faster worker (2026-12-01) counted 3,000 before the
+# victim held 1 MB its replica had not (5,000 of 6,000 in the next run).
+ORDERS = 10_000
 # Replication stream the victim holds beyond its stalled replica before its host dies:
 # with WAIT the stream grows slowly (batches there wait, then retry), without it at once.
 UNREPLICATED_BYTES = {1: 300_000, 0: 1_000_000}
