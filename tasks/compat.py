@@ -60,6 +60,16 @@ sqs-async-request   kombu.asynchronous.aws.sqs.connection.AsyncSQSConnection(cli
 hub-close           Hub.on_close: callbacks run by Hub.close() and Hub.reset(), which also
                     close the hub's curl clients, their requests never answered; the
                     settlements still unanswered go to threads then (tasks/pipelining.py).
+pool-flush          celery.concurrency.asynpool.AsynPool.flush (Consumer.on_close, as the
+                    consumer stops) discards every job of the pool's _cache whose ACK the
+                    main process has not read (ApplyResult._accepted), though one already
+                    written to a pool process (ApplyResult._write_to) runs there anyway
+                    (no synack). Its result is then never read: its batch is not acked
+                    (counted as duplicates later: the late batches of celery#3802, #9492)
+                    and, when it was the last job, billiard's Worker._ensure_messages_consumed
+                    keeps the process for 30 s (300 x 0.1 s) waiting for the main process
+                    to read it, and the warm shutdown with it. Such jobs count as accepted
+                    during the flush (tasks/consumer.py OrderConsumer.on_close).
 sqs-backoff         SQS.QoS.apply_backoff_policy and extract_task_name_and_number_of_retries
                     read headers["task"] and the ApproximateReceiveCount attribute, and
                     Channel._queue_cache the queue's URL: raw bodies are given a task
@@ -69,7 +79,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+from contextlib import contextmanager
 
+from billiard.pool import ApplyResult
+from celery.concurrency.asynpool import AsynPool
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from kombu.asynchronous.aws.sqs.connection import AsyncSQSConnection
@@ -171,6 +184,26 @@ def queue_url(channel, routing_key: str) -> str:
     return channel._queue_cache[routing_key]
 
 
+@contextmanager
+def jobs_in_pool_processes_kept(task_pool):
+    """pool-flush: within, the pool's flush keeps the jobs already written to a live process.
+
+    Those run whatever the flush does: kept in the cache, their results are read as the
+    pool stops (the task is acked), and the process exits without waiting 30 s for that.
+    """
+    cache = getattr(getattr(task_pool, "_pool", None), "_cache", None) or {}
+    taken = [job for job in list(cache.values())
+             if not job._accepted and job._write_to is not None and job._write_to._is_alive()]
+    for job in taken:
+        job._accepted = True
+    try:
+        yield taken
+    finally:
+        for job in taken:
+            if job._time_accepted is None:  # its ACK, not read yet, accepts it for real
+                job._accepted = False
+
+
 # Hooks each dependence needs: (dependence, owner, attribute, parameters it must take).
 _HOOKS = (
     ("consumer-steps", Consumer.Blueprint, "default_steps", None),
@@ -189,6 +222,8 @@ _HOOKS = (
     ("sqs-requeue", SQS.Channel, "_put", ("queue", "message")),
     ("sqs-async-request", AsyncSQSConnection, "make_request",
      ("operation_name", "params", "queue_url", "verb", "callback", "protocol_params")),
+    ("pool-flush", AsynPool, "flush", ()),
+    ("pool-flush", ApplyResult, "_ack", ("i", "time_accepted", "pid", "synqW_fd")),
     ("sqs-backoff", SQS.QoS, "apply_backoff_policy",
      ("routing_key", "delivery_tag", "backoff_policy", "backoff_tasks")),
     ("sqs-backoff", SQS.QoS, "extract_task_name_and_number_of_retries", ("delivery_tag",)),

@@ -14,10 +14,11 @@ import celery
 import kombu
 import kombu.transport.redis
 import pytest
+from celery.concurrency.prefork import TaskPool
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from kombu import Connection
-from kombu.asynchronous import Hub
+from kombu.asynchronous import Hub, set_event_loop
 
 from app.settings import Settings
 from tasks import compat
@@ -260,3 +261,37 @@ def test_hub_close_hands_the_unanswered_settlements_to_the_threads():
         assert threads.handed == [("_delete", (url, ["rh-1"])),
                                   ("_change_visibility", (url, "rh-2", 30))], broke("hub-close")
         assert not settler._pending
+
+
+def test_pool_flush_keeps_a_job_a_process_took_and_its_result_is_read_at_stop():
+    """A job written to a pool process, its ACK not read when the consumer stops (on_close).
+
+    Celery's flush forgot such a job: its callback (the task's ack) never ran, and the
+    process waited 30 s for the main process to read its result before it exited.
+    """
+    hub = Hub()
+    set_event_loop(hub)
+    pool = TaskPool(1, app=celery_app, initargs=(celery_app, "pool-flush-test"), threads=False)
+    pool.start()
+    try:
+        pool.register_with_event_loop(hub)
+        processes = pool._pool
+        assert run_hub_until(hub, lambda: processes._all_inqueues), "the pool process is up"
+        for fd in list(processes._fileno_to_outq):
+            hub.remove_reader(fd)  # the loop has stopped: nothing reads the process's ACK
+        results = []
+        job = pool.apply_async(time.sleep, (0.1,), callback=results.append)
+        assert run_hub_until(hub, lambda: job._write_to is not None
+                             and not processes._active_writers), "the job is written"
+        with compat.jobs_in_pool_processes_kept(pool) as kept:
+            pool.flush()
+        assert kept == [job] and job in processes._cache.values(), broke("pool-flush")
+        started = time.monotonic()
+        pool.stop()
+        stopped = time.monotonic() - started
+    finally:
+        pool.terminate()
+        hub.close()
+        set_event_loop(None)
+    assert results == [None], broke("pool-flush")  # the result was read: Celery acks it
+    assert stopped < 10, (stopped, broke("pool-flush"))  # not billiard's 30 s wait
