@@ -311,10 +311,15 @@ def test_worker_stopped_warm_mid_stream_settles_what_it_counted(settings, store,
     wait_for(lambda: store.outcomes()["counted"] >= 600, timeout=120, message="600 counted")
     # A warm shutdown as `kill <pid>` or Docker gives it: the main process alone. (Worker.stop
     # signals the whole group, whose pool processes then die mid-task: WorkerLostError.)
+    signalled_at = time.monotonic()
     os.kill(first.process.pid, signal.SIGTERM)
     wait_for(lambda: not first.service.members(), timeout=60, message="the worker to exit")
+    stop_seconds = time.monotonic() - signalled_at
     assert store.outcomes()["counted"] < len(orders), "the stop came after the stream"
     log = first.log_path.read_text(errors="replace")
+    # Liveness, not speed: a stop held until the visibility timeout stalls every rolling
+    # restart for that long (the tasks here take milliseconds).
+    assert stop_seconds < settings.visibility_timeout / 2, (stop_seconds, log[-3000:])
     assert "still pending at shutdown" not in log and "could not" not in log, log[-3000:]
     after_stop = log.split("Warm shutdown", 1)[1]
     finished_late = sum(int(n) for n in re.findall(r"succeeded in [^:]*: \{'counted': (\d+)",
