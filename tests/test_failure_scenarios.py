@@ -301,9 +301,10 @@ def test_worker_stopped_warm_mid_stream_settles_what_it_counted(settings, store,
     """SIGTERM mid-stream: what was counted before the stop is deleted before exit.
 
     Deletes sent from the event loop are handed over and waited for: a new worker finds no
-    message counted before the stop again. Celery does not ack a task that finishes once
-    the warm shutdown has begun (celery/celery#3802, #9492, open): those batches come back
-    after their visibility timeout and are counted as duplicates, the only ones allowed.
+    message counted before the stop again. Batches a pool process took just before the
+    stop finish after it began; Celery's flush forgot them (tasks/compat.py pool-flush):
+    they were not acked, came back as duplicates, and held the stop for 30 s. Now they are
+    acked like the others: no duplicate, and the stop ends in a few seconds.
     """
     orders = make_orders("WS", 2000, users=40, rng=random.Random(5))
     send(sqs_client, settings.orders_url, [dumps(body) for body, _ in orders])
@@ -328,7 +329,7 @@ def test_worker_stopped_warm_mid_stream_settles_what_it_counted(settings, store,
     start_worker(name="w2")
     wait_for(lambda: store.outcomes()["counted"] == len(orders) and drained(sqs_client, settings),
              timeout=180, message="every order counted and the queue empty")
-    assert store.outcomes()["duplicate"] <= finished_late, (store.outcomes(), finished_late)
+    assert store.outcomes()["duplicate"] == 0, (store.outcomes(), finished_late)
 
 
 # --- 3. Redis down -------------------------------------------------------------------------
