@@ -64,12 +64,14 @@ pool-flush          celery.concurrency.asynpool.AsynPool.flush (Consumer.on_clos
                     consumer stops) discards every job of the pool's _cache whose ACK the
                     main process has not read (ApplyResult._accepted), though one already
                     written to a pool process (ApplyResult._write_to) runs there anyway
-                    (no synack). Its result is then never read: its batch is not acked
-                    (counted as duplicates later: the late batches of celery#3802, #9492)
-                    and, when it was the last job, billiard's Worker._ensure_messages_consumed
-                    keeps the process for 30 s (300 x 0.1 s) waiting for the main process
-                    to read it, and the warm shutdown with it. Such jobs count as accepted
-                    during the flush (tasks/consumer.py OrderConsumer.on_close).
+                    (no synack; the discard came with celery#6863, the fix of a cache leak,
+                    #6855, which takes an unaccepted job for one not running yet). Its
+                    result is then never read: its batch is not acked (a duplicate later;
+                    one cause of celery#3802) and, when it was the last job, billiard's
+                    Worker._ensure_messages_consumed keeps the process for 30 s (300 x
+                    0.1 s) waiting for the main process to read it, and the warm shutdown
+                    with it. Such jobs count as accepted during the flush
+                    (tasks/consumer.py OrderConsumer.on_close).
 sqs-backoff         SQS.QoS.apply_backoff_policy and extract_task_name_and_number_of_retries
                     read headers["task"] and the ApproximateReceiveCount attribute, and
                     Channel._queue_cache the queue's URL: raw bodies are given a task
