@@ -14,15 +14,20 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
 from app import aws
-from app.files import kpis
-from app.files.cleaning import InvalidFile, clean, read_csv
 from app.files.contract import file_type_for
-from app.files.staging import Staging
 from app.settings import Settings
 from app.store import FilesStore
+
+# kpis, cleaning and staging load polars and deltalake (about 0.17 s of CPU): they are
+# imported by the steps that use them, in the pool process that runs a files task. So a
+# worker starts without them, and its main process, which forks the pool, never loads
+# polars (a child forked after polars ran in its parent can deadlock).
+if TYPE_CHECKING:
+    from app.files.staging import Staging
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +137,7 @@ class Files:
     @cached_property
     def staging(self) -> Staging:
         """The Delta tables under staging/."""
+        from app.files.staging import Staging
         return Staging(f"s3://{self.settings.files_bucket}/{aws.STAGING}",
                        aws.delta_storage_options(self.settings))
 
@@ -164,6 +170,7 @@ class Files:
                     "reasons": ["unknown file type: the name must start with products, "
                                 "order_items or orders"]}
         result["type"] = file_type.name
+        from app.files.cleaning import InvalidFile, clean, read_csv
         try:
             cleaned = clean(read_csv(data, file_type), file_type)
         except InvalidFile as exc:
@@ -185,6 +192,7 @@ class Files:
 
     def compute_kpis(self, execution_id: str, staged: list[dict]) -> dict:
         """Recompute and write the KPIs of every date the valid files touched."""
+        from app.files import kpis
         started = time.monotonic()
         effects = [self._effects(r.get("effects") or {}) for r in staged if r["status"] == "valid"]
         snapshot = kpis.Snapshot(self.staging.versions())

@@ -2,6 +2,7 @@
 import json
 import random
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,11 @@ def served(settings):
             [kpis.category_kpi_answer(kpis.CategoryKpi(**r)) for r in store.category_kpis(*RANGE)])
 
 
+def maps_polars(pid: int) -> bool:
+    """Whether the process has polars' native library mapped (it imported polars)."""
+    return "polars" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def drained(settings, name):
     return sqs.depth(settings, name) == {"visible": 0, "in_flight": 0, "delayed": 0}
 
@@ -73,7 +79,7 @@ def test_uploaded_files_become_kpis_then_are_archived_and_announced(files_settin
     peek = sqs.client(settings).receive_message(QueueUrl=settings.files_url, WaitTimeSeconds=5,
                                                 VisibilityTimeout=0)["Messages"]
     assert json.loads(peek[0]["Body"])["Event"] == "s3:TestEvent"
-    start_worker(settings=settings)
+    worker = start_worker(settings=settings)
     upload(settings, {"products.csv": csv_of(PRODUCTS, products),
                       "orders_part1.csv": csv_of(ORDERS, orders),
                       "order_items_part1.csv": csv_of(ORDER_ITEMS, items),
@@ -94,6 +100,11 @@ def test_uploaded_files_become_kpis_then_are_archived_and_announced(files_settin
                                               "rejected/orders_broken.csv.reason.json"}
     assert keys_in(settings, "input/") == set()
     assert keys_in(settings, "results/") == {f"results/{message['execution_id']}.json"}
+    # polars loads in the pool processes that ran the steps, never in the main process that
+    # forks them (a child forked after polars ran in its parent can deadlock).
+    main = worker.process.pid
+    assert not maps_polars(main)
+    assert any(maps_polars(pid) for pid in worker.service.members() if pid != main)
 
     # An update turning a third of the orders into returns moves their days' return rates.
     returned = rng.sample(orders, len(orders) // 3)
