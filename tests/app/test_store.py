@@ -198,3 +198,16 @@ def test_the_top_of_every_shard_comes_in_one_round_trip_and_merges_exactly(setti
     assert store.top(lambda s: [top_users_key("spend", shard=s)],
                      lambda s: [top_users_key("orders", shard=s)], 5) == top
     assert CountingRedis.sent == ["pipeline"]
+
+
+def test_a_batch_is_one_pipeline_and_a_flushed_script_is_loaded_then_sent_again(settings):
+    client = CountingRedis.from_url(settings.redis_url, decode_responses=True)
+    store = Store(client, settings)
+    client.script_flush()
+    CountingRedis.sent = []
+    assert apply(store, body("O1", cents=700)) == ["counted"]
+    assert CountingRedis.sent == ["pipeline", "SCRIPT LOAD", "pipeline"]
+    CountingRedis.sent = []
+    assert apply(store, body("O2", cents=300)) == ["counted"]
+    assert CountingRedis.sent == ["pipeline"]
+    assert store.user_stats("U1").total_spend_cents == 1000  # each applied once
