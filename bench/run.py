@@ -14,7 +14,8 @@ ports; then, each on a fresh queue and a flushed Redis:
 4. the batch files path on about --files-items order_items rows against a bare polars
    script (bench/files.py);
 5. top users over 3 months and a year at --range-orders-per-day orders a day, merged page
-   by page against the ZUNIONSTORE script, on its own redis-server (bench/range_queries.py).
+   by page against the ZUNIONSTORE script, on its own redis-server (bench/range_queries.py),
+   with the users spread over the shards as the store places them and all in one shard.
 
 Prints one Markdown table and writes it with the raw figures to --out (latest.md, latest.json).
 
