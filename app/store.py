@@ -1082,15 +1082,17 @@ class Store:
 
     def _pipeline_calls(self, client: redis.Redis, calls: list, writes: bool) -> list:
         """One node's script calls in one pipeline (then WAIT): their replies, or raise."""
+        wait = self.wait_replicas and writes
+        # WAIT counts the replicas holding this connection's writes, so it goes on the
+        # scripts' connection: all in one pipeline, one round trip.
+        after = [("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)] if wait else []
         try:
-            replies = self._send(client, calls, writes)
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                client.script_load(APPLY)  # a new or restarted primary: nothing ran
-                replies = self._send(client, calls, writes)
+            replies = _evalsha_each(client, self._apply, [
+                (keys, [json.dumps(payload, ensure_ascii=False, separators=(",", ":"))])
+                for keys, payload in calls], *after)
         except (redis.ConnectionError, redis.TimeoutError):
             self._refresh_topology()
             raise
-        wait = self.wait_replicas and writes
         confirmed = replies.pop() if wait else None
         for reply in replies + [confirmed]:
             if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.TryAgainError,
@@ -1106,17 +1108,6 @@ class Store:
             raise NotReplicated(f"{confirmed} of {self.wait_replicas} replica(s) confirmed "
                                 f"the batch within {WAIT_TIMEOUT_MS} ms")
         return replies
-
-    def _send(self, client: redis.Redis, calls: list, writes: bool) -> list:
-        # WAIT counts the replicas holding this connection's writes, so it goes on the
-        # scripts' connection: all in one pipeline, one round trip.
-        pipe = client.pipeline(transaction=False)
-        for keys, payload in calls:
-            pipe.evalsha(self._apply.sha, len(keys), *keys,
-                         json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
-        if self.wait_replicas and writes:
-            pipe.wait(self.wait_replicas, WAIT_TIMEOUT_MS)
-        return pipe.execute(raise_on_error=False)
 
     def _refresh_topology(self):
         if self.cluster:
@@ -1275,30 +1266,18 @@ class Store:
         shards = range(self.shards)
         if not self.cluster and all(len(keys_of(shard)) == 1 for shard in shards):
             # One set per shard (all-time, a day, a month): every shard's top in one pipeline.
-            calls = [[*keys_of(shard), *second_keys_of(shard)] for shard in shards]
-            merged = [entry for flat in self._ranked_all(calls, n) for entry in _triples(flat)]
+            replies = _evalsha_each(self.redis, self._ranked, [
+                ([*keys_of(shard), *second_keys_of(shard)], [n]) for shard in shards])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            merged = [entry for flat in replies for entry in _triples(flat)]
         else:
             merged = [entry for shard in shards
                       for entry in self.ranked(keys_of(shard), second_keys_of(shard), n,
                                                bounds_of(shard) if bounds_of else None)]
         return sorted(merged, key=lambda entry: (-entry[1], entry[0].encode("utf-8",
                                                                               "surrogatepass")))[:n]
-
-    def _ranked_all(self, calls: list[list[str]], n: int) -> list[list]:
-        """The RANKED script's replies on each call's keys, all in one pipeline."""
-        # EVALSHA itself: a registered script in a pipeline costs a SCRIPT EXISTS round trip.
-        for _ in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for keys in calls:
-                pipe.evalsha(self._ranked.sha, len(keys), *keys, n)
-            replies = pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                break
-            self.redis.script_load(RANKED)  # a restarted Redis: nothing ran
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
 
     def rejected_by_field(self) -> dict[str, int]:
         """How many rejections named each field ('_schema': the body as a whole)."""
@@ -1387,6 +1366,26 @@ class Store:
         """True when Redis answers."""
         return bool(self.redis.ping())
 
+
+
+def _evalsha_each(client: redis.Redis, script, calls: list[tuple[list[str], list]],
+                  *after: tuple) -> list:
+    """EVALSHA of script per (keys, args) call, then the after commands, in one pipeline.
+
+    The replies in order, errors in their place. A NoScriptError (a new or restarted Redis:
+    no call ran) loads the script and sends the pipeline once more.
+    """
+    # EVALSHA itself: a registered script in a pipeline costs a SCRIPT EXISTS round trip.
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for command in after:
+            pipe.execute_command(*command)
+        replies = pipe.execute(raise_on_error=False)
+        if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            return replies
+        client.script_load(script.script)
 
 
 def _triples(flat: list) -> list[tuple[str, int, int]]:

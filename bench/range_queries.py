@@ -4,12 +4,16 @@
 Fills the per-day and per-month top-users sorted sets (through the store's
 top_users_key) for --orders-per-day orders a day over --days days from 2024-01-01, with
 pipelined ZADDs of per-user sums: users drawn from a customer base with Pareto activity
-(a few loyal customers, a long tail of occasional ones). Then, with SLOWLOG catching every
-command (slowlog-log-slower-than 0, reset before each query): the slowest command of each
-query and its wall time, both ways, and whether the two answers agree. Last, the latency
-of Store.apply (batches of 10 new orders, in a second process, as a worker would call it)
-alone, beside back-to-back range queries, beside back-to-back old-style ones, and beside a
-busy loop that takes the same CPU without Redis (the machine's share of the figures).
+(a few loyal customers, a long tail of occasional ones). The same orders twice, in two
+layouts: spread, each user in the shard Store.user_shard gives it (what ingest writes),
+then one shard, every user in shard 0 (the worst case for one shard's commands). Then,
+with SLOWLOG catching every command (slowlog-log-slower-than 0, reset before each query):
+the slowest command of each query and its wall time, and whether the answers agree: on
+one shard against the ZUNIONSTORE script, spread against the one shard's answer. Last,
+on the one shard, the latency of Store.apply (batches of 10 new orders, in a second
+process, as a worker would call it) alone, beside back-to-back range queries, beside
+back-to-back old-style ones, and beside a busy loop that takes the same CPU without Redis
+(the machine's share of the figures).
 
     python -m bench.range_queries [--orders-per-day 10000] [--days 366] [--users 1000000]
 """
@@ -98,18 +102,27 @@ end
 return result
 """
 SCRATCH_KEY = "bench:ranked:scratch"
+# How the users' rankings are placed in the shards' sets, in the order they are measured.
+SPREAD, ONE_SHARD = "spread", "one shard"
+LAYOUTS = (SPREAD, ONE_SHARD)
 HARNESS_COMMANDS = {"slowlog", "config", "info", "ping"}
 
 
-def _zadd(pipe, key: str, totals: Counter):
-    items = list(totals.items())
-    for i in range(0, len(items), ZADD_CHUNK):
-        pipe.zadd(key, dict(items[i:i + ZADD_CHUNK]))
+def _zadd(pipe, by: str, totals: Counter, shard_of, **bucket):
+    """ZADDs of the totals into top_users_key(by, **bucket) of each user's shard."""
+    by_shard: dict[int, list] = {}
+    for user, total in totals.items():
+        by_shard.setdefault(shard_of(user), []).append((user, total))
+    for shard, items in by_shard.items():
+        key = top_users_key(by, shard=shard, **bucket)
+        for i in range(0, len(items), ZADD_CHUNK):
+            pipe.zadd(key, dict(items[i:i + ZADD_CHUNK]))
 
 
-def fill(client: redis.Redis, orders_per_day: int, days: int, users: int, seed: int = 5
-         ) -> dict:
-    """Write the day and month rankings of the generated orders; figures about them."""
+def fill(client: redis.Redis, orders_per_day: int, days: int, users: int, shard_of,
+         seed: int = 5) -> dict:
+    """Write the day and month rankings of the generated orders, each user's in the shard
+    shard_of(user_id); figures about them (the same orders for the same arguments)."""
     rng = random.Random(seed)
     ids = [f"U{u:07d}" for u in range(users)]
     weights = itertools.accumulate(min(rng.paretovariate(PARETO_ALPHA), WEIGHT_CAP)
@@ -125,8 +138,8 @@ def fill(client: redis.Redis, orders_per_day: int, days: int, users: int, seed: 
         day = FIRST_DAY + timedelta(days=offset)
         if month and month_text(day) != month:
             pipe = client.pipeline(transaction=False)
-            _zadd(pipe, top_users_key("spend", month=month), month_spend)
-            _zadd(pipe, top_users_key("orders", month=month), month_orders)
+            _zadd(pipe, "spend", month_spend, shard_of, month=month)
+            _zadd(pipe, "orders", month_orders, shard_of, month=month)
             pipe.execute()
             month_spend, month_orders = Counter(), Counter()
         month = month_text(day)
@@ -137,16 +150,16 @@ def fill(client: redis.Redis, orders_per_day: int, days: int, users: int, seed: 
             spend[user] += int(rng.lognormvariate(VALUE_MU, VALUE_SIGMA)) + 1
         count = Counter(picks)
         pipe = client.pipeline(transaction=False)
-        _zadd(pipe, top_users_key("spend", day=day.isoformat()), spend)
-        _zadd(pipe, top_users_key("orders", day=day.isoformat()), count)
+        _zadd(pipe, "spend", spend, shard_of, day=day.isoformat())
+        _zadd(pipe, "orders", count, shard_of, day=day.isoformat())
         pipe.execute()
         month_spend.update(spend)
         month_orders.update(count)
         year_orders.update(count)
         day_users.append(len(count))
     pipe = client.pipeline(transaction=False)
-    _zadd(pipe, top_users_key("spend", month=month), month_spend)
-    _zadd(pipe, top_users_key("orders", month=month), month_orders)
+    _zadd(pipe, "spend", month_spend, shard_of, month=month)
+    _zadd(pipe, "orders", month_orders, shard_of, month=month)
     pipe.execute()
     per_user = sorted(year_orders.values(), reverse=True)
     return {"orders_per_day": orders_per_day, "days": days, "customer_base": users,
@@ -160,8 +173,8 @@ def fill(client: redis.Redis, orders_per_day: int, days: int, users: int, seed: 
             "used_memory_mb": round(client.info("memory")["used_memory"] / 2**20)}
 
 
-def describe(data: dict) -> str:
-    """The data set in one sentence, for the table."""
+def describe(data: dict, fills: dict) -> str:
+    """The data set in one sentence, for the table (fills: each layout's memory)."""
     return (f"{data['orders']:,} orders ({data['orders_per_day']:,} a day over {data['days']} "
             f"days) from a base of {data['customer_base']:,} customers with Pareto(α="
             f"{PARETO_ALPHA:g}) activity capped at {WEIGHT_CAP:g}× (user reuse: "
@@ -169,7 +182,9 @@ def describe(data: dict) -> str:
             f"{data['orders_by_top_10pct_users']:.0%} of the orders, median "
             f"{data['median_orders_per_user']:g} orders a user, most "
             f"{data['most_orders_by_one_user']:,}; {data['users_per_day']:,} users a day); "
-            f"order value lognormal, median ~$40; Redis used {data['used_memory_mb']:,} MiB")
+            f"order value lognormal, median ~$40; Redis used "
+            + ", ".join(f"{fill['used_memory_mb']:,} MiB {layout}"
+                        for layout, fill in fills.items()))
 
 
 def periods(days: int) -> list[tuple[str, Period]]:
@@ -235,8 +250,9 @@ def _measure(client: redis.Redis, query) -> dict:
             "redis_busy_ms": round(statistics.median(busy), 1)}
 
 
-def run_queries(client: redis.Redis, store: Store, days: int) -> list[dict]:
-    """Each period by spend and by orders, merged page by page and with ZUNIONSTORE."""
+def run_queries(client: redis.Redis, store: Store, days: int, layout: str) -> list[dict]:
+    """Each period by spend and by orders, merged page by page and, on one shard (the
+    layout the script ran on: one set a bucket), with ZUNIONSTORE; answers kept apart."""
     union = client.register_script(UNION_RANKED)
     client.script_load(UNION_RANKED)  # no SCRIPT LOAD inside a measured query
     rows = []
@@ -249,27 +265,41 @@ def run_queries(client: redis.Redis, store: Store, days: int) -> list[dict]:
             new = _measure(client, lambda: [(u.user_id, u.spend_cents, u.order_count)
                                             for u in analytics.top_users(store, TOP_N, by,
                                                                          period)])
-            old = _measure(client, lambda: union(keys=[*keys, *second, SCRATCH_KEY],
-                                                 args=[TOP_N]))
-            flat = old.pop("answer")
-            old_answer = [(flat[i], int(flat[i + 1]), int(flat[i + 2]))
-                          for i in range(0, len(flat), 3)]
-            if by == "orders":
-                old_answer = [(m, second_total, first) for m, first, second_total in old_answer]
-            rows.append({"period": label, "first": period.first.isoformat(),
-                         "last": period.last.isoformat(), "by": by, "buckets": len(buckets),
-                         "merged": {k: v for k, v in new.items() if k != "answer"},
-                         "zunionstore": old, "answers_agree": new["answer"] == old_answer})
-            print(f"range {label} by {by}: {new['commands']:,} commands, "
+            row = {"layout": layout, "period": label, "first": period.first.isoformat(),
+                   "last": period.last.isoformat(), "by": by, "buckets": len(buckets),
+                   "merged": {k: v for k, v in new.items() if k != "answer"},
+                   "zunionstore": None, "answer": new["answer"]}
+            if layout == ONE_SHARD:
+                old = _measure(client, lambda: union(keys=[*keys, *second, SCRATCH_KEY],
+                                                     args=[TOP_N]))
+                flat = old.pop("answer")
+                old_answer = [(flat[i], int(flat[i + 1]), int(flat[i + 2]))
+                              for i in range(0, len(flat), 3)]
+                if by == "orders":
+                    old_answer = [(m, second_total, first)
+                                  for m, first, second_total in old_answer]
+                row.update(zunionstore=old, zunionstore_answer=old_answer)
+            rows.append(row)
+            print(f"range {layout} {label} by {by}: {new['commands']:,} commands, "
                   f"slowest {new['slowest_ms']} ms "
-                  f"({new['slowest_command']}), wall {new['wall_ms']} ms; "
-                  f"ZUNIONSTORE script {old['slowest_ms']} ms", file=sys.stderr)
+                  f"({new['slowest_command']}), wall {new['wall_ms']} ms"
+                  + (f"; ZUNIONSTORE script {old['slowest_ms']} ms" if row["zunionstore"]
+                     else ""), file=sys.stderr)
     return rows
+
+
+def _check_answers(rows: list[dict]):
+    """Set each row's answers_agree: its merged answer against the ZUNIONSTORE script's
+    on the same orders (the one shard's rows), dropping the answers."""
+    expected = {(r["period"], r["by"]): r.pop("zunionstore_answer") for r in rows
+                if r["layout"] == ONE_SHARD}
+    for row in rows:
+        row["answers_agree"] = row.pop("answer") == expected[row["period"], row["by"]]
 
 
 def _apply_loop(url: str, seconds: float, prefix: str, results):
     """Store.apply of batches of new orders for `seconds`; each call's latency (ms)."""
-    store = Store.from_url(url)
+    store = None
     settings = Settings()
     now = datetime(2023, 7, 1, tzinfo=timezone.utc)
     latencies, errors = [], Counter()
@@ -285,6 +315,9 @@ def _apply_loop(url: str, seconds: float, prefix: str, results):
                      for k, b in enumerate(bodies)]
         started = time.perf_counter()
         try:
+            # Connecting asks INFO, which times out too while the old script holds Redis:
+            # an error of this call, not the end of the loop.
+            store = store or Store.from_url(url)
             store.apply(evaluated)
         except redis.RedisError as error:  # BUSY while a script runs past 5 s, a timeout
             errors[type(error).__name__] += 1
@@ -374,47 +407,63 @@ def run(log_dir: Path, orders_per_day: int = 10_000, days: int = 366, users: int
         client.config_set("slowlog-log-slower-than", 0)
         client.config_set("slowlog-max-len", 1_000_000)
         store = Store(client)
-        data = fill(client, orders_per_day, days, users)
-        print(f"range data: {describe(data)}; filled in {data['fill_seconds']} s",
-              file=sys.stderr)
-        # On shared cores a command's SLOWLOG time includes any time redis-server was
-        # preempted by other processes: first on the CPU, the query figures are the
-        # commands' own, both ways alike. The latency rows run at the usual priority.
-        priority = _prioritize(server.process.pid, True)
-        try:
-            queries = run_queries(client, store, days)
-        finally:
-            _prioritize(server.process.pid, False)
+        queries, fills = [], {}
+        for layout in LAYOUTS:
+            client.flushall()
+            shard_of = store.user_shard if layout == SPREAD else (lambda user_id: 0)
+            data = fill(client, orders_per_day, days, users, shard_of)
+            fills[layout] = {"fill_seconds": data.pop("fill_seconds"),
+                             "used_memory_mb": data.pop("used_memory_mb")}
+            print(f"range data, {layout}: filled in {fills[layout]['fill_seconds']} s, "
+                  f"{fills[layout]['used_memory_mb']:,} MiB", file=sys.stderr)
+            # On shared cores a command's SLOWLOG time includes any time redis-server was
+            # preempted by other processes: first on the CPU, the query figures are the
+            # commands' own, both ways alike. The latency rows run at the usual priority.
+            priority = _prioritize(server.process.pid, True)
+            try:
+                queries += run_queries(client, store, days, layout)
+            finally:
+                _prioritize(server.process.pid, False)
+        _check_answers(queries)
+        # On the last layout filled, one shard: the worst case for the worker's script too.
         latency = run_apply_latency(server.url, client, store, days, apply_seconds)
     finally:
         server.stop()
-    return {"data": data, "describe": describe(data), "queries": queries,
+    return {"data": data, "fills": fills, "shards": store.shards,
+            "describe": describe(data, fills), "queries": queries,
             "apply_latency": latency, "target_ms": TARGET_MS, "redis_priority": priority,
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def markdown(result: dict) -> str:
     """The range rankings as two small Markdown tables."""
-    lines = [f"Data: {result['describe']}. Top {TOP_N} users; SLOWLOG at 0 µs, reset before "
-             f"each query; medians of {REPEATS} runs (slowest command: the worst of them).",
-             "", "| period | by | buckets | merged: slowest command | p99 | over "
+    lines = [f"Data: {result['describe']}. Layouts: spread, each user's rankings in the "
+             f"shard the store gives it (of {result['shards']}, as ingest writes them); one "
+             "shard, every user in shard 0 (the worst case for one shard's commands; the "
+             "ZUNIONSTORE script ran on this layout, one set a bucket). Both hold the same "
+             "orders; every answer is checked against the script's. Top "
+             f"{TOP_N} users; SLOWLOG at 0 µs, reset before each query; medians of "
+             f"{REPEATS} runs (slowest command: the worst of them).",
+             "", "| layout | period | by | buckets | merged: slowest command | p99 | over "
              f"{result['target_ms']} ms | commands | Redis busy | wall | ZUNIONSTORE script: "
              "its EVALSHA | wall | answers agree |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| --- |"]
     for row in result["queries"]:
         new, old = row["merged"], row["zunionstore"]
-        lines.append(f"| {row['period']} ({row['first']} … {row['last']}) | {row['by']} | "
+        script = f"{old['slowest_ms']} ms | {old['wall_ms']} ms" if old else "— | —"
+        lines.append(f"| {row['layout']} | {row['period']} ({row['first']} … {row['last']}) | "
+                     f"{row['by']} | "
                      f"{row['buckets']} | {new['slowest_ms']} ms ({new['slowest_command']}) | "
                      f"{new['p99_ms']} ms | {new['over_target']} | {new['commands']:,} | "
-                     f"{new['redis_busy_ms']} ms | {new['wall_ms']} ms | "
-                     f"{old['slowest_ms']} ms | {old['wall_ms']} ms | "
+                     f"{new['redis_busy_ms']} ms | {new['wall_ms']} ms | {script} | "
                      f"{'yes' if row['answers_agree'] else '**NO**'} |")
     worst = max((row["merged"]["slowest_ms"] for row in result["queries"]), default=0)
     lines += ["", f"Target: no command of a merged range query over {result['target_ms']} ms: "
               f"{'met' if worst <= result['target_ms'] else '**not met**'} "
               f"(worst {worst} ms)."]
     lines += ["", f"Store.apply of {APPLY_BATCH} new orders from another process (a worker's "
-              "call), back to back:", "",
+              "call), back to back, the rankings in one shard:", "",
               "| beside | range queries run | batches | p50 | p99 | max | errors | "
               "script in Redis (SLOWLOG) p50 · p99 |",
               "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]

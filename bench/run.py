@@ -14,7 +14,8 @@ ports; then, each on a fresh queue and a flushed Redis:
 4. the batch files path on about --files-items order_items rows against a bare polars
    script (bench/files.py);
 5. top users over 3 months and a year at --range-orders-per-day orders a day, merged page
-   by page against the ZUNIONSTORE script, on its own redis-server (bench/range_queries.py).
+   by page against the ZUNIONSTORE script, on its own redis-server (bench/range_queries.py),
+   with the users spread over the shards as the store places them and all in one shard.
 
 Prints one Markdown table and writes it with the raw figures to --out (latest.md, latest.json).
 
@@ -41,7 +42,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import redis
 from tqdm import tqdm
 
 from app import aws, sample, sqs
@@ -54,6 +54,7 @@ from bench.sqs_counter import COUNTS_PATH, rtt_url
 from stack.cluster import LocalRedisCluster
 from stack.produce import send_all
 from stack.services import PROJECT_ROOT, Process, RedisServer, SqsServer, free_port, wait_for
+from tests.counting import CountingRedis
 
 BIN = Path(sys.executable).parent
 LUA = PROJECT_ROOT / "bench" / "wrk_paths.lua"
@@ -73,18 +74,6 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
-class CountingRedis(redis.Redis):
-    """A Redis client that counts its own commands, to take them out of the server's stats."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.own: Counter = Counter()
-
-    def execute_command(self, *args, **options):
-        self.own[str(args[0]).split()[0].lower()] += 1
-        return super().execute_command(*args, **options)
-
-
 class RedisMeter:
     """What one redis-server did between two snapshots, less the harness's own commands.
 
@@ -99,7 +88,7 @@ class RedisMeter:
 
     def snapshot(self) -> tuple[Counter, Counter, int]:
         """The harness's own commands so far, the server's calls per command, its replies."""
-        own = Counter(self.client.own)  # before INFO: the INFO itself is not in its answer
+        own = self.client.commands()  # before INFO: the INFO itself is not in its answer
         info = self.client.info("stats", "commandstats")
         calls = Counter({name.removeprefix("cmdstat_"): value["calls"]
                          for name, value in info.items() if name.startswith("cmdstat_")})

@@ -4,13 +4,13 @@ import re
 from datetime import datetime, timezone
 
 import pytest
-import redis
 
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import (Store, order_key, product_key, rejected_order_key, top_products_key,
                        top_users_key, user_key)
 from builders import order_body
+from counting import CountingRedis
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -165,20 +165,6 @@ def test_rejections_are_counted_by_field_and_lag_is_recorded(store):
     assert oldest == int(sent.timestamp() * 1000) and applied >= oldest
 
 
-class CountingRedis(redis.Redis):
-    """A client that counts what it sends: single commands and pipelines."""
-
-    sent: list[str] = []
-
-    def execute_command(self, *args, **options):
-        self.sent.append(str(args[0]))
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, *args, **kwargs):
-        self.sent.append("pipeline")
-        return super().pipeline(*args, **kwargs)
-
-
 def test_the_top_of_every_shard_comes_in_one_round_trip_and_merges_exactly(settings):
     client = CountingRedis.from_url(settings.redis_url, decode_responses=True)
     store = Store(client, settings)
@@ -186,15 +172,28 @@ def test_the_top_of_every_shard_comes_in_one_round_trip_and_merges_exactly(setti
     assert len({store.user_shard(u) for u in users}) == store.shards  # every shard ranks
     apply(store, *(body(f"O{i}", user, cents=100 * (i % 7 + 1)) for i, user in enumerate(users)))
     client.script_flush()  # the first pipeline finds no script: loaded, then sent again
-    CountingRedis.sent = []
+    client.sent.clear()
 
     top = store.top(lambda s: [top_users_key("spend", shard=s)],
                     lambda s: [top_users_key("orders", shard=s)], 5)
 
     spend = {user: 100 * (i % 7 + 1) for i, user in enumerate(users)}
     assert top == sorted(((u, c, 1) for u, c in spend.items()), key=lambda e: (-e[1], e[0]))[:5]
-    assert CountingRedis.sent == ["pipeline", "SCRIPT LOAD", "pipeline"]
-    CountingRedis.sent = []
+    assert client.sent == ["pipeline", "SCRIPT LOAD", "pipeline"]
+    client.sent.clear()
     assert store.top(lambda s: [top_users_key("spend", shard=s)],
                      lambda s: [top_users_key("orders", shard=s)], 5) == top
-    assert CountingRedis.sent == ["pipeline"]
+    assert client.sent == ["pipeline"]
+
+
+def test_a_batch_is_one_pipeline_and_a_flushed_script_is_loaded_then_sent_again(settings):
+    client = CountingRedis.from_url(settings.redis_url, decode_responses=True)
+    store = Store(client, settings)
+    client.script_flush()
+    client.sent.clear()
+    assert apply(store, body("O1", cents=700)) == ["counted"]
+    assert client.sent == ["pipeline", "SCRIPT LOAD", "pipeline"]
+    client.sent.clear()
+    assert apply(store, body("O2", cents=300)) == ["counted"]
+    assert client.sent == ["pipeline"]
+    assert store.user_stats("U1").total_spend_cents == 1000  # each applied once

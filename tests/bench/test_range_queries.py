@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
+from app.store import Store, top_users_key
 from bench import range_queries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,14 +29,19 @@ def test_range_part_measures_both_ways_and_their_answers_agree(tmp_path):
     assert result["data"]["orders"] == 300 * 75
     periods = [(label, p.first.isoformat(), p.last.isoformat())
                for label, p in range_queries.periods(75)]
-    assert [(r["period"], r["first"], r["last"], r["by"]) for r in result["queries"]] == [
-        (*period, by) for period in periods for by in ("spend", "orders")]
+    assert [(r["layout"], r["period"], r["first"], r["last"], r["by"])
+            for r in result["queries"]] == [
+        (layout, *period, by) for layout in ("spread", "one shard") for period in periods
+        for by in ("spend", "orders")]
     for row in result["queries"]:
         assert row["answers_agree"], row
         assert row["buckets"] > 1  # every period is a sum of several sets
         assert row["merged"]["commands"] > 0
-        # SLOWLOG lists a script's own commands too; the script's EVALSHA holds them all.
-        assert row["zunionstore"]["slowest_command"] == "EVALSHA"
+        if row["layout"] == "one shard":
+            # SLOWLOG lists a script's own commands too; the script's EVALSHA holds them all.
+            assert row["zunionstore"]["slowest_command"] == "EVALSHA"
+        else:
+            assert row["zunionstore"] is None  # the script knew one set a bucket
     assert [r["beside"].split(",")[-1].strip() for r in result["apply_latency"]] == [
         "nothing", "no Redis", "merged page by page", "ZUNIONSTORE script"]
     assert all(r["batches"] > 0 and not r["errors"] for r in result["apply_latency"])
@@ -47,3 +54,35 @@ def test_periods_are_a_year_3_whole_months_and_3_cut_months():
     assert (whole.first.isoformat(), whole.last.isoformat()) == ("2024-10-01", "2024-12-31")
     assert len(year.buckets()) == 12 and len(whole.buckets()) == 3
     assert cut.first.day != 1 and len(cut.buckets()) > 3
+
+
+def test_spread_puts_each_user_in_its_store_shard_with_the_one_shard_figures(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    store = Store(client)
+    days = ["2024-01-01", "2024-01-02", "2024-01-03"]
+    buckets = [{"day": d} for d in days] + [{"month": "2024-01"}]
+
+    def sets():
+        """Each ranking's members and scores, by (by, bucket, shard)."""
+        return {(by, *b.values(), shard): dict(client.zrange(
+                    top_users_key(by, shard=shard, **b), 0, -1, withscores=True))
+                for by in ("spend", "orders") for b in buckets for shard in range(store.shards)}
+
+    client.flushdb()
+    range_queries.fill(client, 60, len(days), 300, lambda user_id: 0)
+    one_shard = sets()
+    client.flushdb()
+    range_queries.fill(client, 60, len(days), 300, store.user_shard)
+    spread = sets()
+    client.flushdb()
+
+    assert all(not members for (*_, shard), members in one_shard.items() if shard)
+    assert len({shard for (*_, shard), members in spread.items() if members}) == store.shards
+    for (by, bucket, shard), members in spread.items():
+        assert all(store.user_shard(user) == shard for user in members)
+    for by in ("spend", "orders"):
+        for b in buckets:
+            bucket = next(iter(b.values()))
+            merged = {user: score for shard in range(store.shards)
+                      for user, score in spread[by, bucket, shard].items()}
+            assert merged == one_shard[by, bucket, 0] and merged
