@@ -86,23 +86,24 @@ class RedisMeter:
         self.client = CountingRedis.from_url(url, decode_responses=True)
         self.store = Store(self.client)
 
-    def snapshot(self) -> tuple[Counter, Counter, int]:
-        """The harness's own commands so far, the server's calls per command, its replies."""
-        own = self.client.commands()  # before INFO: the INFO itself is not in its answer
+    def snapshot(self) -> tuple[Counter, int, Counter, int]:
+        """The harness's own commands and requests so far, the server's calls per command,
+        its replies."""
+        # Before INFO: the INFO itself is not in its answer.
+        own, own_trips = self.client.commands(), self.client.round_trips()
         info = self.client.info("stats", "commandstats")
         calls = Counter({name.removeprefix("cmdstat_"): value["calls"]
                          for name, value in info.items() if name.startswith("cmdstat_")})
-        return own, calls, info["total_writes_processed"]
+        return own, own_trips, calls, info["total_writes_processed"]
 
     @staticmethod
     def delta(before, after) -> tuple[Counter, int]:
         """Commands per name and round trips between two snapshots, without the harness's."""
-        (own0, calls0, writes0), (own1, calls1, writes1) = before, after
-        own = own1 - own0
+        (own0, trips0, calls0, writes0), (own1, trips1, calls1, writes1) = before, after
         calls = calls1.copy()
         calls.subtract(calls0)
-        calls.subtract(own)
-        return +calls, writes1 - writes0 - sum(own.values())
+        calls.subtract(own1 - own0)
+        return +calls, writes1 - writes0 - (trips1 - trips0)
 
     def used_memory(self) -> int:
         """INFO memory's used_memory."""
