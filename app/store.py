@@ -1264,7 +1264,12 @@ class Store:
         sets and their bounds (see ranked).
         """
         shards = range(self.shards)
-        if not self.cluster and all(len(keys_of(shard)) == 1 for shard in shards):
+        if any(len(keys_of(shard)) > 1 for shard in shards):
+            # Several sets per shard (a range of days and months): one pass over all shards.
+            return self._ranked_shards([(keys_of(shard), second_keys_of(shard),
+                                         bounds_of(shard) if bounds_of else None)
+                                        for shard in shards], n)
+        if not self.cluster:
             # One set per shard (all-time, a day, a month): every shard's top in one pipeline.
             replies = _evalsha_each(self.redis, self._ranked, [
                 ([*keys_of(shard), *second_keys_of(shard)], [n]) for shard in shards])
@@ -1274,8 +1279,7 @@ class Store:
             merged = [entry for flat in replies for entry in _triples(flat)]
         else:
             merged = [entry for shard in shards
-                      for entry in self.ranked(keys_of(shard), second_keys_of(shard), n,
-                                               bounds_of(shard) if bounds_of else None)]
+                      for entry in self.ranked(keys_of(shard), second_keys_of(shard), n)]
         return sorted(merged, key=lambda entry: (-entry[1], entry[0].encode("utf-8",
                                                                               "surrogatepass")))[:n]
 
@@ -1356,10 +1360,26 @@ class Store:
                 top = [(member, score, int(second or 0))
                        for (member, score, _), second in zip(top, seconds)]
             return top
-        ranked_by, second, bounded = _sources(keys, second_keys, bounds)
-        p = len(ranked_by)
-        top = ranking.ranked(_SortedSets(self.redis, [*ranked_by, *second]), range(p),
-                             range(p, 2 * p), n, bounded=bounded)
+        return self._ranked_shards([(keys, second_keys, bounds)], n)
+
+    def _ranked_shards(self, shards: list[tuple[list[str], list[str], list[str | None] | None]],
+                       n: int) -> list[tuple[str, int, int]]:
+        """ranked() over the (keys, second keys, bounds) of shards, each member in one shard.
+
+        One pass (app.ranking.ranked_groups): the shards' reads of a round share one
+        pipeline, and they share the n-th total, so a shard holding little of the top is
+        read no deeper than that needs.
+        """
+        sources, groups, bounded = [], [], set()
+        for keys, second_keys, bounds in shards:
+            ranked_by, second, shard_bounded = _sources(keys, second_keys,
+                                                        bounds or [None] * len(keys))
+            first = len(sources)
+            bounded |= {first + i for i in shard_bounded}
+            groups.append((range(first, first + len(ranked_by)),
+                           range(first + len(ranked_by), first + len(ranked_by) + len(second))))
+            sources += [*ranked_by, *second]
+        top = ranking.ranked_groups(_SortedSets(self.redis, sources), groups, n, bounded=bounded)
         return [(member, int(score), int(second)) for member, score, second in top]
 
     def ping(self) -> bool:

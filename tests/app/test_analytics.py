@@ -1,7 +1,9 @@
 """Analytics queries on a real Redis, against figures worked out by hand below."""
 import json
+import random
 import re
-from datetime import date, datetime, timezone
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
@@ -149,6 +151,35 @@ def test_top_users_of_a_month(shop):
 def test_top_users_over_a_range_add_up_its_days(shop, first, last, expected):
     period = Period(date.fromisoformat(first), date.fromisoformat(last))
     assert analytics.top_users(shop, 10, "spend", period) == expected
+
+
+def test_top_users_over_ranges_of_every_shard_equal_the_sums_of_their_orders(any_store):
+    """Users in every shard, ranges of days, whole months and cut months: exact, ties too."""
+    rng = random.Random(31)
+    users = [f"U{u:03d}" for u in range(240)]
+    assert len({any_store.user_shard(u) for u in users}) == any_store.shards
+    placed, bodies = [], []
+    for i in range(1200):
+        user, day = rng.choice(users), date(2024, 11, 1) + timedelta(days=rng.randrange(61))
+        quantity, cents = rng.randint(1, 3), rng.choice([P1, P2, P3])
+        bodies.append(order(f"R{i:05d}", user, f"{day}T10:00:00Z", ("P1", quantity, cents)))
+        placed.append((user, day, quantity * cents))
+    for i in range(0, len(bodies), 100):
+        apply(any_store, *bodies[i:i + 100])
+    for first, last in [("2024-11-01", "2024-12-31"), ("2024-11-20", "2024-12-10"),
+                        ("2024-12-03", "2024-12-04")]:
+        period = Period(date.fromisoformat(first), date.fromisoformat(last))
+        spend, count = Counter(), Counter()
+        for user, day, cents in placed:
+            if period.first <= day <= period.last:
+                spend[user] += cents
+                count[user] += 1
+        for by, measure in (("spend", spend), ("orders", count)):
+            expected = [(u, spend[u], count[u])
+                        for u in sorted(measure, key=lambda u: (-measure[u], u))]
+            for n in (1, 10, 100):
+                got = analytics.top_users(any_store, n, by, period)
+                assert [(u.user_id, u.spend_cents, u.order_count) for u in got] == expected[:n]
 
 
 def test_top_users_over_a_range_break_ties_by_user_id(shop):

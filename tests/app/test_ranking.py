@@ -90,6 +90,53 @@ def test_sources_read_through_upper_bounds_rank_exactly(drawn, n, page_size):
 
 
 @PROPERTY
+@given(st.lists(st.lists(st.tuples(bounded_source(), st.booleans()), min_size=1, max_size=3),
+                min_size=1, max_size=4),
+       st.integers(min_value=1, max_value=12), st.integers(min_value=1, max_value=4))
+def test_groups_of_sources_rank_as_one_sum_of_every_source(drawn, n, page_size):
+    # Each group's members are its own (a user lives in one shard): prefixed by the group.
+    def own(g, scores):
+        return {f"{g}{m}": score for m, score in scores.items()}
+
+    sets, listed, groups = [], {}, []
+    for g, group in enumerate(drawn):
+        ranked_by = []
+        for (exact, bounds), is_bounded in group:
+            if is_bounded:
+                listed[len(sets)] = own(g, bounds)
+            ranked_by.append(len(sets))
+            sets.append(own(g, exact))
+        second = range(len(sets), len(sets) + len(group))
+        sets += [sets[i] for i in reversed(ranked_by)]
+        groups.append((ranked_by, second))
+    memory = MemorySources(sets, listed)
+    got = ranking.ranked_groups(memory, groups, n, page_size=page_size, bounded=set(listed))
+    assert got == brute_force(sets, [i for r, _ in groups for i in r],
+                              [i for _, c in groups for i in c], n)
+    assert max(memory.reads, default=0) <= page_size
+
+
+def test_groups_share_the_nth_total_so_a_group_without_the_top_stops_early():
+    # The 5 leaders live in group 0; 7 other groups of 2 sources hold 1,000 lesser members
+    # each, whose two scores run opposite ways: alone, such a group is read deep.
+    leaders = [{f"lead{i}": 1000 - i for i in range(5)}]
+    others = [[{f"g{g}m{i:04d}": (i if s else 999 - i) // 4 for i in range(1000)}
+               for s in range(2)] for g in range(1, 8)]
+    sets = [*leaders, *(s for group in others for s in group)]
+    groups = [([0], [])] + [(range(1 + 2 * k, 3 + 2 * k), []) for k in range(7)]
+    memory = MemorySources(sets)
+    top = ranking.ranked_groups(memory, groups, 5, page_size=10)
+    assert top == [(f"lead{i}", 1000 - i, 0) for i in range(5)]
+    assert max(memory.reads) <= 10
+    # Ranked group by group, each of the 7 would have had to find its own top 5.
+    one_by_one = MemorySources(sets)
+    for ranked_by, _ in groups[1:]:
+        ranking.top_of_sum(one_by_one, ranked_by, 5, page_size=10)
+    assert sum(one_by_one.reads) > 20 * sum(memory.reads)
+    assert one_by_one.rounds > 20 * memory.rounds
+
+
+@PROPERTY
 @given(source, st.integers(min_value=1, max_value=12), st.integers(min_value=1, max_value=4))
 def test_one_source_ranks_as_that_sorted_set(one, n, page_size):
     memory = MemorySources([one, one])
