@@ -87,7 +87,7 @@ def _top_of_groups(sources: Sources, groups: Sequence[Sequence[int]], n: int,
     # The top is spread over the groups: their first pages share one page's worth of
     # entries, and each round doubles them up to a page, so the first round's lookups
     # (every member it meets, before there is an n-th total) stay those of one group.
-    size = dict.fromkeys(read, -(-page_size // len(groups)))
+    size = dict.fromkeys(read, -(-page_size // max(len(groups), 1)))
     last: dict[int, float] = {}  # the last score read per source
     open_sources = list(read)  # not read to the end yet
     settled: set[tuple[int, str]] = set()  # exact total known, or proven below the n-th

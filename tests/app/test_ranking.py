@@ -148,6 +148,7 @@ def test_empty_sources_and_n_beyond_the_members():
     memory = MemorySources([{}, {"b": 2, "a": 2}, {}, {"a": 1}])
     assert ranking.ranked(memory, [0, 1], [2, 3], 10) == [("a", 2, 1), ("b", 2, 0)]
     assert ranking.ranked(MemorySources([{}, {}]), [0, 1], [0, 1], 3) == []
+    assert ranking.ranked_groups(MemorySources([]), [], 3) == []
 
 
 def test_a_clear_leader_is_found_without_reading_everything():
