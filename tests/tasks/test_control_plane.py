@@ -97,7 +97,11 @@ def test_flower_lists_the_worker_and_every_batch_with_failures(settings, store, 
     tasks = flower_tasks(flower, "orders.process_batch")
     failure = next(t for t in tasks.values() if t["state"] == "FAILURE")
     assert "BatchPartlyFailed" in failure["exception"] and "WRONGTYPE" in failure["exception"]
-    assert "POISON" in failure["args"]
+    assert "user:{u:POISON}" in failure["exception"]  # the key that is in the way
+    # Flower shows the batch's entries cut at Celery's argsrepr limit (1,024 characters):
+    # the poison body is there unless the batch's earlier entries filled it.
+    assert "POISON" in failure["args"] or (failure["args"].startswith("([{'body':")
+                                           and failure["args"].endswith("..."))
     successes = [t for t in tasks.values() if t["state"] == "SUCCESS"]
     assert successes and all(t["runtime"] is not None for t in successes)
 
