@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
@@ -10,80 +10,114 @@ from urllib.parse import urlsplit, urlunsplit
 MISMATCH_POLICIES = ("reject", "correct")
 
 
+def setting(default, doc: str):
+    """A settings field with the text the configuration page shows for it."""
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings; field name upper-cased is the environment variable."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    # Redis URL the API reads with, e.g. a read-only ACL user's; empty means REDIS_URL.
-    api_redis_url: str = ""
-    # Redis for worker events and remote control (Celery's control plane); empty means
-    # the aggregates' Redis with the next database number.
-    control_url: str = ""
-    # Empty means real AWS (boto3's default endpoint for the region).
-    sqs_endpoint_url: str = "http://127.0.0.1:4566"
-    aws_region: str = "us-east-1"
-    orders_queue: str = "orders-queue"
-    # Empty means the local server's URL for ORDERS_QUEUE; required with real AWS.
-    orders_queue_url: str = ""
-    # More queues of raw orders, comma-separated names beside ORDERS_QUEUE in the same
-    # account (make run and docker-compose consume OrderQueue, an existing producer's).
-    extra_orders_queues: str = ""
-    # Empty means "<orders_queue>-dlq".
-    orders_dlq: str = ""
-    max_receive_count: int = 5
-    # Seconds a failed delivery stays hidden before its next try, doubled per receive.
-    failure_backoff: int = 5
-    visibility_timeout: int = 300
-    # How long the orders queues keep a message (SQS allows 60 s to 14 days; the
-    # dead-letter queue always keeps 14 days, see app/sqs.py).
-    orders_retention_seconds: int = 4 * 86400
-    order_value_mismatch: str = "reject"
-    # Raw messages run as one task per batch of up to this many (SQS returns at most 10
-    # per receive); 1 runs every order as its own orders.process task.
-    consume_batch_size: int = 10
-    max_order_bytes: int = 131072
-    max_items: int = 1000
-    max_future_seconds: int = 86400
-    # The earliest order_timestamp accepted (ISO-8601 with a zone): older is a data error
-    # (a default or zero date upstream), not a first_order_at.
-    min_order_timestamp: str = "2000-01-01T00:00:00+00:00"
-    task_max_retries: int = 5
-    # Days a rejected message's record (body, reasons) stays in Redis.
-    rejected_retention_days: int = 30
-    # Replicas that must confirm each batch (Redis WAIT) before its messages are deleted
-    # from SQS; fewer in time and the batch is retried. 0 trusts the primary alone.
-    redis_wait_replicas: int = 0
-    # Shard keys the global, day and month totals and the rankings are spread over (each
-    # its own hash slot, summed or merged on read). Changing it needs a migration.
-    redis_shards: int = 8
-    # Days an order id stays claimed: a redelivery within them is a duplicate, after them
-    # it is counted again. Longer than SQS keeps a message (14 days) plus its DLQ's 14.
-    dedup_window_days: int = 30
-    retry_backoff_max: int = 60
-    api_bind: str = "127.0.0.1:8000"
-    # gunicorn sync workers; 0 means CPU cores + 1 (on 2 cores, 3 kept p99 lowest).
-    api_workers: int = 0
-    # Seconds between two reads of the SQS queue depths by each API process, in the
-    # background: /metrics and /health serve the last figures and never wait on SQS.
-    metrics_sqs_interval: int = 5
-    log_format: str = "text"
-    log_level: str = "INFO"
-    # Batch files (app/files): the bucket with input/, archive/, rejected/, staging/, results/.
-    files_bucket: str = "orders-files"
-    # S3 and SNS endpoint; empty means SQS_ENDPOINT_URL (LocalStack serves all three).
-    files_endpoint_url: str = ""
-    # The queue of the bucket's ObjectCreated events; its DLQ is "<files_queue>-dlq".
-    files_queue: str = "file-processing-queue"
-    # Empty means the local server's URL for FILES_QUEUE; required with real AWS.
-    files_queue_url: str = ""
-    # File events arriving within this many seconds form one execution.
-    files_batch_window: float = 10.0
-    # Seconds an execution keeps its file events hidden (the files queue's visibility
-    # timeout; each step's time limit is half of it): after a lost worker they come back.
-    files_execution_timeout: int = 900
-    files_success_topic: str = "PipelineSuccessNotifications"
-    files_failure_topic: str = "PipelineFailureNotifications"
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis of the aggregates (a standalone server, or any node of a Redis Cluster: "
+        "every process asks it `INFO cluster` and switches to a cluster client by itself).")
+    api_redis_url: str = setting(
+        "", "Redis URL the API reads with, e.g. a read-only ACL user's "
+        "(`redis://api:PASSWORD@host:6379/0`); empty means `REDIS_URL`.")
+    control_url: str = setting(
+        "", "Redis for worker events and remote control (Celery's control plane: Flower, "
+        "`celery inspect`); empty means the aggregates' Redis with the next database number. "
+        "Must be a standalone Redis: kombu's Redis transport speaks no cluster.")
+    sqs_endpoint_url: str = setting(
+        "http://127.0.0.1:4566",
+        "SQS endpoint; empty means real AWS (boto3's default endpoint for the region and "
+        "its credential chain).")
+    aws_region: str = setting("us-east-1", "AWS region of the queues, the bucket and the topics.")
+    orders_queue: str = setting("orders-queue", "Queue the orders arrive on.")
+    orders_queue_url: str = setting(
+        "", "URL of `ORDERS_QUEUE`; empty means the local server's URL. Required with real AWS.")
+    extra_orders_queues: str = setting(
+        "", "More queues of raw orders, comma-separated names beside `ORDERS_QUEUE` in the same "
+        "account, with the same RedrivePolicy and dead-letter queue (`make run` and "
+        "docker-compose consume `OrderQueue`, an existing producer's).")
+    orders_dlq: str = setting("", "Dead-letter queue of the orders queues; empty means "
+                                  "`<ORDERS_QUEUE>-dlq`.")
+    max_receive_count: int = setting(
+        5, "Receives before SQS dead-letters a failing message (1 to 1000).")
+    failure_backoff: int = setting(
+        5, "Seconds a failed delivery stays hidden before its next try, doubled per receive.")
+    visibility_timeout: int = setting(
+        300, "Visibility timeout of the orders queues (set when a queue is created).")
+    orders_retention_seconds: int = setting(
+        4 * 86400, "How long the orders queues keep a message, 60 to 1,209,600 (14 days); set by "
+        "`ensure_queues` on new and existing queues. The dead-letter queue always keeps 14 days.")
+    order_value_mismatch: str = setting(
+        "reject", "`reject` an order whose `order_value` differs from the item total by more "
+        "than 0.01, or `correct` it: count the item total and record the correction.")
+    consume_batch_size: int = setting(
+        10, "Raw messages run as one `orders.process_batch` task per batch of up to this many "
+        "(SQS returns at most 10 per receive); `1` runs every order as its own "
+        "`orders.process` task.")
+    max_order_bytes: int = setting(
+        131072, "Larger bodies are rejected unread (their record keeps the first 4 KiB, the "
+        "size and the SHA-256).")
+    max_items: int = setting(1000, "Most items in one order.")
+    max_future_seconds: int = setting(
+        86400, "How far in the future an `order_timestamp` may be.")
+    min_order_timestamp: str = setting(
+        "2000-01-01T00:00:00+00:00",
+        "The earliest `order_timestamp` accepted (ISO-8601 with a zone): an older one is a "
+        "data error (a default or zero date upstream), rejected, not counted as a first order.")
+    task_max_retries: int = setting(
+        5, "Retries of a transient failure (Redis down or stalled) before the task fails.")
+    rejected_retention_days: int = setting(
+        30, "Days a rejected message's record (body, reasons) stays in Redis.")
+    redis_wait_replicas: int = setting(
+        0, "Replicas that must confirm each batch (Redis `WAIT`, 1 s) before its messages are "
+        "deleted from SQS; fewer in time and the batch is retried. 0 trusts the primary alone.")
+    redis_shards: int = setting(
+        8, "Shard keys (each its own hash slot) the global, day and month totals and the "
+        "rankings are spread over, summed or merged on read. Changing it needs a migration "
+        "of the data.")
+    dedup_window_days: int = setting(
+        30, "Days an order id stays claimed (its claim and its parts' markers): a redelivery "
+        "within them is a duplicate, after them it is counted again. Longer than SQS keeps "
+        "a message (14 days) plus its dead-letter queue's 14.")
+    retry_backoff_max: int = setting(
+        60, "Cap of the retry backoff in seconds; must be below `VISIBILITY_TIMEOUT`.")
+    api_bind: str = setting("127.0.0.1:8000", "gunicorn's bind address for the API.")
+    api_workers: int = setting(
+        0, "gunicorn sync workers of the API; 0 means CPU cores + 1 (on 2 cores, 3 kept the "
+        "p99 latency lowest).")
+    metrics_sqs_interval: int = setting(
+        5, "Seconds between two reads of the SQS queue depths by each API process, in the "
+        "background: `/metrics` and `/health` serve the last figures and never wait on SQS.")
+    log_format: str = setting(
+        "text", "`text`, or `json` for one JSON object per line (for log shippers).")
+    log_level: str = setting("INFO", "Log level of the worker (`make run`) and of gunicorn.")
+    files_bucket: str = setting(
+        "orders-files", "Bucket of the batch files, with `input/`, `archive/`, `rejected/`, "
+        "`staging/` and `results/`.")
+    files_endpoint_url: str = setting(
+        "", "S3 and SNS endpoint; empty means `SQS_ENDPOINT_URL` (LocalStack serves all three; "
+        "both empty: real AWS).")
+    files_queue: str = setting(
+        "file-processing-queue", "Queue of the bucket's `ObjectCreated` events (its DLQ is "
+        "`<FILES_QUEUE>-dlq`); the files tasks ride on it too.")
+    files_queue_url: str = setting(
+        "", "URL of `FILES_QUEUE`; empty means the local server's URL. Required with real AWS.")
+    files_batch_window: float = setting(
+        10.0, "File events arriving within this many seconds form one execution.")
+    files_execution_timeout: int = setting(
+        900, "Seconds an execution keeps its file events hidden (the files queue's visibility "
+        "timeout, 60 s to 12 h; each step's time limit is half of it): after a lost worker "
+        "they come back.")
+    files_success_topic: str = setting(
+        "PipelineSuccessNotifications", "SNS topic of the executions that succeeded.")
+    files_failure_topic: str = setting(
+        "PipelineFailureNotifications", "SNS topic of the executions that failed.")
 
     def __post_init__(self):
         if self.order_value_mismatch not in MISMATCH_POLICIES:
@@ -211,25 +245,29 @@ class Settings:
 class StackSettings:
     """Settings of the local stack that `make run` starts (stack/run.py) and nothing else."""
 
-    sqs_port: int = 4566
-    redis_port: int = 6379
-    # Primaries of a local Redis Cluster for the store (0: one standalone Redis); Redis on
-    # redis_port then serves only the control plane.
-    redis_cluster: int = 0
-    # Replicas of each cluster primary.
-    redis_replicas: int = 0
-    # First port of the cluster's nodes (each also uses its port + 10000 for the bus).
-    redis_cluster_port: int = 7001
-    api_port: int = 8000
-    flower_port: int = 5555
-    demo_orders: int = 3000
-    # Orders in the sample files make run uploads to the files bucket (0: none).
-    demo_file_orders: int = 500
-    # Empty means var/ in the project.
-    stack_var_dir: str = ""
-    # Empty means .venv-sqs/bin/python in the project (LocalStack needs Python 3.13).
-    sqs_server_python: str = ""
-
+    sqs_port: int = setting(4566, "Port of the SQS server (LocalStack) `make run` starts when "
+                                  "`SQS_ENDPOINT_URL` is unset.")
+    redis_port: int = setting(6379, "Port of the Redis `make run` starts when `REDIS_URL` is unset.")
+    redis_cluster: int = setting(
+        0, "Primaries (at least 3) of a local Redis Cluster `make run` starts for the store; "
+        "0: one standalone Redis. The Redis on `REDIS_PORT` then serves only the control plane.")
+    redis_replicas: int = setting(
+        0, "Replicas of each local cluster primary (`REDIS_CLUSTER=3 REDIS_REPLICAS=1 make run`: "
+        "six nodes).")
+    redis_cluster_port: int = setting(
+        7001, "First port of the local cluster's nodes; each also uses its port + 10000 for the "
+        "cluster bus.")
+    api_port: int = setting(8000, "Port of the API under `make run`.")
+    flower_port: int = setting(5555, "Port of Flower under `make run`.")
+    demo_orders: int = setting(3000, "Sample orders `make run` sends; 0 for none.")
+    demo_file_orders: int = setting(
+        500, "Orders in the sample files `make run` uploads to the files bucket's `input/`; "
+        "0 for none.")
+    stack_var_dir: str = setting("", "Data and logs of `make run`; empty means `var/` in the "
+                                     "project.")
+    sqs_server_python: str = setting(
+        "", "A Python with `localstack-core` installed; empty means `.venv-sqs/bin/python` in "
+        "the project (LocalStack needs Python 3.13).")
 
 def from_env(environ: Mapping[str, str] | None = None, cls=Settings):
     """Build Settings (or StackSettings) from environment variables and the defaults."""
