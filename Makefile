@@ -18,12 +18,13 @@ VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
 .PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk \
-	compose-cli chromium test-upgrade
+	compose-cli chromium test-upgrade docs
 
 help:
 	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
 	@echo "make test       run the test suite (PYTEST_ARGS='-k ...' to select)"
 	@echo "make test-upgrade  the suite on the newest celery and kombu patch releases"
+	@echo "make docs       build the documentation site into var/site (strict: any warning fails)"
 	@echo "make bench      run every benchmark once, print the table (BENCH_ARGS='--orders N ...')"
 	@echo "make deps       build .venv, .venv-sqs and install redis-server if missing"
 	@echo "make clean      remove var/ (data and logs); distclean also removes the venvs"
@@ -32,12 +33,13 @@ deps: $(VENV_STAMP) $(SQS_VENV_STAMP) redis-server
 .venv: $(VENV_STAMP)
 .venv-sqs: $(SQS_VENV_STAMP)
 
-# Main venv: the project, editable, with test tools; rebuilt when dependencies change.
+# Main venv: the project, editable, with test and documentation tools; rebuilt when
+# dependencies change.
 $(VENV_STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "error: $(PYTHON) is older than Python 3.11; use make PYTHON=python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test]'
+	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test,docs]'
 	touch $@
 
 # LocalStack's venv: it needs Python 3.13 (it imports warnings.deprecated).
@@ -69,7 +71,7 @@ BENCH_ARGS ?=
 bench-deps: deps $(BENCH_STAMP) wrk
 
 $(BENCH_STAMP): $(VENV_STAMP) setup.cfg requirements/constraints.txt
-	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test,bench]'
+	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test,docs,bench]'
 	touch $@
 
 wrk:
@@ -81,21 +83,28 @@ wrk:
 bench: bench-deps
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
+# The site of docs/ (mkdocs.yml) into var/site; the configuration and API pages are generated
+# from app/settings.py and the Flask app's OpenAPI document (docs/_hooks/reference.py).
+# NO_MKDOCS_2_WARNING: Material's notice about MkDocs 2 is not a warning of this build.
+docs: $(VENV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 # exec: make's shell becomes orders-stack, so Ctrl-C reaches it and it cleans up.
 run: deps
 	exec $(VENV)/bin/orders-stack run
 
 # bench-deps too: tests/bench smoke-runs the harness (wrk, the FastAPI peer) on a few orders;
 # compose-cli: tests/test_compose.py has compose parse docker-compose.yml (no engine needed).
-# chromium: tests/web/test_docs_browser.py opens /docs in a headless browser, offline.
+# chromium: tests/web/test_docs_browser.py opens /docs in a headless browser, offline, and
+# tests/docs/test_site_browser.py drives the documentation site in it (chromedriver).
 test: bench-deps compose-cli chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 chromium:
-	@command -v chromium >/dev/null || { \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y --no-install-recommends chromium; }
+			apt-get install -y --no-install-recommends chromium chromium-driver; }
 
 # The suite against the newest patch releases of the pinned celery and kombu (~= the
 # pins), in a throwaway venv: the pins and .venv stay as they are.
@@ -107,7 +116,7 @@ test-upgrade: redis-server $(SQS_VENV_STAMP) wrk compose-cli
 	rm -rf $(UPGRADE_VENV)
 	$(PYTHON) -m venv $(UPGRADE_VENV)
 	grep -vE '^(celery|kombu)==' requirements/constraints.txt > $(UPGRADE_VENV)/constraints.txt
-	$(UPGRADE_VENV)/bin/pip install -c $(UPGRADE_VENV)/constraints.txt -e '.[test,bench]' \
+	$(UPGRADE_VENV)/bin/pip install -c $(UPGRADE_VENV)/constraints.txt -e '.[test,docs,bench]' \
 		'celery~=$(CELERY_PIN)' 'kombu~=$(KOMBU_PIN)'
 	$(UPGRADE_VENV)/bin/python -c 'import celery, kombu; \
 		print("testing celery", celery.__version__, "and kombu", kombu.__version__)'

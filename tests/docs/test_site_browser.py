@@ -1,0 +1,80 @@
+"""The built site in a real headless Chromium, served over loopback, nothing else reachable."""
+from __future__ import annotations
+
+import functools
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (make test installs them)")
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_url(site):
+    """The built site over HTTP on a free loopback port (search needs HTTP, not file://)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(_QuietHandler, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium driven by chromedriver; any address but loopback is a dead proxy."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                     "--window-size=1280,900", "--proxy-server=http://127.0.0.1:9",
+                     f"--user-data-dir={tmp_path_factory.mktemp('profile')}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options,
+                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_pages_render_with_the_theme_and_the_generated_tables(browser, site_url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{site_url}/configuration/")
+    assert browser.title.startswith("Configuration")
+    # The theme's own stylesheet and script loaded: the navigation is drawn as Material draws it.
+    assert browser.find_element(By.CSS_SELECTOR, "nav.md-nav--primary").is_displayed()
+    cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "article td code")]
+    assert "REDIS_URL" in cells and "BENCH_ORDERS" in cells
+    browser.get(f"{site_url}/api/")
+    assert browser.find_element(By.XPATH, "//h3[contains(., '/stats/top-users')]").is_displayed()
+    browser.save_screenshot(str(tmp_path / "api.png"))
+
+
+def test_search_finds_a_configuration_variable(browser, site_url, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{site_url}/")
+    query = WebDriverWait(browser, 10).until(
+        shown.element_to_be_clickable((By.CSS_SELECTOR, "input.md-search__input")))
+    query.click()
+    query.send_keys("REDIS_URL")
+    results = WebDriverWait(browser, 30).until(shown.visibility_of_any_elements_located(
+        (By.CSS_SELECTOR, "li.md-search-result__item a.md-search-result__link")))
+    browser.save_screenshot(str(tmp_path / "search.png"))
+    links = [result.get_attribute("href") for result in results]
+    assert any(link.startswith(f"{site_url}/configuration/") for link in links), links
