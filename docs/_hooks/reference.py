@@ -45,13 +45,13 @@ def openapi_markdown(spec: dict) -> str:
     schemas = spec.get("components", {}).get("schemas", {})
     lines = []
     for tag in spec.get("tags", []):
-        lines += [f"## {tag['description']}", ""]
+        lines += [f"### {tag['description']}", ""]
         for path, operations in spec["paths"].items():
             shared = operations.get("parameters", [])
             for method, operation in operations.items():
                 if method == "parameters" or tag["name"] not in operation.get("tags", []):
                     continue
-                lines += [f"### {method.upper()} `{path}`", "", operation.get("summary", ""), ""]
+                lines += [f"#### {method.upper()} `{path}`", "", operation.get("summary", ""), ""]
                 if operation.get("description"):
                     lines += [" ".join(operation["description"].split()), ""]
                 lines += _parameters(shared + operation.get("parameters", []))
@@ -82,10 +82,20 @@ def _responses(responses: dict, schemas: dict) -> list[str]:
         name = _ref_name(schema.get("items", schema))
         shape = f"a list of `{name}`" if schema.get("type") == "array" else f"`{name}`"
         lines.append(f"- **{status}** {response['description']}" + (f": {shape}" if name else ""))
-        properties = schemas.get(name, {}).get("properties", {})
-        lines += [f"    - `{key}` ({_type(value)}){': ' + value['description'] if 'description' in value else ''}"
-                  for key, value in properties.items()]
+        lines += _fields(name, schemas, indent="    ")
     return lines + [""]
+
+
+def _fields(name: str, schemas: dict, indent: str) -> list[str]:
+    """A schema's fields as a nested list; a field of another schema lists that one's too."""
+    lines = []
+    for key, value in schemas.get(name, {}).get("properties", {}).items():
+        about = f": {value['description']}" if "description" in value else ""
+        lines.append(f"{indent}- `{key}` ({_type(value)}){about}")
+        inner = _ref_name(value.get("items", value))
+        if inner and inner != name:
+            lines += _fields(inner, schemas, indent + "    ")
+    return lines
 
 
 def _type(schema: dict) -> str:

@@ -59,7 +59,7 @@ def test_pages_render_with_the_theme_and_the_generated_tables(browser, site_url,
     cells = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "article td code")]
     assert "REDIS_URL" in cells and "BENCH_ORDERS" in cells
     browser.get(f"{site_url}/api/")
-    assert browser.find_element(By.XPATH, "//h3[contains(., '/stats/top-users')]").is_displayed()
+    assert browser.find_element(By.XPATH, "//h4[contains(., '/stats/top-users')]").is_displayed()
     browser.save_screenshot(str(tmp_path / "api.png"))
 
 
