@@ -247,7 +247,8 @@ class StackSettings:
 
     sqs_port: int = setting(4566, "Port of the SQS server (LocalStack) `make run` starts when "
                                   "`SQS_ENDPOINT_URL` is unset.")
-    redis_port: int = setting(6379, "Port of the Redis `make run` starts when `REDIS_URL` is unset.")
+    redis_port: int = setting(
+        6379, "Port of the Redis `make run` starts when `REDIS_URL` is unset.")
     redis_cluster: int = setting(
         0, "Primaries (at least 3) of a local Redis Cluster `make run` starts for the store; "
         "0: one standalone Redis. The Redis on `REDIS_PORT` then serves only the control plane.")
