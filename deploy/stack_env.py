@@ -1,4 +1,4 @@
-"""Print a deployed stack's outputs as the processes' environment: `python deploy/stack_env.py STACK`.
+"""A deployed stack's outputs as the processes' environment: `python deploy/stack_env.py STACK`.
 
 Each output of deploy/cloudformation/pipeline.yaml is an environment variable of
 app/settings.py in CamelCase (CloudFormation allows only letters and digits in an

@@ -5,19 +5,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import boto3
-import pytest
 import requests
 
 from app import sqs
 from app.settings import from_env
-from conftest import BIN, ROOT
+from app.store import Store
 from stack.services import Process, free_port, wait_for
 
+# Not imported from tests/conftest.py: this directory's conftest.py would shadow it.
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 DEPLOY = ROOT / "deploy"
 TEMPLATE = DEPLOY / "cloudformation" / "pipeline.yaml"
 # Database of this package's processes on the session's redis-server (its control plane
@@ -158,9 +161,8 @@ def queue_attributes(endpoint_url: str, name: str) -> dict[str, str]:
     return client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
 
 
-@pytest.fixture(scope="module")
-def deployed(sqs_server, redis_server) -> DeployedStack:
-    """The template deployed once per module under fresh names, on a flushed Redis database."""
+def deploy_fresh(sqs_server, redis_server) -> DeployedStack:
+    """The template deployed under fresh names, on a flushed Redis database."""
     name = f"dep-{uuid.uuid4().hex[:8]}"
     stack = deploy(sqs_server.endpoint_url, name, OrdersQueueName=f"{name}-orders",
                    FilesQueueName=f"{name}-files", FilesBucketName=f"{name}-files",
@@ -168,7 +170,6 @@ def deployed(sqs_server, redis_server) -> DeployedStack:
                    MaxReceiveCount=3)
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     deployed = DeployedStack(stack, sqs_server.endpoint_url, redis_url)
-    from app.store import Store
     Store.from_url(redis_url).redis.flushdb()
     Store.from_url(deployed.settings.control_plane_url).redis.flushdb()
     return deployed

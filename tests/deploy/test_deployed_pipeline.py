@@ -18,14 +18,20 @@ import requests
 from app.settings import Settings
 from app.store import Store, user_key
 from builders import make_orders, order
-from conftest import BIN, ROOT
-from deployment import (DeployedStack, TopicListener, aws_client, deployed, depth,  # noqa: F401
+from deployment import (BIN, ROOT, DeployedStack, TopicListener, aws_client, deploy_fresh, depth,
                         stack_resources, start_api, start_worker)
 from files_oracle import ORDER_ITEMS, ORDERS, PRODUCTS, by_key, csv_of, expected_kpis, make_rows
 from stack.services import wait_for
 
 # What the producer needs to send, and nothing more: where, and which queue.
 PRODUCER_OUTPUTS = ("AWS_REGION", "ORDERS_QUEUE", "ORDERS_QUEUE_URL")
+
+
+@pytest.fixture(scope="module")
+def deployed(sqs_server, redis_server) -> DeployedStack:
+    """The template deployed once for this module (a conftest.py here would shadow
+    tests/conftest.py, which other directories import by name)."""
+    return deploy_fresh(sqs_server, redis_server)
 
 
 @pytest.fixture(scope="module")

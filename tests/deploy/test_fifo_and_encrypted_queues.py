@@ -32,8 +32,10 @@ def make_queue_pair(client, name: str, dlq_name: str, attributes: dict, max_rece
     dlq_url = client.create_queue(QueueName=dlq_name, Attributes=attributes)["QueueUrl"]
     dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
         "Attributes"]["QueueArn"]
-    return client.create_queue(QueueName=name, Attributes={**attributes, "RedrivePolicy": json.dumps(
-        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)})})["QueueUrl"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn,
+                          "maxReceiveCount": str(max_receive_count)})
+    return client.create_queue(QueueName=name, Attributes={**attributes,
+                                                           "RedrivePolicy": redrive})["QueueUrl"]
 
 
 def send_all(client, url: str, entries: list[dict]):
@@ -47,7 +49,8 @@ def assert_counted(store: Store, orders, timeout: float = 60):
     wait_for(lambda: store.outcomes()["counted"] >= len(orders), timeout=timeout,
              message=f"{len(orders)} orders counted")
     totals = store.global_stats()
-    assert (totals.total_orders, Decimal(totals.total_revenue_cents) / 100) == (len(orders), revenue)
+    assert (totals.total_orders, Decimal(totals.total_revenue_cents) / 100) == (len(orders),
+                                                                                revenue)
 
 
 @pytest.fixture

@@ -13,11 +13,18 @@ from urllib.parse import unquote
 import pytest
 from parliament import analyze_policy_string
 
-from conftest import BIN
-from deployment import TEMPLATE, aws_client, deploy, deployed, stack_resources  # noqa: F401
+from deployment import (BIN, TEMPLATE, DeployedStack, aws_client, deploy, deploy_fresh,
+                        stack_resources)
 
 POLICIES = ("WorkerPolicy", "ApiPolicy", "ProducerPolicy", "OperatorPolicy")
 KEY_ARN = "arn:aws:kms:us-east-1:000000000000:key/0b1c7d2e-3f4a-4b5c-8d6e-7f8091a2b3c4"
+
+
+@pytest.fixture(scope="module")
+def deployed(sqs_server, redis_server) -> DeployedStack:
+    """The template deployed once for this module (a conftest.py here would shadow
+    tests/conftest.py, which other directories import by name)."""
+    return deploy_fresh(sqs_server, redis_server)
 
 
 def test_cfn_lint_passes_with_no_warning():

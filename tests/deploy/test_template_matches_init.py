@@ -53,7 +53,8 @@ def test_init_queues_and_init_files_create_what_the_template_creates(sqs_server)
     base = Settings(sqs_endpoint_url=sqs_server.endpoint_url)
 
     def named(prefix: str) -> Settings:
-        return replace(base, orders_queue=f"{prefix}-{tag}-orders", files_queue=f"{prefix}-{tag}-fq",
+        return replace(base, orders_queue=f"{prefix}-{tag}-orders",
+                       files_queue=f"{prefix}-{tag}-fq",
                        files_bucket=f"{prefix}-{tag}-bucket",
                        files_success_topic=f"{prefix}-{tag}-done",
                        files_failure_topic=f"{prefix}-{tag}-failed")
@@ -93,9 +94,8 @@ def test_init_queues_and_init_files_create_what_the_template_creates(sqs_server)
         t["TopicArn"] for t in aws_client("sns", endpoint).list_topics()["Topics"])}
     assert {init.files_success_topic, init.files_failure_topic} <= topics
     resources = stack_resources(endpoint, stack_name)
-    assert [resources["SuccessTopic"].rsplit(":", 1)[1],
-            resources["FailureTopic"].rsplit(":", 1)[1]] == [cfn.files_success_topic,
-                                                              cfn.files_failure_topic]
+    made_topics = [resources[t].rsplit(":", 1)[1] for t in ("SuccessTopic", "FailureTopic")]
+    assert made_topics == [cfn.files_success_topic, cfn.files_failure_topic]
 
     # What the template adds to the bucket.
     s3 = aws_client("s3", endpoint)
