@@ -2,7 +2,8 @@
 
 One worker and one API, started with nothing but the stack's outputs (plus the Redis URL and
 the local endpoint), count orders sent with the producer's settings, turn an uploaded CSV
-into KPIs and a success notification, and let a poison message reach the stack's DLQ.
+into KPIs and a success notification, and let a poison message reach the stack's DLQ,
+whence the operator CLI, on the same outputs, redrives it to be counted once.
 """
 from __future__ import annotations
 
@@ -119,8 +120,9 @@ def test_a_csv_uploaded_to_input_becomes_kpis_and_a_success_notification(deploye
                                             "archive/order_items_part1.csv"}
 
 
-def test_a_poison_message_reaches_the_stacks_dead_letter_queue(deployed, running):
-    worker, _ = running
+def test_a_poison_message_reaches_the_stacks_dlq_and_is_redriven(deployed, running):
+    worker, api = running
+    before = requests.get(f"{api}/stats/global", timeout=5).json()["total_orders"]
     store = Store.from_url(deployed.redis_url)
     # Real data, not a hook: the user's key holds a string, so counting fails with WRONGTYPE.
     store.redis.set(user_key("POISONED"), "not a hash")
@@ -139,4 +141,15 @@ def test_a_poison_message_reaches_the_stacks_dead_letter_queue(deployed, running
     assert int(letter["Attributes"]["ApproximateReceiveCount"]) > int(
         deployed.outputs["MAX_RECEIVE_COUNT"])
     assert b"WRONGTYPE" in worker.log_path.read_bytes()
+
+    # The cause gone, the operator CLI on the stack's outputs sends it back: counted once.
     store.redis.delete(user_key("POISONED"))
+    redriven = subprocess.run([BIN / "celery", "-A", "tasks", "dlq", "redrive", "--all"],
+                              capture_output=True, text=True, env=deployed.environment(),
+                              cwd=ROOT, timeout=120)
+    assert redriven.returncode == 0, redriven.stdout + redriven.stderr
+    assert "Redrove 1 message(s)" in redriven.stdout
+    wait_for(lambda: requests.get(f"{api}/users/POISONED/stats", timeout=5).status_code == 200,
+             timeout=60, message="the redriven order counted")
+    assert requests.get(f"{api}/stats/global", timeout=5).json()["total_orders"] == before + 1
+    assert depth(deployed, dlq)["visible"] == 0

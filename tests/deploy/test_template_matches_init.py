@@ -3,8 +3,9 @@
 Both are run on the same LocalStack for the same settings (under different names) and the
 resources they made are compared as SQS, S3 and SNS report them: queue by queue, the
 visibility timeout, the retention, the redrive policy (count and which queue), the files
-queue's policy and the bucket's notification. What the template adds on top (versioning,
-public access block, encryption) is checked on its own.
+queue's policy and the bucket's notification. What the template adds on top (the bucket's
+versioning, public access block and encryption, the queues' and topics' encryption) is
+checked on its own.
 """
 from __future__ import annotations
 
@@ -107,3 +108,7 @@ def test_init_queues_and_init_files_create_what_the_template_creates(sqs_server)
     assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     for name in (cfn.orders_queue, cfn.dlq_name, cfn.files_queue, cfn.files_dlq):
         assert queue_attributes(endpoint, name)["SqsManagedSseEnabled"] == "true"
+    sns = aws_client("sns", endpoint)
+    for topic in ("SuccessTopic", "FailureTopic"):
+        assert sns.get_topic_attributes(TopicArn=resources[topic])["Attributes"][
+            "KmsMasterKeyId"] == "alias/aws/sns"
