@@ -18,7 +18,7 @@ VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
 .PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk \
-	compose-cli chromium test-upgrade docs
+	compose-cli chromium test-upgrade docs deploy-tools
 
 help:
 	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
@@ -88,6 +88,15 @@ bench: bench-deps
 # NO_MKDOCS_2_WARNING: Material's notice about MkDocs 2 is not a warning of this build.
 docs: $(VENV_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+# make test: cfn-lint, parliament, kubernetes-validate and check-jsonschema for tests/deploy
+# (the template, its IAM policies and the Kubernetes manifests), in the project's venv.
+DEPLOY_STAMP := $(VENV)/.deploy-installed
+
+deploy-tools: $(DEPLOY_STAMP)
+
+$(DEPLOY_STAMP): $(VENV_STAMP) setup.cfg requirements/constraints.txt
+	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test,docs,deploy]'
+	touch $@
 
 # exec: make's shell becomes orders-stack, so Ctrl-C reaches it and it cleans up.
 run: deps
@@ -97,7 +106,8 @@ run: deps
 # compose-cli: tests/test_compose.py has compose parse docker-compose.yml (no engine needed).
 # chromium: tests/web/test_docs_browser.py opens /docs in a headless browser, offline, and
 # tests/docs/test_site_browser.py drives the documentation site in it (chromedriver).
-test: bench-deps compose-cli chromium
+# deploy-tools: tests/deploy lints the template and validates the manifests.
+test: bench-deps compose-cli chromium deploy-tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 chromium:
@@ -116,7 +126,7 @@ test-upgrade: redis-server $(SQS_VENV_STAMP) wrk compose-cli
 	rm -rf $(UPGRADE_VENV)
 	$(PYTHON) -m venv $(UPGRADE_VENV)
 	grep -vE '^(celery|kombu)==' requirements/constraints.txt > $(UPGRADE_VENV)/constraints.txt
-	$(UPGRADE_VENV)/bin/pip install -c $(UPGRADE_VENV)/constraints.txt -e '.[test,docs,bench]' \
+	$(UPGRADE_VENV)/bin/pip install -c $(UPGRADE_VENV)/constraints.txt -e '.[test,docs,bench,deploy]' \
 		'celery~=$(CELERY_PIN)' 'kombu~=$(KOMBU_PIN)'
 	$(UPGRADE_VENV)/bin/python -c 'import celery, kombu; \
 		print("testing celery", celery.__version__, "and kombu", kombu.__version__)'

@@ -355,8 +355,10 @@ class SqsServer:
         address = f"127.0.0.1:{self.port}"
         return {
             **os.environ,
-            # S3 and SNS for the batch files path (app/files); they start lazily on first use.
-            "SERVICES": "sqs,s3,sns",
+            # S3 and SNS for the batch files path (app/files); CloudFormation (with the IAM and
+            # STS it calls) deploys deploy/cloudformation/pipeline.yaml in tests/deploy. Each
+            # starts lazily on first use.
+            "SERVICES": "sqs,s3,sns,cloudformation,iam,sts",
             "GATEWAY_LISTEN": address,
             "LOCALSTACK_HOST": address,
             # The default (twisted) gateway binds 0.0.0.0 whatever it is told.
