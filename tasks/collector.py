@@ -219,10 +219,10 @@ class BatchPartlyFailed(Exception):
 
 
 class BatchRequest(Request):
-    """Request of the batch task: a partial failure settles messages one by one."""
+    """Request of the batch task: a partial failure names the messages that failed."""
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
-        """Delete the counted messages and leave only the failed ones to SQS."""
+        """Mark the failed messages: the batch's reject deletes the rest and leaves those."""
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         message = compat.request_message(self)
         if isinstance(exc, BatchPartlyFailed) and isinstance(message, OrdersBatch):

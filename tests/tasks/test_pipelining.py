@@ -80,7 +80,7 @@ def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
 
 def test_a_worker_on_both_queues_goes_on_receiving_after_files_executions(
         files_settings, store, sqs_client, start_worker):
-    """The wedge of 31cd53a: idle long polls filled the window, the files queue parked."""
+    """Idle long polls must not fill the window: the files queue parked, never received again."""
     # Idle orders queues, as make run has two: their long polls are what filled the window.
     settings = replace(files_settings, extra_orders_queues=",".join(
         f"{files_settings.orders_queue}-idle{i}" for i in range(2)))
