@@ -24,8 +24,8 @@ def celery_settings(settings: Settings) -> dict:
         # Tasks travel on SQS. With an endpoint (LocalStack, a VPC endpoint) kombu talks to
         # that host; without one, "sqs://" means real AWS and boto3's usual credential chain.
         # sqs:// runs kombu's SQS transport with fixes for requeues, odd bodies and failed
-        # receives (tasks/transport.py, registered by create_celery): without them each of
-        # these stopped or silenced the worker.
+        # receives (tasks/sqs/receive.py, registered by create_celery): without them each
+        # of these stopped or silenced the worker.
         "broker_url": f"sqs://test:test@{endpoint.netloc}" if endpoint.netloc else "sqs://",
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
@@ -59,7 +59,7 @@ def celery_settings(settings: Settings) -> dict:
                     "backoff_tasks": list(ORDER_TASKS),
                     **credentials,
                 } for name, url in settings.consumed_queue_urls.items()},
-                # S3 file events (raw, gathered by tasks/files_consumer.py) and the files tasks.
+                # S3 file events (raw, gathered by tasks/collector.py) and the files tasks.
                 settings.files_queue: {
                     "url": settings.files_url,
                     "backoff_policy": settings.failure_backoff_policy,
@@ -68,7 +68,7 @@ def celery_settings(settings: Settings) -> dict:
                 },
             },
             # The one queue whose task messages are the files canvas, not orders tasks
-            # (tasks/transport.py checks each queue's task messages against its own tasks).
+            # (tasks/sqs/receive.py checks each queue's task messages against its own tasks).
             "files_queue_url": settings.files_url,
         },
         # Tasks are sent to the orders queue; workers also take raw orders from
@@ -98,7 +98,7 @@ def celery_settings(settings: Settings) -> dict:
         # Messages held unacknowledged per pool process: the batch it works on and the next
         # one waiting (acks are per batch, late). The receives in flight, which hide the SQS
         # round trip and follow the measured rate and round trip, widen the window by ten
-        # messages each (tasks/pipelining.py), so nothing here depends on how far SQS is.
+        # messages each (tasks/sqs/receive.py), so nothing here depends on how far SQS is.
         "worker_prefetch_multiplier": 2 * settings.consume_batch_size,
         # Events and remote control ride on the control-plane Redis (tasks/control.py).
         "worker_consumer": "tasks.consumer:OrderConsumer",

@@ -12,7 +12,7 @@ import celeryconfig
 from app.display import printable
 from app.redis_client import check_control_plane
 from app.settings import Settings
-from tasks.transport import use_for_sqs_urls
+from tasks.sqs.receive import use_for_sqs_urls
 
 
 class PipelineCelery(Celery):
@@ -26,7 +26,7 @@ class PipelineCelery(Celery):
 def create_celery(settings: Settings) -> PipelineCelery:
     """The Celery app of workers, Flower and the celery CLI, for these settings."""
     use_for_sqs_urls()
-    app = PipelineCelery(settings, "orders", include=["tasks.orders", "tasks.files"],
+    app = PipelineCelery(settings, "orders", include=["tasks.orders", "tasks.file_tasks"],
                          control="tasks.control:ControlPlane")
     app.config_from_object(celeryconfig.celery_settings(settings))
     return app

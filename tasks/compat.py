@@ -5,77 +5,80 @@ a name; tests/tasks/test_celery_internals.py exercises each by its behaviour and
 when an upgrade breaks it, and missing_internals() names the hooks that are gone (the
 worker logs them at start).
 
-transport-alias     kombu.transport.TRANSPORT_ALIASES["sqs"] names tasks.transport:Transport.
-                    celeryconfig's broker_transport would apply to every URL, so the
-                    events connection and Flower's --broker on the control-plane Redis
-                    became SQS connections (tasks/transport.py use_for_sqs_urls; the
-                    bench's stock Celery contender sets kombu's back, bench/stock_celery.py).
+transport-alias     kombu.transport.TRANSPORT_ALIASES["sqs"] names
+                    tasks.sqs.receive:Transport. celeryconfig's broker_transport would
+                    apply to every URL, so the events connection and Flower's --broker on
+                    the control-plane Redis became SQS connections (tasks/sqs/receive.py
+                    use_for_sqs_urls; the bench's stock Celery contender sets kombu's
+                    back, bench/stock_celery.py).
 consumer-steps      Consumer.Blueprint.default_steps lists
                     "celery.worker.consumer.control:Control", replaced by RedisControl:
-                    SQS has no fanout, so remote control never starts on it (celery#3197,
-                    "SQS does not support remote control" in Celery's broker docs).
+                    SQS has no fanout, so remote control never starts on it
+                    (celery/celery#3197, "SQS does not support remote control" in Celery's
+                    broker docs).
 events-flush        Consumer._flush_events and on_send_event_buffered: task events are
                     published in batches every 0.1 s instead of once per loop turn
                     (Celery 5.7 behaviour, no upstream issue; tasks/consumer.py).
 producer-pool       Mailbox._producer_pool = None makes kombu publish control commands and
                     replies on the channel given (Redis), not the app's pool (SQS)
-                    (tasks/control.py ControlPlane; Flower: flower#687).
+                    (tasks/control.py ControlPlane; Flower: mher/flower#687).
 decoded-cache       Message._decoded_cache, reset after a raw SQS body is rewritten in place
-                    as a task message (tasks/consumer.py adopt_raw_order).
-message-state       Message._state, set when messages are settled together outside
-                    Message.ack (one DeleteMessageBatch; tasks/batching.py,
-                    tasks/files_consumer.py): kombu refuses a second ack by it.
+                    as a task message (tasks/collector.py adopt_raw_order).
+message-state       Message._state, set when messages are settled outside Message.ack
+                    (tasks/sqs/settle.py settle, e.g. a batch in one DeleteMessageBatch):
+                    kombu refuses a second ack by it.
 request-message     Request._message, the message a Request was built from: a partial batch
-                    failure marks which of its SQS messages failed (tasks/batching.py).
+                    failure marks which of its SQS messages failed (tasks/collector.py).
 release-delivery    virtual.Channel.basic_ack: kombu's bookkeeping of an ack (the prefetch
                     slot) without SQS.Channel's DeleteMessage (kombu deletes one message
                     per request; batches are deleted in one request, not waited for).
 qos-settled         virtual.QoS._quick_ack, _dirty, _delivered: every ack, reject and
                     requeue passes _quick_ack; deliveries not yet settled are _delivered
-                    less _dirty (tasks/pipelining.py WindowQoS).
+                    less _dirty (tasks/sqs/receive.py QoS).
 sqs-receive-chain   SQS.Channel._schedule_queue, _loop1(queue, messages_fetched),
                     _get_from_sqs(queue_name, queue_url, connection, count, callback),
                     _active_queues: kombu keeps one ReceiveMessage in flight per queue
-                    (issue 12 here; polling regressions kombu#1783, kombu#2439);
-                    tasks/pipelining.py ReceivePipeline runs several chains.
+                    (no upstream issue; polling regressions celery/kombu#1783,
+                    celery/kombu#2439); tasks/sqs/receive.py Channel runs several chains.
 sqs-failed-receive  SQS.Channel._on_messages_ready(queue, qname, messages) is handed [] on a
                     timeout, 5xx or curl 599 and then broke the receive chain: the worker
-                    never received again (kombu's "to prevent hanging"; stalls celery#5840,
-                    kombu#1125). tasks/transport.py counts and retries.
+                    never received again (kombu's "to prevent hanging"; stalls
+                    celery/celery#5840, celery/kombu#1125). tasks/sqs/receive.py counts
+                    and retries.
 sqs-envelope        SQS.Channel._prepare_json_payload(text) and
                     _envelope_payload(payload, raw_text, message, q_url), called by
                     _message_to_python before kombu decodes the body: bodies that are not
-                    kombu's stopped the consumer (kombu#2421; tasks/transport.py).
-sqs-requeue         SQS.Channel._put sees message["redelivered"] on a requeue, and
-                    SQS.QoS.reject's backoff read the 'sqs_message' kombu had just dropped:
-                    KeyError, the worker stopped (kombu#1824); requeues use
-                    virtual.QoS.reject (tasks/transport.py) and ChangeMessageVisibility off
-                    the loop (tasks/pipelining.py).
+                    kombu's stopped the consumer (celery/kombu#2421; tasks/sqs/receive.py).
+sqs-requeue         virtual.Channel._restore(message), which QoS.restore_unacked calls for
+                    each delivery still unsettled as the channel closes; kombu's SQS one
+                    drops 'sqs_message' and its QoS.reject then read it for the backoff:
+                    KeyError, the worker stopped (celery/kombu#1824). The channel's
+                    _restore and its QoS's reject hand requeues to tasks/sqs/settle.py.
+sqs-reject-delete   SQS.Channel._has_redrive_policy(queue, queue_url): kombu deletes a
+                    rejected message whose task has no backoff policy unless its queue has
+                    a RedrivePolicy (it would come back forever); tasks/sqs/settle.py
+                    keeps that rule in its one settle path.
 sqs-async-request   kombu.asynchronous.aws.sqs.connection.AsyncSQSConnection(client,
                     http_client=...).make_request(operation, params, queue_url, verb,
                     callback, protocol_params): a request signed by the boto3 client's
                     signer, sent by curl on the hub; callback gets an AsyncHTTPResponse
                     (.status, 599 when curl failed; .read()). Settlements go out from the
-                    event loop without boto3's per-call machinery (tasks/pipelining.py).
+                    event loop without boto3's per-call machinery (tasks/sqs/settle.py).
 hub-close           Hub.on_close: callbacks run by Hub.close() and Hub.reset(), which also
                     close the hub's curl clients, their requests never answered; the
-                    settlements still unanswered go to threads then (tasks/pipelining.py).
+                    settlements still unanswered go to threads then (tasks/sqs/settle.py).
 pool-flush          celery.concurrency.asynpool.AsynPool.flush (Consumer.on_close, as the
                     consumer stops) discards every job of the pool's _cache whose ACK the
                     main process has not read (ApplyResult._accepted), though one already
                     written to a pool process (ApplyResult._write_to) runs there anyway
-                    (no synack; the discard came with celery#6863, the fix of a cache leak,
-                    #6855, which takes an unaccepted job for one not running yet). Its
-                    result is then never read: its batch is not acked (a duplicate later;
-                    one cause of celery#3802) and, when it was the last job, billiard's
-                    Worker._ensure_messages_consumed keeps the process for 30 s (300 x
-                    0.1 s) waiting for the main process to read it, and the warm shutdown
-                    with it. Such jobs count as accepted during the flush
-                    (tasks/consumer.py OrderConsumer.on_close).
-sqs-backoff         SQS.QoS.apply_backoff_policy and extract_task_name_and_number_of_retries
-                    read headers["task"] and the ApproximateReceiveCount attribute, and
-                    Channel._queue_cache the queue's URL: raw bodies are given a task
-                    header for it (tasks/consumer.py, tasks/files_consumer.py).
+                    (no synack; the discard came with celery/celery#6863, the fix of the
+                    cache leak celery/celery#6855, which takes an unaccepted job for one
+                    not running yet). Its result is then never read: its batch is not
+                    acked (a duplicate later; one cause of celery/celery#3802) and, when
+                    it was the last job, billiard's Worker._ensure_messages_consumed keeps
+                    the process for 30 s (300 x 0.1 s) waiting for the main process to
+                    read it, and the warm shutdown with it. Such jobs count as accepted
+                    during the flush (tasks/consumer.py OrderConsumer.on_close).
 """
 from __future__ import annotations
 
@@ -181,9 +184,9 @@ def active_queues(channel) -> list:
     return channel._active_queues
 
 
-def queue_url(channel, routing_key: str) -> str:
-    """sqs-backoff: the URL of a queue the channel has resolved."""
-    return channel._queue_cache[routing_key]
+def queue_has_redrive_policy(channel, queue: str | None, queue_url: str) -> bool:
+    """sqs-reject-delete: whether the queue has a RedrivePolicy (kombu caches the answer)."""
+    return channel._has_redrive_policy(queue, queue_url)
 
 
 @contextmanager
@@ -221,14 +224,13 @@ _HOOKS = (
     ("sqs-envelope", SQS.Channel, "_prepare_json_payload", ("text",)),
     ("sqs-envelope", SQS.Channel, "_envelope_payload",
      ("payload", "raw_text", "message", "q_url")),
-    ("sqs-requeue", SQS.Channel, "_put", ("queue", "message")),
+    ("sqs-requeue", virtual.Channel, "_restore", ("message",)),
+    ("sqs-requeue", virtual.QoS, "restore_unacked", ()),
+    ("sqs-reject-delete", SQS.Channel, "_has_redrive_policy", ("queue", "queue_url")),
     ("sqs-async-request", AsyncSQSConnection, "make_request",
      ("operation_name", "params", "queue_url", "verb", "callback", "protocol_params")),
     ("pool-flush", AsynPool, "flush", ()),
     ("pool-flush", ApplyResult, "_ack", ("i", "time_accepted", "pid", "synqW_fd")),
-    ("sqs-backoff", SQS.QoS, "apply_backoff_policy",
-     ("routing_key", "delivery_tag", "backoff_policy", "backoff_tasks")),
-    ("sqs-backoff", SQS.QoS, "extract_task_name_and_number_of_retries", ("delivery_tag",)),
 )
 
 

@@ -7,7 +7,7 @@ PROCESS_BATCH = "orders.process_batch"
 # The tasks the orders queues carry; kombu's failure backoff applies to them.
 ORDER_TASKS = (PROCESS_ORDER, PROCESS_BATCH)
 
-# The batch files path (tasks/files.py): one window of S3 events starts an execution,
+# The batch files path (tasks/file_tasks.py): one window of S3 events starts an execution,
 #   chord(group(chain(stage per file of a table) per table), kpis) | finish
 # with failed as its error callback.
 FILES_EXECUTE = "files.execute"

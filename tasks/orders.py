@@ -15,7 +15,7 @@ from app import pipeline
 from app.orders import Incoming
 from app.settings import Settings
 from app.store import NotReplicated, Store
-from tasks.batching import BatchPartlyFailed
+from tasks.collector import BatchPartlyFailed
 from tasks.names import PROCESS_BATCH, PROCESS_ORDER
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _incoming(body, message_id: str, sent_at_ms: int | None,
 
 def _log(outcome: pipeline.Outcome, task_id: str):
     # One line per outcome; the extra fields become keys with LOG_FORMAT=json. Ids come
-    # from senders: text logs escape every message (tasks.celery.escape_text_logs).
+    # from senders: text logs escape every message (tasks.celery.EscapedMessages).
     logger.info("order %s: %s (task %s, message %s)%s", outcome.order_id, outcome.status,
                 task_id, outcome.message_id,
                 f": {outcome.reasons}" if outcome.reasons else "",
@@ -93,7 +93,7 @@ def process_order(self, order, message_id: str | None = None, sent_at_ms: int | 
     return outcome.as_dict()
 
 
-@shared_task(name=PROCESS_BATCH, bind=True, base=OrderTask, Request="tasks.batching:BatchRequest")
+@shared_task(name=PROCESS_BATCH, bind=True, base=OrderTask, Request="tasks.collector:BatchRequest")
 def process_batch(self, messages: list[dict]):
     """Validate up to ten raw order messages and apply them in one Redis call."""
     incoming = [_incoming(m["body"], m["message_id"], m["sent_at_ms"], m.get("refused_task"))

@@ -9,7 +9,7 @@ import pytest
 from app import sqs
 from app.settings import to_env
 from conftest import ROOT, USER, order_body, wait_for
-from tasks.batching import entries_repr
+from tasks.collector import entries_repr
 
 
 @pytest.mark.slow

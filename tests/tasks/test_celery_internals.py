@@ -22,13 +22,14 @@ from kombu.asynchronous import Hub, set_event_loop
 
 from app.settings import Settings
 from tasks import compat
-from tasks.batching import REFUSED_KEY
 from tasks.celery import create_celery
-from tasks.consumer import OrderConsumer, adopt_raw_order
+from tasks.collector import adopt_raw_order
+from tasks.consumer import OrderConsumer
 from tasks.names import PROCESS_ORDER
-from tasks.pipelining import (MAX_RECEIVES_PER_QUEUE, RECEIVE_HEADROOM, LoopSettler,
-                              ReceiveMeter)
-from tasks.transport import Transport as OrdersSqsTransport
+from tasks.sqs.receive import MAX_RECEIVES_PER_QUEUE, RECEIVE_HEADROOM, ReceiveMeter
+from tasks.sqs.receive import Transport as OrdersSqsTransport
+from tasks.sqs.settle import LoopSettler, backoff_policy, receive_count
+from tasks.sqs.task_messages import REFUSED_KEY
 
 celery_app = create_celery(Settings())
 NOWHERE = "sqs://test:test@127.0.0.1:1"  # a closed port: any request would fail loudly
@@ -185,15 +186,18 @@ def test_sqs_envelope_a_refused_task_message_carries_its_reason():
         assert payload["properties"]["delivery_info"][REFUSED_KEY], broke("sqs-envelope")
 
 
-def test_sqs_backoff_reads_the_task_header_and_the_receive_count():
+def test_backoff_reads_the_task_header_and_the_receive_count():
+    """settle.py's backoff, from the message kombu built: its task header and receive count."""
+    queue = celery_app.conf.task_default_queue
     with sqs_channel() as channel:
         payload = channel._message_to_python(sqs_message("{}", receive_count=3), "q", "http://q")
         message = channel.Message(payload, channel=channel)
-        message.headers = {"task": PROCESS_ORDER}  # what the consumer gives raw bodies
-        channel.qos.append(message, "rh-1")
-        assert channel.qos.extract_task_name_and_number_of_retries("rh-1") == (
-            PROCESS_ORDER, 3), broke("sqs-backoff")
-        compat.release_delivery(channel, "rh-1")
+        message.headers = {"task": PROCESS_ORDER}  # what a group gives its raw messages
+        message.delivery_info["routing_key"] = queue  # what the consumer gives SQS messages
+        assert receive_count(message) == 3
+        assert backoff_policy(channel, message) == celery_app.settings.failure_backoff_policy
+        message.headers = {"task": "celery.chord_unlock"}  # a task outside the policy
+        assert backoff_policy(channel, message) is None
 
 
 def test_receives_in_flight_follow_the_measured_rate_and_round_trip():
@@ -240,7 +244,7 @@ def test_sqs_async_request_a_delete_sqs_cannot_take_is_logged_on_the_hub_not_rai
         settler = LoopSettler(hub, threads)
         channel.hub = hub
         assert settler.usable(channel)
-        with caplog.at_level(logging.WARNING, logger="tasks.pipelining"):
+        with caplog.at_level(logging.WARNING, logger="tasks.sqs.settle"):
             settler.delete(channel.sqs(), "http://127.0.0.1:1/000000000000/q", ["rh-1", "rh-2"])
             assert run_hub_until(hub, lambda: not settler._pending), broke("sqs-async-request")
         assert "DeleteMessageBatch" in caplog.text and "HTTP 599" in caplog.text, broke(

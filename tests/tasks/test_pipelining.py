@@ -17,7 +17,7 @@ from bench.sqs_counter import COUNTS_PATH
 from conftest import ROOT, wait_for
 from files_oracle import csv_of, make_rows
 from stack.services import Process, free_port
-from tasks.pipelining import LoopSettler
+from tasks.sqs.settle import LoopSettler
 
 # Long enough that a consumer waiting for each request in turn could not overlap two.
 RTT_MS = 100
@@ -68,11 +68,11 @@ def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
     seen = counts()
     assert store.outcomes()["duplicate"] == 0
     assert seen["requests"]["DeleteMessageBatch"] * 10 >= len(bodies)  # batches of ten
-    # kombu alone keeps one ReceiveMessage in flight per queue (tasks/pipelining.py
-    # ReceivePipeline over Channel._schedule_queue, _loop1 and _get_from_sqs).
+    # kombu alone keeps one ReceiveMessage in flight per queue (tasks/sqs/receive.py
+    # Channel over kombu's _schedule_queue, _loop1 and _get_from_sqs).
     assert seen["peak_in_flight"]["ReceiveMessage"] >= 2, (
         "compat dependence 'sqs-receive-chain' broke (tasks/compat.py)", seen)
-    # A delete the event loop waited for would go out one at a time (pipelining.LoopSettler
+    # A delete the event loop waited for would go out one at a time (settle.LoopSettler
     # sends them and goes on, behind kombu's ack bookkeeping: compat 'release-delivery').
     assert seen["peak_in_flight"]["DeleteMessageBatch"] >= 2, (
         "compat dependence 'release-delivery' broke (tasks/compat.py)", seen)
@@ -80,7 +80,7 @@ def test_receives_overlap_and_deletes_leave_the_event_loop_when_sqs_is_far(
 
 def test_a_worker_on_both_queues_goes_on_receiving_after_files_executions(
         files_settings, store, sqs_client, start_worker):
-    """The wedge of 31cd53a: idle long polls filled the window, the files queue parked."""
+    """Idle long polls must not fill the window: the files queue parked, never received again."""
     # Idle orders queues, as make run has two: their long polls are what filled the window.
     settings = replace(files_settings, extra_orders_queues=",".join(
         f"{files_settings.orders_queue}-idle{i}" for i in range(2)))

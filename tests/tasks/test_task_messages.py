@@ -1,4 +1,4 @@
-"""The check of task messages on the orders queues, without a broker (tasks/task_messages.py)."""
+"""The check of task messages on the orders queues, without a broker (tasks/sqs/task_messages.py)."""
 import base64
 import json
 from datetime import datetime, timedelta, timezone
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 
 import strategies
-from tasks.task_messages import Refused, accepted_task_message
+from tasks.sqs.task_messages import Refused, accepted_task_message
 
 VISIBILITY = 300
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from app.store import FilesStore
-from tasks.cli import _emit, _settings, _show, json_option
+from tasks.cli.output import app_settings, json_option, print_record, print_rows
 
 
 def _store() -> FilesStore:
-    return FilesStore.from_url(_settings().redis_url)
+    return FilesStore.from_url(app_settings().redis_url)
 
 
 @click.group()
@@ -23,8 +23,8 @@ def files_list(limit, as_json):
     """List the latest executions."""
     rows = [{**r, "files": len(r.get("files", [])), "invalid": len(r.get("invalid_files", []))}
             for r in _store().executions(limit)]
-    _emit(rows, ["execution_id", "status", "started_at", "files", "invalid", "rows_kept",
-                 "dates"], as_json, "No execution yet.")
+    print_rows(rows, ["execution_id", "status", "started_at", "files", "invalid", "rows_kept",
+               "dates"], as_json, "No execution yet.")
 
 
 @files.command("show")
@@ -32,4 +32,4 @@ def files_list(limit, as_json):
 @json_option
 def files_show(execution_id, as_json):
     """Show one execution's record: files, rows dropped per rule, dates, timings."""
-    _show(_store().execution(execution_id), as_json, f"No execution {execution_id!r}.")
+    print_record(_store().execution(execution_id), as_json, f"No execution {execution_id!r}.")

@@ -17,11 +17,11 @@ import binascii
 import json
 from datetime import datetime, timezone
 
-from tasks.batching import REFUSED_KEY
 from tasks.names import FILES_TASKS, ORDER_TASKS, PROCESS_ORDER
 
-__all__ = ("REFUSED_KEY", "Refused", "accepted_files_task_message", "accepted_task_message",
-           "is_message_id", "looks_like_task_message")
+# delivery_info key under which the receive side leaves why it did not run a task-shaped
+# body as a task; the pipeline adds it to the body's rejection.
+REFUSED_KEY = "orders_refused_task"
 MAX_ID_LENGTH = 200
 MAX_REPR_LENGTH = 1024
 MAX_BATCH_ENTRIES = 10
@@ -62,7 +62,7 @@ def accepted_task_message(payload: dict, max_eta_seconds: float,
 
 def accepted_files_task_message(payload: dict, max_eta_seconds: float,
                                 now: datetime | None = None) -> dict:
-    """The kombu payload of a files canvas step (tasks/files.py), run as sent; or Refused.
+    """The kombu payload of a files canvas step (tasks/file_tasks.py), run as sent; or Refused.
 
     The files queue carries S3 events and the steps of the files canvas, whose chord,
     group and callbacks must reach the worker as Celery wrote them: nothing is rebuilt,
@@ -142,7 +142,7 @@ def _order_arguments(args: list, kwargs: dict) -> tuple[list, dict]:
 
 
 def _batch_arguments(args: list, kwargs: dict) -> tuple[list, dict]:
-    """orders.process_batch(entries) with entries as tasks.batching.raw_entry makes them."""
+    """orders.process_batch(entries) with entries as tasks.collector.raw_entry makes them."""
     if kwargs or len(args) != 1 or not isinstance(args[0], list) \
             or not 1 <= len(args[0]) <= MAX_BATCH_ENTRIES:
         raise Refused(f"orders.process_batch takes one list of 1 to {MAX_BATCH_ENTRIES} entries.")

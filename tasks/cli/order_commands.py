@@ -1,56 +1,19 @@
-"""celery sub-commands for operators: `celery -A tasks dlq ...` and `celery -A tasks rejected ...`."""
+"""`celery -A tasks dlq ...` and `celery -A tasks rejected ...`: the orders that did not count."""
 from __future__ import annotations
 
 import json
 
 import click
-from tabulate import tabulate
 
 from app import sqs
 from app.deadletters import DeadLetterQueue, PurgeInProgress
 from app.display import printable
 from app.rejections import NotRequeueable, requeue
-from app.settings import Settings
 from app.store import Store
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-
-
-def _emit(rows: list[dict], columns: list[str], as_json: bool, empty: str):
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
-    elif not rows:
-        click.echo(empty)
-    else:
-        click.echo(tabulate([[_short(row.get(c)) for c in columns] for row in rows],
-                            headers=columns))
-
-
-def _show(record: dict | None, as_json: bool, missing: str):
-    """One record: indented JSON, or one 'field value' line per field; missing if None."""
-    if record is None:
-        raise click.ClickException(missing)
-    if as_json:
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False, default=str))
-    else:
-        click.echo(tabulate([(printable(k), _short(v, 200)) for k, v in record.items()],
-                            tablefmt="plain"))
-
-
-def _short(value, width: int = 60) -> str:
-    """A table cell: escaped (ids and bodies come from senders), cut at width."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = printable(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _settings() -> Settings:
-    """The settings of the app that `celery -A tasks` loaded."""
-    return click.get_current_context().obj.app.settings
-
+from tasks.cli.output import app_settings, json_option, print_record, print_rows
 
 def _dlq() -> DeadLetterQueue:
-    return DeadLetterQueue(_settings())
+    return DeadLetterQueue(app_settings())
 
 
 @click.group()
@@ -64,8 +27,8 @@ def dlq():
 def dlq_list(limit, as_json):
     """List the messages in the dead-letter queue (they stay there)."""
     rows = [letter.summary() for letter in _dlq().list(limit)]
-    _emit(rows, ["message_id", "task_id", "sent_at", "receive_count", "body"], as_json,
-          "The dead-letter queue is empty.")
+    print_rows(rows, ["message_id", "task_id", "sent_at", "receive_count", "body"], as_json,
+               "The dead-letter queue is empty.")
 
 
 @dlq.command("show")
@@ -74,8 +37,8 @@ def dlq_list(limit, as_json):
 def dlq_show(message_id, as_json):
     """Show one message by message id, original id or task id."""
     letter = _dlq().show(message_id)
-    _show(letter and letter.summary(), as_json,
-          f"No message {message_id!r} in the dead-letter queue.")
+    print_record(letter and letter.summary(), as_json,
+                 f"No message {message_id!r} in the dead-letter queue.")
 
 
 @dlq.command("redrive")
@@ -117,7 +80,7 @@ def rejected():
 
 
 def _store() -> Store:
-    return Store.from_settings(_settings())
+    return Store.from_settings(app_settings())
 
 
 @rejected.command("list")
@@ -126,8 +89,9 @@ def _store() -> Store:
 @json_option
 def rejected_list(limit, offset, as_json):
     """List rejected messages, newest first."""
-    _emit(_store().rejected(offset, limit),
-          ["message_id", "order_id", "kind", "reasons", "body"], as_json, "Nothing was rejected.")
+    print_rows(_store().rejected(offset, limit),
+               ["message_id", "order_id", "kind", "reasons", "body"], as_json,
+               "Nothing was rejected.")
 
 
 @rejected.command("show")
@@ -135,14 +99,15 @@ def rejected_list(limit, offset, as_json):
 @json_option
 def rejected_show(some_id, as_json):
     """Show one rejected message by order id or message id."""
-    _show(_store().rejection(some_id), as_json, f"No rejected order or message {some_id!r}.")
+    print_record(_store().rejection(some_id), as_json,
+                 f"No rejected order or message {some_id!r}.")
 
 
 @rejected.command("requeue")
 @click.argument("ids", nargs=-1, required=True)
 def rejected_requeue(ids):
     """Send rejected orders' original bodies to the orders queue again."""
-    settings = _settings()
+    settings = app_settings()
     store, client = Store.from_settings(settings), sqs.client(settings)
     unknown = []
     for some_id in ids:

@@ -1,0 +1,1 @@
+"""celery sub-commands for operators (the `celery.commands` entry points in setup.cfg)."""

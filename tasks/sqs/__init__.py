@@ -1,0 +1,1 @@
+"""A message's way in and out of SQS: receive.py takes it in, settle.py ends it."""
