@@ -18,8 +18,9 @@ import yaml
 from app.settings import Settings
 from deployment import BIN, DEPLOY, TEMPLATE, stack_env
 from tasks.celery import create_celery
-from tasks.files import StepTask
-from tasks.pipelining import SQS_MAX_MESSAGES, wait_for_settlements
+from tasks.file_tasks import StepTask
+from tasks.sqs.receive import SQS_MAX_MESSAGES
+from tasks.sqs.settle import wait_for_settlements
 
 MANIFESTS = DEPLOY / "kubernetes"
 SCHEMAS = MANIFESTS / "schemas"
