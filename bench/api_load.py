@@ -9,9 +9,9 @@ import time
 
 from tqdm import tqdm
 
-from bench.harness import CpuMeter, Orders, Stack, fixed_members, start
+from bench.harness import CpuMeter, Orders, Stack, contender, fixed_members
 from stack.launch import SCRIPTS, start_api
-from stack.services import PROJECT_ROOT, Process, free_port, wait_http
+from stack.services import PROJECT_ROOT, Process, free_port
 
 LUA = PROJECT_ROOT / "bench" / "wrk_paths.lua"
 
@@ -27,11 +27,10 @@ def start_gunicorn(stack: Stack) -> tuple[Process, str]:
 def start_peer(stack: Stack) -> tuple[Process, str]:
     """The seed-style FastAPI peer under uvicorn (1 worker, as the seeds run it)."""
     port = free_port()
-    process = start(stack, "fastapi-peer", [SCRIPTS / "uvicorn", "bench.fastapi_peer:app",
-                                            "--host", "127.0.0.1", "--port", port],
-                    {"BENCH_REDIS_URL": stack.data.url})
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/stats/global", process)
+    process = contender(stack, "fastapi-peer", [SCRIPTS / "uvicorn", "bench.fastapi_peer:app",
+                                                "--host", "127.0.0.1", "--port", port],
+                        {"BENCH_REDIS_URL": stack.data.url}).start_http(f"{url}/stats/global")
     return process, url
 
 

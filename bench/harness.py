@@ -111,7 +111,8 @@ class Stack:
     def cpu_groups(self, contender: Process | None) -> dict:
         """The process groups whose CPU time is reported for each phase."""
         data = [node.process for node in getattr(self.data, "nodes", [self.data])]
-        groups = {"sqs": fixed_members(self.sqs.process), "redis": fixed_members(*data, self.control.process),
+        groups = {"sqs": fixed_members(self.sqs.process),
+                  "redis": fixed_members(*data, self.control.process),
                   "proxy": fixed_members(self.proxy)}
         if contender is not None:
             groups["contender"] = contender.members
@@ -193,10 +194,15 @@ def send(stack: Stack, url: str, bodies: list[str], label: str):
         raise RuntimeError(f"could not pre-queue every message for {label}: {totals}")
 
 
-def start(stack: Stack, name: str, command: list, env: dict | None = None) -> Process:
-    """Start a contender process from the checkout, logging to the run's log dir."""
+def contender(stack: Stack, name: str, command: list, env: dict | None = None) -> Process:
+    """A contender's process (not started) from the checkout, logging to the run's log dir."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return Process(name, command, env=env, log_dir=stack.log_dir, cwd=PROJECT_ROOT).start()
+    return Process(name, command, env=env, log_dir=stack.log_dir, cwd=PROJECT_ROOT)
+
+
+def start(stack: Stack, name: str, command: list, env: dict | None = None) -> Process:
+    """Start a contender's process (see contender)."""
+    return contender(stack, name, command, env).start()
 
 
 def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | ProcessGroup],

@@ -12,8 +12,10 @@ the slowest command of each query and its wall time, and whether the answers agr
 one shard against the ZUNIONSTORE script, spread against the one shard's answer. Last,
 on the one shard, the latency of Store.apply (batches of 10 new orders, in a second
 process, as a worker would call it) alone, beside back-to-back range queries, beside
-back-to-back old-style ones, and beside a busy loop that takes the same CPU without Redis
+back-to-back ZUNIONSTORE ones, and beside a busy loop that takes the same CPU without Redis
 (the machine's share of the figures).
+
+The data are bench/range_data.py's.
 
     python -m bench.range_queries [--orders-per-day 10000] [--days 366] [--users 1000000]
 """
@@ -100,7 +102,7 @@ def _slowlog(client: redis.Redis) -> list[dict]:
 
 
 def _settle(client: redis.Redis, timeout: float = 60):
-    """Wait until Redis has freed what the old script's UNLINK left to its background
+    """Wait until Redis has freed what the ZUNIONSTORE script's UNLINK left to its background
     thread: on 2 cores that thread would otherwise slow the next measured commands."""
     deadline = time.monotonic() + timeout
     while client.info("memory")["lazyfree_pending_objects"] and time.monotonic() < deadline:
@@ -197,7 +199,7 @@ def _apply_loop(url: str, seconds: float, prefix: str, results):
                      for k, b in enumerate(bodies)]
         started = time.perf_counter()
         try:
-            # Connecting asks INFO, which times out too while the old script holds Redis:
+            # Connecting asks INFO, which times out too while the ZUNIONSTORE script holds Redis:
             # an error of this call, not the end of the loop.
             store = store or Store.from_url(url)
             store.apply(evaluated)
@@ -247,7 +249,7 @@ def run_apply_latency(url: str, client: redis.Redis, store: Store, days: int,
         latencies, errors = results.get(timeout=seconds + 600)
         worker.join()
         # The worker's scripts' own time in Redis, from SLOWLOG: every EVALSHA but the
-        # old ranking script's.
+        # ZUNIONSTORE script's.
         script = sorted(e["duration"] / 1000 for e in _slowlog(client)
                         if _command(e) == "EVALSHA" and union.sha not in _text(e))
         rows.append({"beside": name, "queries": queries, **_latency(latencies),
@@ -284,7 +286,7 @@ def run(log_dir: Path, orders_per_day: int = 10_000, days: int = 366, users: int
     server = RedisServer(free_port(), log_dir=log_dir, name="redis-range")
     server.start()
     try:
-        # redis-py's default 5 s timeout would cut the old script short at full size.
+        # redis-py's default 5 s timeout would cut the ZUNIONSTORE script short at full size.
         client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=600)
         client.config_set("slowlog-log-slower-than", 0)
         client.config_set("slowlog-max-len", 1_000_000)

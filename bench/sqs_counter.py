@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from stack.services import PROJECT_ROOT, Process, free_port, wait_http
+from stack.services import PROJECT_ROOT, Process, free_port
 
 COUNTS_PATH = "/_bench/counts"
 RTT_PATH = "/_bench/rtt"
@@ -195,14 +195,9 @@ def start_proxy(upstream: str, log_dir: Path | str, rtt_ms: float = 0.0,
     process = Process("sqs-counter", [sys.executable, "-m", "bench.sqs_counter", "--port", port,
                                       "--upstream", upstream, "--rtt-ms", rtt_ms],
                       env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, log_dir=log_dir,
-                      cwd=PROJECT_ROOT).start()
+                      cwd=PROJECT_ROOT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + COUNTS_PATH, process, timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return process, url
+    return process.start_http(url + COUNTS_PATH, timeout), url
 
 
 def counts(proxy_url: str) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from app.settings import Settings, to_env
-from stack.services import PROJECT_ROOT, Process, free_port, wait_http
+from stack.services import PROJECT_ROOT, Process, free_port
 
 # The console scripts of this Python's environment (celery, gunicorn, orders-*).
 SCRIPTS = Path(sysconfig.get_path("scripts"))
@@ -91,12 +91,7 @@ def start_api(settings: Settings, log_dir: Path | str, name: str = "api",
     its process and base URL."""
     port = free_port()
     settings = replace(settings, api_bind=f"127.0.0.1:{port}")
-    process = Process(name, api_command(), env=environment(settings, env), log_dir=log_dir,
-                      cwd=PROJECT_ROOT).start()
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + ready_path, process, timeout)
-    except BaseException:
-        process.stop()
-        raise
+    process = Process(name, api_command(), env=environment(settings, env), log_dir=log_dir,
+                      cwd=PROJECT_ROOT).start_http(url + ready_path, timeout)
     return process, url

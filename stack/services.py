@@ -190,6 +190,16 @@ class Process:
                 signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
         return self
 
+    def start_http(self, url: str, timeout: float = 60.0) -> "Process":
+        """Start the command and wait until url answers; stop it again if it never does."""
+        self.start()
+        try:
+            wait_http(url, self, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     @property
     def pid(self) -> int | None:
         """Process id of the command (also its process group id), once started."""
