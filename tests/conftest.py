@@ -14,7 +14,7 @@ from redis.cluster import RedisCluster
 from app import aws, sqs
 from app.settings import Settings, to_env
 from app.store import Store
-# Re-exported for the tests, which import them from here.
+# The order builders, wait_for, BIN and ROOT are also the tests' to import from here.
 from bench.order_builders import USER, make_orders, order, order_body  # noqa: F401
 from stack import launch
 from stack.cluster import LocalRedisCluster
