@@ -18,7 +18,7 @@ from app.deadletters import ORIGINAL_ID_ATTRIBUTE, original_id
 from app.orders import Incoming
 from app.settings import from_env
 from app.store import Store
-from bench.processes import run_processes
+from bench.sqs_loop import consume, delete_batch, run_processes
 
 
 def incoming(message: dict) -> Incoming:
@@ -32,16 +32,14 @@ def run():
     """Receive ten, process them as one batch, delete them in one call, forever."""
     settings = from_env()
     client, store = sqs.client(settings), Store.from_url(settings.redis_url)
-    while True:
-        messages = client.receive_message(
-            QueueUrl=settings.orders_url, MaxNumberOfMessages=10, WaitTimeSeconds=10,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-            MessageAttributeNames=[ORIGINAL_ID_ATTRIBUTE]).get("Messages", [])
-        if not messages:
-            continue
+
+    def process(messages: list[dict]):
         pipeline.process([incoming(m) for m in messages], store, settings)
-        client.delete_message_batch(QueueUrl=settings.orders_url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+        delete_batch(client, settings.orders_url, messages)
+
+    consume(client, settings.orders_url, process,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=[ORIGINAL_ID_ATTRIBUTE])
 
 
 def main(argv=None):

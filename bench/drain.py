@@ -13,24 +13,19 @@ import json
 import multiprocessing
 import time
 
-import boto3
-
-from bench.processes import start_processes
+from bench.sqs_loop import consume, delete_batch, plain_client, start_processes
 
 
 def run(endpoint: str, queue_url: str, deleted):
     """Receive and delete in batches of ten, forever."""
-    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="test", aws_secret_access_key="test")
-    while True:
-        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                       WaitTimeSeconds=1).get("Messages", [])
-        if not messages:
-            continue
-        sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+    sqs = plain_client(endpoint)
+
+    def drop(messages: list[dict]):
+        delete_batch(sqs, queue_url, messages)
         with deleted.get_lock():
             deleted.value += len(messages)
+
+    consume(sqs, queue_url, drop, wait_seconds=1)
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from app.orders import Evaluated, Incoming, Line, Order
 from app.store import Store
+from bench.redis_meter import used_memory
 from stack.cluster import LocalRedisCluster
 from stack.services import RedisServer, free_port
 
@@ -58,7 +59,7 @@ def measure(store: Store) -> tuple[int, int, int]:
     used = table = keys = 0
     for node in nodes:
         stats = node.memory_stats()
-        used += node.info("memory")["used_memory"]
+        used += used_memory(node)
         table += stats.get("db.0", {}).get("overhead.hashtable.main", 0)
         keys += node.dbsize()
     return used, table, keys

@@ -12,8 +12,10 @@ the slowest command of each query and its wall time, and whether the answers agr
 one shard against the ZUNIONSTORE script, spread against the one shard's answer. Last,
 on the one shard, the latency of Store.apply (batches of 10 new orders, in a second
 process, as a worker would call it) alone, beside back-to-back range queries, beside
-back-to-back old-style ones, and beside a busy loop that takes the same CPU without Redis
+back-to-back ZUNIONSTORE ones, and beside a busy loop that takes the same CPU without Redis
 (the machine's share of the figures).
+
+The data are bench/range_data.py's.
 
     python -m bench.range_queries [--orders-per-day 10000] [--days 366] [--users 1000000]
 """
@@ -24,73 +26,47 @@ import itertools
 import json
 import multiprocessing
 import os
-import random
 import statistics
 import sys
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
 
 from app import analytics
-from app.analytics import Period, month_end, month_text
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import Store, top_users_key
+from app.store import RANKED, Store, top_users_key
+from bench.range_data import describe, fill, periods
 from stack.services import PROJECT_ROOT, RedisServer, free_port
 
-FIRST_DAY = date(2024, 1, 1)
-# Customer activity: Pareto weights, capped so no one orders more than ~100x the typical.
-PARETO_ALPHA, WEIGHT_CAP = 1.5, 100.0
-# Order values: lognormal cents, median e^8.3 ~ $40.
-VALUE_MU, VALUE_SIGMA = 8.3, 0.9
-ZADD_CHUNK = 1000
 TOP_N = 10
-TARGET_MS = 5  # issue 11: no command of a range query longer
+# No command of a range query may take longer: Redis runs one command at a time, so a
+# longer one holds up every worker's batch behind it.
+TARGET_MS = 5
 QUERY_NICE = -5
 REPEATS = 3
 APPLY_BATCH = 10
-# The ZUNIONSTORE script Store.ranked ran before app.ranking, kept here as the baseline.
-UNION_RANKED = """
+# The ZUNIONSTORE script Store.ranked ran before app.ranking, kept as the baseline: the
+# period's sets summed into a scratch key, ranked there by the store's own one-set
+# script (RANKED, run as a function of its KEYS and ARGV), the second measure of each
+# member then summed over the period's second sets.
+UNION_RANKED = f"""
 local n = tonumber(ARGV[1])
 local p = (#KEYS - 1) / 2
 local source = KEYS[#KEYS]
-local union = {'ZUNIONSTORE', source, p}
+local union = {{'ZUNIONSTORE', source, p}}
 for k = 1, p do union[#union + 1] = KEYS[k] end
 redis.call(unpack(union))
-local top = redis.call('ZREVRANGE', source, 0, n - 1, 'WITHSCORES')
-local boundary = nil
-if #top == 2 * n then boundary = top[#top] end
-local stop = #top
-if boundary then
-  while stop > 0 and top[stop] == boundary do stop = stop - 2 end
+local ranked = function(KEYS, ARGV)
+{RANKED}
 end
-local chosen = {}
-local i = 2
-while i <= stop do
-  local j = i
-  while j + 2 <= stop and top[j + 2] == top[i] do j = j + 2 end
-  for k = j, i, -2 do
-    chosen[#chosen + 1] = top[k - 1]
-    chosen[#chosen + 1] = top[k]
-  end
-  i = j + 2
-end
-if boundary then
-  local group = redis.call('ZRANGEBYSCORE', source, boundary, boundary, 'WITHSCORES',
-                           'LIMIT', 0, n - #chosen / 2)
-  for k = 1, #group do chosen[#chosen + 1] = group[k] end
-end
+local result = ranked({{source}}, ARGV)
 redis.call('UNLINK', source)
-local result, members = {}, {}
-for k = 1, #chosen, 2 do
-  members[#members + 1] = chosen[k]
-  result[#result + 1] = chosen[k]
-  result[#result + 1] = tonumber(chosen[k + 1])
-  result[#result + 1] = 0
-end
+local members = {{}}
+for k = 1, #result, 3 do members[#members + 1] = result[k] end
 if #members > 0 then
   for k = p + 1, 2 * p do
     local scores = redis.call('ZMSCORE', KEYS[k], unpack(members))
@@ -106,98 +82,6 @@ SCRATCH_KEY = "bench:ranked:scratch"
 SPREAD, ONE_SHARD = "spread", "one shard"
 LAYOUTS = (SPREAD, ONE_SHARD)
 HARNESS_COMMANDS = {"slowlog", "config", "info", "ping"}
-
-
-def _zadd(pipe, by: str, totals: Counter, shard_of, **bucket):
-    """ZADDs of the totals into top_users_key(by, **bucket) of each user's shard."""
-    by_shard: dict[int, list] = {}
-    for user, total in totals.items():
-        by_shard.setdefault(shard_of(user), []).append((user, total))
-    for shard, items in by_shard.items():
-        key = top_users_key(by, shard=shard, **bucket)
-        for i in range(0, len(items), ZADD_CHUNK):
-            pipe.zadd(key, dict(items[i:i + ZADD_CHUNK]))
-
-
-def fill(client: redis.Redis, orders_per_day: int, days: int, users: int, shard_of,
-         seed: int = 5) -> dict:
-    """Write the day and month rankings of the generated orders, each user's in the shard
-    shard_of(user_id); figures about them (the same orders for the same arguments)."""
-    rng = random.Random(seed)
-    ids = [f"U{u:07d}" for u in range(users)]
-    weights = itertools.accumulate(min(rng.paretovariate(PARETO_ALPHA), WEIGHT_CAP)
-                                   for _ in range(users))
-    cumulative = list(weights)
-    year_orders: Counter = Counter()
-    day_users = []
-    month_spend: Counter = Counter()
-    month_orders: Counter = Counter()
-    month = None
-    started = time.monotonic()
-    for offset in range(days):
-        day = FIRST_DAY + timedelta(days=offset)
-        if month and month_text(day) != month:
-            pipe = client.pipeline(transaction=False)
-            _zadd(pipe, "spend", month_spend, shard_of, month=month)
-            _zadd(pipe, "orders", month_orders, shard_of, month=month)
-            pipe.execute()
-            month_spend, month_orders = Counter(), Counter()
-        month = month_text(day)
-        spend: Counter = Counter()
-        picks = [ids[u] for u in rng.choices(range(users), cum_weights=cumulative,
-                                             k=orders_per_day)]
-        for user in picks:
-            spend[user] += int(rng.lognormvariate(VALUE_MU, VALUE_SIGMA)) + 1
-        count = Counter(picks)
-        pipe = client.pipeline(transaction=False)
-        _zadd(pipe, "spend", spend, shard_of, day=day.isoformat())
-        _zadd(pipe, "orders", count, shard_of, day=day.isoformat())
-        pipe.execute()
-        month_spend.update(spend)
-        month_orders.update(count)
-        year_orders.update(count)
-        day_users.append(len(count))
-    pipe = client.pipeline(transaction=False)
-    _zadd(pipe, "spend", month_spend, shard_of, month=month)
-    _zadd(pipe, "orders", month_orders, shard_of, month=month)
-    pipe.execute()
-    per_user = sorted(year_orders.values(), reverse=True)
-    return {"orders_per_day": orders_per_day, "days": days, "customer_base": users,
-            "orders": orders_per_day * days, "users_with_orders": len(year_orders),
-            "users_per_day": round(statistics.mean(day_users)),
-            "most_orders_by_one_user": per_user[0],
-            "median_orders_per_user": statistics.median(per_user),
-            "orders_by_top_10pct_users": round(sum(per_user[:len(per_user) // 10])
-                                               / sum(per_user), 3),
-            "fill_seconds": round(time.monotonic() - started, 1),
-            "used_memory_mb": round(client.info("memory")["used_memory"] / 2**20)}
-
-
-def describe(data: dict, fills: dict) -> str:
-    """The data set in one sentence, for the table (fills: each layout's memory)."""
-    return (f"{data['orders']:,} orders ({data['orders_per_day']:,} a day over {data['days']} "
-            f"days) from a base of {data['customer_base']:,} customers with Pareto(α="
-            f"{PARETO_ALPHA:g}) activity capped at {WEIGHT_CAP:g}× (user reuse: "
-            f"{data['users_with_orders']:,} users ordered, the top 10% placed "
-            f"{data['orders_by_top_10pct_users']:.0%} of the orders, median "
-            f"{data['median_orders_per_user']:g} orders a user, most "
-            f"{data['most_orders_by_one_user']:,}; {data['users_per_day']:,} users a day); "
-            f"order value lognormal, median ~$40; Redis used "
-            + ", ".join(f"{fill['used_memory_mb']:,} MiB {layout}"
-                        for layout, fill in fills.items()))
-
-
-def periods(days: int) -> list[tuple[str, Period]]:
-    """A year (the whole span), its last 3 whole months, and 3 months cut mid-month."""
-    last = FIRST_DAY + timedelta(days=days - 1)
-    starts = [d for d in Period(FIRST_DAY, last).each_day()
-              if d.day == 1 and month_end(d) <= last]
-    whole = (Period(starts[-3], month_end(starts[-1])) if len(starts) >= 3
-             else Period(max(FIRST_DAY, last - timedelta(days=90)), last))
-    cut_last = max(FIRST_DAY, last - timedelta(days=15))
-    cut = Period(max(FIRST_DAY, cut_last - timedelta(days=90)), cut_last)
-    return [("a year", Period(FIRST_DAY, last)), ("3 whole months", whole),
-            ("3 months cut mid-month", cut)]
 
 
 def _text(entry: dict) -> str:
@@ -218,7 +102,7 @@ def _slowlog(client: redis.Redis) -> list[dict]:
 
 
 def _settle(client: redis.Redis, timeout: float = 60):
-    """Wait until Redis has freed what the old script's UNLINK left to its background
+    """Wait until Redis has freed what the ZUNIONSTORE script's UNLINK left to its background
     thread: on 2 cores that thread would otherwise slow the next measured commands."""
     deadline = time.monotonic() + timeout
     while client.info("memory")["lazyfree_pending_objects"] and time.monotonic() < deadline:
@@ -315,7 +199,7 @@ def _apply_loop(url: str, seconds: float, prefix: str, results):
                      for k, b in enumerate(bodies)]
         started = time.perf_counter()
         try:
-            # Connecting asks INFO, which times out too while the old script holds Redis:
+            # Connecting asks INFO, which times out too while the ZUNIONSTORE script holds Redis:
             # an error of this call, not the end of the loop.
             store = store or Store.from_url(url)
             store.apply(evaluated)
@@ -365,7 +249,7 @@ def run_apply_latency(url: str, client: redis.Redis, store: Store, days: int,
         latencies, errors = results.get(timeout=seconds + 600)
         worker.join()
         # The worker's scripts' own time in Redis, from SLOWLOG: every EVALSHA but the
-        # old ranking script's.
+        # ZUNIONSTORE script's.
         script = sorted(e["duration"] / 1000 for e in _slowlog(client)
                         if _command(e) == "EVALSHA" and union.sha not in _text(e))
         rows.append({"beside": name, "queries": queries, **_latency(latencies),
@@ -402,7 +286,7 @@ def run(log_dir: Path, orders_per_day: int = 10_000, days: int = 366, users: int
     server = RedisServer(free_port(), log_dir=log_dir, name="redis-range")
     server.start()
     try:
-        # redis-py's default 5 s timeout would cut the old script short at full size.
+        # redis-py's default 5 s timeout would cut the ZUNIONSTORE script short at full size.
         client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=600)
         client.config_set("slowlog-log-slower-than", 0)
         client.config_set("slowlog-max-len", 1_000_000)

@@ -7,7 +7,7 @@ import subprocess
 import time
 from importlib import metadata
 
-from bench.files import markdown as files_markdown
+from bench.files_pipeline import markdown as files_markdown
 from bench.range_queries import markdown as range_markdown
 from stack.services import PROJECT_ROOT, sqs_server_python
 
@@ -198,7 +198,8 @@ def _find(rows: list[dict], name: str, rtt_ms: float = 0, processes: int = 1) ->
 PROJECT = "this project as shipped"
 
 
-# Issue 12's ratio targets: (key, what it is, at least; None: shown, not a target).
+# Targets when SQS is a round trip away: ratios of orders/s (key, what it is, at least;
+# None: shown, not a target).
 RATIO_TARGETS = (("far", "at {far:g} ms, one worker (-c 2) ≥ 0.85× its own 0 ms orders/s", 0.85),
                  ("x2", "at {far:g} ms, 2 worker processes ≥ 1.8× one", 1.8),
                  ("x4", "at {far:g} ms, 4 worker processes ≥ 3.2× one", 3.2),
@@ -212,7 +213,7 @@ def _far(rows: list[dict]) -> float:
 
 
 def latency_ratios(rows: list[dict], far: float) -> dict[str, float]:
-    """Issue 12's ratios among rows measured together (one round, or the main rows)."""
+    """The round-trip ratios among rows measured together (one round, or the main rows)."""
     def rate(name, rtt_ms=0, processes=1):
         row = _find(rows, name, rtt_ms, processes)
         return row["orders_per_s"] if row and row["orders_per_s"] else None
@@ -234,7 +235,7 @@ def _median(values: list[float]) -> float:
 
 
 def latency_targets(results: dict) -> list[tuple[str, str, bool | None]]:
-    """Issue 12's targets against this run's figures: (target, measured, met).
+    """The round-trip and scale-out targets against this run's figures: (target, measured, met).
 
     With rounds, each ratio is the median of the rounds' own ratios (their range beside
     it); without, the ratio of the main rows.
@@ -286,7 +287,7 @@ def _rounds(results: dict) -> list[str]:
     names = [f"{'raw drain' if n == 'raw drain' else 'project'} {rtt:g} ms"
              + (f" × {p}" if p > 1 else "") for n, rtt, p in columns]
     count = len({r["round"] for r in rounds})
-    lines = ["", f"### Issue 12's ratios: {count} interleaved round{'s' * (count > 1)} "
+    lines = ["", f"### Round-trip ratios: {count} interleaved round{'s' * (count > 1)} "
              "(orders/s; the project's after its first order in brackets)", "",
              "| round | " + " | ".join(names) + " | CPU ms per order, project 0 ms · "
              f"{far:g} ms |", "| ---: | " + " | ".join("---:" for _ in names) + " | ---: |"]
@@ -308,7 +309,7 @@ def _rounds(results: dict) -> list[str]:
 
 
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
-    """Issue 6's targets against this run's figures: (target, measured, met)."""
+    """The ingest and API targets against this run's figures: (target, measured, met)."""
     rows = results["ingest"]
     project = _find(rows, "this project as shipped")
     if project is None:
@@ -341,10 +342,11 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
 
 def _targets(results: dict) -> list[str]:
     lines = []
-    for issue, found in (("6", targets(results)), ("12", latency_targets(results))):
+    for subject, found in (("Ingest and API", targets(results)),
+                           ("Round-trip and scale-out", latency_targets(results))):
         if not found:
             continue
-        lines += ["", f"### Issue {issue}'s targets, from this run's figures", "",
+        lines += ["", f"### {subject} targets, from this run's figures", "",
                   "| target | this run | met |", "| --- | ---: | --- |"]
         lines += [f"| {name} | {value} | {'–' if met is None else 'yes' if met else '**no**'} |"
                   for name, value, met in found]

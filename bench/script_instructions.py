@@ -2,8 +2,8 @@
 
 CPU time on shared cores varies by tens of percent from run to run; an instruction count
 does not. Warms a redis-server run under valgrind with 2,000 orders, then counts the
-instructions of the next N (default 1,000) orders of tests/builders.py make_orders, in
-batches of ten. Run it on two checkouts to compare their scripts (needs valgrind):
+instructions of the next N (default 1,000) orders of bench/order_builders.py make_orders,
+in batches of ten. Run it on two checkouts to compare their scripts (needs valgrind):
 PYTHONPATH=. .venv/bin/python -m bench.script_instructions [N]
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import redis
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import Store
+from bench.order_builders import make_orders
 from stack.services import free_port
-from tests.builders import make_orders
 
 WARM, BATCH = 2000, 10
 

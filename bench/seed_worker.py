@@ -13,10 +13,9 @@ import argparse
 import json
 import math
 
-import boto3
 import redis
 
-from bench.processes import run_processes
+from bench.sqs_loop import consume, plain_client, run_processes
 
 
 def is_valid(order) -> bool:
@@ -58,15 +57,15 @@ def handle(r: redis.Redis, body: str) -> bool:
 
 def run(endpoint: str, queue_url: str, redis_url: str):
     """Receive, handle and delete, one message at a time, forever."""
-    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="test", aws_secret_access_key="test")
+    sqs = plain_client(endpoint)
     r = redis.Redis.from_url(redis_url)
-    while True:
-        response = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                       WaitTimeSeconds=10)
-        for message in response.get("Messages", []):
+
+    def one_by_one(messages: list[dict]):
+        for message in messages:
             handle(r, message["Body"])
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    consume(sqs, queue_url, one_by_one)
 
 
 def main(argv=None):

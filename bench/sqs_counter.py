@@ -18,8 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import sys
+import urllib.request
 from collections import Counter
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from stack.services import PROJECT_ROOT, Process, free_port
 
 COUNTS_PATH = "/_bench/counts"
 RTT_PATH = "/_bench/rtt"
@@ -181,9 +187,30 @@ def _json_answer(data: dict) -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
 
 
-def rtt_url(proxy_url: str, rtt_ms: float) -> str:
-    """The URL that sets the proxy's added round trip."""
-    return f"{proxy_url}{RTT_PATH}?{urlencode({'ms': rtt_ms})}"
+def start_proxy(upstream: str, log_dir: Path | str, rtt_ms: float = 0.0,
+                timeout: float = 60) -> tuple[Process, str]:
+    """This proxy in its own process on a free port in front of upstream, once it answers;
+    the process and the proxy's URL."""
+    port = free_port()
+    process = Process("sqs-counter", [sys.executable, "-m", "bench.sqs_counter", "--port", port,
+                                      "--upstream", upstream, "--rtt-ms", rtt_ms],
+                      env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, log_dir=log_dir,
+                      cwd=PROJECT_ROOT)
+    url = f"http://127.0.0.1:{port}"
+    return process.start_http(url + COUNTS_PATH, timeout), url
+
+
+def counts(proxy_url: str) -> dict:
+    """The proxy's counters: requests per action, messages sent/received/deleted."""
+    with urllib.request.urlopen(proxy_url + COUNTS_PATH, timeout=10) as response:
+        return json.load(response)
+
+
+def set_rtt(proxy_url: str, rtt_ms: float) -> None:
+    """Make the proxy add rtt_ms to every request it forwards from now on."""
+    url = f"{proxy_url}{RTT_PATH}?{urlencode({'ms': rtt_ms})}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        json.load(response)
 
 
 def parse_head(head: bytes) -> tuple[bytes, list[bytes], dict[str, str]]:

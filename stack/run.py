@@ -6,10 +6,7 @@ import secrets
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,10 +17,10 @@ from app import settings as app_settings
 from app import aws, sqs
 from stack import redis_users
 from stack.cluster import BUS_OFFSET, LocalRedisCluster
+from stack.launch import SCRIPTS, api_command, flower_command, worker_command
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
-                            require_free_port, wait_for)
+                            require_free_port, wait_http)
 
-SCRIPTS = Path(sysconfig.get_path("scripts"))
 HEALTH_TIMEOUT = 60.0
 # Seconds the worker gets to finish its tasks (warm shutdown) before SIGKILL; a killed
 # task's message comes back after the visibility timeout, so nothing is lost either way.
@@ -38,24 +35,6 @@ class StopRequested(Exception):
 def say(message: str) -> None:
     """One line of the supervisor's own output."""
     click.echo(f"[stack] {message}", err=True)
-
-
-def wait_for_health(url: str, processes: list[Process], timeout: float) -> None:
-    """Wait until url answers 200, failing early if a child dies."""
-    def healthy():
-        for process in processes:
-            if not process.running:
-                raise process.failure(f"{process.name} exited with {process.returncode} "
-                                      "while the API was starting")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except urllib.error.HTTPError as exc:
-            raise OSError(f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
-    try:
-        wait_for(healthy, timeout, interval=0.5, message=f"{url} to answer 200", retry_on=(OSError,))
-    except TimeoutError as exc:
-        raise next(p for p in processes if p.name == "web").failure(str(exc)) from None
 
 
 class Stack:
@@ -146,23 +125,21 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     except (BotoCoreError, ClientError) as exc:
         raise ServiceError(f"cannot create the files resources on {settings.files_endpoint}: {exc}")
 
-    celery = str(SCRIPTS / "celery")
-    stack.start_process("worker", [celery, "-A", "tasks", "worker", "--loglevel", settings.log_level,
-                                   "--concurrency", "2", "-n", "worker1@%h"], env)
-    stack.start_process("web", [str(SCRIPTS / "gunicorn"), "-c", "web/gunicorn.conf.py",
-                                "--bind", env["API_BIND"], "web:create_app()"],
-                        api_environment(env, settings))
+    worker = stack.start_process("worker", worker_command("worker1", 2, settings.log_level),
+                                 env)
+    web = stack.start_process("web", api_command(env["API_BIND"]),
+                              api_environment(env, settings))
     # Loopback only, and a password even there: any local process could otherwise read
     # every order in the task list, revoke tasks or shut the worker down.
     flower_password = secrets.token_urlsafe(18)
-    stack.start_process("flower", [celery, "-A", "tasks", "flower", f"--port={flower_port}",
-                                   "--address=127.0.0.1"],
-                        flower_environment(env, settings, flower_password))
+    flower = stack.start_process("flower", flower_command(flower_port),
+                                 flower_environment(env, settings, flower_password))
     api_url = f"http://127.0.0.1:{api_port}"
     say(f"waiting for {api_url}/health")
-    wait_for_health(f"{api_url}/health", stack.processes, HEALTH_TIMEOUT)
-    flower = f"http://127.0.0.1:{flower_port} (user {FLOWER_USER}, password {flower_password})"
-    return settings, env, api_url, flower
+    wait_http(f"{api_url}/health", web, HEALTH_TIMEOUT, status=200, watched=(worker, flower))
+    flower_url = (f"http://127.0.0.1:{flower_port} (user {FLOWER_USER}, "
+                  f"password {flower_password})")
+    return settings, env, api_url, flower_url
 
 
 def start_redis(stack: Stack) -> dict[str, str]:

@@ -55,6 +55,33 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.25, message: 
         time.sleep(interval)
 
 
+def wait_http(url: str, process: "Process", timeout: float = 60.0, status: int | None = None,
+              watched: Sequence["Process"] = ()) -> None:
+    """Wait until url answers (with status, if given), as a server's readiness.
+
+    Fails with the log of whichever of process and watched exits first, or with process's
+    log on timeout (naming the last error answer, whose body often says what is missing).
+    """
+    def answered() -> bool:
+        for child in (process, *watched):
+            if not child.running:
+                raise child.failure(f"{child.name} exited with {child.returncode} while "
+                                    f"waiting for {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return status is None or response.status == status
+        except urllib.error.HTTPError as exc:
+            if status is None:
+                return True
+            raise OSError(f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
+    wanted = f" {status}" if status else ""
+    try:
+        wait_for(answered, timeout, interval=0.2, message=f"{url} to answer{wanted}",
+                 retry_on=(OSError,))
+    except TimeoutError as exc:
+        raise process.failure(str(exc)) from None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -92,14 +119,14 @@ def live_processes(matches) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if _stat_fields(entry)[0] != "Z" and matches(entry):
+            if stat_fields(entry)[0] != "Z" and matches(entry):
                 found.append(int(entry.name))
         except OSError:
             continue
     return found
 
 
-def _stat_fields(entry: Path) -> list[str]:
+def stat_fields(entry: Path) -> list[str]:
     """The fields of /proc/<pid>/stat after the command name: state, ppid, group, ..."""
     # The command name may itself contain spaces and parentheses.
     return (entry / "stat").read_text().rsplit(")", 1)[1].split()
@@ -107,7 +134,7 @@ def _stat_fields(entry: Path) -> list[str]:
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in a process group, read from /proc."""
-    return live_processes(lambda entry: int(_stat_fields(entry)[2]) == pgid)
+    return live_processes(lambda entry: int(stat_fields(entry)[2]) == pgid)
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -161,6 +188,16 @@ class Process:
                     preexec_fn=lambda: _prepare_child(parent_mask, self.death_signal))
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
+        return self
+
+    def start_http(self, url: str, timeout: float = 60.0) -> "Process":
+        """Start the command and wait until url answers; stop it again if it never does."""
+        self.start()
+        try:
+            wait_http(url, self, timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property

@@ -4,24 +4,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-import requests
 from redis.cluster import RedisCluster
 
 from app import aws, sqs
 from app.settings import Settings, to_env
 from app.store import Store
-from builders import USER, make_orders, order, order_body  # noqa: F401 (imported from here)
+# The order builders, wait_for, BIN and ROOT are also the tests' to import from here.
+from bench.order_builders import USER, make_orders, order, order_body  # noqa: F401
+from stack import launch
 from stack.cluster import LocalRedisCluster
-from stack.services import Process, RedisServer, SqsServer, free_port, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from stack.launch import SCRIPTS as BIN
+from stack.launch import Worker
+from stack.services import PROJECT_ROOT as ROOT
+from stack.services import RedisServer, SqsServer, free_port, wait_for  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -97,39 +97,6 @@ def sqs_client(settings):
     return sqs.client(settings)
 
 
-class Worker:
-    """A real `celery -A tasks worker` process with the test's settings."""
-
-    def __init__(self, settings: Settings, log_dir: Path, concurrency: int = 2, name: str = "w1"):
-        self.settings = settings
-        command = [BIN / "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
-                   "--concurrency", str(concurrency), "-n", f"{name}@%h"]
-        env = {**os.environ, **to_env(settings), "PYTHONUNBUFFERED": "1"}
-        self.service = Process(f"worker-{name}", command, env=env, log_dir=log_dir, cwd=ROOT)
-        self.log_path = self.service.log_path
-
-    @property
-    def process(self):
-        """The worker's Popen (poll() tells whether it still runs)."""
-        return self.service.popen
-
-    def start(self, timeout: float = 60) -> "Worker":
-        """Start the worker and wait until it says it is ready."""
-        already = self.log_path.read_bytes().count(b" ready.") if self.log_path.exists() else 0
-        self.service.start()
-        self.service.wait_ready(lambda: self.log_path.read_bytes().count(b" ready.") > already,
-                                timeout, "the worker to say it is ready")
-        return self
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 30):
-        """Stop the worker and its pool (warm shutdown by default) and wait for them."""
-        self.service.stop(timeout=timeout, signum=sig)
-
-    def tail(self, lines: int = 60) -> str:
-        """The end of the worker's log."""
-        return self.service.log_tail(lines)
-
-
 @pytest.fixture
 def start_worker(settings, tmp_path):
     """Factory starting real workers; every one is stopped at the end of the test."""
@@ -151,23 +118,9 @@ def start_api(tmp_path):
     servers = []
 
     def start(settings: Settings) -> str:
-        port = free_port()
-        api_settings = replace(settings, api_bind=f"127.0.0.1:{port}", api_workers=2)
-        server = Process(f"gunicorn-{len(servers)}", [BIN / "gunicorn", "-c",
-                                                      "web/gunicorn.conf.py", "web:create_app()"],
-                         env={**os.environ, **to_env(api_settings)}, log_dir=tmp_path, cwd=ROOT)
+        server, base = launch.start_api(replace(settings, api_workers=2), tmp_path,
+                                        name=f"gunicorn-{len(servers)}")
         servers.append(server)
-        server.start()
-        base = f"http://127.0.0.1:{port}"
-
-        def answers():
-            try:
-                return requests.get(f"{base}/health", timeout=5).status_code > 0
-            except requests.RequestException:
-                assert server.running, server.log_tail()
-                return False
-
-        wait_for(answers, timeout=60, message="gunicorn to answer")
         return base
 
     yield start

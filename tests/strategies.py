@@ -18,7 +18,7 @@ from kombu import Connection
 from kombu.serialization import dumps
 from kombu.transport import SQS
 
-import builders
+from bench import order_builders as builders
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
 
 # --- values ---------------------------------------------------------------------------------

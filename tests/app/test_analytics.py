@@ -12,7 +12,7 @@ from app.analytics import Kpis, MonthRange, Period, RangeError, TopProduct, TopU
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import month_key, top_users_key, user_days_key
-from builders import order_body
+from bench.order_builders import order_body
 
 NOW = datetime(2025, 6, 1, tzinfo=timezone.utc)
 P1, P2, P3 = 500, 1000, 100  # unit prices in cents

@@ -9,8 +9,8 @@ from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import (Store, order_key, product_key, rejected_order_key, top_products_key,
                        top_users_key, user_key)
-from builders import order_body
-from counting import CountingRedis
+from bench.order_builders import order_body
+from bench.redis_meter import CountingRedis
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

@@ -17,7 +17,7 @@ from app.settings import Settings
 from app.store import (MAX_TOTAL, day_key, global_key, month_key, order_key, outcomes_key,
                        product_key, shard_of, top_products_key, top_users_key, user_days_key,
                        user_key)
-from builders import order_body
+from bench.order_builders import order_body
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 DAY, MONTH = "2024-12-13", "2024-12"

@@ -10,7 +10,7 @@ from app.settings import Settings
 from app.store import WAIT_TIMEOUT_MS, NotReplicated, Store, order_key, user_key
 from conftest import wait_for
 from stack.services import RedisServer, free_port
-from builders import order_body
+from bench.order_builders import order_body
 
 
 def orders(*ids):

@@ -77,14 +77,14 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     # ten messages per process) cannot beat 2 processes x 10 messages per 2 round trips.
     drain_far = rows[("raw drain", RTT_MS, 1)]
     assert drain_far["orders_per_s"] <= 2 * 10 / (2 * RTT_MS / 1000), drain_far
-    assert "### Issue 12's targets" in table
+    assert "### Round-trip and scale-out targets" in table
     # One interleaved round of the ratio rows, each through every order.
     assert [(r["contender"], r["rtt_ms"], r["processes"], r["round"])
             for r in results["rounds"]] == [("raw drain", 0, 1, 1), (PROJECT, 0, 1, 1),
                                             (PROJECT, RTT_MS, 1, 1), (PROJECT, RTT_MS, 2, 1)]
     assert all(r["status"] == "ok" and r["done"] >= 200 for r in results["rounds"])
-    assert "### Issue 12's ratios: 1 interleaved round" in table
-    assert "### Issue 6's targets" in table
+    assert "### Round-trip ratios: 1 interleaved round" in table
+    assert "### Ingest and API targets" in table
     assert "API /stats/global agrees" in project["check"]
     [scale] = results["scale"]
     assert scale["users"] == 2000 and scale["status"] == "ok" and scale["bytes_per_user"] > 0

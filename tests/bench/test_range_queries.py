@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from app.store import Store, top_users_key
-from bench import range_queries
+from bench import range_data, range_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_range_part_measures_both_ways_and_their_answers_agree(tmp_path):
     result = json.loads((tmp_path / "range_queries.json").read_text())
     assert result["data"]["orders"] == 300 * 75
     periods = [(label, p.first.isoformat(), p.last.isoformat())
-               for label, p in range_queries.periods(75)]
+               for label, p in range_data.periods(75)]
     assert [(r["layout"], r["period"], r["first"], r["last"], r["by"])
             for r in result["queries"]] == [
         (layout, *period, by) for layout in ("spread", "one shard") for period in periods
@@ -49,7 +49,7 @@ def test_range_part_measures_both_ways_and_their_answers_agree(tmp_path):
 
 
 def test_periods_are_a_year_3_whole_months_and_3_cut_months():
-    (_, year), (_, whole), (_, cut) = range_queries.periods(366)
+    (_, year), (_, whole), (_, cut) = range_data.periods(366)
     assert (year.first.isoformat(), year.last.isoformat()) == ("2024-01-01", "2024-12-31")
     assert (whole.first.isoformat(), whole.last.isoformat()) == ("2024-10-01", "2024-12-31")
     assert len(year.buckets()) == 12 and len(whole.buckets()) == 3
@@ -69,10 +69,10 @@ def test_spread_puts_each_user_in_its_store_shard_with_the_one_shard_figures(red
                 for by in ("spend", "orders") for b in buckets for shard in range(store.shards)}
 
     client.flushdb()
-    range_queries.fill(client, 60, len(days), 300, lambda user_id: 0)
+    range_data.fill(client, 60, len(days), 300, lambda user_id: 0)
     one_shard = sets()
     client.flushdb()
-    range_queries.fill(client, 60, len(days), 300, store.user_shard)
+    range_data.fill(client, 60, len(days), 300, store.user_shard)
     spread = sets()
     client.flushdb()
 

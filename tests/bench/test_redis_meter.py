@@ -1,7 +1,7 @@
-"""bench.run's RedisMeter: the server's commands and round trips, less the harness's own."""
+"""bench.redis_meter.RedisMeter: the server's commands and round trips, less the harness's own."""
 import redis
 
-from bench.run import RedisMeter
+from bench.redis_meter import RedisMeter
 
 
 def test_the_meter_leaves_out_its_own_commands_and_their_round_trips(redis_server):

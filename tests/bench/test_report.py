@@ -1,4 +1,4 @@
-"""bench/report.py's issue 12 ratios: from rounds measured side by side, medians."""
+"""bench/report.py's round-trip ratios: from rounds measured side by side, medians."""
 from __future__ import annotations
 
 from bench.report import PROJECT, latency_targets

@@ -9,7 +9,7 @@ from app.files.contract import file_type_for
 from app.settings import to_env
 from app.store import FilesStore
 from conftest import celery_cli
-from stack.files import main
+from stack.batch_files import main
 
 
 def test_sample_files_have_dirty_rows_of_every_kind_and_later_returns(tmp_path):

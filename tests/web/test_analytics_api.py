@@ -7,7 +7,7 @@ import schemathesis
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from web import create_app
-from builders import order_body
+from bench.order_builders import order_body
 
 NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

@@ -1,4 +1,5 @@
-"""The one builder of order bodies for tests (conftest re-exports it)."""
+"""The one builder of order bodies: the tests' orders (conftest re-exports it) and the
+orders of the bench's store measurements (bench/store_apply.py, bench/script_instructions.py)."""
 from __future__ import annotations
 
 import json

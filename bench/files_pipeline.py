@@ -4,7 +4,7 @@ The pipeline (upload to LocalStack S3 -> S3 event on SQS -> a Celery worker -c 2
 cleaning -> Delta merges on S3 -> KPIs in Redis) is timed against the floor of a bare polars
 script doing the same read -> clean -> KPIs on the same files, local, in one process.
 
-    python -m bench.files [--items 1000000]     (its own LocalStack and redis-server)
+    python -m bench.files_pipeline [--items 1000000]     (its own LocalStack and redis-server)
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from pathlib import Path
 
 from app import aws, sqs
 from app.files.sample import write_sample
-from app.settings import Settings, to_env
+from app.settings import Settings
 from app.store import FilesStore
-from stack.services import PROJECT_ROOT, Process, RedisServer, SqsServer, free_port
+from stack.launch import Worker
+from stack.services import PROJECT_ROOT, RedisServer, SqsServer, free_port
 
-BIN = Path(sys.executable).parent
 UPLOADED = ("products.csv", "orders_part1.csv", "order_items_part1.csv")
 # The sample writes 2.5 items per order on average.
 ITEMS_PER_ORDER = 2.5
@@ -64,7 +64,8 @@ def floor_main(directory: str) -> None:
 def run_floor(directory: Path) -> dict:
     """The floor in a child process: its time, rows/s and peak memory."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    output = subprocess.run([sys.executable, "-m", "bench.files", "--floor", str(directory)],
+    output = subprocess.run([sys.executable, "-m", "bench.files_pipeline", "--floor",
+                             str(directory)],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     result = json.loads(output.stdout.strip().splitlines()[-1])
@@ -91,34 +92,26 @@ def run_pipeline(settings: Settings, directory: Path, log_dir: Path) -> dict:
     """Upload the files and time the pipeline until their KPIs are served."""
     sqs.ensure_queues(settings)
     aws.ensure_files_resources(settings)
-    env = {**os.environ, **to_env(settings), "PYTHONPATH": str(PROJECT_ROOT),
-           "PYTHONUNBUFFERED": "1"}
-    worker = Process("files-worker", [BIN / "celery", "-A", "tasks", "worker", "--loglevel",
-                                      "INFO", "--concurrency", "2", "-n", "files@%h"],
-                     env=env, log_dir=log_dir, cwd=PROJECT_ROOT).start()
+    worker = Worker(settings, log_dir, name="files",
+                    env={"PYTHONPATH": str(PROJECT_ROOT)}).start()
     store = FilesStore.from_url(settings.redis_url)
     s3 = aws.s3_client(settings)
     peak = 0.0
     try:
-        deadline = time.monotonic() + 60
-        while b" ready." not in worker.log_path.read_bytes():
-            if time.monotonic() > deadline or not worker.running:
-                raise RuntimeError(f"worker did not start:\n{worker.log_tail()}")
-            time.sleep(POLL_SECONDS)
         started = time.monotonic()
         for name in UPLOADED:
             s3.upload_file(str(directory / name), settings.files_bucket, aws.INPUT + name)
         uploaded = time.monotonic() - started
         served = None
         while True:
-            peak = max(peak, rss_mb(worker.members()))
+            peak = max(peak, rss_mb(worker.service.members()))
             if served is None and store.order_kpis("2024-01-01", "2024-12-31"):
                 served = time.monotonic() - started
             done = [e for e in store.executions(5) if e["status"] != "running"]
             if served is not None and done:
                 break
-            if time.monotonic() - started > TIMEOUT_SECONDS or not worker.running:
-                raise RuntimeError(f"no KPIs within {TIMEOUT_SECONDS} s:\n{worker.log_tail()}")
+            if time.monotonic() - started > TIMEOUT_SECONDS or not worker.service.running:
+                raise RuntimeError(f"no KPIs within {TIMEOUT_SECONDS} s:\n{worker.tail()}")
             time.sleep(POLL_SECONDS)
         [record] = done
         # files.finish deletes the events after writing the record: let it end first.

@@ -1,0 +1,80 @@
+"""make bench's API rows: wrk against the project's gunicorn API and the seed-style
+FastAPI peer, on the same Redis, with the server's and Redis's CPU."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from bench.harness import CpuMeter, Orders, Stack, contender, fixed_members
+from stack.launch import SCRIPTS, start_api
+from stack.services import PROJECT_ROOT, Process, free_port
+
+LUA = PROJECT_ROOT / "bench" / "wrk_paths.lua"
+
+
+def start_gunicorn(stack: Stack) -> tuple[Process, str]:
+    """The project's API as shipped (web/gunicorn.conf.py), on a free port."""
+    # SQS straight to LocalStack: nothing the API might ask SQS is counted as ingest traffic.
+    settings = stack.settings("orders-queue", stack.sqs.endpoint_url)
+    return start_api(settings, stack.log_dir, name="gunicorn",
+                     env={"PYTHONPATH": str(PROJECT_ROOT)}, ready_path="/stats/global")
+
+
+def start_peer(stack: Stack) -> tuple[Process, str]:
+    """The seed-style FastAPI peer under uvicorn (1 worker, as the seeds run it)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = contender(stack, "fastapi-peer", [SCRIPTS / "uvicorn", "bench.fastapi_peer:app",
+                                                "--host", "127.0.0.1", "--port", port],
+                        {"BENCH_REDIS_URL": stack.data.url}).start_http(f"{url}/stats/global")
+    return process, url
+
+
+def wrk(stack: Stack, server: str, process: Process, url: str, endpoint: str,
+        paths: list[str], seconds: int) -> dict:
+    """32 connections for `seconds` from wrk (2 threads), paths drawn at random."""
+    paths_file = stack.log_dir / f"wrk-paths-{endpoint.strip('/').replace('/', '-')}.txt"
+    paths_file.write_text("\n".join(paths) + "\n")
+    cpu = CpuMeter({"server": process.members, "redis": fixed_members(stack.data.process)})
+    command = ["wrk", "-t2", "-c32", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA), url,
+               "--", str(paths_file)]
+    with tqdm(total=seconds, desc=f"wrk {server} {endpoint}", unit="s", leave=False,
+              disable=None) as bar, subprocess.Popen(command, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.STDOUT, text=True) as load:
+        started = time.monotonic()
+        while load.poll() is None:
+            time.sleep(0.5)
+            cpu.sample()
+            bar.update(min(seconds, round(time.monotonic() - started)) - bar.n)
+        output = load.stdout.read()
+    line = next((ln for ln in output.splitlines() if ln.startswith("BENCH-RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{output}")
+    figures = json.loads(line.split(" ", 1)[1])
+    duration = figures["duration_us"] / 1e6
+    result = {"server": server, "endpoint": endpoint, "seconds": round(duration, 1),
+              "requests": figures["requests"],
+              "requests_per_s": round(figures["requests"] / duration, 1),
+              "p50_ms": figures["p50_us"] / 1000, "p99_ms": figures["p99_us"] / 1000,
+              "max_ms": figures["max_us"] / 1000, "errors": figures["errors"],
+              "non_2xx": figures["non_2xx"], "cpu_busy": cpu.busy(duration)}
+    tqdm.write(f"wrk {server} {endpoint}: {result['requests_per_s']:,.0f} req/s, "
+               f"p99 {result['p99_ms']:.1f} ms", file=sys.stderr)
+    return result
+
+
+def run_api(stack: Stack, orders: Orders, servers: list[tuple[str, Process, str]],
+            seconds: int) -> list[dict]:
+    """wrk on /users/<id>/stats (ids with a counted order) and /stats/global, per server."""
+    user_paths = [f"/users/{user}/stats" for user in orders.counted_users]
+    results = []
+    for server, process, url in servers:
+        results.append(wrk(stack, server, process, url, "/users/<id>/stats", user_paths,
+                           seconds))
+        results.append(wrk(stack, server, process, url, "/stats/global", ["/stats/global"],
+                           seconds))
+    return results
