@@ -18,7 +18,7 @@ import requests
 
 from app.settings import Settings
 from app.store import Store, user_key
-from builders import make_orders, order
+from bench.order_builders import make_orders, order
 from deployment import (BIN, ROOT, DeployedStack, TopicListener, aws_client, deploy_fresh, depth,
                         stack_resources, start_api, start_worker)
 from files_oracle import ORDER_ITEMS, ORDERS, PRODUCTS, by_key, csv_of, expected_kpis, make_rows

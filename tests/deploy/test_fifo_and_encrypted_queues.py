@@ -23,7 +23,7 @@ from app.deadletters import DeadLetterQueue
 from app.orders import Incoming, evaluate
 from app.rejections import requeue
 from app.store import Store, user_key
-from builders import make_orders, order
+from bench.order_builders import make_orders, order
 from stack.services import wait_for
 
 
