@@ -152,8 +152,12 @@ def run_bare_loop(stack: Stack, orders: Orders) -> dict:
 
 
 def run_project(stack: Stack, orders: Orders, label: str = "this project as shipped",
-                api_url: str | None = None, processes: int = 1, wait_replicas: int = 0) -> dict:
-    """The project's worker as shipped (-c 2), `processes` of them, until every outcome is in."""
+                api_url: str | None = None, processes: int = 1, wait_replicas: int = 0,
+                root: Path = PROJECT_ROOT) -> dict:
+    """The project's worker as shipped (-c 2), `processes` of them, until every outcome is in.
+
+    root: the tree whose code the workers run (an earlier commit's, for the baseline rows).
+    """
     settings, urls = _project_queue(stack, orders, label, wait_replicas)
     total = len(orders.bodies)
     env = to_env(settings)
@@ -161,7 +165,8 @@ def run_project(stack: Stack, orders: Orders, label: str = "this project as ship
     def launch() -> ProcessGroup:
         # Separate `celery worker` processes, as a deployment scales out: own node names.
         return ProcessGroup([
-            start(stack, f"project-worker-{i}", worker_command(f"bench{i}", 2, "WARNING"), env)
+            start(stack, f"project-worker-{i}", worker_command(f"bench{i}", 2, "WARNING"), env,
+                  root)
             for i in range(1, processes + 1)])
 
     result = ingest(
@@ -194,6 +199,32 @@ def run_rounds(stack: Stack, orders: Orders, rounds: int, far_ms: float,
         round_rows += [run_project(stack, orders, processes=n) for n in scale_out]
         rows += [{**row, "round": number} for row in round_rows]
     stack.set_rtt(0)
+    return rows
+
+
+def baseline_tree(rev: str, into: Path) -> tuple[Path, str]:
+    """The project's files at git revision rev, extracted into `into`; (tree, short commit)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=PROJECT_ROOT,
+                            check=True, capture_output=True, text=True).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=PROJECT_ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into, commit
+
+
+def run_baseline(stack: Stack, orders: Orders, rounds: int, tree: Path, commit: str) -> list[dict]:
+    """The project's worker against an earlier commit's, at 0 ms, side by side in rounds.
+
+    Which of the two runs first alternates from round to round, so a drift of the shared
+    cores over the run weighs on both alike. Both read and write the same store layout.
+    """
+    rows = []
+    stack.set_rtt(0)
+    runs = [lambda: run_project(stack, orders),
+            lambda: run_project(stack, orders, label=f"baseline {commit}", root=tree)]
+    for number in range(1, rounds + 1):
+        rows += [{**run(), "round": number} for run in runs[::1 if number % 2 else -1]]
     return rows
 
 

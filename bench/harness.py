@@ -194,15 +194,18 @@ def send(stack: Stack, url: str, bodies: list[str], label: str):
         raise RuntimeError(f"could not pre-queue every message for {label}: {totals}")
 
 
-def contender(stack: Stack, name: str, command: list, env: dict | None = None) -> Process:
-    """A contender's process (not started) from the checkout, logging to the run's log dir."""
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return Process(name, command, env=env, log_dir=stack.log_dir, cwd=PROJECT_ROOT)
+def contender(stack: Stack, name: str, command: list, env: dict | None = None,
+              root: Path = PROJECT_ROOT) -> Process:
+    """A contender's process (not started) running the code of root (the checkout, or an
+    earlier commit's tree), logging to the run's log dir."""
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return Process(name, command, env=env, log_dir=stack.log_dir, cwd=root)
 
 
-def start(stack: Stack, name: str, command: list, env: dict | None = None) -> Process:
+def start(stack: Stack, name: str, command: list, env: dict | None = None,
+          root: Path = PROJECT_ROOT) -> Process:
     """Start a contender's process (see contender)."""
-    return contender(stack, name, command, env).start()
+    return contender(stack, name, command, env, root).start()
 
 
 def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | ProcessGroup],

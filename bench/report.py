@@ -340,10 +340,61 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     return found
 
 
+def _baseline_pairs(results: dict) -> list[tuple[dict, dict]]:
+    """Each round's (this checkout's row, the baseline's row) of the before/after runs."""
+    rows = results.get("baseline") or []
+    pairs = []
+    for number in sorted({r["round"] for r in rows}):
+        mine = [r for r in rows if r["round"] == number]
+        ours = _find(mine, PROJECT)
+        theirs = next((r for r in mine if r["contender"].startswith("baseline ")), None)
+        if ours and theirs and ours["orders_per_s"] and theirs["orders_per_s"]:
+            pairs.append((ours, theirs))
+    return pairs
+
+
+def baseline_targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """This checkout's ingest against the baseline commit's: the median of the rounds' ratios."""
+    pairs = _baseline_pairs(results)
+    if not pairs:
+        return []
+    commit = pairs[0][1]["contender"].removeprefix("baseline ")
+    speed = [ours["orders_per_s"] / theirs["orders_per_s"] for ours, theirs in pairs]
+    found = [(f"orders/s at 0 ms ≥ 0.97× baseline {commit}",
+              f"{_median(speed):.2f}× (rounds: " + ", ".join(f"{v:.2f}" for v in speed) + ")",
+              _median(speed) >= 0.97)]
+    cpu = [theirs["cpu_ms_per_order"] / ours["cpu_ms_per_order"] for ours, theirs in pairs
+           if ours.get("cpu_ms_per_order") and theirs.get("cpu_ms_per_order")]
+    if cpu:
+        found.append((f"worker CPU per order, baseline {commit} over this checkout",
+                      f"{_median(cpu):.2f}× (rounds: " + ", ".join(f"{v:.2f}" for v in cpu)
+                      + ")", None))
+    return found
+
+
+def _baseline(results: dict) -> list[str]:
+    pairs = _baseline_pairs(results)
+    if not pairs:
+        return []
+    commit = pairs[0][1]["contender"].removeprefix("baseline ")
+    lines = ["", f"### Before and after: this checkout against {commit}, 0 ms, interleaved "
+             "(orders/s; after the first order in brackets)", "",
+             f"| round | this checkout | {commit} | ratio | CPU ms per order, this · {commit} |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    for number, (ours, theirs) in enumerate(pairs, 1):
+        lines.append(f"| {number} | {_n(ours['orders_per_s'])} ({_n(ours['steady_per_s'])}) | "
+                     f"{_n(theirs['orders_per_s'])} ({_n(theirs['steady_per_s'])}) | "
+                     f"{ours['orders_per_s'] / theirs['orders_per_s']:.2f}× | "
+                     f"{_n(ours.get('cpu_ms_per_order'), 2)} · "
+                     f"{_n(theirs.get('cpu_ms_per_order'), 2)} |")
+    return lines
+
+
 def _targets(results: dict) -> list[str]:
     lines = []
     for subject, found in (("Ingest and API", targets(results)),
-                           ("Round-trip and scale-out", latency_targets(results))):
+                           ("Round-trip and scale-out", latency_targets(results)),
+                           ("Before and after", baseline_targets(results))):
         if not found:
             continue
         lines += ["", f"### {subject} targets, from this run's figures", "",
@@ -392,6 +443,7 @@ def markdown(results: dict) -> str:
     lines = _header(results) + _ingest(results)
     if results.get("rounds"):
         lines += _rounds(results)
+    lines += _baseline(results)
     if results.get("api"):
         lines += _api(results)
     if results.get("scale"):

@@ -37,9 +37,9 @@ from pathlib import Path
 
 from bench import files_pipeline, range_queries, report
 from bench.api_load import run_api, start_gunicorn, start_peer
-from bench.contenders import (run_bare_loop, run_cluster, run_drain, run_durability,
-                              run_project, run_rounds, run_scale, run_seed, run_stock_celery,
-                              warm_up)
+from bench.contenders import (baseline_tree, run_bare_loop, run_baseline, run_cluster,
+                              run_drain, run_durability, run_project, run_rounds, run_scale,
+                              run_seed, run_stock_celery, warm_up)
 from bench.harness import MAX_SECONDS, Orders, start_stack
 from stack.services import PROJECT_ROOT
 
@@ -100,6 +100,10 @@ def parse_args(argv):
     parser.add_argument("--cluster", type=int, default=env_int("BENCH_CLUSTER", 1),
                         help="1: the project's ingest on a standalone Redis and on a local "
                              "Redis Cluster of 3 primaries [BENCH_CLUSTER]")
+    parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE", ""),
+                        help="a git revision (e.g. HEAD~3, a tag): its worker's ingest beside "
+                             "this checkout's at 0 ms, --rounds times interleaved (at least "
+                             "once), for a before/after ratio [BENCH_BASELINE]")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
                         help="where latest.md, latest.json and the logs go")
     return parser.parse_args(argv)
@@ -122,7 +126,7 @@ def main(argv=None):
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
         "files_items": args.files_items, "durability": args.durability,
         "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days,
-        "cluster": args.cluster, "rounds": args.rounds}}
+        "cluster": args.cluster, "rounds": args.rounds, "baseline": args.baseline}}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:
@@ -160,6 +164,9 @@ def main(argv=None):
         stack.set_rtt(0)
         if args.rounds:
             results["rounds"] = run_rounds(stack, orders, args.rounds, rtts[-1], scale_out)
+        if args.baseline:
+            tree, commit = baseline_tree(args.baseline, Path(stack_dir) / "baseline")
+            results["baseline"] = run_baseline(stack, orders, max(args.rounds, 1), tree, commit)
         if args.api_seconds:
             # The API phase reads what the project's worker just wrote.
             servers = [("project: gunicorn + Flask", gunicorn, api_url)]

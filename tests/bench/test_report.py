@@ -1,7 +1,11 @@
-"""bench/report.py's round-trip ratios: from rounds measured side by side, medians."""
+"""bench/report.py's ratios from rounds measured side by side (medians), and the baseline tree."""
 from __future__ import annotations
 
-from bench.report import PROJECT, latency_targets
+import subprocess
+
+from bench.contenders import baseline_tree
+from bench.report import PROJECT, baseline_targets, latency_targets
+from stack.services import PROJECT_ROOT
 
 FAR = 25.0
 
@@ -49,3 +53,28 @@ def test_without_rounds_the_main_rows_give_the_ratios():
     found = {name: value for name, value, _ in latency_targets({"ingest": main})}
     assert found["at 0 ms, orders/s ≥ 0.85× the raw drain"] == f"{900 / 1000:.2f}×"
     assert found["at 25 ms, one worker (-c 2) ≥ 0.85× its own 0 ms orders/s"] == "0.50×"
+
+
+def test_the_before_and_after_ratio_is_the_median_of_the_rounds_ratios():
+    baseline = "baseline abc1234"
+    rates = [(1000, 1100), (1050, 1000), (990, 1010)]  # (this checkout, baseline) per round
+    rows = []
+    for number, (ours, theirs) in enumerate(rates, 1):
+        rows += [_row(PROJECT, ours, round=number, cpu_ms_per_order=0.5),
+                 _row(baseline, theirs, round=number, cpu_ms_per_order=0.55)]
+    [speed, cpu] = baseline_targets({"ingest": [], "baseline": rows})
+    ratios = sorted(ours / theirs for ours, theirs in rates)
+    assert speed[0] == "orders/s at 0 ms ≥ 0.97× baseline abc1234"
+    assert speed[1].startswith(f"{ratios[1]:.2f}× (rounds: ")
+    assert speed[2] == (ratios[1] >= 0.97)
+    assert cpu[1].startswith(f"{0.55 / 0.5:.2f}×") and cpu[2] is None
+
+
+def test_the_baseline_tree_holds_the_commits_files(tmp_path):
+    tree, commit = baseline_tree("HEAD", tmp_path / "baseline")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    assert commit == head
+    committed = subprocess.run(["git", "show", "HEAD:tasks/celery.py"], cwd=PROJECT_ROOT,
+                               check=True, capture_output=True, text=True).stdout
+    assert (tree / "tasks" / "celery.py").read_text() == committed
