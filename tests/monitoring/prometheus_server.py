@@ -1,6 +1,7 @@
-"""The shipped rules, Debian's promtool and a real Prometheus for tests/monitoring."""
+"""The shipped rules and dashboard, Debian's promtool and a real Prometheus, for tests/monitoring."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,6 +38,19 @@ def alerting_rules() -> list[dict]:
     """Every alerting rule of the shipped rules file."""
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def generator():
+    """deploy/monitoring/dashboard.py, the dashboard's generator, as a module (no package)."""
+    spec = importlib.util.spec_from_file_location("orders_dashboard", MONITORING / "dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def targets(dashboard: dict) -> list[dict]:
+    """Every query of a dashboard's panels."""
+    return [target for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 def rules_with_for(duration: str) -> dict:
