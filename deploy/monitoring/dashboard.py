@@ -1,4 +1,4 @@
-"""The pipeline's Grafana dashboard as code: `python deploy/monitoring/dashboard.py` (make dashboard).
+"""The pipeline's Grafana dashboard as code; `make dashboard` runs it to write the JSON.
 
 Writes grafana/dashboards/orders-pipeline.json beside this file, which docker compose's
 Grafana provisions and tests/monitoring compares with a fresh build. The queries read the

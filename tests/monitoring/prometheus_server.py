@@ -1,4 +1,4 @@
-"""The shipped rules and dashboard, Debian's promtool and a real Prometheus, for tests/monitoring."""
+"""The shipped rules and dashboard, Debian's promtool and a real Prometheus (tests/monitoring)."""
 from __future__ import annotations
 
 import importlib.util
