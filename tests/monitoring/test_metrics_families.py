@@ -1,14 +1,21 @@
 """The API's /metrics families that the rules and the dashboard read: queues by role, files."""
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import sqs
+from app.orders import Incoming, evaluate
+from app.settings import Settings
 from app.store import FilesStore
-from prometheus_server import promtool
+from conftest import order_body
+from prometheus_server import RULES, generator, promtool, targets
 from stack.services import wait_for
 
 
@@ -81,3 +88,30 @@ def test_metrics_without_files_executions_show_zero_counts(settings, api_server)
         assert found[("orders_files_executions", (("status", status),))] == 0
     assert not [name for name, _ in found if name.startswith("orders_files_last_execution")
                 or name == "orders_files_execution_started_timestamp_seconds"]
+
+
+def test_every_metric_the_rules_and_the_dashboard_read_is_exposed(settings, store, start_api):
+    # Something of every kind: orders counted and rejected (with the lag), a task event,
+    # a files execution, requests to the API.
+    now = datetime(2026, 12, 6, tzinfo=timezone.utc)
+    store.apply([evaluate(Incoming(body, f"m{i}", now), Settings(), now=now)
+                 for i, body in enumerate([order_body("O1", day="2026-12-05"), "junk"])])
+    store.count_task_event("failed")
+    FilesStore.from_url(settings.redis_url).save_execution(
+        execution("e1", "succeeded", 1_000_000, {"orders_a.csv": {"duplicate_key": 1}}))
+    api = start_api(replace(settings, metrics_sqs_interval=1))
+    requests.get(f"{api}/stats/global", timeout=10)
+    exposed = wait_for(lambda: (found := {name for name, _ in samples(requests.get(
+        f"{api}/metrics", timeout=10).text)}) and "orders_queue_messages" in found and found,
+        timeout=20, message="the queue depths in /metrics")
+    recorded = {rule["record"] for group in yaml.safe_load(RULES.read_text())["groups"]
+                for rule in group["rules"] if "record" in rule}
+    expressions = [rule.get("expr", "") for group in yaml.safe_load(RULES.read_text())["groups"]
+                   for rule in group["rules"]]
+    expressions += [t["expr"] for t in targets(json.loads(generator().OUTPUT.read_text()))]
+    # Metric names outside the label values (which are quoted).
+    read = {name for expr in expressions for name in re.findall(
+        r"\b((?:orders|api)_\w+|\w+:\w+:\w+)\b", re.sub(r'"[^"]*"', "", expr))}
+    assert len(read) >= 15
+    assert {name for name in read if ":" not in name} - exposed == set()
+    assert {name for name in read if ":" in name} - recorded == set()
