@@ -18,13 +18,14 @@ VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
 .PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk \
-	compose-cli chromium test-upgrade docs deploy-tools
+	compose-cli chromium test-upgrade docs deploy-tools monitoring-tools prometheus dashboard
 
 help:
 	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
 	@echo "make test       run the test suite (PYTEST_ARGS='-k ...' to select)"
 	@echo "make test-upgrade  the suite on the newest celery and kombu patch releases"
 	@echo "make docs       build the documentation site into var/site (strict: any warning fails)"
+	@echo "make dashboard  regenerate deploy/monitoring's Grafana dashboard from its Python"
 	@echo "make bench      run every benchmark once, print the table (BENCH_ARGS='--orders N ...')"
 	@echo "make deps       build .venv, .venv-sqs and install redis-server if missing"
 	@echo "make clean      remove var/ (data and logs); distclean also removes the venvs"
@@ -98,6 +99,34 @@ $(DEPLOY_STAMP): $(VENV_STAMP) setup.cfg requirements/constraints.txt
 	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test,docs,deploy]'
 	touch $@
 
+# make test: Debian's prometheus package (promtool and the server) for tests/monitoring, which
+# unit-tests deploy/monitoring/rules.yml and runs a real Prometheus on a free port; grafanalib
+# for the dashboard's generator. Like redis-server, the package's own service is stopped and
+# disabled where an init system started it: the tests and compose run their own.
+MONITORING_STAMP := $(VENV)/.monitoring-installed
+
+monitoring-tools: $(MONITORING_STAMP) prometheus
+
+$(MONITORING_STAMP): $(VENV_STAMP) setup.cfg requirements/constraints.txt
+	$(VENV)/bin/pip install -c requirements/constraints.txt -e '.[test,docs,monitoring]'
+	touch $@
+
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends prometheus && \
+		if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus; \
+		else \
+			if service prometheus status >/dev/null 2>&1; then $(SUDO) service prometheus stop; fi; \
+			$(SUDO) update-rc.d prometheus disable >/dev/null 2>&1 || true; \
+		fi; }
+
+# deploy/monitoring/grafana/dashboards/orders-pipeline.json from deploy/monitoring/dashboard.py
+# (tests/monitoring fails while the committed file differs).
+dashboard: $(MONITORING_STAMP)
+	$(VENV)/bin/python deploy/monitoring/dashboard.py
+
 # exec: make's shell becomes orders-stack, so Ctrl-C reaches it and it cleans up.
 run: deps
 	exec $(VENV)/bin/orders-stack run
@@ -107,7 +136,8 @@ run: deps
 # chromium: tests/web/test_docs_browser.py opens /docs in a headless browser, offline, and
 # tests/docs/test_site_browser.py drives the documentation site in it (chromedriver).
 # deploy-tools: tests/deploy lints the template and validates the manifests.
-test: bench-deps compose-cli chromium deploy-tools
+# monitoring-tools: tests/monitoring proves the alert rules with promtool and Prometheus.
+test: bench-deps compose-cli chromium deploy-tools monitoring-tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 chromium:
@@ -122,11 +152,11 @@ UPGRADE_VENV := var/upgrade-venv
 CELERY_PIN := $(shell sed -n 's/^celery==//p' requirements/constraints.txt)
 KOMBU_PIN := $(shell sed -n 's/^kombu==//p' requirements/constraints.txt)
 
-test-upgrade: redis-server $(SQS_VENV_STAMP) wrk compose-cli
+test-upgrade: redis-server $(SQS_VENV_STAMP) wrk compose-cli prometheus
 	rm -rf $(UPGRADE_VENV)
 	$(PYTHON) -m venv $(UPGRADE_VENV)
 	grep -vE '^(celery|kombu)==' requirements/constraints.txt > $(UPGRADE_VENV)/constraints.txt
-	$(UPGRADE_VENV)/bin/pip install -c $(UPGRADE_VENV)/constraints.txt -e '.[test,docs,bench,deploy]' \
+	$(UPGRADE_VENV)/bin/pip install -c $(UPGRADE_VENV)/constraints.txt -e '.[test,docs,bench,deploy,monitoring]' \
 		'celery~=$(CELERY_PIN)' 'kombu~=$(KOMBU_PIN)'
 	$(UPGRADE_VENV)/bin/python -c 'import celery, kombu; \
 		print("testing celery", celery.__version__, "and kombu", kombu.__version__)'

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-SERVICES = {"localstack", "redis", "init", "worker", "web", "flower"}
+SERVICES = {"localstack", "redis", "init", "worker", "web", "flower", "prometheus", "grafana"}
 APP_SERVICES = {"init", "worker", "web", "flower"}
 # Variables the app services may get that are not app settings.
 EXTRAS = {
@@ -41,7 +41,7 @@ API_CMD = ["gunicorn", "-c", "web/gunicorn.conf.py", "web:create_app()"]
 # Dummy credentials so that `docker compose config` can interpolate the file.
 DUMMY_LOGIN = {"FLOWER_USER": "test-user", "FLOWER_PASSWORD": "test-password",
                "REDIS_PASSWORD": "test-worker-password",
-               "REDIS_API_PASSWORD": "test-api-password"}
+               "REDIS_API_PASSWORD": "test-api-password", "GRAFANA_PASSWORD": "test-grafana"}
 REQUIRED = r"\$\{(\w+):\?[^}]*\}"
 
 
@@ -257,7 +257,7 @@ def test_dockerfile_runs_the_api_as_non_root():
 def test_no_secret_in_compose_file():
     text = COMPOSE_FILE.read_text()
     # Every mention of a password is a required variable, never one with a default.
-    for variable in ("FLOWER_PASSWORD", "REDIS_PASSWORD", "REDIS_API_PASSWORD"):
+    for variable in ("FLOWER_PASSWORD", "REDIS_PASSWORD", "REDIS_API_PASSWORD", "GRAFANA_PASSWORD"):
         mentions = re.findall(r"\$\{%s([^}]*)\}" % variable, text)
         assert mentions and all(m.startswith(":?") for m in mentions), variable
         assert f"{variable}:-" not in text and f"{variable}-" not in text
@@ -275,6 +275,59 @@ def test_flower_requires_basic_auth(services):
     words = argv(flower)
     assert "flower" in words and "--port=5555" in words
     assert any(str(port).endswith(":5555") for port in flower["ports"])
+
+
+def mounts(service: dict) -> dict[str, Path]:
+    """Container path -> file or directory of the repository, for each bind mount."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            found[target] = ROOT / source
+    return found
+
+
+def test_prometheus_loads_the_shipped_rules_and_scrapes_the_api(services, tmp_path):
+    prometheus = services["prometheus"]
+    files = mounts(prometheus)
+    options = dict(arg.split("=", 1) for arg in prometheus["command"])
+    config_file = files[options["--config.file"]]
+    config = yaml.safe_load(config_file.read_text())
+    assert [files[path] for path in config["rule_files"]] == [
+        ROOT / "deploy" / "monitoring" / "rules.yml"]
+    [job] = config["scrape_configs"]
+    [target] = [t for group in job["static_configs"] for t in group["targets"]]
+    host, port = target.split(":")
+    assert host == "web" and services["web"]["ports"][0].endswith(f":{port}")
+    assert all(p.startswith("127.0.0.1:") for p in prometheus["ports"])
+    # The same file, its rule paths made local, passes promtool (Debian's prometheus package).
+    if shutil.which("promtool"):
+        config["rule_files"] = [str(files[path]) for path in config["rule_files"]]
+        local = tmp_path / "prometheus.yml"
+        local.write_text(yaml.safe_dump(config))
+        checked = subprocess.run(["promtool", "check", "config", str(local)],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_grafana_provisions_prometheus_and_the_generated_dashboard(services):
+    grafana = services["grafana"]
+    files = mounts(grafana)
+    provisioning = files["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load(
+        (provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    port = services["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert source["type"] == "prometheus" and source["url"] == f"http://prometheus:{port}"
+    [provider] = yaml.safe_load(
+        (provisioning / "dashboards" / "order-pipeline.yml").read_text())["providers"]
+    dashboards = files[provider["options"]["path"]]
+    assert dashboards == ROOT / "deploy" / "monitoring" / "grafana" / "dashboards"
+    assert json.loads((dashboards / "orders-pipeline.json").read_text())["uid"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (dashboards / Path(home).name).is_file() and Path(home).parent == Path(
+        provider["options"]["path"])
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert all(p.startswith("127.0.0.1:") for p in grafana["ports"])
 
 
 def compose_cli() -> list[str] | None:

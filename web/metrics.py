@@ -27,6 +27,8 @@ LATENCY = Histogram("api_request_duration_seconds", "API request latency", ["met
 SQS_TIMEOUT = 2
 # The first /metrics or /health of a process waits at most this long for the first figures.
 FIRST_READ_WAIT = 1.0
+# The files executions' figures come from this many latest records (one MGET per scrape).
+FILES_EXECUTIONS_READ = 20
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class SqsFigures:
         try:
             depths = {queue: sqs.depth(self.settings, queue, self._client)
                       for queue in (*self.settings.consumed_queue_urls, self.settings.dlq_name)}
+            depths.update(self._files_depths())
         except Exception as exc:  # any failure means "down"; the reason helps the operator
             with self._lock:
                 changed, self._error = self._error != type(exc).__name__, type(exc).__name__
@@ -74,6 +77,14 @@ class SqsFigures:
                     logger.info("SQS queue depths available again")
                 self._depths, self._read_at, self._error = depths, time.monotonic(), None
         self._first.set()
+
+    def _files_depths(self) -> dict[str, dict[str, int]]:
+        """The files queue's and its DLQ's depths; none where the files path has no queues."""
+        try:
+            return {queue: sqs.depth(self.settings, queue, self._client)
+                    for queue in (self.settings.files_queue, self.settings.files_dlq)}
+        except self._client.exceptions.QueueDoesNotExist:
+            return {}
 
     def snapshot(self) -> SqsSnapshot:
         """The cached figures: current when the last read worked and is recent."""
@@ -106,8 +117,9 @@ def _refresh_forever(figures_ref: "weakref.ref[SqsFigures]", interval: float) ->
 class PipelineCollector:
     """Reads the pipeline's counters from Redis on every scrape, queue depths from the cache."""
 
-    def __init__(self, settings, store, sqs_figures: SqsFigures):
+    def __init__(self, settings, store, sqs_figures: SqsFigures, files_store=None):
         self.settings, self.store, self.sqs_figures = settings, store, sqs_figures
+        self.files_store = files_store
 
     def collect(self):
         """Yield the metric families; a source that is down is reported, not raised."""
@@ -119,6 +131,7 @@ class PipelineCollector:
         except Exception as exc:  # a scrape must still answer while Redis is down
             logger.warning("metrics: Redis unavailable: %s", exc)
             up.add_metric(["redis"], 0)
+        yield self._queue_roles()
         snapshot = self.sqs_figures.snapshot()
         if snapshot.age is not None:
             yield GaugeMetricFamily("orders_sqs_figures_age_seconds",
@@ -162,6 +175,58 @@ class PipelineCollector:
             families.append(GaugeMetricFamily(
                 "orders_last_applied_timestamp_seconds", "When the last batch was applied",
                 value=applied_ms / 1000))
+        if self.files_store is not None:
+            families += self._files_families()
+        return families
+
+    def _queue_roles(self):
+        # Rules and dashboards find the DLQs by role: the queues' names are settings.
+        roles = {**{name: "orders" for name in self.settings.consumed_queue_urls},
+                 self.settings.dlq_name: "orders_dlq", self.settings.files_queue: "files",
+                 self.settings.files_dlq: "files_dlq"}
+        info = GaugeMetricFamily("orders_queue_info", "What each queue of orders_queue_messages "
+                                 "is for (orders, orders_dlq, files, files_dlq)",
+                                 labels=["queue", "role"])
+        for queue, role in roles.items():
+            info.add_metric([queue, role], 1)
+        return info
+
+    def _files_families(self):
+        records = self.files_store.executions(FILES_EXECUTIONS_READ)
+        by_status = GaugeMetricFamily(
+            "orders_files_executions",
+            f"Files executions by status among the latest {FILES_EXECUTIONS_READ}",
+            labels=["status"])
+        started = GaugeMetricFamily(
+            "orders_files_execution_started_timestamp_seconds",
+            f"Start of the newest files execution in each status among the latest "
+            f"{FILES_EXECUTIONS_READ}", labels=["status"])
+        newest: dict[str, int] = {}
+        for record in records:  # newest first
+            if record.get("started_at_ms") is not None:
+                newest.setdefault(record["status"], record["started_at_ms"])
+        for status in sorted({"running", "succeeded", "failed", *newest}):
+            by_status.add_metric([status], sum(r["status"] == status for r in records))
+            if status in newest:
+                started.add_metric([status], newest[status] / 1000)
+        families = [by_status, started]
+        finished = next((r for r in records if r["status"] != "running"), None)
+        if finished is not None:
+            rows = GaugeMetricFamily("orders_files_last_execution_rows",
+                                     "Rows of the valid files of the newest finished execution: "
+                                     "read, and staged (kept after cleaning)", labels=["stage"])
+            rows.add_metric(["read"], finished.get("rows_read", 0))
+            rows.add_metric(["staged"], finished.get("rows_kept", 0))
+            dropped = GaugeMetricFamily("orders_files_last_execution_dropped_rows",
+                                        "Rows the newest finished execution dropped, by "
+                                        "cleaning rule", labels=["rule"])
+            by_rule: dict[str, int] = {}
+            for rules in finished.get("rows_dropped", {}).values():
+                for rule, count in rules.items():
+                    by_rule[rule] = by_rule.get(rule, 0) + count
+            for rule, count in sorted(by_rule.items()):
+                dropped.add_metric([rule], count)
+            families += [rows, dropped]
         return families
 
 
@@ -187,7 +252,8 @@ def init_app(flask_app, settings, store):
     """Register /metrics and time every request by its route template."""
     figures = SqsFigures(settings, settings.metrics_sqs_interval)
     flask_app.extensions["sqs_figures"] = figures
-    flask_app.extensions["pipeline_collector"] = PipelineCollector(settings, store, figures)
+    flask_app.extensions["pipeline_collector"] = PipelineCollector(
+        settings, store, figures, flask_app.extensions.get("files_store"))
     flask_app.register_blueprint(blp)
 
     @flask_app.before_request
