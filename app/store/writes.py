@@ -1,4 +1,4 @@
-"""The exactly-once writes of the aggregates: a batch's orders counted, its rejections recorded.
+"""Exactly-once writes: a batch's orders counted and its rejections recorded.
 
 Exactly once across slots. One order touches several slots, so no single script makes it
 atomic on a cluster; instead:
@@ -20,11 +20,13 @@ duplicate. A redelivery after the window (claim and markers expired) is counted 
 
 Round trips: on a standalone Redis the same pieces run composed in one script call per
 batch (no CROSSSLOT on one node): claims, checks and every part, atomically
-(apply_batch.lua). A batch in which Redis refuses an order (a conflict, or a total past
-MAX_TOTAL) takes a second call: the first writes nothing and names the orders whose
-rejection records it needs, so a valid order's body is never shipped to Redis. On a cluster
-the calls are grouped by node: one pipeline per node for claims and checks (check_orders.lua),
-one for the parts and the bookkeeping (apply_parts.lua), the nodes in parallel.
+(apply_batch.lua). Python decides each order's verdict from the checks (verdict_of, for
+both ways); the call counts the orders it finds new and fitting, and any other order stops
+it before any write and comes back with its checks, to be sent again with its verdict. A
+batch of new orders is one call; a redelivery or a refusal costs a second. A valid order's
+body travels only in the record of its rejection. On a cluster the calls are grouped by
+node: one pipeline per node for claims and checks (check_orders.lua), one for the parts
+and the bookkeeping (apply_parts.lua), the nodes in parallel.
 
 Limits of the split (cluster only): a check and its part's write are two calls, so two
 workers adding within one order of MAX_TOTAL at the same moment could both pass and take
@@ -155,30 +157,34 @@ class Writer:
                          "by_field": REJECTED_BY_FIELD, "lag": LAG_KEY}}
 
     def _apply_batch(self, orders: list[dict], book: dict, valid: list[Evaluated]) -> list[str]:
-        """The whole batch in one call; a second when Redis refuses an order (its record)."""
+        """The whole batch in one call, or in more when an order is not new and fitting.
+
+        apply_batch.lua counts an order it finds new and fitting; any other order stops the
+        call before any write, and its checks come back for verdict_of to decide on. So
+        only the rejected orders' bodies are ever shipped, in their records.
+        """
         for _ in range(len(orders) + 2):
             call = ScriptCall()
             payload = {**self._limits(), "orders": call.bind(orders), "book": call.bind(book)}
             [reply] = self._run_calls("batch", [(call.keys, payload)], writes=True)
             if not isinstance(reply, str):
                 return reply
-            # Nothing written: the orders refused here, and the verdict each record states.
-            for i, outcome, first_seen, reasons in json.loads(reply):
-                record = self._order_record(valid[i], outcome, first_seen,
-                                            json.loads(reasons) if reasons else None)
-                orders[i] = {**orders[i], "record": {
-                    **record, "verdict": "\n".join((outcome, first_seen, reasons))}}
-        raise Contended("the refused orders' verdicts changed at every try; retry the batch")
+            for i, checks in json.loads(reply):
+                (state, seen), *statuses = checks
+                verdict = verdict_of(orders[i]["claim"]["order_id"], state, seen, statuses)
+                decided = {"checks": checks, "outcome": verdict["outcome"]}
+                if "reasons" in verdict:
+                    decided["record"] = self._order_record(valid[i], verdict)
+                orders[i] = {**orders[i], "decided": decided}
+        raise Contended("the batch's checks changed at every try; retry it")
 
-    def _order_record(self, evaluated: Evaluated, outcome: str, first_seen: str,
-                      reasons: dict | None) -> dict:
+    def _order_record(self, evaluated: Evaluated, verdict: dict) -> dict:
         """The rejection record of an order refused by Redis: a conflict or a total too large."""
-        conflict = outcome == "conflict"
+        conflict = verdict["outcome"] == "conflict"
         return rejection_record(evaluated.incoming.message_id,
                                 "conflict" if conflict else "invalid", evaluated.body,
-                                evaluated.order.order_id,
-                                CONFLICT_REASONS if conflict else reasons,
-                                self.max_body_bytes, first_seen)
+                                evaluated.order.order_id, verdict["reasons"],
+                                self.max_body_bytes, verdict.get("first_seen", ""))
 
     def _apply_phased(self, orders: list[dict], book: dict, valid: list[Evaluated]
                       ) -> list[str]:
@@ -209,29 +215,19 @@ class Writer:
                 verdict = dict(verdicts[earlier])
                 if verdict["outcome"] == "counted":
                     verdict = {"outcome": "duplicate"}
-            elif state == "conflict":
-                verdict = {"outcome": "conflict", "first_seen": seen, "reasons": CONFLICT_REASONS}
-            elif any(status == "over" for status, _ in statuses):
-                if any(status == "applied" for status, _ in statuses):
-                    raise PartlyApplied(f"order {claim['order_id']} is partly applied and its "
-                                        "other parts would pass the largest total")
-                reasons = next(json.loads(r) for status, r in statuses if status == "over")
-                verdict = {"outcome": "rejected", "reasons": reasons}
-                drops.append(claim)  # nothing of it was applied: the id is free again
-            elif all(status == "applied" for status, _ in statuses):
-                verdict = {"outcome": "duplicate"}
             else:
-                verdict = {"outcome": "counted"}
-                todo += [(i, part) for part, (status, _) in zip(o["parts"], statuses)
-                         if status == "fits"]
+                verdict = verdict_of(claim["order_id"], state, seen, statuses)
+                if verdict["outcome"] == "rejected":
+                    drops.append(claim)  # nothing of it was applied: the id is free again
+                elif verdict["outcome"] == "counted":
+                    todo += [(i, part) for part, (status, _) in zip(o["parts"], statuses)
+                             if status == "fits"]
             verdicts.append(verdict)
 
         # 2. The parts, the dropped claims and the bookkeeping, one call per slot.
         for i, verdict in enumerate(verdicts):
             if verdict.get("reasons"):
-                book["rejections"].append(self._order_record(
-                    valid[i], verdict["outcome"], verdict.get("first_seen", ""),
-                    verdict["reasons"]))
+                book["rejections"].append(self._order_record(valid[i], verdict))
         duplicates = sum(v["outcome"] == "duplicate" for v in verdicts)
         steps = [(i, part) for i, part in todo] + [(None, claim) for claim in drops]
         applied = self._run_slots("write", steps, writes=True, book=book, duplicates=duplicates)
@@ -278,7 +274,6 @@ class Writer:
 
         A call's error is raised, or with keep_errors left in its place.
         """
-        script = self._scripts[phase]
         groups: dict[str, tuple[redis.Redis, list[int]]] = {}
         for n, (keys, _) in enumerate(calls):
             client = self._client_for(keys[0])
@@ -286,9 +281,9 @@ class Writer:
         jobs = [(client, [calls[n] for n in members]) for client, members in groups.values()]
         if self._nodes and len(jobs) > 1:
             results = list(self._nodes.map(
-                lambda job: self._pipeline_calls(*job, script, writes), jobs))
+                lambda job: self._pipeline_calls(*job, phase, writes), jobs))
         else:
-            results = [self._pipeline_calls(*job, script, writes) for job in jobs]
+            results = [self._pipeline_calls(*job, phase, writes) for job in jobs]
         replies = [None] * len(calls)
         for (_, members), node_replies in zip(groups.values(), results):
             for n, reply in zip(members, node_replies):
@@ -305,14 +300,15 @@ class Writer:
         node = self.redis.nodes_manager.get_node_from_slot(self.redis.keyslot(key))
         return self.redis.get_redis_connection(node)
 
-    def _pipeline_calls(self, client: redis.Redis, calls: list, script, writes: bool) -> list:
+    def _pipeline_calls(self, client: redis.Redis, calls: list, phase: str, writes: bool
+                        ) -> list:
         """One node's script calls in one pipeline (then WAIT): their replies, or raise."""
         wait = self.wait_replicas and writes
         # WAIT counts the replicas holding this connection's writes, so it goes on the
         # scripts' connection: all in one pipeline, one round trip.
         after = [("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)] if wait else []
         try:
-            replies = scripts.evalsha_each(client, script, [
+            replies = scripts.evalsha_each(client, self._scripts[phase], [
                 (keys, [json.dumps(payload, ensure_ascii=False, separators=(",", ":"))])
                 for keys, payload in calls], *after)
         except (redis.ConnectionError, redis.TimeoutError):
@@ -328,7 +324,9 @@ class Writer:
         if wait and isinstance(confirmed, Exception):
             raise confirmed
         failed = any(isinstance(reply, Exception) for reply in replies)
-        if wait and confirmed < self.wait_replicas and not failed:
+        # apply_batch.lua answering with checks wrote nothing: there is nothing to confirm.
+        unwritten = phase == "batch" and all(isinstance(reply, str) for reply in replies)
+        if wait and confirmed < self.wait_replicas and not failed and not unwritten:
             # The calls ran: a retry finds these orders applied and calls them duplicates.
             raise NotReplicated(f"{confirmed} of {self.wait_replicas} replica(s) confirmed "
                                 f"the batch within {WAIT_TIMEOUT_MS} ms")
@@ -337,6 +335,25 @@ class Writer:
     def _refresh_topology(self):
         if self.cluster:
             self.redis.nodes_manager.initialize()
+
+
+def verdict_of(order_id: str, state: str, seen: str, statuses: list[list[str]]) -> dict:
+    """The verdict on an order from its checks: its claim's state and each part's status.
+
+    The one place it is decided, for both ways of applying a batch: {outcome} with reasons
+    (and first_seen, the fingerprint counted under the id) when the order is refused.
+    """
+    if state == "conflict":
+        return {"outcome": "conflict", "first_seen": seen, "reasons": CONFLICT_REASONS}
+    if any(status == "over" for status, _ in statuses):
+        if any(status == "applied" for status, _ in statuses):
+            raise PartlyApplied(f"order {order_id} is partly applied and its other parts "
+                                "would pass the largest total")
+        return {"outcome": "rejected",
+                "reasons": next(json.loads(r) for status, r in statuses if status == "over")}
+    if all(status == "applied" for status, _ in statuses):
+        return {"outcome": "duplicate"}
+    return {"outcome": "counted"}
 
 
 def _node_name(client: redis.Redis) -> str:

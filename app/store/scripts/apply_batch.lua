@@ -1,67 +1,70 @@
 -- apply_batch: counts a batch of orders and records its rejections in one atomic call, on
--- a standalone Redis (every key on one node): every order's verdict is decided before the
--- first write.
+-- a standalone Redis (every key on one node). It checks every order before the first
+-- write and applies the verdicts the Python side decided from such checks
+-- (app/store/writes.py verdict_of): an order whose checks differ from those its verdict
+-- was decided on stops the call before any write, and the call answers with the checks.
 --
 -- KEYS: every key the orders and the book name; each op's `keys` maps a name to an index
 --   in KEYS (a claim: order; a part: see includes/aggregates.lua; a record: rec, ref).
 -- ARGV[1]: JSON {now, max_total, retention, window, orders, book}: orders[i] = {claim,
---   parts, record}: the claim {order_id, fp, keys}, the parts (includes/parts.lua) and,
---   only once a call asked for it, record: the order's rejection record (includes/book.lua)
---   with verdict, the verdict it was built for; book: the bookkeeping op, its rejections
---   the records of messages refused before Redis.
--- Returns: each order's outcome (counted, duplicate, conflict or rejected); or, having
---   written nothing, JSON [[i, outcome, first_seen, reasons], ...]: the orders (from 0)
---   refused here whose record the call lacks, and the verdict to build each one for
---   (reasons: JSON, '' for a conflict). Valid orders thus ship no body unless refused.
+--   parts, decided}: the claim {order_id, fp, keys}, the parts (includes/parts.lua) and
+--   decided, absent for a new order expected to fit (the claim new, every part fits:
+--   counted), else {checks, outcome, record}: the checks answered earlier, the verdict
+--   (counted, duplicate, rejected or conflict) and the rejection record (includes/book.lua)
+--   of a rejected or conflicting order. book: the bookkeeping op, its rejections the
+--   records of messages refused before Redis.
+-- Returns: each order's outcome; or, having written nothing, JSON [[i, checks], ...] for
+--   the orders (from 0) whose checks differ: checks = [[claim state, fingerprint seen or
+--   ''], [part status, JSON reasons when over or ''], ...] (as check_orders.lua answers).
 --- @include "includes/request"
 --- @include "includes/claims"
 --- @include "includes/parts"
 --- @include "includes/book"
 
-local verdicts, rejections, missing = {}, {}, {}
+-- Whether the checks are those the verdict was decided on.
+local function as_decided(checks, decided)
+  if not decided then
+    for _, check in ipairs(checks) do
+      if check[1] ~= 'new' and check[1] ~= 'fits' then return false end
+    end
+    return true
+  end
+  for k, check in ipairs(checks) do
+    local was = decided.checks[k]
+    if not was or was[1] ~= check[1] or was[2] ~= check[2] then return false end
+  end
+  return #checks == #decided.checks
+end
+
+local verdicts, rejections, differ = {}, {}, {}
 for _, r in ipairs(req.book.rejections) do rejections[#rejections + 1] = r end
 local duplicates = 0
 for i, o in ipairs(req.orders) do
   local state, seen = claim_state(o.claim)
-  local verdict
-  if state == 'conflict' then
-    verdict = {outcome = 'conflict', first_seen = seen}
-  else
-    local todo, applied, reasons = {}, 0, nil
-    for _, part in ipairs(o.parts) do
-      local status, payload = check_part(part)
-      if status == 'applied' then applied = applied + 1
-      elseif status == 'over' then reasons = reasons or payload
-      else todo[#todo + 1] = {part, payload} end
-    end
-    if reasons and applied > 0 then
-      error({err = 'ERR order ' .. o.claim.order_id .. ' is partly applied and its other '
-                   .. 'parts would pass the largest total'})
-    elseif reasons then
-      -- A claim left by an interrupted attempt that applied nothing: the id is free again.
-      verdict = {outcome = 'rejected', reasons = cjson.encode(reasons), drop = state == 'seen'}
-    elseif #todo == 0 then
-      verdict = {outcome = 'duplicate'}
+  local checks, fits = {{state, seen or ''}}, {}
+  for _, part in ipairs(o.parts) do
+    local status, payload = check_part(part)
+    checks[#checks + 1] = {status, status == 'over' and cjson.encode(payload) or ''}
+    if status == 'fits' then fits[#fits + 1] = {part, payload} end
+  end
+  if as_decided(checks, o.decided) then
+    local outcome = o.decided and o.decided.outcome or 'counted'
+    if outcome == 'counted' then
+      for _, t in ipairs(fits) do commit(t[1], t[2]) end
+      if state == 'new' then claimed[K(o.claim, 'order')] = o.claim.fp end
+    elseif outcome == 'duplicate' then
       duplicates = duplicates + 1
     else
-      for _, t in ipairs(todo) do commit(t[1], t[2]) end
-      if state == 'new' then claimed[K(o.claim, 'order')] = o.claim.fp end
-      verdict = {outcome = 'counted', new = state == 'new', todo = todo}
-    end
-  end
-  if verdict.outcome == 'conflict' or verdict.outcome == 'rejected' then
-    local asked = {i - 1, verdict.outcome, verdict.first_seen or '', verdict.reasons or ''}
-    local r = o.record
-    if r and r.verdict == table.concat(asked, '\n', 2) then
+      local r = o.decided.record
       expect(K(r, 'rec'), 'hash'); expect(K(r, 'ref'), 'string')
       rejections[#rejections + 1] = r
-    else
-      missing[#missing + 1] = asked
     end
+    verdicts[i] = {outcome = outcome, state = state, fits = fits}
+  else
+    differ[#differ + 1] = {i - 1, checks}
   end
-  verdicts[i] = verdict
 end
-if #missing > 0 then return cjson.encode(missing) end
+if #differ > 0 then return cjson.encode(differ) end
 check_book(req.book, rejections, duplicates)
 
 local results = {}
@@ -69,9 +72,10 @@ for i, o in ipairs(req.orders) do
   local verdict = verdicts[i]
   results[i] = verdict.outcome
   if verdict.outcome == 'counted' then
-    if verdict.new then write_claim(o.claim) end
-    for _, t in ipairs(verdict.todo) do apply_part(t[1], true) end
-  elseif verdict.drop then
+    if verdict.state == 'new' then write_claim(o.claim) end
+    for _, t in ipairs(verdict.fits) do apply_part(t[1], true) end
+  elseif verdict.outcome == 'rejected' and verdict.state == 'seen' then
+    -- A claim left by an interrupted attempt that applied nothing: the id is free again.
     drop_claim(o.claim)
   end
 end
