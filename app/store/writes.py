@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Self
 
 import redis
 from redis.cluster import RedisCluster
@@ -75,7 +76,7 @@ class PartlyApplied(redis.ResponseError):
 
 
 class Contended(redis.ConnectionError):
-    """The verdicts of a batch's refused orders moved at every try (concurrent writers): retry."""
+    """A batch's checks changed at every try (concurrent writers): retry it."""
 
 
 class Writer:
@@ -98,15 +99,15 @@ class Writer:
         self._nodes = ThreadPoolExecutor(max_workers=8) if self.cluster else None
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings | None = None, **options) -> "Store":
-        """A Store on a new client for the Redis URL (a cluster node: a cluster client)."""
+    def from_url(cls, url: str, settings: Settings | None = None, **options) -> Self:
+        """One on a new client for the Redis URL (a cluster node: a cluster client)."""
         options.setdefault("socket_timeout", 5)
         options.setdefault("socket_connect_timeout", 5)
         return cls(connect(url, decode_responses=True, **options), settings)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Store":
-        """The Store of REDIS_URL with the settings' retention, body limit and WAIT."""
+    def from_settings(cls, settings: Settings) -> Self:
+        """One on REDIS_URL with the settings' retention, body limit and WAIT."""
         return cls.from_url(settings.redis_url, settings)
 
     def user_shard(self, user_id: str) -> int:
