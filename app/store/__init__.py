@@ -1,8 +1,9 @@
 """The Redis gateway: the aggregates (Store) and the batch files' records (FilesStore).
 
-keys.py names every key, scripts/ holds the Lua (one script per file, a header naming its
-KEYS, ARGV and reply), writes.py the exactly-once protocol, aggregates.py the reads,
-batch_files.py the files path. The names below are the package's interface.
+keys.py names every key; scripts/ holds the Lua, one script per file, each with a header
+naming its KEYS, ARGV and reply, and lua.py loads them; writes.py is the exactly-once
+protocol, aggregates.py the reads, batch_files.py the files path. The names below are the
+package's interface.
 """
 from app.store.aggregates import (KPI_FIELDS, OUTCOMES, PlatformTotals, Store, UserRecord,
                                   UserTotals)

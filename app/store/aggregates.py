@@ -10,7 +10,7 @@ from redis.cluster import RedisCluster
 
 from app import ranking
 from app.settings import Settings
-from app.store import scripts
+from app.store import lua
 from app.store.keys import (LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD, REJECTED_INDEX,
                             TASK_EVENTS_KEY, corrections_key, day_key, global_key, month_key,
                             outcomes_key, product_key, rejected_key, rejected_order_key,
@@ -55,8 +55,8 @@ class Store(Writer):
 
     def __init__(self, client: redis.Redis | RedisCluster, settings: Settings | None = None):
         super().__init__(client, settings)
-        self._forget_rejection = scripts.register(client, "forget_rejection")
-        self._ranked = scripts.register(client, "ranked")
+        self._forget_rejection = lua.register(client, "forget_rejection")
+        self._ranked = lua.register(client, "ranked")
 
     def _pipeline(self, one_slot: bool = False):
         # MULTI/EXEC gives a consistent snapshot where the keys allow it: on a cluster only
@@ -157,7 +157,7 @@ class Store(Writer):
                                         for shard in shards], n)
         if not self.cluster:
             # One set per shard (all-time, a day, a month): every shard's top in one pipeline.
-            replies = scripts.evalsha_each(self.redis, self._ranked, [
+            replies = lua.evalsha_each(self.redis, self._ranked, [
                 ([*keys_of(shard), *second_keys_of(shard)], [n]) for shard in shards])
             for reply in replies:
                 if isinstance(reply, Exception):

@@ -12,7 +12,7 @@ from datetime import date
 import redis
 
 from app.redis_client import connect
-from app.store import scripts
+from app.store import lua
 from app.store.keys import (EXECUTIONS_KEY, KPI_DATES_KEY, KPI_SNAPSHOTS_KEY, category_kpi_key,
                             execution_key, execution_settled_key, order_kpi_key)
 
@@ -25,7 +25,7 @@ class FilesStore:
 
     def __init__(self, client: redis.Redis):
         self.redis = client
-        self._write_kpis = scripts.register(client, "write_kpis")
+        self._write_kpis = lua.register(client, "write_kpis")
 
     @classmethod
     def from_url(cls, url: str) -> "FilesStore":

@@ -50,7 +50,7 @@ from redis.cluster import RedisCluster
 from app.orders import Evaluated
 from app.redis_client import connect
 from app.settings import Settings
-from app.store import scripts
+from app.store import lua
 from app.store.keys import (BOOKKEEPING_TAG, LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD,
                             REJECTED_INDEX, hash_tag, shard_applied_key, shard_of,
                             user_applied_key)
@@ -94,7 +94,7 @@ class Writer:
         self.wait_replicas = settings.redis_wait_replicas
         self.retention_seconds = settings.rejected_retention_days * 86400
         self.max_body_bytes = settings.max_order_bytes
-        self._scripts = {phase: scripts.register(client, name)
+        self._scripts = {phase: lua.register(client, name)
                          for phase, name in PHASE_SCRIPTS.items()}
         self._nodes = ThreadPoolExecutor(max_workers=8) if self.cluster else None
 
@@ -309,7 +309,7 @@ class Writer:
         # scripts' connection: all in one pipeline, one round trip.
         after = [("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)] if wait else []
         try:
-            replies = scripts.evalsha_each(client, self._scripts[phase], [
+            replies = lua.evalsha_each(client, self._scripts[phase], [
                 (keys, [json.dumps(payload, ensure_ascii=False, separators=(",", ":"))])
                 for keys, payload in calls], *after)
         except (redis.ConnectionError, redis.TimeoutError):

@@ -1,4 +1,4 @@
-"""The Lua scripts of app/store/scripts: loaded once, included pieces inlined, run by SHA.
+"""The Lua scripts of app/store/scripts/: loaded once, included pieces inlined, run by SHA.
 
 A script names the pieces it needs with ``--- @include "includes/<name>"`` lines (BullMQ's
 convention, taskforcesh/bullmq ``src/commands``), a piece its own the same way, both
