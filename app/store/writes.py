@@ -19,12 +19,12 @@ part, so it moves once per order; an attempt that found nothing left to apply co
 duplicate. A redelivery after the window (claim and markers expired) is counted again.
 
 Round trips: on a standalone Redis the same pieces run composed in one script call per
-batch (no CROSSSLOT on one node): claims, checks and every part, atomically
-(apply_batch.lua). Python decides each order's verdict from the checks (verdict_of, for
-both ways); the call counts the orders it finds new and fitting, and any other order stops
-it before any write and comes back with its checks, to be sent again with its verdict. A
-batch of new orders is one call; a redelivery or a refusal costs a second. A valid order's
-body travels only in the record of its rejection. On a cluster the calls are grouped by
+batch (no CROSSSLOT on one node): claims, checks and every part (apply_batch.lua). Python
+decides each order's verdict from the checks (verdict_of, for both ways): the call counts
+the orders it finds new and fitting, atomically, and leaves out any other (a redelivery,
+a conflict, a total past MAX_TOTAL), whose checks come back to be decided on and sent
+again, with the rejection record of a refused order: a valid order's body travels only
+in that record. A batch of new orders is one call. On a cluster the calls are grouped by
 node: one pipeline per node for claims and checks (check_orders.lua), one for the parts
 and the bookkeeping (apply_parts.lua), the nodes in parallel.
 
@@ -158,25 +158,35 @@ class Writer:
                          "by_field": REJECTED_BY_FIELD, "lag": LAG_KEY}}
 
     def _apply_batch(self, orders: list[dict], book: dict, valid: list[Evaluated]) -> list[str]:
-        """The whole batch in one call, or in more when an order is not new and fitting.
+        """The batch in one call, and the orders it left out in more.
 
-        apply_batch.lua counts an order it finds new and fitting; any other order stops the
-        call before any write, and its checks come back for verdict_of to decide on. So
-        only the rejected orders' bodies are ever shipped, in their records.
+        apply_batch.lua counts the orders it finds new and fitting and leaves out any other,
+        sending back its checks; verdict_of decides on them and they go again with their
+        verdicts (and the records of those refused: only these bodies are ever shipped).
         """
+        outcomes: list[str] = [""] * len(orders)
+        pending = list(range(len(orders)))
         for _ in range(len(orders) + 2):
             call = ScriptCall()
-            payload = {**self._limits(), "orders": call.bind(orders), "book": call.bind(book)}
-            [reply] = self._run_calls("batch", [(call.keys, payload)], writes=True)
-            if not isinstance(reply, str):
-                return reply
-            for i, checks in json.loads(reply):
+            payload = {**self._limits(), "orders": call.bind([orders[i] for i in pending]),
+                       "book": call.bind(book)}
+            [(done, left_out)] = self._run_calls("batch", [(call.keys, payload)], writes=True)
+            for i, outcome in zip(pending, done):
+                outcomes[i] = outcome
+            if not left_out:
+                return outcomes
+            left = []
+            for k, checks in json.loads(left_out):
+                i = pending[k]
                 (state, seen), *statuses = checks
                 verdict = verdict_of(orders[i]["claim"]["order_id"], state, seen, statuses)
                 decided = {"checks": checks, "outcome": verdict["outcome"]}
                 if "reasons" in verdict:
                     decided["record"] = self._order_record(valid[i], verdict)
                 orders[i] = {**orders[i], "decided": decided}
+                left.append(i)
+            # The messages refused before Redis and the lag are written: only the left out go.
+            pending, book = left, self._book([], 0)
         raise Contended("the batch's checks changed at every try; retry it")
 
     def _order_record(self, evaluated: Evaluated, verdict: dict) -> dict:
@@ -325,9 +335,9 @@ class Writer:
         if wait and isinstance(confirmed, Exception):
             raise confirmed
         failed = any(isinstance(reply, Exception) for reply in replies)
-        # apply_batch.lua answering with checks wrote nothing: there is nothing to confirm.
-        unwritten = phase == "batch" and all(isinstance(reply, str) for reply in replies)
-        if wait and confirmed < self.wait_replicas and not failed and not unwritten:
+        # Orders left out by apply_batch.lua go in a next call, whose WAIT confirms both.
+        more = phase == "batch" and any(isinstance(reply, list) and reply[1] for reply in replies)
+        if wait and confirmed < self.wait_replicas and not failed and not more:
             # The calls ran: a retry finds these orders applied and calls them duplicates.
             raise NotReplicated(f"{confirmed} of {self.wait_replicas} replica(s) confirmed "
                                 f"the batch within {WAIT_TIMEOUT_MS} ms")

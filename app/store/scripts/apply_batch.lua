@@ -1,21 +1,23 @@
--- apply_batch: counts a batch of orders and records its rejections in one atomic call, on
--- a standalone Redis (every key on one node). It checks every order before the first
--- write and applies the verdicts the Python side decided from such checks
--- (app/store/writes.py verdict_of): an order whose checks differ from those its verdict
--- was decided on stops the call before any write, and the call answers with the checks.
+-- apply_batch: counts a batch of orders and records its rejections on a standalone Redis
+-- (every key on one node), every check before the first write. It applies the verdicts
+-- the Python side decides from checks (app/store/writes.py verdict_of): an order without
+-- one is counted when it is new and fits (the claim new, every part fits); an order whose
+-- checks differ from those its verdict was decided on is left out of this call, and its
+-- checks come back to be decided on and sent again.
 --
 -- KEYS: every key the orders and the book name; each op's `keys` maps a name to an index
 --   in KEYS (a claim: order; a part: see includes/aggregates.lua; a record: rec, ref).
 -- ARGV[1]: JSON {now, max_total, retention, window, orders, book}: orders[i] = {claim,
 --   parts, decided}: the claim {order_id, fp, keys}, the parts (includes/parts.lua) and
---   decided, absent for a new order expected to fit (the claim new, every part fits:
---   counted), else {checks, outcome, record}: the checks answered earlier, the verdict
---   (counted, duplicate, rejected or conflict) and the rejection record (includes/book.lua)
---   of a rejected or conflicting order. book: the bookkeeping op, its rejections the
---   records of messages refused before Redis.
--- Returns: each order's outcome; or, having written nothing, JSON [[i, checks], ...] for
---   the orders (from 0) whose checks differ: checks = [[claim state, fingerprint seen or
---   ''], [part status, JSON reasons when over or ''], ...] (as check_orders.lua answers).
+--   decided, absent for an order expected new and fitting, else {checks, outcome, record}:
+--   the checks the verdict was decided on, the verdict (counted, duplicate, rejected or
+--   conflict) and, for a rejected or conflicting order, its rejection record
+--   (includes/book.lua). book: the bookkeeping op, its rejections the records of messages
+--   refused before Redis.
+-- Returns: {outcomes, left out}: each order's outcome, '' for an order left out; and ''
+--   or JSON [[i, checks], ...] for the orders left out (i from 0), checks = [[claim
+--   state, fingerprint seen or ''], [part status, JSON reasons when over or ''], ...] (as
+--   check_orders.lua answers).
 --- @include "includes/request"
 --- @include "includes/claims"
 --- @include "includes/parts"
@@ -36,7 +38,7 @@ local function as_decided(checks, decided)
   return #checks == #decided.checks
 end
 
-local verdicts, rejections, differ = {}, {}, {}
+local verdicts, rejections, deferred = {}, {}, {}
 for _, r in ipairs(req.book.rejections) do rejections[#rejections + 1] = r end
 local duplicates = 0
 for i, o in ipairs(req.orders) do
@@ -61,10 +63,10 @@ for i, o in ipairs(req.orders) do
     end
     verdicts[i] = {outcome = outcome, state = state, fits = fits}
   else
-    differ[#differ + 1] = {i - 1, checks}
+    verdicts[i] = {outcome = ''}
+    deferred[#deferred + 1] = {i - 1, checks}
   end
 end
-if #differ > 0 then return cjson.encode(differ) end
 check_book(req.book, rejections, duplicates)
 
 local results = {}
@@ -81,4 +83,4 @@ for i, o in ipairs(req.orders) do
 end
 trim_applied()
 write_book(req.book, rejections, duplicates)
-return results
+return {results, #deferred > 0 and cjson.encode(deferred) or ''}

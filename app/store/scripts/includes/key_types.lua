@@ -1,5 +1,4 @@
 --- @include "includes/request"
---- @include "includes/aggregates"
 -- Redis does not roll a script back when a command fails half-way, so everything that
 -- could fail is checked before the first write: 1. the type of every key. A check's reads
 -- (redis.pcall) type the keys they read: only the keys no read touched cost a TYPE.
@@ -22,6 +21,8 @@ local function read(command, key, kind, ...)
   typed[key] = kind
   return reply
 end
+-- Key name -> type, of each op kind: set by aggregates.lua.
+local kinds
 local function expect_op(op)
   local kind_of = kinds[op.kind]
   for name, index in pairs(op.keys) do
