@@ -4,6 +4,7 @@
 -- applied set), keys, ...}: user {cents, day, ts}; shard {user_id, cents, units,
 -- correction}; products {products = [{id, units, cents, keys = {product}}]}. Money is
 -- integer cents in strings.
+
 -- The order's field a rejection names: a product's figures blame its items.
 local blamed = {cents = 'order_value', units = 'items', orders = '_schema'}
 local function past_limit(a)
