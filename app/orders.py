@@ -5,7 +5,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from marshmallow import ValidationError
 
@@ -58,9 +58,10 @@ class Order:
     # Whether placed_at came from the body; a fallback time is no part of the order's identity.
     timestamp_given: bool = True
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """The content that makes two deliveries the same order (compact JSON)."""
+        # Cached: the claim and every part's applied mark use it.
         placed = self.placed_at.isoformat() if self.timestamp_given else None
         return json.dumps([self.user_id, placed, self.value_cents,
                            [[li.product_id, li.quantity, li.line_cents] for li in self.lines]],

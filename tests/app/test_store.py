@@ -197,3 +197,44 @@ def test_a_batch_is_one_pipeline_and_a_flushed_script_is_loaded_then_sent_again(
     assert apply(store, body("O2", cents=300)) == ["counted"]
     assert client.sent == ["pipeline"]
     assert store.user_stats("U1").total_spend_cents == 1000  # each applied once
+
+
+class Recording(Store):
+    """A Store that keeps each script call's payload as sent (JSON text), by phase."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.payloads: list[tuple[str, str]] = []
+
+    def _run_calls(self, phase, calls, writes, keep_errors=False):
+        self.payloads += [(phase, json.dumps(payload, ensure_ascii=False)) for _, payload in calls]
+        return super()._run_calls(phase, calls, writes, keep_errors)
+
+
+def test_a_valid_order_ships_its_body_only_in_the_record_of_its_rejection(store, settings):
+    recording = Recording(store.redis, settings)
+    note = "a note only the body carries"
+    first = body("O1", cents=500).replace('"O1"', '"O1", "note": "' + note + '"')
+    assert apply(recording, first, body("O2", cents=700)) == ["counted", "counted"]
+    assert recording.payloads and not any(note in sent for _, sent in recording.payloads)
+
+    recording.payloads.clear()
+    conflicting = body("O1", cents=900).replace('"O1"', '"O1", "note": "' + note + '"')
+    assert apply(recording, conflicting, body("O3", cents=100)) == ["conflict", "counted"]
+    carrying = [phase for phase, sent in recording.payloads if note in sent]
+    # Sent once, in the record written: the last batch call, or the cluster's write phase.
+    assert carrying == ["write" if store.cluster else "batch"]
+    assert json.loads(store.rejection("O1")["body"])["note"] == note
+
+
+def test_a_batch_of_new_orders_is_one_call_and_one_with_a_redelivery_two(settings):
+    recording = Recording(Store.from_url(settings.redis_url).redis, settings)
+    assert apply(recording, body("O1"), body("O2")) == ["counted", "counted"]
+    assert [phase for phase, _ in recording.payloads] == ["batch"]
+    recording.payloads.clear()
+    # O1 again (its checks: seen, applied), and O3 twice in one batch: the first counts it.
+    assert apply(recording, body("O1"), body("O3"), body("O3")) == ["duplicate", "counted",
+                                                                    "duplicate"]
+    assert [phase for phase, _ in recording.payloads] == ["batch", "batch"]
+    assert recording.outcomes() == {"counted": 3, "duplicate": 2, "rejected": 0, "conflict": 0}
+    assert recording.user_stats("U1").order_count == 3

@@ -1,0 +1,116 @@
+"""The batch files path's records (app/files) in the aggregates' Redis: KPI tables and
+execution records.
+
+The seed's DynamoDB tables, in Redis: OrderKPIs by order_date, CategoryKPIs by
+(category, order_date). Exact integers are stored; rates and averages are derived on read.
+"""
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import redis
+
+from app.redis_client import connect
+from app.store import lua
+from app.store.keys import (EXECUTIONS_KEY, KPI_DATES_KEY, KPI_SNAPSHOTS_KEY, category_kpi_key,
+                            execution_key, execution_settled_key, order_kpi_key)
+
+ORDER_KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold",
+                    "unique_customers", "returned_orders")
+
+
+class FilesStore:
+    """KPI tables and execution records of the batch files path, in the aggregates' Redis."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._write_kpis = lua.register(client, "write_kpis")
+
+    @classmethod
+    def from_url(cls, url: str) -> "FilesStore":
+        """A FilesStore on a new client for the Redis URL."""
+        return cls(connect(url, decode_responses=True, socket_timeout=10,
+                           socket_connect_timeout=5))
+
+    def write_kpis(self, rank: int, dates: list[str], order_kpis, category_kpis) -> int:
+        """Replace the KPIs of the dates in one atomic call; return the dates written."""
+        orders = {k.order_date: k for k in order_kpis}
+        categories: dict[str, list[str]] = {d: [] for d in dates}
+        for k in category_kpis:
+            categories.setdefault(k.order_date, []).extend(
+                [k.category, json.dumps([k.daily_revenue_cents, k.orders, k.items,
+                                         k.returned_items])])
+        days, keys = [], [KPI_SNAPSHOTS_KEY, KPI_DATES_KEY]
+        for day in dates:
+            entry = {"date": day, "ordinal": date.fromisoformat(day).toordinal(),
+                     "categories": categories.get(day, [])}
+            if day in orders:
+                entry["order"] = [x for f in ORDER_KPI_FIELDS
+                                  for x in (f, str(getattr(orders[day], f)))]
+            days.append(entry)
+            keys += [order_kpi_key(day), category_kpi_key(day)]
+        # cjson turns an empty Lua table into {}: send the categories as arrays explicitly.
+        payload = json.dumps(days, ensure_ascii=False)
+        return int(self._write_kpis(keys=keys, args=[rank, payload]))
+
+    def _dates(self, start: str, end: str) -> list[str]:
+        return self.redis.zrangebyscore(KPI_DATES_KEY, date.fromisoformat(start).toordinal(),
+                                        date.fromisoformat(end).toordinal())
+
+    def order_kpis(self, start: str, end: str) -> list[dict]:
+        """Raw order KPIs of the dates with orders in [start, end], by date."""
+        dates = self._dates(start, end)
+        pipe = self.redis.pipeline(transaction=True)
+        for day in dates:
+            pipe.hgetall(order_kpi_key(day))
+        return [{"order_date": day, **{f: int(raw.get(f, 0)) for f in ORDER_KPI_FIELDS}}
+                for day, raw in zip(dates, pipe.execute()) if raw]
+
+    def category_kpis(self, start: str, end: str, category: str | None = None) -> list[dict]:
+        """Raw category KPIs in [start, end] (one category or all), by category then date."""
+        dates = self._dates(start, end)
+        pipe = self.redis.pipeline(transaction=True)
+        for day in dates:
+            if category is None:
+                pipe.hgetall(category_kpi_key(day))
+            else:
+                pipe.hmget(category_kpi_key(day), [category])
+        rows = []
+        for day, raw in zip(dates, pipe.execute()):
+            pairs = raw.items() if category is None else zip([category], raw)
+            for name, value in pairs:
+                if value is None:
+                    continue
+                revenue, orders, items, returned = json.loads(value)
+                rows.append({"category": name, "order_date": day, "daily_revenue_cents": revenue,
+                             "orders": orders, "items": items, "returned_items": returned})
+        return sorted(rows, key=lambda r: (r["category"], r["order_date"]))
+
+    def save_execution(self, record: dict) -> None:
+        """Store (or replace) an execution's record and list it by start time."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(execution_key(record["execution_id"]),
+                 json.dumps(record, ensure_ascii=False, default=str))
+        pipe.zadd(EXECUTIONS_KEY, {record["execution_id"]: record["started_at_ms"]})
+        pipe.execute()
+
+    def execution(self, execution_id: str) -> dict | None:
+        """One execution's record, or None."""
+        raw = self.redis.get(execution_key(execution_id))
+        return json.loads(raw) if raw else None
+
+    def executions(self, limit: int = 20) -> list[dict]:
+        """The latest executions' records, newest first."""
+        ids = self.redis.zrevrange(EXECUTIONS_KEY, 0, max(limit, 1) - 1)
+        if not ids:
+            return []
+        return [json.loads(raw) for raw in self.redis.mget([execution_key(i) for i in ids]) if raw]
+
+    def settled(self, execution_id: str) -> str | None:
+        """How an execution was announced ("succeeded" or "failed"), or None."""
+        return self.redis.get(execution_settled_key(execution_id))
+
+    def mark_settled(self, execution_id: str, status: str, ttl_seconds: int = 7 * 86400):
+        """Remember that an execution's outcome was announced (for a week)."""
+        self.redis.set(execution_settled_key(execution_id), status, ex=ttl_seconds)
