@@ -2,7 +2,7 @@
 
 v1 (up to commit 804dcff) ran on one standalone Redis, with keys without hash tags
 (`user:<id>`, `order:<id>`, `global:stats`, `top:users:spend:day:<d>`, ...). Today's layout
-(app/store.py's docstring) tags every key and spreads totals and rankings over
+(app/store/keys.py's docstring) tags every key and spreads totals and rankings over
 REDIS_SHARDS shards. The tool rewrites every v1 key into its new place:
 
 - per-user and per-product keys, rejection records and the files path's keys are renamed
