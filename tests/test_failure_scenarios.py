@@ -1,4 +1,4 @@
-"""Issue 3's failure scenarios with real redis-server, LocalStack SQS, celery workers and gunicorn.
+"""Failure scenarios with real redis-server, LocalStack SQS, celery workers and gunicorn.
 
 Every test sends a known set of messages, computes what it expects from them alone (Decimal
 sums, no code under test), and ends by checking the account: exact totals, every distinct

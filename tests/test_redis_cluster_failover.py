@@ -1,4 +1,4 @@
-"""Issue 11: a Redis Cluster primary dies mid-stream; the cluster promotes its replica.
+"""A Redis Cluster primary dies mid-stream; the cluster promotes its replica.
 
 As in tests/test_redis_failover.py, the primary's host dies rather than just its process
 (a SIGKILL alone loses nothing on one host: the kernel still delivers what Redis wrote to

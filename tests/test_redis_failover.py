@@ -1,4 +1,4 @@
-"""Issue 9: the Redis primary dies mid-stream and its replica is promoted, with and without WAIT.
+"""The Redis primary dies mid-stream and its replica is promoted, with and without WAIT.
 
 A SIGKILL of redis-server alone loses nothing on one host: the kernel still delivers what
 Redis wrote to its replica's socket. A crashed host takes those buffers with it, so here the
