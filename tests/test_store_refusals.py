@@ -128,6 +128,19 @@ def test_a_store_refusing_writes_pauses_consumption_and_dead_letters_nothing(
         refusal, settings, sqs_client, start_worker, tmp_path):
     """Writes refused mid-stream for longer than any message's budget: 0 dead-lettered,
     totals exact, consumption paused and resumed once each."""
+    refuse_mid_stream(refusal, settings, sqs_client, start_worker, tmp_path)
+
+
+@pytest.mark.slow
+def test_with_a_task_per_order_a_full_store_dead_letters_nothing(settings, sqs_client,
+                                                                 start_worker, tmp_path):
+    """CONSUME_BATCH_SIZE=1 (one orders.process task per order): the same under OOM."""
+    refuse_mid_stream(OutOfMemory, replace(settings, consume_batch_size=1), sqs_client,
+                      start_worker, tmp_path)
+
+
+def refuse_mid_stream(refusal, settings, sqs_client, start_worker, tmp_path):
+    """Run ORDERS through a worker while the fault refuses writes for refusal_seconds."""
     server = RedisServer(free_port(), log_dir=tmp_path, name="redis-refusing").start()
     fault = refusal(server, tmp_path)
     try:
