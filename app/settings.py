@@ -44,6 +44,10 @@ class Settings:
         "docker-compose consume `OrderQueue`, an existing producer's).")
     orders_dlq: str = setting("", "Dead-letter queue of the orders queues; empty means "
                                   "`<ORDERS_QUEUE>-dlq`.")
+    require_noeviction: bool = setting(
+        False, "Refuse to start a worker when the store does not tell its `maxmemory-policy` "
+        "(some managed services refuse `CONFIG GET`). A policy other than `noeviction` is "
+        "always refused: eviction drops the claims that keep orders from counting twice.")
     max_receive_count: int = setting(
         5, "Receives before SQS dead-letters a failing message (1 to 1000).")
     failure_backoff: int = setting(

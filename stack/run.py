@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
+import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app import settings as app_settings
 from app import aws, sqs
+from app.redis_client import is_cluster, without_password
 from stack import redis_users
 from stack.cluster import BUS_OFFSET, LocalRedisCluster
 from stack.launch import SCRIPTS, api_command, flower_command, worker_command
@@ -98,6 +99,10 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
         env["SQS_ENDPOINT_URL"] = server.endpoint_url
     if "REDIS_URL" not in os.environ:
         env.update(start_redis(stack))
+    elif "CONTROL_URL" not in os.environ and names_a_cluster(os.environ["REDIS_URL"]):
+        # Derived from a cluster node, the control plane could not work (kombu's Redis
+        # transport speaks no cluster): a standalone one of the stack's own.
+        env["CONTROL_URL"] = start_control_plane(stack)
 
     # An existing producer sends to OrderQueue: it works unchanged against the local stack.
     env.setdefault("EXTRA_ORDERS_QUEUES", "OrderQueue")
@@ -164,6 +169,28 @@ def start_redis(stack: Stack) -> dict[str, str]:
     return urls
 
 
+def names_a_cluster(url: str) -> bool:
+    """Whether url is a node of a Redis Cluster (False when it does not answer)."""
+    try:
+        return is_cluster(url)
+    except redis.RedisError as exc:
+        say(f"could not ask {without_password(url)} whether it is a cluster: {exc}")
+        return False
+
+
+def start_control_plane(stack: Stack) -> str:
+    """Start a standalone Redis for worker events and remote control; the workers' URL."""
+    passwords = redis_users.new_passwords()
+    port = stack.settings.redis_port
+    say(f"REDIS_URL names a Redis Cluster: starting redis-server on 127.0.0.1:{port} for the "
+        f"control plane (CONTROL_URL), data in {stack.var_dir}/redis-control")
+    server = stack.start_server(
+        RedisServer(port, stack.var_dir / "redis-control", log_dir=stack.log_dir,
+                    name="redis-control", extra_args=redis_users.server_args(passwords)))
+    return redis_users.url_for(server.url, redis_users.WORKER_USER,
+                               passwords[redis_users.WORKER_USER])
+
+
 def start_cluster(stack: Stack, passwords: dict[str, str]) -> LocalRedisCluster:
     """Start the local Redis Cluster of REDIS_CLUSTER primaries and print its nodes."""
     primaries, replicas = stack.settings.redis_cluster, stack.settings.redis_replicas
@@ -212,15 +239,6 @@ def write_credentials(path: Path, settings: app_settings.Settings) -> None:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(f"REDIS_URL={settings.redis_url}\nCONTROL_URL={settings.control_plane_url}\n")
-
-
-def without_password(url: str) -> str:
-    """A URL with its password, if any, shown as ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def send_demo_orders(env: dict[str, str], count: int) -> None:

@@ -314,9 +314,12 @@ class RedisServer:
         directory.mkdir(parents=True, exist_ok=True)
         # --save '' turns RDB snapshots off; the append-only file alone keeps the data.
         # extra_args come last: a repeated option overrides (a benchmark's appendfsync).
+        # noeviction: the workers refuse a store that may evict their claims (stated, not
+        # left to the build's default).
         return [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--dir", str(directory), "--daemonize", "no",
-                "--logfile", "", *persistence, *self.extra_args]
+                "--logfile", "", "--maxmemory-policy", "noeviction", *persistence,
+                *self.extra_args]
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
         """Start redis-server and wait until it answers PING."""

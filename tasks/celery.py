@@ -10,7 +10,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 import celeryconfig
 from app.display import printable
-from app.redis_client import check_control_plane
+from app.redis_client import check_control_plane, check_eviction_policy
 from app.settings import Settings
 from tasks.sqs.receive import use_for_sqs_urls
 
@@ -70,16 +70,18 @@ def use_log_format(logger: logging.Logger, **kwargs):
 
 
 @worker_init.connect
-def refuse_a_cluster_control_plane(sender=None, **kwargs):
-    """A worker on a Redis Cluster store needs a standalone CONTROL_URL: say so and exit."""
+def refuse_a_store_that_cannot_work(sender=None, **kwargs):
+    """A worker needs a standalone control plane and a store that never evicts: else exit."""
     settings = getattr(sender.app if sender else current_app, "settings", None)
     if settings is None:
         return
     try:
         check_control_plane(settings)
+        check_eviction_policy(settings)
     except ValueError as exc:
         # SystemExit prints the message alone: a traceback would bury it.
         raise SystemExit(f"worker not started: {exc}") from None
     except redis.RedisError as exc:
         # Redis not up yet: the worker starts all the same, its tasks retry until it is.
-        logging.getLogger(__name__).warning("could not check the control plane: %s", exc)
+        logging.getLogger(__name__).warning("could not check the control plane and the "
+                                            "store: %s", exc)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import uuid
 from typing import Callable
 
-from celery.worker.request import Request
 from kombu.message import Message
 from kombu.serialization import dumps
 
 from app.deadletters import original_id
 from tasks import compat
+from tasks.backpressure import StoreRequest
 from tasks.names import FILES_EXECUTE, PROCESS_BATCH, PROCESS_ORDER
 from tasks.sqs.settle import DONE, FAILED, HELD, RETURNED, settle
 from tasks.sqs.task_messages import REFUSED_KEY, is_message_id
@@ -218,8 +218,9 @@ class BatchPartlyFailed(Exception):
                 f"({', '.join(self.failed_ids)}): {self.args[1]}")
 
 
-class BatchRequest(Request):
-    """Request of the batch task: a partial failure names the messages that failed."""
+class BatchRequest(StoreRequest):
+    """Request of the batch task: a partial failure names the messages that failed (and a
+    refused write pauses consumption, as for every orders task)."""
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         """Mark the failed messages: the batch's reject deletes the rest and leaves those."""

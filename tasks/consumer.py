@@ -4,6 +4,7 @@ from __future__ import annotations
 from celery.worker.consumer import Consumer
 
 from tasks import compat
+from tasks.backpressure import StoreProbe, gate
 from tasks.collector import (MAX_EVENTS, ORDERS_WINDOW_SECONDS, Collector, FileEvents,
                              OrdersBatch, adopt_raw_order)
 from tasks.control import control_connection
@@ -39,6 +40,8 @@ class OrderConsumer(Consumer):
         self.tasks_by_queue = {name: ORDER_TASKS for name in settings.consumed_queue_urls}
         self.tasks_by_queue[settings.files_queue] = FILES_TASKS
         self._events_timer = None
+        # Consumption pauses while the store refuses writes (tasks/backpressure.py).
+        gate.use(self.timer, StoreProbe(settings.redis_url))
 
     def stop(self):
         """The loop has stopped: what the pool still finishes is settled from threads."""

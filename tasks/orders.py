@@ -15,6 +15,7 @@ from app import pipeline
 from app.orders import Incoming
 from app.settings import Settings
 from app.store import NotReplicated, Store
+from tasks.backpressure import retry_if_refused
 from tasks.collector import BatchPartlyFailed
 from tasks.names import PROCESS_BATCH, PROCESS_ORDER
 
@@ -83,12 +84,19 @@ def _log(outcome: pipeline.Outcome, task_id: str):
                        "reasons": outcome.reasons})
 
 
-@shared_task(name=PROCESS_ORDER, bind=True, base=OrderTask)
+@shared_task(name=PROCESS_ORDER, bind=True, base=OrderTask,
+             Request="tasks.backpressure:StoreRequest")
 def process_order(self, order, message_id: str | None = None, sent_at_ms: int | None = None,
                   refused_task: str | None = None):
     """Validate one order event and count it exactly once, or record why not."""
-    [outcome] = pipeline.process([_incoming(order, message_id or self.request.id, sent_at_ms,
-                                            refused_task)], self.store, self.settings)
+    try:
+        [outcome] = pipeline.process([_incoming(order, message_id or self.request.id,
+                                                sent_at_ms, refused_task)],
+                                     self.store, self.settings)
+    except redis.ResponseError as exc:
+        if (retry := retry_if_refused(self, exc)) is not None:
+            raise retry from exc
+        raise
     _log(outcome, self.request.id)
     return outcome.as_dict()
 
@@ -103,7 +111,9 @@ def process_batch(self, messages: list[dict]):
         failed = {}
     except TRANSIENT_ERRORS:
         raise
-    except Exception:
+    except Exception as exc:
+        if (retry := retry_if_refused(self, exc)) is not None:
+            raise retry from exc
         # One poison message must not hold back its neighbours: apply them one by one,
         # so only the culprit is left to SQS's redelivery and dead-lettering.
         logger.warning("batch %s failed as a whole; applying its orders one by one",
@@ -127,6 +137,8 @@ def _one_by_one(task: OrderTask, incoming: list[Incoming]):
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:
+            if (retry := retry_if_refused(task, exc)) is not None:
+                raise retry from exc
             logger.error("message %s failed: %s", message.message_id, exc, exc_info=True,
                          extra={"message_id": message.message_id})
             failed[message.message_id] = exc

@@ -178,6 +178,11 @@ def test_compose_redis_command_runs_and_locks_its_doors(services, tmp_path):
     assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
 
 
+def test_redis_never_evicts(services):
+    options = server_options(services)
+    assert options[options.index("--maxmemory-policy") + 1] == "noeviction"
+
+
 def compose_worker_url(services, port: int) -> str:
     url = services["worker"]["environment"]["REDIS_URL"]
     return url.replace("redis:6379", f"127.0.0.1:{port}")

@@ -46,6 +46,7 @@ from kombu.transport import SQS
 from vine import transform
 
 from tasks import compat
+from tasks.backpressure import gate
 from tasks.sqs.settle import DONE, FAILED, RETURNED, settle
 from tasks.sqs.task_messages import (REFUSED_KEY, Refused, accepted_files_task_message,
                                      accepted_task_message, looks_like_task_message)
@@ -160,6 +161,7 @@ class Channel(SQS.Channel):
         self._chains: Counter = Counter()  # live receive chains per queue
         self._parked: list[str] = []  # queues of chains waiting for room in the window
         self.receiving = 0  # messages asked for by the receives in flight
+        gate.on_open(self.wake_receivers)
 
     # The receive chains. kombu's receive loop is a chain per queue: _schedule_queue
     # receives (if the prefetch window has room), and the answer schedules the next
@@ -188,8 +190,9 @@ class Channel(SQS.Channel):
                 self._chains[queue] > self.receive_meter.receives_needed()):
             self._chains[queue] -= 1  # this chain ends (queue cancelled, or one too many)
             return
-        if not self.qos.can_consume():
-            self._parked.append(queue)  # woken by wake_receivers() once room opens
+        if gate.closed or not self.qos.can_consume():
+            # Woken by wake_receivers() once room opens, or the store takes writes again.
+            self._parked.append(queue)
             return
         super()._schedule_queue(queue)
 
@@ -207,8 +210,9 @@ class Channel(SQS.Channel):
         super()._loop1(queue, messages_fetched)
 
     def wake_receivers(self):
-        """Resume the parked chains once the window has room (on every settlement and landing)."""
-        if self._parked and self.hub and self.qos.can_consume():
+        """Resume the parked chains once the window has room (on every settlement and landing)
+        and the store takes writes (tasks/backpressure.py)."""
+        if self._parked and self.hub and not gate.closed and self.qos.can_consume():
             parked, self._parked = self._parked, []
             for queue in parked:
                 self.hub.call_soon(self._schedule_queue, queue)
