@@ -140,11 +140,15 @@ class ItemList(fields.List):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-class OrderSchema(Schema):
-    """An order event as the shop platform sends it."""
+class PlatformSchema(Schema):
+    """A body the shop platform sends: fields it adds later are ignored, not refused."""
 
     class Meta:
         unknown = EXCLUDE
+
+
+class OrderSchema(PlatformSchema):
+    """An order event as the shop platform sends it."""
 
     order_id = Identifier(required=True)
     user_id = Identifier(required=True)
@@ -159,11 +163,8 @@ class OrderSchema(Schema):
         self.fields["items"].max_items = max_items
 
 
-class LegacyOrderSchema(Schema):
+class LegacyOrderSchema(PlatformSchema):
     """The older minimal shape {"user_id": "123", "amount": 100}."""
-
-    class Meta:
-        unknown = EXCLUDE
 
     order_id = Identifier(load_default=None)
     user_id = Identifier(required=True)

@@ -58,6 +58,11 @@ def shard_tag(shard: int) -> str:
     return f"{{s{shard}}}"
 
 
+def user_tag(user_id: str) -> str:
+    """The hash tag of a user's slot."""
+    return f"{{u:{escaped_id(user_id)}}}"
+
+
 def hash_tag(key: str) -> str:
     """The {...} part of a key that decides its slot."""
     start = key.index("{")
@@ -66,18 +71,18 @@ def hash_tag(key: str) -> str:
 
 def user_key(user_id: str) -> str:
     """Hash of one user's totals (the seeds' fields, under user:{u:<id>})."""
-    return f"user:{{u:{escaped_id(user_id)}}}"
+    return f"user:{user_tag(user_id)}"
 
 
 def user_days_key(user_id: str) -> str:
     """Hash of one user's days: field YYYY-MM-DD, value "<orders>:<cents>"."""
     # Not under user:*, where each key is one user's totals hash.
-    return f"user-days:{{u:{escaped_id(user_id)}}}"
+    return f"user-days:{user_tag(user_id)}"
 
 
 def user_applied_key(user_id: str) -> str:
     """Sorted set of the orders the user part applied, scored by time (the window's)."""
-    return f"applied:{{u:{escaped_id(user_id)}}}"
+    return f"applied:{user_tag(user_id)}"
 
 
 def order_key(order_id: str) -> str:
