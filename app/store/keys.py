@@ -26,19 +26,20 @@ from urllib.parse import quote
 
 # The bookkeeping slot's keys.
 BOOKKEEPING_TAG = "{p}"
-OUTCOMES_KEY = "pipeline:outcomes:{p}"
-REJECTED_INDEX = "rejected:{p}"
-REJECTED_BY_FIELD = "pipeline:rejected-by-field:{p}"
+OUTCOMES_KEY = f"pipeline:outcomes:{BOOKKEEPING_TAG}"
+REJECTED_INDEX = f"rejected:{BOOKKEEPING_TAG}"
+REJECTED_BY_FIELD = f"pipeline:rejected-by-field:{BOOKKEEPING_TAG}"
 # When the last batch was applied and when its oldest message had been sent (ms).
-LAG_KEY = "pipeline:lag:{p}"
+LAG_KEY = f"pipeline:lag:{BOOKKEEPING_TAG}"
 TASK_EVENTS_KEY = "pipeline:task-events"
 
 # Every key of the files path shares the {files} hash tag: write_kpis.lua touches several
 # at once, which a cluster runs only within one slot (the KPI tables are small).
-KPI_DATES_KEY = "kpi:{files}:orders:dates"
+FILES_TAG = "{files}"
+KPI_DATES_KEY = f"kpi:{FILES_TAG}:orders:dates"
 # order_date -> rank of the table snapshot its KPIs were computed from (see write_kpis.lua).
-KPI_SNAPSHOTS_KEY = "kpi:{files}:snapshots"
-EXECUTIONS_KEY = "files:{files}:executions"
+KPI_SNAPSHOTS_KEY = f"kpi:{FILES_TAG}:snapshots"
+EXECUTIONS_KEY = f"files:{FILES_TAG}:executions"
 
 
 def escaped_id(value: str) -> str:
@@ -150,13 +151,13 @@ def top_products_key(by: str, shard: int = 0) -> str:
 
 def rejected_key(message_id: str) -> str:
     """Hash of one rejected message: body, reasons, time (expires after the retention)."""
-    return f"rejected:{{p}}:{escaped_id(message_id)}"
+    return f"rejected:{BOOKKEEPING_TAG}:{escaped_id(message_id)}"
 
 
 def rejected_order_key(order_id: str) -> str:
     """The message id of an order id's latest rejection; expires with that record."""
     # A key per order rather than one hash, so each pointer expires with its record.
-    return f"rejected-order:{{p}}:{escaped_id(order_id)}"
+    return f"rejected-order:{BOOKKEEPING_TAG}:{escaped_id(order_id)}"
 
 
 def applied_mark(order_id: str, fingerprint: str) -> str:
@@ -169,19 +170,19 @@ def applied_mark(order_id: str, fingerprint: str) -> str:
 
 def order_kpi_key(order_date: str) -> str:
     """Hash of one order_date's order KPIs (OrderKPIs item)."""
-    return f"kpi:{{files}}:orders:{order_date}"
+    return f"kpi:{FILES_TAG}:orders:{order_date}"
 
 
 def category_kpi_key(order_date: str) -> str:
     """Hash of one order_date's category KPIs: field category, value a JSON array."""
-    return f"kpi:{{files}}:categories:{order_date}"
+    return f"kpi:{FILES_TAG}:categories:{order_date}"
 
 
 def execution_key(execution_id: str) -> str:
     """JSON record of one files execution (the copy of results/<id>.json the API serves)."""
-    return f"files:{{files}}:execution:{escaped_id(execution_id)}"
+    return f"files:{FILES_TAG}:execution:{escaped_id(execution_id)}"
 
 
 def execution_settled_key(execution_id: str) -> str:
     """Marker that an execution's outcome (finished or failed) was announced once."""
-    return f"files:{{files}}:execution-settled:{escaped_id(execution_id)}"
+    return f"files:{FILES_TAG}:execution-settled:{escaped_id(execution_id)}"
