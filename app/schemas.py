@@ -110,11 +110,15 @@ class Timestamp(fields.AwareDateTime):
             raise self.make_error("range") from None
 
 
-class ItemSchema(Schema):
-    """One line of an order."""
+class PlatformSchema(Schema):
+    """What the shop platform sends: fields it adds later are ignored, not refused."""
 
     class Meta:
         unknown = EXCLUDE
+
+
+class ItemSchema(PlatformSchema):
+    """One line of an order."""
 
     product_id = Identifier(required=True)
     quantity = Quantity(required=True)
@@ -138,13 +142,6 @@ class ItemList(fields.List):
         if isinstance(value, list) and len(value) > self.max_items:
             raise self.make_error("too_many", max=self.max_items)
         return super()._deserialize(value, attr, data, **kwargs)
-
-
-class PlatformSchema(Schema):
-    """A body the shop platform sends: fields it adds later are ignored, not refused."""
-
-    class Meta:
-        unknown = EXCLUDE
 
 
 class OrderSchema(PlatformSchema):
