@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
-from app.store import Store, top_products_key, top_users_key
+from app.store import Store, UserTotals, top_products_key, top_users_key
 
 MAX_DAYS = 366   # the longest range of days a query may ask for (a leap year)
 MAX_MONTHS = 12  # the longest range of months
@@ -226,12 +226,9 @@ class UserPeriod:
 
 
 @dataclass(frozen=True)
-class UserSummary:
+class UserSummary(UserTotals):
     """One user's all-time figures with the times of the first and last orders."""
 
-    user_id: str
-    order_count: int
-    total_spend_cents: int
     first_order_at: datetime | None
     last_order_at: datetime | None
 

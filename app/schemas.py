@@ -110,11 +110,15 @@ class Timestamp(fields.AwareDateTime):
             raise self.make_error("range") from None
 
 
-class ItemSchema(Schema):
-    """One line of an order."""
+class PlatformSchema(Schema):
+    """What the shop platform sends: fields it adds later are ignored, not refused."""
 
     class Meta:
         unknown = EXCLUDE
+
+
+class ItemSchema(PlatformSchema):
+    """One line of an order."""
 
     product_id = Identifier(required=True)
     quantity = Quantity(required=True)
@@ -140,11 +144,8 @@ class ItemList(fields.List):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-class OrderSchema(Schema):
+class OrderSchema(PlatformSchema):
     """An order event as the shop platform sends it."""
-
-    class Meta:
-        unknown = EXCLUDE
 
     order_id = Identifier(required=True)
     user_id = Identifier(required=True)
@@ -159,11 +160,8 @@ class OrderSchema(Schema):
         self.fields["items"].max_items = max_items
 
 
-class LegacyOrderSchema(Schema):
+class LegacyOrderSchema(PlatformSchema):
     """The older minimal shape {"user_id": "123", "amount": 100}."""
-
-    class Meta:
-        unknown = EXCLUDE
 
     order_id = Identifier(load_default=None)
     user_id = Identifier(required=True)

@@ -1,5 +1,4 @@
 """Analytics endpoints: rankings, daily and monthly KPIs, user summaries, product sales."""
-from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app import analytics
@@ -13,80 +12,74 @@ blp = Blueprint("analytics", __name__, description="Rankings, time series, produ
 
 
 @blp.route("/stats/top-users")
-class TopUsers(MethodView):
-    @blp.arguments(TopUsersArgsSchema, location="query")
-    @blp.response(200, TopUsersSchema)
-    def get(self, args):
-        """The n users with the highest spend or order count, all-time or over a period.
+@blp.arguments(TopUsersArgsSchema, location="query")
+@blp.response(200, TopUsersSchema)
+def top_users(args):
+    """The n users with the highest spend or order count, all-time or over a period.
 
-        Equal figures are ordered by user id (byte order). Cost: all-time, one day or one
-        month O(log N + n); from/to merges the range's whole months and other days page by
-        page in the API process: no Redis command grows with the data.
-        """
-        ranked = analytics.top_users(store(), args["n"], args["by"], args["period"])
-        return {**args, "users": ranked}
+    Equal figures are ordered by user id (byte order). Cost: all-time, one day or one
+    month O(log N + n); from/to merges the range's whole months and other days page by
+    page in the API process: no Redis command grows with the data.
+    """
+    ranked = analytics.top_users(store(), args["n"], args["by"], args["period"])
+    return {**args, "users": ranked}
 
 
 @blp.route("/stats/top-products")
-class TopProducts(MethodView):
-    @blp.arguments(TopProductsArgsSchema, location="query")
-    @blp.response(200, TopProductsSchema)
-    def get(self, args):
-        """The n products with the highest all-time revenue or units sold.
+@blp.arguments(TopProductsArgsSchema, location="query")
+@blp.response(200, TopProductsSchema)
+def top_products(args):
+    """The n products with the highest all-time revenue or units sold.
 
-        Equal figures are ordered by product id (byte order). Cost: O(log N + n).
-        """
-        return {**args, "products": analytics.top_products(store(), args["n"], args["by"])}
+    Equal figures are ordered by product id (byte order). Cost: O(log N + n).
+    """
+    return {**args, "products": analytics.top_products(store(), args["n"], args["by"])}
 
 
 @blp.route("/stats/daily")
-class Daily(MethodView):
-    @blp.arguments(DayRangeArgsSchema, location="query")
-    @blp.response(200, DailySchema)
-    def get(self, args):
-        """The platform's KPIs for each UTC day from..to, zeros on days without orders.
+@blp.arguments(DayRangeArgsSchema, location="query")
+@blp.response(200, DailySchema)
+def daily(args):
+    """The platform's KPIs for each UTC day from..to, zeros on days without orders.
 
-        Orders count on the UTC day of their own order_timestamp. Cost: O(days).
-        """
-        period = args["period"]
-        return {"first": period.first, "last": period.last,
-                "days": analytics.daily(store(), period)}
+    Orders count on the UTC day of their own order_timestamp. Cost: O(days).
+    """
+    period = args["period"]
+    return {"first": period.first, "last": period.last,
+            "days": analytics.daily(store(), period)}
 
 
 @blp.route("/stats/monthly")
-class Monthly(MethodView):
-    @blp.arguments(MonthRangeArgsSchema, location="query")
-    @blp.response(200, MonthlySchema)
-    def get(self, args):
-        """The platform's KPIs for each UTC month from..to, zeros in months without orders.
+@blp.arguments(MonthRangeArgsSchema, location="query")
+@blp.response(200, MonthlySchema)
+def monthly(args):
+    """The platform's KPIs for each UTC month from..to, zeros in months without orders.
 
-        Cost: O(months).
-        """
-        months = args["months"]
-        return {"first": months.first, "last": months.last,
-                "months": analytics.monthly(store(), months)}
+    Cost: O(months).
+    """
+    months = args["months"]
+    return {"first": months.first, "last": months.last,
+            "months": analytics.monthly(store(), months)}
 
 
 @blp.route("/users/<path:user_id>/summary")
-class UserSummary(MethodView):
-    @blp.response(200, UserSummarySchema)
-    @blp.alt_response(404, schema=ErrorSchema, description="No order counted for this user")
-    def get(self, user_id):
-        """A user's all-time totals, average order value and first and last order times.
+@blp.response(200, UserSummarySchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No order counted for this user")
+def user_summary(user_id):
+    """A user's all-time totals, average order value and first and last order times.
 
-        Cost: O(1).
-        """
-        return found(analytics.user_summary(store(), user_id), no_orders_of(user_id))
+    Cost: O(1).
+    """
+    return found(analytics.user_summary(store(), user_id), no_orders_of(user_id))
 
 
 @blp.route("/products/<path:product_id>/stats")
-class ProductStats(MethodView):
-    @blp.response(200, ProductStatsSchema)
-    @blp.alt_response(404, schema=ErrorSchema, description="This product was never sold")
-    def get(self, product_id):
-        """A product's all-time units sold, revenue and number of orders.
+@blp.response(200, ProductStatsSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="This product was never sold")
+def product_stats(product_id):
+    """A product's all-time units sold, revenue and number of orders.
 
-        Cost: O(1).
-        """
-        return found(analytics.product_stats(store(), product_id),
-                     f"No sales counted for product {product_id!r}.")
+    Cost: O(1).
+    """
+    return found(analytics.product_stats(store(), product_id),
+                 f"No sales counted for product {product_id!r}.")

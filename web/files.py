@@ -1,5 +1,4 @@
 """Batch files endpoints: the KPI tables (the seed's OrderKPIs, CategoryKPIs) and executions."""
-from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, post_load, validate
 
@@ -77,41 +76,37 @@ class ExecutionSchema(Schema):
 
 
 @blp.route("/kpis/orders")
-class OrderKpis(MethodView):
-    @blp.arguments(DayRangeArgsSchema, location="query")
-    @blp.response(200, OrderKpiSchema(many=True))
-    def get(self, args):
-        """Daily order KPIs of the dates in from..to, by date (dates without orders omitted)."""
-        period = args["period"]
-        rows = files_store().order_kpis(period.first.isoformat(), period.last.isoformat())
-        return [kpis.order_kpi_answer(kpis.OrderKpi(**row)) for row in rows]
+@blp.arguments(DayRangeArgsSchema, location="query")
+@blp.response(200, OrderKpiSchema(many=True))
+def order_kpis(args):
+    """Daily order KPIs of the dates in from..to, by date (dates without orders omitted)."""
+    period = args["period"]
+    rows = files_store().order_kpis(period.first.isoformat(), period.last.isoformat())
+    return [kpis.order_kpi_answer(kpis.OrderKpi(**row)) for row in rows]
 
 
 @blp.route("/kpis/categories")
-class CategoryKpis(MethodView):
-    @blp.arguments(CategoryRangeArgsSchema, location="query")
-    @blp.response(200, CategoryKpiSchema(many=True))
-    def get(self, args):
-        """Category KPIs of the order dates in from..to, by category then date."""
-        period = args["period"]
-        rows = files_store().category_kpis(period.first.isoformat(), period.last.isoformat(),
-                                           args.get("category"))
-        return [kpis.category_kpi_answer(kpis.CategoryKpi(**row)) for row in rows]
+@blp.arguments(CategoryRangeArgsSchema, location="query")
+@blp.response(200, CategoryKpiSchema(many=True))
+def category_kpis(args):
+    """Category KPIs of the order dates in from..to, by category then date."""
+    period = args["period"]
+    rows = files_store().category_kpis(period.first.isoformat(), period.last.isoformat(),
+                                       args.get("category"))
+    return [kpis.category_kpi_answer(kpis.CategoryKpi(**row)) for row in rows]
 
 
 @blp.route("/files/executions")
-class Executions(MethodView):
-    @blp.arguments(ExecutionsArgsSchema, location="query")
-    @blp.response(200, ExecutionSchema(many=True))
-    def get(self, args):
-        """The latest executions' result records, newest first."""
-        return files_store().executions(args["limit"])
+@blp.arguments(ExecutionsArgsSchema, location="query")
+@blp.response(200, ExecutionSchema(many=True))
+def executions(args):
+    """The latest executions' result records, newest first."""
+    return files_store().executions(args["limit"])
 
 
 @blp.route("/files/executions/<string:execution_id>")
-class Execution(MethodView):
-    @blp.response(200, ExecutionSchema)
-    @blp.alt_response(404, schema=ErrorSchema, description="No such execution")
-    def get(self, execution_id):
-        """One execution's result record: files, rows kept and dropped per rule, dates, timings."""
-        return found(files_store().execution(execution_id), f"No execution {execution_id!r}.")
+@blp.response(200, ExecutionSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No such execution")
+def execution(execution_id):
+    """One execution's result record: files, rows kept and dropped per rule, dates, timings."""
+    return found(files_store().execution(execution_id), f"No execution {execution_id!r}.")

@@ -1,5 +1,4 @@
 """Statistics endpoints."""
-from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app import analytics
@@ -11,27 +10,25 @@ blp = Blueprint("stats", __name__, description="Order statistics")
 
 
 @blp.route("/users/<path:user_id>/stats")
-class UserStats(MethodView):
-    @blp.arguments(OptionalDayRangeArgsSchema, location="query")
-    @blp.response(200, UserStatsRangeSchema)
-    @blp.alt_response(404, schema=ErrorSchema, description="No order counted for this user")
-    def get(self, args, user_id):
-        """All-time order count and spend of one user; with from/to, of those days."""
-        if args["period"]:
-            stats = analytics.user_period(store(), user_id, args["period"])
-        else:
-            stats = store().user_stats(user_id)
-        return found(stats, no_orders_of(user_id))
+@blp.arguments(OptionalDayRangeArgsSchema, location="query")
+@blp.response(200, UserStatsRangeSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No order counted for this user")
+def user_stats(args, user_id):
+    """All-time order count and spend of one user; with from/to, of those days."""
+    if args["period"]:
+        stats = analytics.user_period(store(), user_id, args["period"])
+    else:
+        stats = store().user_stats(user_id)
+    return found(stats, no_orders_of(user_id))
 
 
 @blp.route("/stats/global")
-class GlobalStats(MethodView):
-    @blp.response(200, GlobalStatsSchema)
-    def get(self):
-        """All-time order count and revenue of the platform (zeros when empty)."""
-        return store().global_stats()
+@blp.response(200, GlobalStatsSchema)
+def global_stats():
+    """All-time order count and revenue of the platform (zeros when empty)."""
+    return store().global_stats()
 
 
 # Paths an existing client uses: the same views under their old names.
-blp.route("/user/<path:user_id>/stats", endpoint="UserStatsAlias")(UserStats)
-blp.route("/global/stats", endpoint="GlobalStatsAlias")(GlobalStats)
+blp.route("/user/<path:user_id>/stats", endpoint="UserStatsAlias")(user_stats)
+blp.route("/global/stats", endpoint="GlobalStatsAlias")(global_stats)

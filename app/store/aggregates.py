@@ -32,12 +32,9 @@ class UserTotals:
 
 
 @dataclass(frozen=True)
-class UserRecord:
+class UserRecord(UserTotals):
     """Everything the user hash holds: totals and first/last order times (ms since epoch)."""
 
-    user_id: str
-    order_count: int
-    total_spend_cents: int
     first_order_ms: int | None
     last_order_ms: int | None
 

@@ -26,19 +26,20 @@ from urllib.parse import quote
 
 # The bookkeeping slot's keys.
 BOOKKEEPING_TAG = "{p}"
-OUTCOMES_KEY = "pipeline:outcomes:{p}"
-REJECTED_INDEX = "rejected:{p}"
-REJECTED_BY_FIELD = "pipeline:rejected-by-field:{p}"
+OUTCOMES_KEY = f"pipeline:outcomes:{BOOKKEEPING_TAG}"
+REJECTED_INDEX = f"rejected:{BOOKKEEPING_TAG}"
+REJECTED_BY_FIELD = f"pipeline:rejected-by-field:{BOOKKEEPING_TAG}"
 # When the last batch was applied and when its oldest message had been sent (ms).
-LAG_KEY = "pipeline:lag:{p}"
+LAG_KEY = f"pipeline:lag:{BOOKKEEPING_TAG}"
 TASK_EVENTS_KEY = "pipeline:task-events"
 
 # Every key of the files path shares the {files} hash tag: write_kpis.lua touches several
 # at once, which a cluster runs only within one slot (the KPI tables are small).
-KPI_DATES_KEY = "kpi:{files}:orders:dates"
+FILES_TAG = "{files}"
+KPI_DATES_KEY = f"kpi:{FILES_TAG}:orders:dates"
 # order_date -> rank of the table snapshot its KPIs were computed from (see write_kpis.lua).
-KPI_SNAPSHOTS_KEY = "kpi:{files}:snapshots"
-EXECUTIONS_KEY = "files:{files}:executions"
+KPI_SNAPSHOTS_KEY = f"kpi:{FILES_TAG}:snapshots"
+EXECUTIONS_KEY = f"files:{FILES_TAG}:executions"
 
 
 def escaped_id(value: str) -> str:
@@ -58,6 +59,11 @@ def shard_tag(shard: int) -> str:
     return f"{{s{shard}}}"
 
 
+def user_tag(user_id: str) -> str:
+    """The hash tag of a user's slot."""
+    return f"{{u:{escaped_id(user_id)}}}"
+
+
 def hash_tag(key: str) -> str:
     """The {...} part of a key that decides its slot."""
     start = key.index("{")
@@ -66,18 +72,18 @@ def hash_tag(key: str) -> str:
 
 def user_key(user_id: str) -> str:
     """Hash of one user's totals (the seeds' fields, under user:{u:<id>})."""
-    return f"user:{{u:{escaped_id(user_id)}}}"
+    return f"user:{user_tag(user_id)}"
 
 
 def user_days_key(user_id: str) -> str:
     """Hash of one user's days: field YYYY-MM-DD, value "<orders>:<cents>"."""
     # Not under user:*, where each key is one user's totals hash.
-    return f"user-days:{{u:{escaped_id(user_id)}}}"
+    return f"user-days:{user_tag(user_id)}"
 
 
 def user_applied_key(user_id: str) -> str:
     """Sorted set of the orders the user part applied, scored by time (the window's)."""
-    return f"applied:{{u:{escaped_id(user_id)}}}"
+    return f"applied:{user_tag(user_id)}"
 
 
 def order_key(order_id: str) -> str:
@@ -145,13 +151,13 @@ def top_products_key(by: str, shard: int = 0) -> str:
 
 def rejected_key(message_id: str) -> str:
     """Hash of one rejected message: body, reasons, time (expires after the retention)."""
-    return f"rejected:{{p}}:{escaped_id(message_id)}"
+    return f"rejected:{BOOKKEEPING_TAG}:{escaped_id(message_id)}"
 
 
 def rejected_order_key(order_id: str) -> str:
     """The message id of an order id's latest rejection; expires with that record."""
     # A key per order rather than one hash, so each pointer expires with its record.
-    return f"rejected-order:{{p}}:{escaped_id(order_id)}"
+    return f"rejected-order:{BOOKKEEPING_TAG}:{escaped_id(order_id)}"
 
 
 def applied_mark(order_id: str, fingerprint: str) -> str:
@@ -164,19 +170,19 @@ def applied_mark(order_id: str, fingerprint: str) -> str:
 
 def order_kpi_key(order_date: str) -> str:
     """Hash of one order_date's order KPIs (OrderKPIs item)."""
-    return f"kpi:{{files}}:orders:{order_date}"
+    return f"kpi:{FILES_TAG}:orders:{order_date}"
 
 
 def category_kpi_key(order_date: str) -> str:
     """Hash of one order_date's category KPIs: field category, value a JSON array."""
-    return f"kpi:{{files}}:categories:{order_date}"
+    return f"kpi:{FILES_TAG}:categories:{order_date}"
 
 
 def execution_key(execution_id: str) -> str:
     """JSON record of one files execution (the copy of results/<id>.json the API serves)."""
-    return f"files:{{files}}:execution:{escaped_id(execution_id)}"
+    return f"files:{FILES_TAG}:execution:{escaped_id(execution_id)}"
 
 
 def execution_settled_key(execution_id: str) -> str:
     """Marker that an execution's outcome (finished or failed) was announced once."""
-    return f"files:{{files}}:execution-settled:{escaped_id(execution_id)}"
+    return f"files:{FILES_TAG}:execution-settled:{escaped_id(execution_id)}"

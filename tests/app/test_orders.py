@@ -38,6 +38,14 @@ def test_ids_are_trimmed_and_extra_fields_ignored():
     assert (result.order.order_id, result.order.user_id) == ("ORD9", "U1")
 
 
+def test_extra_fields_of_an_item_and_of_the_legacy_shape_are_ignored():
+    body = example()
+    body["items"][0]["gift_wrap"] = True
+    assert verdict(body).rejection is None
+    legacy = verdict({"user_id": "123", "amount": 100, "coupon": "X"})
+    assert legacy.rejection is None and legacy.order.value_cents == 100 * 100
+
+
 def test_offsets_and_microseconds_are_stored_in_utc():
     result = verdict(example(order_timestamp="2024-12-13T23:30:00.123456+05:30"))
     assert result.order.placed_at == datetime(2024, 12, 13, 18, 0, 0, 123456, timezone.utc)
