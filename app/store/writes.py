@@ -20,11 +20,13 @@ duplicate. A redelivery after the window (claim and markers expired) is counted 
 
 Round trips: on a standalone Redis the same pieces run composed in one script call per
 batch (no CROSSSLOT on one node): claims, checks and every part (apply_batch.lua). Python
-decides each order's verdict from the checks (verdict_of, for both ways): the call counts
-the orders it finds new and fitting, atomically, and leaves out any other (a redelivery,
-a conflict, a total past MAX_TOTAL), whose checks come back to be decided on and sent
-again, with the rejection record of a refused order: a valid order's body travels only
-in that record. A batch of new orders is one call. On a cluster the calls are grouped by
+decides each order's verdict from the checks (verdict_of, for both ways); the call itself
+applies, atomically, the orders the protocol alone settles (new and fitting: counted; a
+redelivery with no part over: its missing parts applied, or a duplicate when none was
+missing) and leaves out any other (a conflict, a total past MAX_TOTAL, an order twice in
+the batch), whose checks come back to be decided on and sent again, with the rejection
+record of a refused order: a valid order's body travels only in that record. A batch
+without such an order is one call. On a cluster the calls are grouped by
 node: one pipeline per node for claims and checks (check_orders.lua), one for the parts
 and the bookkeeping (apply_parts.lua), the nodes in parallel.
 
@@ -160,9 +162,10 @@ class Writer:
     def _apply_batch(self, orders: list[dict], book: dict, valid: list[Evaluated]) -> list[str]:
         """The batch in one call, and the orders it left out in more.
 
-        apply_batch.lua counts the orders it finds new and fitting and leaves out any other,
-        sending back its checks; verdict_of decides on them and they go again with their
-        verdicts (and the records of those refused: only these bodies are ever shipped).
+        apply_batch.lua applies the orders the protocol alone settles (new, or redelivered,
+        and fitting) and leaves out any other, sending back its checks; verdict_of decides
+        on them and they go again with their verdicts (and the records of those refused:
+        only these bodies are ever shipped).
         """
         outcomes: list[str] = [""] * len(orders)
         pending = list(range(len(orders)))

@@ -227,14 +227,18 @@ def test_a_valid_order_ships_its_body_only_in_the_record_of_its_rejection(store,
     assert json.loads(store.rejection("O1")["body"])["note"] == note
 
 
-def test_a_batch_of_new_orders_is_one_call_and_one_with_a_redelivery_two(settings):
+def test_a_batch_is_one_call_and_one_with_an_order_twice_two(settings):
     recording = Recording(Store.from_url(settings.redis_url).redis, settings)
     assert apply(recording, body("O1"), body("O2")) == ["counted", "counted"]
+    assert [phase for phase, _ in recording.payloads] == ["batch"]
+    recording.payloads.clear()
+    # A redelivery of O2 beside a new order: the protocol alone decides, in the same call.
+    assert apply(recording, body("O2"), body("O4")) == ["duplicate", "counted"]
     assert [phase for phase, _ in recording.payloads] == ["batch"]
     recording.payloads.clear()
     # O1 again (its checks: seen, applied), and O3 twice in one batch: the first counts it.
     assert apply(recording, body("O1"), body("O3"), body("O3")) == ["duplicate", "counted",
                                                                     "duplicate"]
     assert [phase for phase, _ in recording.payloads] == ["batch", "batch"]
-    assert recording.outcomes() == {"counted": 3, "duplicate": 2, "rejected": 0, "conflict": 0}
-    assert recording.user_stats("U1").order_count == 3
+    assert recording.outcomes() == {"counted": 4, "duplicate": 3, "rejected": 0, "conflict": 0}
+    assert recording.user_stats("U1").order_count == 4

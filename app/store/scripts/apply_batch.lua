@@ -1,9 +1,12 @@
 -- apply_batch: counts a batch of orders and records its rejections on a standalone Redis
 -- (every key on one node), every check before the first write. It applies the verdicts
--- the Python side decides from checks (app/store/writes.py verdict_of): an order without
--- one is counted when it is new and fits (the claim new, every part fits); an order whose
--- checks differ from those its verdict was decided on is left out of this call, and its
--- checks come back to be decided on and sent again.
+-- the Python side decides from checks (app/store/writes.py verdict_of). An order without
+-- one goes by the protocol alone when nothing needs deciding: new and fitting, it is
+-- counted; a redelivery (its own claim from an earlier call, no part over) applies the
+-- parts it has not yet and is counted, or is a duplicate when every part was applied.
+-- Any other (a conflict, a total past the limit, an order twice in this call), and an
+-- order whose checks differ from those its verdict was decided on, is left out of this
+-- call, and its checks come back to be decided on and sent again.
 --
 -- KEYS: every key the orders and the book name; each op's `keys` maps a name to an index
 --   in KEYS (a claim: order; a part: see includes/aggregates.lua; a record: rec, ref).
@@ -25,12 +28,6 @@
 
 -- Whether the checks are those the verdict was decided on.
 local function as_decided(checks, decided)
-  if not decided then
-    for _, check in ipairs(checks) do
-      if check[1] ~= 'new' and check[1] ~= 'fits' then return false end
-    end
-    return true
-  end
   for k, check in ipairs(checks) do
     local was = decided.checks[k]
     if not was or was[1] ~= check[1] or was[2] ~= check[2] then return false end
@@ -38,10 +35,28 @@ local function as_decided(checks, decided)
   return #checks == #decided.checks
 end
 
+-- The protocol's own outcome for an order nobody decided on, or nil when it needs a verdict.
+local function protocol_outcome(state, claimed_in_call, checks)
+  if state == 'conflict' or claimed_in_call then return nil end
+  local fits = false
+  for k = 2, #checks do
+    local status = checks[k][1]
+    if status == 'fits' then
+      fits = true
+    elseif status ~= 'applied' or state == 'new' then
+      return nil
+    end
+  end
+  if fits then return 'counted' end
+  if state == 'seen' then return 'duplicate' end
+  return nil
+end
+
 local verdicts, rejections, deferred = {}, {}, {}
 for _, r in ipairs(req.book.rejections) do rejections[#rejections + 1] = r end
 local duplicates = 0
 for i, o in ipairs(req.orders) do
+  local claimed_in_call = claimed[K(o.claim, 'order')] ~= nil
   local state, seen = claim_state(o.claim)
   local checks, fits = {{state, seen or ''}}, {}
   for _, part in ipairs(o.parts) do
@@ -49,11 +64,17 @@ for i, o in ipairs(req.orders) do
     checks[#checks + 1] = {status, status == 'over' and cjson.encode(payload) or ''}
     if status == 'fits' then fits[#fits + 1] = {part, payload} end
   end
-  if as_decided(checks, o.decided) then
-    local outcome = o.decided and o.decided.outcome or 'counted'
+  local outcome
+  if o.decided then
+    outcome = as_decided(checks, o.decided) and o.decided.outcome or nil
+  else
+    outcome = protocol_outcome(state, claimed_in_call, checks)
+  end
+  if outcome then
     if outcome == 'counted' then
       for _, t in ipairs(fits) do commit(t[1], t[2]) end
-      if state == 'new' then claimed[K(o.claim, 'order')] = o.claim.fp end
+      -- A later copy in this call sees its parts' checks before these writes: left out.
+      claimed[K(o.claim, 'order')] = o.claim.fp
     elseif outcome == 'duplicate' then
       duplicates = duplicates + 1
     else
