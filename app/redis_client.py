@@ -129,8 +129,6 @@ _REFUSAL_CLASSES = ((redis.exceptions.OutOfMemoryError, "OOM"),
                     (redis.exceptions.NoPermissionError, "NOPERM"),
                     (redis.exceptions.MasterDownError, "MASTERDOWN"),
                     (redis.exceptions.ClusterDownError, "CLUSTERDOWN"))
-# The key the worker writes to learn whether the store takes writes again.
-WRITE_PROBE_KEY = "pipeline:write-probe"
 
 
 def write_refusal(exc: BaseException) -> str | None:
@@ -146,10 +144,10 @@ def write_refusal(exc: BaseException) -> str | None:
     return match.group(1) if match else None
 
 
-def refused_write(client: redis.Redis | RedisCluster) -> str | None:
-    """Try one small write: None if it went through, else why not (a code, or the error)."""
+def refused_write(client: redis.Redis | RedisCluster, key: str) -> str | None:
+    """Try one small write to key: None if it went through, else why not (a code, or the error)."""
     try:
-        client.set(WRITE_PROBE_KEY, "1", px=60_000)
+        client.set(key, "1", px=60_000)
     except redis.RedisError as exc:
         return write_refusal(exc) or f"{type(exc).__name__}: {exc}"
     return None

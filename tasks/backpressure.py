@@ -31,6 +31,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 
 from app.redis_client import connect, refused_write, write_refusal
+from app.store.keys import WRITE_PROBE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class StoreProbe:
         if self._client is None:
             self._client = connect(self.redis_url, socket_timeout=PROBE_TIMEOUT,
                                    socket_connect_timeout=PROBE_TIMEOUT)
-        return refused_write(self._client)
+        return refused_write(self._client, WRITE_PROBE_KEY)
 
 
 class StoreRequest(Request):

@@ -32,6 +32,8 @@ REJECTED_BY_FIELD = f"pipeline:rejected-by-field:{BOOKKEEPING_TAG}"
 # When the last batch was applied and when its oldest message had been sent (ms).
 LAG_KEY = f"pipeline:lag:{BOOKKEEPING_TAG}"
 TASK_EVENTS_KEY = "pipeline:task-events"
+# What a worker paused by a store refusing writes writes to learn that it takes them again.
+WRITE_PROBE_KEY = "pipeline:write-probe"
 
 # Every key of the files path shares the {files} hash tag: write_kpis.lua touches several
 # at once, which a cluster runs only within one slot (the KPI tables are small).
