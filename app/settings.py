@@ -122,6 +122,10 @@ class Settings:
         "PipelineSuccessNotifications", "SNS topic of the executions that succeeded.")
     files_failure_topic: str = setting(
         "PipelineFailureNotifications", "SNS topic of the executions that failed.")
+    # The API's guard against a store that stalls or refuses writes (web/health.py).
+    api_store_check_timeout: float = setting(
+        0.5, "Seconds `/health` and `/metrics` wait for the store's `INFO` before they report "
+        "it unavailable: a stalled Redis then delays them by at most this.")
 
     def __post_init__(self):
         if self.order_value_mismatch not in MISMATCH_POLICIES:

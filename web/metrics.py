@@ -14,6 +14,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from app import sqs
+from app.store_health import StoreHealth
 
 logger = logging.getLogger(__name__)
 blp = Blueprint("metrics", __name__)
@@ -21,6 +22,18 @@ blp = Blueprint("metrics", __name__)
 REQUESTS = Counter("api_requests_total", "API requests", ["method", "route", "status"])
 LATENCY = Histogram("api_request_duration_seconds", "API request latency", ["method", "route"],
                     buckets=(.001, .0025, .005, .01, .02, .05, .1, .25, .5, 1, 2.5))
+
+
+# gunicorn passes any upper-case token as a method: others share one label value, so a
+# client cannot add series (and memory in every API process) by inventing methods.
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+                              "TRACE", "PATCH"})
+OTHER_METHOD = "other"
+
+
+def method_label(method: str) -> str:
+    """The method as a label value: itself when standard, else "other"."""
+    return method if method in STANDARD_METHODS else OTHER_METHOD
 
 
 # A refresher's SQS calls give up after this many seconds (one attempt, no retries).
@@ -117,9 +130,10 @@ def _refresh_forever(figures_ref: "weakref.ref[SqsFigures]", interval: float) ->
 class PipelineCollector:
     """Reads the pipeline's counters from Redis on every scrape, queue depths from the cache."""
 
-    def __init__(self, settings, store, sqs_figures: SqsFigures, files_store=None):
+    def __init__(self, settings, store, sqs_figures: SqsFigures, files_store=None,
+                 store_health: StoreHealth | None = None):
         self.settings, self.store, self.sqs_figures = settings, store, sqs_figures
-        self.files_store = files_store
+        self.files_store, self.store_health = files_store, store_health
 
     def collect(self):
         """Yield the metric families; a source that is down is reported, not raised."""
@@ -131,6 +145,8 @@ class PipelineCollector:
         except Exception as exc:  # a scrape must still answer while Redis is down
             logger.warning("metrics: Redis unavailable: %s", exc)
             up.add_metric(["redis"], 0)
+        if self.store_health is not None:
+            yield from self._store_families()
         yield self._queue_roles()
         snapshot = self.sqs_figures.snapshot()
         if snapshot.age is not None:
@@ -178,6 +194,32 @@ class PipelineCollector:
         if self.files_store is not None:
             families += self._files_families()
         return families
+
+    def _store_families(self):
+        """Writability, memory headroom and eviction policy, from the store's INFO."""
+        try:
+            state = self.store_health.state()
+        except Exception as exc:  # unreadable: not known to take writes
+            logger.warning("metrics: Redis INFO unavailable: %s", exc)
+            state = None
+        yield GaugeMetricFamily("orders_store_writable",
+                                "1 when Redis takes writes (a primary, memory below maxmemory, "
+                                "persistence ok, noeviction); 0 otherwise or unreadable",
+                                value=1 if state is not None and state.writable else 0)
+        if state is None:
+            return
+        policy = GaugeMetricFamily("orders_store_maxmemory_policy_info",
+                                   "Redis maxmemory-policy (must be noeviction)",
+                                   labels=["policy"])
+        policy.add_metric([state.policy], 1)
+        yield policy
+        if state.maxmemory:  # without maxmemory there is no limit to come near
+            yield GaugeMetricFamily("orders_store_memory_headroom_bytes",
+                                    "Bytes Redis may still use before maxmemory refuses writes",
+                                    value=state.headroom_bytes)
+            yield GaugeMetricFamily("orders_store_memory_headroom_ratio",
+                                    "Memory headroom as a share of maxmemory (0: full)",
+                                    value=state.headroom_ratio)
 
     def _queue_roles(self):
         # Rules and dashboards find the DLQs by role: the queues' names are settings.
@@ -252,8 +294,12 @@ def init_app(flask_app, settings, store):
     """Register /metrics and time every request by its route template."""
     figures = SqsFigures(settings, settings.metrics_sqs_interval)
     flask_app.extensions["sqs_figures"] = figures
+    # A client of its own with a short timeout: a stalled Redis delays /health and this
+    # part of /metrics by at most API_STORE_CHECK_TIMEOUT.
+    store_health = StoreHealth.from_url(settings.api_store_url, settings.api_store_check_timeout)
+    flask_app.extensions["store_health"] = store_health
     flask_app.extensions["pipeline_collector"] = PipelineCollector(
-        settings, store, figures, flask_app.extensions.get("files_store"))
+        settings, store, figures, flask_app.extensions.get("files_store"), store_health)
     flask_app.register_blueprint(blp)
 
     @flask_app.before_request
@@ -265,6 +311,7 @@ def init_app(flask_app, settings, store):
         # The route template, not the path: one series per endpoint, not per user id.
         route = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
-        LATENCY.labels(request.method, route).observe(elapsed)
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        method = method_label(request.method)
+        LATENCY.labels(method, route).observe(elapsed)
+        REQUESTS.labels(method, route, str(response.status_code)).inc()
         return response
