@@ -93,8 +93,7 @@ class Settings:
         60, "Cap of the retry backoff in seconds; must be below `VISIBILITY_TIMEOUT`.")
     api_bind: str = setting("127.0.0.1:8000", "gunicorn's bind address for the API.")
     api_workers: int = setting(
-        0, "gunicorn sync workers of the API; 0 means CPU cores + 1 (on 2 cores, 3 kept the "
-        "p99 latency lowest).")
+        0, "gunicorn gevent workers of the API; 0 means CPU cores + 1.")
     metrics_sqs_interval: int = setting(
         5, "Seconds between two reads of the SQS queue depths by each API process, in the "
         "background: `/metrics` and `/health` serve the last figures and never wait on SQS.")

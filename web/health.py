@@ -1,6 +1,5 @@
 """Health of the services behind the API."""
 from flask import current_app
-from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from web.schemas import HealthSchema
@@ -18,20 +17,19 @@ def _store_check() -> str:
 
 
 @blp.route("/health")
-class Health(MethodView):
-    @blp.response(200, HealthSchema)
-    @blp.alt_response(503, schema=HealthSchema, description="A dependency is down")
-    def get(self):
-        """State of Redis and SQS: 200 when Redis takes writes and SQS answers, 503 naming
-        what is wrong (Redis down or slow, a replica, memory full, persistence failing, an
-        eviction policy other than noeviction; SQS down).
+@blp.response(200, HealthSchema)
+@blp.alt_response(503, schema=HealthSchema, description="A dependency is down")
+def health():
+    """State of Redis and SQS: 200 when Redis takes writes and SQS answers, 503 naming
+    what is wrong (Redis down or slow, a replica, memory full, persistence failing, an
+    eviction policy other than noeviction; SQS down).
 
-        SQS counts as down when its last background read failed or is too old.
-        """
-        # SQS from the figures a background thread reads: a slow SQS holds no request here.
-        sqs = current_app.extensions["sqs_figures"].snapshot()
-        checks = {"redis": _store_check(),
-                  "sqs": "ok" if sqs.current else f"unavailable: {sqs.error}"}
-        down = sorted(name for name, state in checks.items() if state != "ok")
-        body = {"status": "unavailable" if down else "ok", "down": down, **checks}
-        return body, 503 if down else 200
+    SQS counts as down when its last background read failed or is too old.
+    """
+    # SQS from the figures a background thread reads: a slow SQS holds no request here.
+    sqs = current_app.extensions["sqs_figures"].snapshot()
+    checks = {"redis": _store_check(),
+              "sqs": "ok" if sqs.current else f"unavailable: {sqs.error}"}
+    down = sorted(name for name, state in checks.items() if state != "ok")
+    body = {"status": "unavailable" if down else "ok", "down": down, **checks}
+    return body, 503 if down else 200
