@@ -8,6 +8,7 @@ reach the dead-letter queue, and the totals must be exact.
 """
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -109,8 +110,11 @@ class BusyScript:
     def refuse(self):
         # BUSY from 100 ms of script on (Redis' default is 5 s, when clients would only wait).
         self.client.config_set("busy-reply-threshold", 100)
+        # A few seconds past the refusal: the test reads the queue's depth at its end, and a
+        # script that ended first let the worker resume (and receive) before that read.
         self.thread = threading.Thread(
-            target=self.looping.eval, args=(self.LOOP, 0, int(self.seconds)), daemon=True)
+            target=self.looping.eval, args=(self.LOOP, 0, math.ceil(self.seconds) + 3),
+            daemon=True)
         self.thread.start()
 
     def accept(self):
