@@ -142,12 +142,7 @@ def stage(self, earlier: list[dict], execution_id: str, key: str) -> list[dict]:
 def kpis(self, lanes: list[list[dict]], execution_id: str) -> dict:
     """Recompute the KPIs of every date the execution's files touched."""
     staged = [result for lane in lanes for result in lane]
-    summary = self.files.compute_kpis(execution_id, staged)
-    # What the next step needs; dates are dropped from the effects (the summary has them).
-    return {"staged": [{**r, "effects": {"ref": r["effects"]["ref"]}}
-                       if "ref" in (r.get("effects") or {}) else
-                       {k: v for k, v in r.items() if k != "effects"} for r in staged],
-            "kpis": summary}
+    return {"staged": staged, "kpis": self.files.compute_kpis(execution_id)}
 
 
 @shared_task(name=FILES_FINISH, bind=True, base=StepTask)

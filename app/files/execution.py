@@ -175,44 +175,38 @@ class Files:
             cleaned = clean(read_csv(data, file_type), file_type)
         except InvalidFile as exc:
             return {**result, "status": "invalid", "reasons": exc.reasons}
-        effects = self.staging.affected(file_type, cleaned.frame) if cleaned.rows_kept else {}
-        if effects.get("order_ids") or effects.get("product_ids"):
-            # Hundreds of thousands of ids would not fit the chord's SQS messages (1 MiB).
-            ref = f"{aws.RESULTS}{execution_id}/effects/{result['name']}.json"
-            aws.put_json(self.s3, self.settings.files_bucket, ref, effects)
-            effects = {"ref": ref}
         merged = self.staging.upsert(file_type, cleaned.frame) if cleaned.rows_kept else {}
         logger.info("execution %s: %s staged, %d of %d rows kept", execution_id, key,
                     cleaned.rows_kept, cleaned.rows_read)
         return {**result, "status": "valid", "rows_read": cleaned.rows_read,
                 "rows_kept": cleaned.rows_kept, "dropped": cleaned.dropped,
                 "inserted": merged.get("num_target_rows_inserted", 0),
-                "updated": merged.get("num_target_rows_updated", 0), "effects": effects,
+                "updated": merged.get("num_target_rows_updated", 0),
                 "seconds": round(time.monotonic() - started, 3)}
 
-    def compute_kpis(self, execution_id: str, staged: list[dict]) -> dict:
-        """Recompute and write the KPIs of every date the valid files touched."""
+    def compute_kpis(self, execution_id: str) -> dict:
+        """Recompute and write the KPIs of every date changed since they were last written.
+
+        The changes are read from the tables' change data feed, after the watermarks the
+        last KPI write left: a commit whose execution failed after its merge is counted by
+        the next computation, whichever execution runs it.
+        """
         from app.files import kpis
         started = time.monotonic()
-        effects = [self._effects(r.get("effects") or {}) for r in staged if r["status"] == "valid"]
         snapshot = kpis.Snapshot(self.staging.versions())
-        dates = kpis.resolve_dates(self.staging, snapshot, effects)
-        written = 0
-        if dates:
-            order_kpis, category_kpis = kpis.compute(self.staging, snapshot, dates)
-            written = self.store.write_kpis(snapshot.rank, dates, order_kpis, category_kpis)
+        dates = kpis.changed_dates(self.staging, snapshot, self.store.kpi_watermarks())
+        if dates is None:
+            # A commit without its changes recorded (a table made before the feed): every
+            # date, those staged and those that have KPIs now.
+            dates = sorted(set(kpis.staged_dates(self.staging, snapshot))
+                           | set(self.store.kpi_dates()))
+        order_kpis, category_kpis = kpis.compute(self.staging, snapshot, dates) if dates else ([], [])
+        written = self.store.write_kpis(snapshot.rank, dates, order_kpis, category_kpis,
+                                        snapshot.versions)
         logger.info("execution %s: KPIs of %d date(s) computed, %d written", execution_id,
                     len(dates), written)
         return {"dates": dates, "dates_written": written, "table_versions": snapshot.versions,
                 "seconds": round(time.monotonic() - started, 3)}
-
-    def _effects(self, effects: dict) -> dict:
-        if "ref" not in effects:
-            return effects
-        data = aws.get_bytes(self.s3, self.settings.files_bucket, effects["ref"])
-        if data is None:
-            raise RuntimeError(f"the staging effects {effects['ref']} are missing")
-        return json.loads(data)
 
     def finish(self, execution_id: str, staged: list[dict], kpi_summary: dict) -> dict:
         """Archive valid files, reject invalid ones with their reasons, record, notify."""
@@ -227,10 +221,6 @@ class Files:
                              {"file": result["key"], "execution_id": execution_id,
                               "reasons": result["reasons"]})
                 aws.move(self.s3, bucket, result["key"], target)
-        for result in staged:
-            ref = (result.get("effects") or {}).get("ref")
-            if ref:
-                self.s3.delete_object(Bucket=bucket, Key=ref)  # served their purpose
         record = self._record(execution_id, "succeeded", staged, kpi_summary)
         record["timings"]["finish_seconds"] = round(time.monotonic() - started, 3)
         self._save(record)
@@ -268,7 +258,7 @@ class Files:
     def _record(self, execution_id: str, status: str, staged: list[dict],
                 kpi_summary: dict) -> dict:
         previous = self.store.execution(execution_id) or {}
-        files = [{k: v for k, v in r.items() if k != "effects"} for r in staged]
+        files = list(staged)
         if not files:
             files = previous.get("files", [])
         valid = [f for f in files if f.get("status") == "valid"]

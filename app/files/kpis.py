@@ -81,21 +81,48 @@ def category_kpi_answer(kpi: CategoryKpi) -> dict:
             "avg_return_rate": rate(kpi.returned_items, kpi.items)}
 
 
-def resolve_dates(staging: Staging, snapshot: Snapshot, effects: list[dict]) -> list[str]:
-    """Every order date the staged files may have changed, read at the snapshot."""
-    dates = {d for e in effects for d in e.get("dates", [])}
-    order_ids = {i for e in effects for i in e.get("order_ids", [])}
-    product_ids = {i for e in effects for i in e.get("product_ids", [])}
-    orders = staging.scan(ORDERS, snapshot.versions[ORDERS.name])
-    if product_ids:
+def changed_dates(staging: Staging, snapshot: Snapshot,
+                  watermarks: dict[str, int]) -> list[str] | None:
+    """Every order date changed by the commits after the watermarks up to the snapshot, read
+    from the tables' change data feed (both images of an update: an order or an item that
+    moved, a product that changed category); None when a commit did not record its changes."""
+    changed = {}
+    for file_type, columns in ((ORDERS, ["created_at"]), (ORDER_ITEMS, ["order_id"]),
+                               (PRODUCTS, ["id"])):
+        end = snapshot.versions[file_type.name]
+        start = watermarks.get(file_type.name, -1) + 1
+        if end is None or start > end:
+            changed[file_type.name] = None
+            continue
+        frame = staging.changes(file_type, start, end, columns)
+        if frame is None:
+            return None
+        changed[file_type.name] = frame
+    dates = set()
+    if changed[ORDERS.name] is not None:
+        dates |= {d.isoformat() for d in changed[ORDERS.name].get_column("created_at")
+                  .dt.date().drop_nulls().unique()}
+    order_ids = pl.Series("order_id", [], dtype=pl.String)
+    if changed[ORDER_ITEMS.name] is not None:
+        order_ids = changed[ORDER_ITEMS.name].get_column("order_id")
+    if changed[PRODUCTS.name] is not None:
+        product_ids = changed[PRODUCTS.name].get_column("id").unique().implode()
         items = staging.scan(ORDER_ITEMS, snapshot.versions[ORDER_ITEMS.name])
-        order_ids |= set(items.filter(pl.col("product_id").is_in(pl.lit(list(product_ids))))
-                         .select("order_id").unique().collect().get_column("order_id"))
-    if order_ids:
-        found = (orders.filter(pl.col("order_id").is_in(pl.lit(list(order_ids))))
+        order_ids = pl.concat([order_ids, items.filter(pl.col("product_id").is_in(product_ids))
+                               .select("order_id").collect().get_column("order_id")])
+    if not order_ids.is_empty():
+        orders = staging.scan(ORDERS, snapshot.versions[ORDERS.name])
+        found = (orders.filter(pl.col("order_id").is_in(order_ids.unique().implode()))
                  .select(pl.col("created_at").dt.date().unique()).collect().to_series())
         dates |= {d.isoformat() for d in found}
     return sorted(dates)
+
+
+def staged_dates(staging: Staging, snapshot: Snapshot) -> list[str]:
+    """Every order date of the orders table at the snapshot."""
+    dates = (staging.scan(ORDERS, snapshot.versions[ORDERS.name])
+             .select(pl.col("created_at").dt.date().unique()).collect().to_series())
+    return sorted(d.isoformat() for d in dates.drop_nulls())
 
 
 def compute(staging: Staging, snapshot: Snapshot, dates: list[str]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from app.files.cleaning import clean
 from app.files.contract import FILE_TYPES, FileType, ORDER_ITEMS, ORDERS, PRODUCTS
@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 # A concurrent writer's commit may conflict with ours (same files rewritten): merge again
 # on the new version. conditional_put=etag guarantees no commit is ever overwritten.
 COMMIT_ATTEMPTS = 8
+# Every commit records what it changed (the change data feed): the KPI step recomputes the
+# dates of every change since the KPIs were last written, whichever execution made it.
+CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
 
 def empty_frame(file_type: FileType) -> pl.DataFrame:
@@ -68,8 +71,8 @@ class Staging:
         columns = frame.columns
         changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in columns)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            table = self._create_if_missing(file_type, frame)
             try:
+                table = self._create_if_missing(file_type, frame)
                 return (table.merge(frame, predicate=f't."{file_type.key}" = s."{file_type.key}"',
                                     source_alias="s", target_alias="t")
                         .when_matched_update_all(predicate=changed)
@@ -90,36 +93,28 @@ class Staging:
                 # mode="ignore": another worker creating it at the same time is fine.
                 write_deltalake(self.uri(file_type), frame.head(0), mode="ignore",
                                 partition_by=list(file_type.partition_by),
+                                configuration=CHANGE_DATA_FEED,
                                 storage_options=self.storage_options)
             except CommitFailedError:
                 pass  # the other writer's version 0 won; it has the same schema
             table = DeltaTable(self.uri(file_type), storage_options=self.storage_options)
+        if table.metadata().configuration.get("delta.enableChangeDataFeed") != "true":
+            # A table made before the feed: from now on (the KPI step recomputes every date
+            # once, as it cannot read the changes before).
+            table.alter.set_table_properties(CHANGE_DATA_FEED, raise_if_not_exists=False)
+            table = DeltaTable(self.uri(file_type), storage_options=self.storage_options)
         return table
 
-    def affected(self, file_type: FileType, frame: pl.DataFrame) -> dict:
-        """What a file's upsert may change in the KPIs, read before it is merged.
-
-        orders: the dates of its orders, new and as staged (an order may change its date);
-        order_items: the orders of its items, new and as staged; products: the ids whose
-        category is new or changed. Item and product effects are resolved to dates by the
-        KPI step, after every file of the execution is staged.
-        """
-        table = self.table(file_type)
-        staged = self.scan(file_type, table.version() if table else None)
-        keys = frame.get_column(file_type.key).implode()
-        if file_type is ORDERS:
-            before = staged.filter(pl.col("order_id").is_in(keys)).select("created_at").collect()
-            dates = pl.concat([frame.select("created_at"), before]).select(
-                pl.col("created_at").dt.date().unique().sort()).to_series()
-            return {"dates": [d.isoformat() for d in dates]}
-        if file_type is ORDER_ITEMS:
-            before = staged.filter(pl.col("id").is_in(keys)).select("order_id").collect()
-            order_ids = pl.concat([frame.select("order_id"), before]).get_column(
-                "order_id").drop_nulls().unique().sort()
-            return {"order_ids": order_ids.to_list()}
-        if file_type is PRODUCTS:
-            same = staged.select("id", "category").collect()
-            changed = frame.select("id", "category").join(same, on=["id", "category"],
-                                                          how="anti")
-            return {"product_ids": changed.get_column("id").sort().to_list()}
-        raise ValueError(f"no KPI effects known for {file_type.name}")
+    def changes(self, file_type: FileType, start: int, end: int,
+                columns: list[str]) -> pl.DataFrame | None:
+        """Rows inserted and both images of rows updated by the commits start..end (None:
+        a commit of the range did not record its changes)."""
+        table = DeltaTable(self.uri(file_type), storage_options=self.storage_options,
+                           version=end)
+        try:
+            return pl.DataFrame(table.load_cdf(starting_version=start, ending_version=end,
+                                               columns=columns))
+        except DeltaError as exc:
+            logger.warning("no change data feed for %s %d..%d: %s", file_type.name, start, end,
+                           exc)
+            return None

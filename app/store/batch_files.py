@@ -13,8 +13,9 @@ import redis
 
 from app.redis_client import connect
 from app.store import lua
-from app.store.keys import (EXECUTIONS_KEY, KPI_DATES_KEY, KPI_SNAPSHOTS_KEY, category_kpi_key,
-                            execution_key, execution_settled_key, order_kpi_key)
+from app.store.keys import (EXECUTIONS_KEY, KPI_DATES_KEY, KPI_SNAPSHOTS_KEY, KPI_WATERMARKS_KEY,
+                            category_kpi_key, execution_key, execution_settled_key,
+                            order_kpi_key)
 
 ORDER_KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold",
                     "unique_customers", "returned_orders")
@@ -33,15 +34,17 @@ class FilesStore:
         return cls(connect(url, decode_responses=True, socket_timeout=10,
                            socket_connect_timeout=5))
 
-    def write_kpis(self, rank: int, dates: list[str], order_kpis, category_kpis) -> int:
-        """Replace the KPIs of the dates in one atomic call; return the dates written."""
+    def write_kpis(self, rank: int, dates: list[str], order_kpis, category_kpis,
+                   versions: dict[str, int | None] | None = None) -> int:
+        """Replace the KPIs of the dates and raise the tables' watermarks to the versions
+        they were computed from, in one atomic call; return the dates written."""
         orders = {k.order_date: k for k in order_kpis}
         categories: dict[str, list[str]] = {d: [] for d in dates}
         for k in category_kpis:
             categories.setdefault(k.order_date, []).extend(
                 [k.category, json.dumps([k.daily_revenue_cents, k.orders, k.items,
                                          k.returned_items])])
-        days, keys = [], [KPI_SNAPSHOTS_KEY, KPI_DATES_KEY]
+        days, keys = [], [KPI_SNAPSHOTS_KEY, KPI_DATES_KEY, KPI_WATERMARKS_KEY]
         for day in dates:
             entry = {"date": day, "ordinal": date.fromisoformat(day).toordinal(),
                      "categories": categories.get(day, [])}
@@ -52,7 +55,16 @@ class FilesStore:
             keys += [order_kpi_key(day), category_kpi_key(day)]
         # cjson turns an empty Lua table into {}: send the categories as arrays explicitly.
         payload = json.dumps(days, ensure_ascii=False)
-        return int(self._write_kpis(keys=keys, args=[rank, payload]))
+        made = json.dumps({t: v for t, v in (versions or {}).items() if v is not None})
+        return int(self._write_kpis(keys=keys, args=[rank, payload, made]))
+
+    def kpi_watermarks(self) -> dict[str, int]:
+        """table -> the last version whose changes the stored KPIs include."""
+        return {t: int(v) for t, v in self.redis.hgetall(KPI_WATERMARKS_KEY).items()}
+
+    def kpi_dates(self) -> list[str]:
+        """Every date that has order KPIs."""
+        return self.redis.zrange(KPI_DATES_KEY, 0, -1)
 
     def _dates(self, start: str, end: str) -> list[str]:
         return self.redis.zrangebyscore(KPI_DATES_KEY, date.fromisoformat(start).toordinal(),

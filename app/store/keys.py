@@ -188,3 +188,31 @@ def execution_key(execution_id: str) -> str:
 def execution_settled_key(execution_id: str) -> str:
     """Marker that an execution's outcome (finished or failed) was announced once."""
     return f"files:{FILES_TAG}:execution-settled:{escaped_id(execution_id)}"
+
+
+# table -> the last version whose changes the stored KPIs include (see write_kpis.lua).
+KPI_WATERMARKS_KEY = f"kpi:{FILES_TAG}:watermarks"
+
+
+def execution_plan_key(execution_id: str) -> str:
+    """What an execution was started to do: its files at their versions, its events."""
+    return f"files:{FILES_TAG}:execution-plan:{escaped_id(execution_id)}"
+
+
+def execution_steps_key(execution_id: str) -> str:
+    """Hash of an execution's step results: each staged file by key, then its KPIs."""
+    return f"files:{FILES_TAG}:execution-steps:{escaped_id(execution_id)}"
+
+
+def execution_attempts_key(execution_id: str) -> str:
+    """Hash of how many times each step of an execution started (a killed step comes back)."""
+    return f"files:{FILES_TAG}:execution-attempts:{escaped_id(execution_id)}"
+
+
+# input/ key -> S3 sequencer of the newest upload of it merged so far.
+APPLIED_SEQUENCERS_KEY = f"files:{FILES_TAG}:applied-sequencers"
+
+
+def upload_lock_key(key: str) -> str:
+    """Lock held while one upload of an input/ key is checked and merged."""
+    return f"files:{FILES_TAG}:upload-lock:{escaped_id(key)}"

@@ -2,6 +2,7 @@
 import random
 import threading
 
+import pytest
 
 from app import aws
 from app.files import kpis
@@ -26,7 +27,7 @@ def run(files: Files, keys: list[str]) -> dict:
     execution_id = new_execution_id()
     files.start(execution_id, keys)
     staged = [files.stage(execution_id, key) for key in keys]
-    return files.finish(execution_id, staged, files.compute_kpis(execution_id, staged))
+    return files.finish(execution_id, staged, files.compute_kpis(execution_id))
 
 
 def served(store: FilesStore):
@@ -154,3 +155,52 @@ def test_kpis_from_an_older_snapshot_never_overwrite_newer_ones(store):
     # A date left without orders disappears.
     assert files_store.write_kpis(8, ["2024-01-02"], [], []) == 1
     assert files_store.order_kpis("2024-01-01", "2024-01-03") == []
+
+
+def moved_rows(rng):
+    """Rows, then updates moving a product to another category, an item to an order of
+    another date and an order to a new date."""
+    products, orders, items = make_rows(rng, orders=40)
+    date_of = {o["order_id"]: o["created_at"][:10] for o in orders}
+    sold = {i["product_id"] for i in items}
+    product = next(p for p in products if p["id"] in sold)
+    product_update = {**product, "category": next(c for c in ("Jeans", "Tops")
+                                                   if c != product["category"])}
+    item = items[0]
+    other = next(o for o in orders if o["created_at"][:10] != date_of[item["order_id"]])
+    item_update = {**item, "order_id": other["order_id"]}
+    order = orders[-1]
+    order_update = {**order, "created_at": "2024-01-09T08:00:00Z"}
+    return (products, orders, items), ([product_update], [order_update], [item_update])
+
+
+@pytest.mark.parametrize("fails_after", ["first stage", "every stage", "kpis"])
+def test_a_retry_after_the_merge_leaves_the_kpis_of_a_recomputation(files_settings, fails_after):
+    files = Files(files_settings)
+    (products, orders, items), (product_updates, order_updates, item_updates) = moved_rows(
+        random.Random(41))
+    run(files, upload(files, {"products.csv": csv_of(PRODUCTS, products),
+                              "orders.csv": csv_of(ORDERS, orders),
+                              "order_items.csv": csv_of(ORDER_ITEMS, items)}))
+    keys = upload(files, {"products_update.csv": csv_of(PRODUCTS, product_updates),
+                          "orders_update.csv": csv_of(ORDERS, order_updates),
+                          "order_items_update.csv": csv_of(ORDER_ITEMS, item_updates)})
+    # The first try commits its merges, then fails: its events come back to a new execution.
+    execution_id = new_execution_id()
+    files.start(execution_id, keys)
+    staged = [files.stage(execution_id, key) for key in keys[:1 if fails_after == "first stage"
+                                                               else None]]
+    if fails_after == "kpis":
+        files.compute_kpis(execution_id)
+    run(files, keys)
+
+    expected = expected_kpis(by_key(PRODUCTS, products + product_updates),
+                             by_key(ORDERS, orders + order_updates),
+                             by_key(ORDER_ITEMS, items + item_updates))
+    assert served(files.store) == expected
+    # The updates did move figures: a date appeared, and the category KPIs changed.
+    before = expected_kpis(by_key(PRODUCTS, products), by_key(ORDERS, orders),
+                           by_key(ORDER_ITEMS, items))
+    assert "2024-01-09" in {k["order_date"] for k in expected[0]} - {
+        k["order_date"] for k in before[0]}
+    assert expected[1] != before[1]

@@ -1,7 +1,8 @@
-"""Delta tables on LocalStack's S3: upserts by key, reads pinned to a version, KPI effects."""
+"""Delta tables on LocalStack's S3: upserts by key, reads pinned to a version, what changed."""
 from app import aws
 from app.files.cleaning import clean, read_csv
 from app.files.contract import ORDERS, PRODUCTS
+from app.files.kpis import Snapshot, changed_dates
 from app.files.staging import Staging
 
 HEADER = ",".join(ORDERS.columns)
@@ -27,10 +28,11 @@ def test_an_upsert_updates_by_key_and_an_old_version_still_reads_as_it_was(files
     staging.upsert(ORDERS, first)
     version = staging.versions()["orders"]
     moved = orders(("O2", "U9", "2024-01-20T10:00:00Z"), ("O3", "U3", "2024-01-21T10:00:00Z"))
-    # O2 changes its date: both its old and its new date need their KPIs again.
-    assert staging.affected(ORDERS, moved) == {"dates": ["2024-01-06", "2024-01-20",
-                                                         "2024-01-21"]}
     metrics = staging.upsert(ORDERS, moved)
+    # O2 changes its date: both its old and its new date need their KPIs again.
+    snapshot = Snapshot(staging.versions())
+    assert changed_dates(staging, snapshot, {"orders": version}) == [
+        "2024-01-06", "2024-01-20", "2024-01-21"]
 
     assert (metrics["num_target_rows_updated"], metrics["num_target_rows_inserted"]) == (1, 1)
     users = dict(staging.scan(ORDERS, staging.versions()["orders"]).collect()
