@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 INPUT, ARCHIVE, REJECTED = "input/", "archive/", "rejected/"
 STAGING, RESULTS = "staging/", "results/"
 PREFIXES = (INPUT, ARCHIVE, REJECTED, STAGING, RESULTS)
+# Error codes of an object, or of the version of it asked for, that is not there.
+GONE = ("NoSuchKey", "NoSuchVersion", "404")
 
 
 def _client(service: str, settings: Settings, timeout: float = 30):
@@ -56,16 +58,24 @@ def delta_storage_options(settings: Settings) -> dict[str, str]:
     return options
 
 
-def move(s3, bucket: str, source: str, target: str) -> bool:
-    """Copy then delete an object; False if the source is already gone (moved before)."""
+def move(s3, bucket: str, source: str, target: str, version_id: str | None = None) -> bool:
+    """Copy then delete an object (one version of it when given: a newer upload of the key
+    stays); False if it is already gone (moved before)."""
+    version = {"VersionId": version_id} if version_id else {}
     try:
-        s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source})
+        s3.copy_object(Bucket=bucket, Key=target,
+                       CopySource={"Bucket": bucket, "Key": source, **version})
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+        if exc.response["Error"]["Code"] in GONE:
             return False
         raise
-    s3.delete_object(Bucket=bucket, Key=source)
+    s3.delete_object(Bucket=bucket, Key=source, **version)
     return True
+
+
+def delete_version(s3, bucket: str, key: str, version_id: str) -> None:
+    """Delete one version of an object for good (no delete marker)."""
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
 
 
 def put_json(s3, bucket: str, key: str, document) -> None:
@@ -74,12 +84,13 @@ def put_json(s3, bucket: str, key: str, document) -> None:
                   Body=json.dumps(document, indent=2, ensure_ascii=False, default=str).encode())
 
 
-def get_bytes(s3, bucket: str, key: str) -> bytes | None:
-    """An object's bytes, or None when there is no such key."""
+def get_bytes(s3, bucket: str, key: str, version_id: str | None = None) -> bytes | None:
+    """An object's bytes (of one version when given), or None when it is not there."""
     try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        version = {"VersionId": version_id} if version_id else {}
+        return s3.get_object(Bucket=bucket, Key=key, **version)["Body"].read()
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+        if exc.response["Error"]["Code"] in GONE:
             return None
         raise
 
@@ -117,6 +128,10 @@ def ensure_files_resources(settings: Settings, sqs_client=None, s3=None, sns=Non
         if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou",
                                                   "BucketAlreadyExists"):
             raise
+    # Each event's upload is read, archived and deleted by its version id: a newer upload
+    # of the same name stays in input/ for its own event.
+    s3.put_bucket_versioning(Bucket=settings.files_bucket,
+                             VersioningConfiguration={"Status": "Enabled"})
     queue_url, dlq_url, queue_arn = ensure_files_queue(settings, sqs_client)
     current = s3.get_bucket_notification_configuration(Bucket=settings.files_bucket)
     wanted = {"Id": f"{settings.files_queue}-input", "QueueArn": queue_arn,

@@ -5,6 +5,9 @@ files.execute (one window of S3 events) starts an execution:
 with files.failed as the error callback.
 Every step is idempotent; the events stay on SQS until files.finish deletes them, and
 files.failed makes them visible again, so SQS retries and then dead-letters them.
+A step's message carries ids only (the execution, and a file's key): what to do is read
+from the execution's plan in Redis, so a forged or replayed message can at most repeat a
+step of a real execution.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from functools import cached_property
 from celery import Task, chain, chord, group, shared_task
 
 from app import sqs
-from app.files.execution import Files, new_execution_id, parse_event, staging_lanes
+from app.files.execution import (STEPS, Files, latest_uploads, new_execution_id, parse_event,
+                                 staging_lanes)
 from app.settings import Settings
 from tasks.names import FILES_EXECUTE, FILES_FAILED, FILES_FINISH, FILES_KPIS, FILES_STAGE
 
@@ -40,15 +44,20 @@ class FilesTask(Task):
         return sqs.client(self.settings)
 
 
+class StepLost(Exception):
+    """A step started more times than allowed without finishing: its worker was lost."""
+
+
 class StepTask(FilesTask):
     """A step of an execution: each gets half of FILES_EXECUTION_TIMEOUT.
 
-    Results travel to the chord's callback through the result backend; a failed step is
-    acked (not left to SQS): the execution's error path hands its events back to SQS
-    instead, and a redelivered step would run (and fail) again outside its execution.
+    A failed step is acked (not left to SQS): the execution's error path hands its events
+    back to SQS instead. A step whose pool process was killed comes back (Celery's
+    task_reject_on_worker_lost); past MAX_RECEIVE_COUNT starts it fails instead, so the
+    execution ends failed and announced, like any other failed step.
     """
 
-    ignore_result = False
+    ignore_result = False  # the chord counts its header's results in the backend
     acks_late = True
     acks_on_failure_or_timeout = True
 
@@ -61,6 +70,13 @@ class StepTask(FilesTask):
     def soft_time_limit(self) -> int:
         """Soft limit of one step, 10 s before the hard one."""
         return self.time_limit - 10
+
+    def count_start(self, execution_id: str, step: str) -> None:
+        """Count this start of the step; StepLost past the allowed number of starts."""
+        starts = self.files.store.count_attempt(execution_id, step)
+        if starts > self.settings.max_receive_count:
+            raise StepLost(f"{STEPS.get(self.name, self.name)} started {starts} times "
+                           "without finishing (its worker was lost each time)")
 
 
 def delete_events(task: FilesTask, events: list[dict]) -> None:
@@ -119,13 +135,15 @@ def execute(self, events: list[dict]):
     hide_events(self, file_events, lambda e: self.settings.files_execution_timeout)
     execution_id = new_execution_id()
     lanes = staging_lanes(found)
-    self.files.start(execution_id, [key for lane in lanes for key in lane])
-    # One chain per table (its files in upload order), the tables in parallel.
-    workflow = chord(group(chain(stage.s([], execution_id, lane[0]),
-                                 *(stage.s(execution_id, key) for key in lane[1:]))
+    uploads = {u.key: u for u in latest_uploads(found)}
+    self.files.start(execution_id, [uploads[key] for lane in lanes for key in lane],
+                     file_events)
+    # One chain per table (its files in upload order), the tables in parallel. Immutable
+    # signatures: every step reads its inputs from the execution's plan and results.
+    workflow = chord(group(chain(*(stage.si(execution_id, key) for key in lane))
                            for lane in lanes),
-                     kpis.s(execution_id)) | finish.s(execution_id, file_events)
-    workflow.link_error(failed.s(execution_id, file_events))
+                     kpis.si(execution_id)) | finish.si(execution_id)
+    workflow.link_error(failed.s(execution_id))
     workflow.apply_async()
     logger.info("execution %s started over %d file(s) from %d event(s)", execution_id,
                 sum(map(len, lanes)), len(file_events))
@@ -133,31 +151,41 @@ def execute(self, events: list[dict]):
 
 
 @shared_task(name=FILES_STAGE, bind=True, base=StepTask)
-def stage(self, earlier: list[dict], execution_id: str, key: str) -> list[dict]:
-    """Validate, clean and upsert one file into its Delta table, after its lane's earlier files."""
-    return [*earlier, self.files.stage(execution_id, key)]
+def stage(self, execution_id: str, key: str) -> str | None:
+    """Validate, clean and upsert one file of the execution into its Delta table."""
+    self.count_start(execution_id, f"stage:{key}")
+    result = self.files.stage(execution_id, key)
+    return result and result["status"]
 
 
 @shared_task(name=FILES_KPIS, bind=True, base=StepTask)
-def kpis(self, lanes: list[list[dict]], execution_id: str) -> dict:
-    """Recompute the KPIs of every date the execution's files touched."""
-    staged = [result for lane in lanes for result in lane]
-    return {"staged": staged, "kpis": self.files.compute_kpis(execution_id)}
+def kpis(self, execution_id: str) -> list[str] | None:
+    """Recompute the KPIs of every date changed since they were last written."""
+    self.count_start(execution_id, "kpis")
+    summary = self.files.compute_kpis(execution_id)
+    return summary and summary["dates"]
 
 
 @shared_task(name=FILES_FINISH, bind=True, base=StepTask)
-def finish(self, result: dict, execution_id: str, events: list[dict]) -> dict:
-    """Archive, reject, record and notify; then the events are done with."""
-    record = self.files.finish(execution_id, result["staged"], result["kpis"])
-    delete_events(self, events)
+def finish(self, execution_id: str) -> dict | None:
+    """Archive, reject, record and notify; then the execution's events are done with."""
+    self.count_start(execution_id, "finish")
+    record = self.files.finish(execution_id)
+    if record is None:
+        return None
+    delete_events(self, self.files.planned_events(execution_id))
     return {"execution_id": execution_id, "status": record["status"]}
 
 
 @shared_task(name=FILES_FAILED, base=FilesTask)
-def failed(request, exc, traceback, execution_id: str, events: list[dict]):
+def failed(request, exc, traceback, execution_id: str):
     """Error path of an execution: failure message, events back to SQS, nothing archived."""
     # Not bound: Celery passes (request, exc, traceback) to an errback whose signature
     # starts with them, and a bound task's signature does not. `failed` is this task.
     logger.error("execution %s failed in %s: %r", execution_id, request.task, exc)
+    events = failed.files.planned_events(execution_id)
+    if not events:
+        logger.warning("execution %s is unknown: failure not recorded", execution_id)
+        return
     failed.files.fail(execution_id, request.task or "", f"{type(exc).__name__}: {exc}")
     hide_events(failed, events, backoff(failed.settings))

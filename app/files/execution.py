@@ -11,7 +11,7 @@ import logging
 import posixpath
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 TEST_EVENT = "s3:TestEvent"
 # Where a failure happened, by the Celery task that failed (for the failure message).
+# The KPI step's result among an execution's step results (the others are by file key).
+KPIS_STEP = "kpis"
 STEPS = {"files.stage": "validate and stage", "files.kpis": "KPIs",
          "files.finish": "archive and notify", "files.execute": "start"}
 
@@ -45,6 +47,8 @@ class FileEvent:
     size: int | None = None
     etag: str | None = None
     event_time: str = ""  # ISO 8601 from S3: orders files of one table within a window
+    version_id: str | None = None  # the upload this event is about (versioned bucket)
+    sequencer: str | None = None  # hexadecimal: orders the uploads of one key
 
 
 @dataclass
@@ -80,22 +84,36 @@ def parse_event(body: str, bucket: str) -> ParsedMessage:
             # Keys in S3 events are URL-encoded, spaces as '+'.
             key = unquote_plus(s3["object"]["key"])
             if key.startswith(aws.INPUT) and key != aws.INPUT:
-                files.append(FileEvent(key, s3["object"].get("size"), s3["object"].get("eTag"),
-                                       str(record.get("eventTime", ""))))
+                obj = s3["object"]
+                files.append(FileEvent(key, obj.get("size"), obj.get("eTag"),
+                                       str(record.get("eventTime", "")),
+                                       obj.get("versionId") or None,
+                                       obj.get("sequencer") or None))
     except (KeyError, TypeError, AttributeError) as exc:
         return ParsedMessage("invalid", reason=f"malformed record: {exc!r}")
     return ParsedMessage("files", files)
 
 
+def upload_order(event: FileEvent) -> tuple[int, str]:
+    """Orders the uploads of one key: S3's sequencer (hexadecimal, the greater one is the
+    later upload), then the event time (LocalStack repeats a key's sequencer)."""
+    return int(event.sequencer, 16) if event.sequencer else -1, event.event_time
+
+
+def latest_uploads(events: list[FileEvent]) -> list[FileEvent]:
+    """The newest event of each key (an older upload of a key in the same window is gone)."""
+    latest: dict[str, FileEvent] = {}
+    for event in events:
+        if event.key not in latest or upload_order(event) >= upload_order(latest[event.key]):
+            latest[event.key] = event
+    return list(latest.values())
+
+
 def staging_lanes(events: list[FileEvent]) -> list[list[str]]:
     """The keys to stage, one lane per table: a table's files in upload order, one after
     another (a later file of the same keys must win); lanes run in parallel."""
-    latest: dict[str, FileEvent] = {}
-    for event in events:
-        if event.key not in latest or event.event_time >= latest[event.key].event_time:
-            latest[event.key] = event
     lanes: dict[str, list[FileEvent]] = {}
-    for event in latest.values():
+    for event in latest_uploads(events):
         file_type = file_type_for(event.key)
         # Files of no known type are only rejected: each gets a lane of its own.
         lanes.setdefault(file_type.name if file_type else event.key, []).append(event)
@@ -148,19 +166,60 @@ class Files:
 
     # --- the steps -----------------------------------------------------------------
 
-    def start(self, execution_id: str, keys: list[str]) -> dict:
-        """Record a new execution as running."""
+    def start(self, execution_id: str, uploads: list[FileEvent],
+              events: list[dict] | None = None) -> dict:
+        """Record a new execution as running, with what its steps are to do: its uploads
+        (each at the version its event names) and the event messages it settles."""
+        self.store.save_plan(execution_id, {"files": [asdict(u) for u in uploads],
+                                            "events": events or []})
         record = {"execution_id": execution_id, "status": "running", "started_at": _now_iso(),
-                  "started_at_ms": int(time.time() * 1000), "files": [{"key": k} for k in keys]}
+                  "started_at_ms": int(time.time() * 1000),
+                  "files": [{"key": u.key} for u in uploads]}
         self._save(record)
         return record
 
-    def stage(self, execution_id: str, key: str) -> dict:
-        """Validate, clean and upsert one file; its result (valid, invalid or missing)."""
+    def planned_events(self, execution_id: str) -> list[dict]:
+        """The event messages an execution was started over (none for an unknown one)."""
+        return (self.store.plan(execution_id) or {}).get("events", [])
+
+    def _upload(self, execution_id: str, key: str) -> FileEvent | None:
+        plan = self.store.plan(execution_id)
+        for upload in (plan or {}).get("files", []):
+            if upload["key"] == key:
+                return FileEvent(**upload)
+        return None
+
+    def _staged(self, execution_id: str) -> tuple[list[dict], dict] | None:
+        """The staged results in plan order and the steps' results, or None until every
+        planned file is staged (no plan: an unknown execution)."""
+        plan = self.store.plan(execution_id)
+        if plan is None:
+            return None
+        steps = self.store.steps(execution_id)
+        if any(u["key"] not in steps for u in plan["files"]):
+            return None
+        return [steps[u["key"]] for u in plan["files"]], steps
+
+    def stage(self, execution_id: str, key: str) -> dict | None:
+        """Validate, clean and upsert one planned file at its upload's version; its result
+        (valid, invalid, missing or superseded), or None for a file the execution lacks."""
+        upload = self._upload(execution_id, key)
+        if upload is None:
+            logger.warning("execution %s has no file %s: stage refused", execution_id, key)
+            return None
+        if self.store.settled(execution_id):
+            return self.store.steps(execution_id).get(key)  # a replay: done with already
+        result = self._stage(execution_id, upload)
+        self.store.save_step(execution_id, key, result)
+        return result
+
+    def _stage(self, execution_id: str, upload: FileEvent) -> dict:
         started = time.monotonic()
+        key = upload.key
         result = {"key": key, "name": _name(key)}
         file_type = file_type_for(key)
-        data = aws.get_bytes(self.s3, self.settings.files_bucket, key)
+        data = aws.get_bytes(self.s3, self.settings.files_bucket, key,
+                             version_id=upload.version_id)
         if data is None:
             # An earlier execution of a redelivered event moved it already.
             return {**result, "status": "missing",
@@ -175,7 +234,15 @@ class Files:
             cleaned = clean(read_csv(data, file_type), file_type)
         except InvalidFile as exc:
             return {**result, "status": "invalid", "reasons": exc.reasons}
-        merged = self.staging.upsert(file_type, cleaned.frame) if cleaned.rows_kept else {}
+        # One upload of a key merges at a time, never after a newer one of the same key.
+        with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
+            applied = self.store.applied_upload(key)
+            if upload.sequencer and applied and tuple(applied) > upload_order(upload):
+                return {**result, "status": "superseded",
+                        "reasons": [f"a newer upload of {key} was staged already"]}
+            if upload.sequencer:
+                self.store.set_applied_upload(key, upload_order(upload))
+            merged = self.staging.upsert(file_type, cleaned.frame) if cleaned.rows_kept else {}
         logger.info("execution %s: %s staged, %d of %d rows kept", execution_id, key,
                     cleaned.rows_kept, cleaned.rows_read)
         return {**result, "status": "valid", "rows_read": cleaned.rows_read,
@@ -184,13 +251,17 @@ class Files:
                 "updated": merged.get("num_target_rows_updated", 0),
                 "seconds": round(time.monotonic() - started, 3)}
 
-    def compute_kpis(self, execution_id: str) -> dict:
-        """Recompute and write the KPIs of every date changed since they were last written.
+    def compute_kpis(self, execution_id: str) -> dict | None:
+        """Recompute and write the KPIs of every date changed since they were last written
+        (None, doing nothing, until every file of the execution is staged).
 
         The changes are read from the tables' change data feed, after the watermarks the
         last KPI write left: a commit whose execution failed after its merge is counted by
         the next computation, whichever execution runs it.
         """
+        if self._staged(execution_id) is None:
+            logger.warning("execution %s is unknown or not staged: KPIs refused", execution_id)
+            return None
         from app.files import kpis
         started = time.monotonic()
         snapshot = kpis.Snapshot(self.staging.versions())
@@ -205,22 +276,37 @@ class Files:
                                         snapshot.versions)
         logger.info("execution %s: KPIs of %d date(s) computed, %d written", execution_id,
                     len(dates), written)
-        return {"dates": dates, "dates_written": written, "table_versions": snapshot.versions,
-                "seconds": round(time.monotonic() - started, 3)}
+        summary = {"dates": dates, "dates_written": written,
+                   "table_versions": snapshot.versions,
+                   "seconds": round(time.monotonic() - started, 3)}
+        self.store.save_step(execution_id, KPIS_STEP, summary)
+        return summary
 
-    def finish(self, execution_id: str, staged: list[dict], kpi_summary: dict) -> dict:
-        """Archive valid files, reject invalid ones with their reasons, record, notify."""
+    def finish(self, execution_id: str) -> dict | None:
+        """Archive valid files, reject invalid ones with their reasons, each at the version
+        read; record, notify. None, doing nothing, before the execution's KPIs are written."""
+        done = self._staged(execution_id)
+        if done is None or KPIS_STEP not in done[1]:
+            logger.warning("execution %s is unknown or has no KPIs yet: finish refused",
+                           execution_id)
+            return None
+        staged, steps = done
+        kpi_summary = steps[KPIS_STEP]
         started = time.monotonic()
         bucket = self.settings.files_bucket
         for result in staged:
+            version = self._upload(execution_id, result["key"]).version_id
             if result["status"] == "valid":
-                aws.move(self.s3, bucket, result["key"], aws.ARCHIVE + result["name"])
+                aws.move(self.s3, bucket, result["key"], aws.ARCHIVE + result["name"], version)
             elif result["status"] == "invalid":
                 target = aws.REJECTED + result["name"]
                 aws.put_json(self.s3, bucket, target + ".reason.json",
                              {"file": result["key"], "execution_id": execution_id,
                               "reasons": result["reasons"]})
-                aws.move(self.s3, bucket, result["key"], target)
+                aws.move(self.s3, bucket, result["key"], target, version)
+            elif result["status"] == "superseded" and version:
+                # Left, it would be input/'s current version again once the newer one moves.
+                aws.delete_version(self.s3, bucket, result["key"], version)
         record = self._record(execution_id, "succeeded", staged, kpi_summary)
         record["timings"]["finish_seconds"] = round(time.monotonic() - started, 3)
         self._save(record)
@@ -233,14 +319,19 @@ class Files:
 
     def fail(self, execution_id: str, task_name: str, error: str,
              staged: list[dict] | None = None) -> dict:
-        """Record and announce a failed execution; its files stay in input/."""
+        """Record and announce a failed execution; its files stay in input/ (staged: the
+        results to record, by default those its steps saved)."""
         if self.store.settled(execution_id) == "succeeded":
             # Only the events' deletion failed after the success was announced: they come
             # back, and their next execution finds the files moved.
             logger.warning("execution %s failed after it succeeded (%s): %s", execution_id,
                            task_name, error)
             return self.store.execution(execution_id) or {}
-        record = self._record(execution_id, "failed", staged or [], {})
+        if staged is None:
+            steps = self.store.steps(execution_id)
+            staged = [steps[f["key"]] for f in (self.store.plan(execution_id) or {})
+                      .get("files", []) if f["key"] in steps]
+        record = self._record(execution_id, "failed", staged, {})
         record["failure"] = {"step": STEPS.get(task_name, task_name), "task": task_name,
                              "error": error}
         self._save(record)
@@ -271,7 +362,7 @@ class Files:
             "invalid_files": [{"name": f["name"], "reasons": f["reasons"]}
                               for f in files if f.get("status") == "invalid"],
             "skipped_files": [{"name": f["name"], "reasons": f["reasons"]}
-                              for f in files if f.get("status") == "missing"],
+                              for f in files if f.get("status") in ("missing", "superseded")],
             "rows_read": sum(f["rows_read"] for f in valid),
             "rows_kept": sum(f["rows_kept"] for f in valid),
             "rows_dropped": {f["name"]: f["dropped"] for f in valid},

@@ -13,10 +13,14 @@ import redis
 
 from app.redis_client import connect
 from app.store import lua
-from app.store.keys import (EXECUTIONS_KEY, KPI_DATES_KEY, KPI_SNAPSHOTS_KEY, KPI_WATERMARKS_KEY,
-                            category_kpi_key, execution_key, execution_settled_key,
-                            order_kpi_key)
+from app.store.keys import (APPLIED_UPLOADS_KEY, EXECUTIONS_KEY, KPI_DATES_KEY,
+                            KPI_SNAPSHOTS_KEY, KPI_WATERMARKS_KEY, category_kpi_key,
+                            execution_attempts_key, execution_key, execution_plan_key,
+                            execution_settled_key, execution_steps_key, order_kpi_key,
+                            upload_lock_key)
 
+# How long an execution's plan, step results and announcement are kept.
+EXECUTION_STATE_SECONDS = 7 * 86400
 ORDER_KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold",
                     "unique_customers", "returned_orders")
 
@@ -123,6 +127,50 @@ class FilesStore:
         """How an execution was announced ("succeeded" or "failed"), or None."""
         return self.redis.get(execution_settled_key(execution_id))
 
-    def mark_settled(self, execution_id: str, status: str, ttl_seconds: int = 7 * 86400):
+    def mark_settled(self, execution_id: str, status: str,
+                     ttl_seconds: int = EXECUTION_STATE_SECONDS):
         """Remember that an execution's outcome was announced (for a week)."""
         self.redis.set(execution_settled_key(execution_id), status, ex=ttl_seconds)
+
+    def save_plan(self, execution_id: str, plan: dict) -> None:
+        """What an execution is to do (its uploads and events): what its steps read, never
+        their messages."""
+        self.redis.set(execution_plan_key(execution_id), json.dumps(plan),
+                       ex=EXECUTION_STATE_SECONDS)
+
+    def plan(self, execution_id: str) -> dict | None:
+        """An execution's plan, or None for an execution never started."""
+        raw = self.redis.get(execution_plan_key(execution_id))
+        return json.loads(raw) if raw else None
+
+    def save_step(self, execution_id: str, name: str, result: dict) -> None:
+        """Keep one step's result (a staged file by its key, or the KPIs)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(execution_steps_key(execution_id), name, json.dumps(result, default=str))
+        pipe.expire(execution_steps_key(execution_id), EXECUTION_STATE_SECONDS)
+        pipe.execute()
+
+    def steps(self, execution_id: str) -> dict[str, dict]:
+        """The results an execution's steps kept, by name."""
+        raw = self.redis.hgetall(execution_steps_key(execution_id))
+        return {name: json.loads(value) for name, value in raw.items()}
+
+    def count_attempt(self, execution_id: str, step: str) -> int:
+        """Count one more start of a step of an execution; how many starts so far."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(execution_attempts_key(execution_id), step, 1)
+        pipe.expire(execution_attempts_key(execution_id), EXECUTION_STATE_SECONDS)
+        return int(pipe.execute()[0])
+
+    def upload_lock(self, key: str, timeout: float):
+        """redis-py's lock on one input/ key (expires after timeout, should its holder die)."""
+        return self.redis.lock(upload_lock_key(key), timeout=timeout, blocking_timeout=timeout)
+
+    def applied_upload(self, key: str) -> list | None:
+        """The order (sequencer, event time) of the newest upload of an input/ key staged."""
+        raw = self.redis.hget(APPLIED_UPLOADS_KEY, key)
+        return json.loads(raw) if raw else None
+
+    def set_applied_upload(self, key: str, order: tuple[int, str]) -> None:
+        """Remember the order of the upload of a key being staged."""
+        self.redis.hset(APPLIED_UPLOADS_KEY, key, json.dumps(order))

@@ -209,8 +209,8 @@ def execution_attempts_key(execution_id: str) -> str:
     return f"files:{FILES_TAG}:execution-attempts:{escaped_id(execution_id)}"
 
 
-# input/ key -> S3 sequencer of the newest upload of it merged so far.
-APPLIED_SEQUENCERS_KEY = f"files:{FILES_TAG}:applied-sequencers"
+# input/ key -> JSON [sequencer as a number, event time] of the newest upload of it staged.
+APPLIED_UPLOADS_KEY = f"files:{FILES_TAG}:applied-uploads"
 
 
 def upload_lock_key(key: str) -> str:

@@ -4,10 +4,10 @@ import threading
 
 import pytest
 
-from app import aws
+from app import aws, sqs
 from app.files import kpis
 from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
-from app.files.execution import Files, new_execution_id
+from app.files.execution import FileEvent, Files, new_execution_id, parse_event
 from app.store import FilesStore
 from files_oracle import by_key, csv_of, expected_kpis, make_rows
 
@@ -25,9 +25,11 @@ def upload(files: Files, named: dict[str, bytes]) -> list[str]:
 def run(files: Files, keys: list[str]) -> dict:
     """The canvas's steps in order, in this process."""
     execution_id = new_execution_id()
-    files.start(execution_id, keys)
-    staged = [files.stage(execution_id, key) for key in keys]
-    return files.finish(execution_id, staged, files.compute_kpis(execution_id))
+    files.start(execution_id, [FileEvent(key) for key in keys])
+    for key in keys:
+        files.stage(execution_id, key)
+    files.compute_kpis(execution_id)
+    return files.finish(execution_id)
 
 
 def served(store: FilesStore):
@@ -187,9 +189,9 @@ def test_a_retry_after_the_merge_leaves_the_kpis_of_a_recomputation(files_settin
                           "order_items_update.csv": csv_of(ORDER_ITEMS, item_updates)})
     # The first try commits its merges, then fails: its events come back to a new execution.
     execution_id = new_execution_id()
-    files.start(execution_id, keys)
-    staged = [files.stage(execution_id, key) for key in keys[:1 if fails_after == "first stage"
-                                                               else None]]
+    files.start(execution_id, [FileEvent(key) for key in keys])
+    for key in keys[:1 if fails_after == "first stage" else None]:
+        files.stage(execution_id, key)
     if fails_after == "kpis":
         files.compute_kpis(execution_id)
     run(files, keys)
@@ -204,3 +206,84 @@ def test_a_retry_after_the_merge_leaves_the_kpis_of_a_recomputation(files_settin
     assert "2024-01-09" in {k["order_date"] for k in expected[0]} - {
         k["order_date"] for k in before[0]}
     assert expected[1] != before[1]
+
+
+def uploaded(files: Files, name: str, data: bytes) -> FileEvent:
+    """Upload a file and return its S3 event, as the bucket's notification delivered it."""
+    files.s3.put_object(Bucket=files.settings.files_bucket, Key=f"input/{name}", Body=data)
+    client = sqs.client(files.settings)
+    while True:
+        response = client.receive_message(QueueUrl=files.settings.files_url,
+                                          MaxNumberOfMessages=1, WaitTimeSeconds=10)
+        [message] = response["Messages"]
+        client.delete_message(QueueUrl=files.settings.files_url,
+                              ReceiptHandle=message["ReceiptHandle"])
+        parsed = parse_event(message["Body"], files.settings.files_bucket)
+        if parsed.kind == "files":
+            [event] = parsed.files
+            assert event.version_id and event.sequencer
+            return event
+
+
+def staged_orders(files: Files) -> dict:
+    frame = files.staging.scan(ORDERS, files.staging.versions()["orders"]).collect()
+    return dict(frame.select("order_id", "status").iter_rows())
+
+
+def read(files: Files, key: str) -> bytes | None:
+    return aws.get_bytes(files.s3, files.settings.files_bucket, key)
+
+
+def test_a_file_uploaded_again_during_its_execution_is_left_for_its_own_event(files_settings):
+    files = Files(files_settings)
+    _, orders, _ = make_rows(random.Random(50), orders=20)
+    first, second = csv_of(ORDERS, orders), csv_of(ORDERS, [
+        {**o, "status": "returned"} for o in orders] + [{**orders[0], "order_id": "O-new"}])
+    event = uploaded(files, "orders.csv", first)
+    execution_id = new_execution_id()
+    files.start(execution_id, [event])
+    files.stage(execution_id, event.key)
+    again = uploaded(files, "orders.csv", second)  # while the first execution runs
+    files.compute_kpis(execution_id)
+    files.finish(execution_id)
+
+    assert read(files, "archive/orders.csv") == first  # archived what it read
+    assert read(files, "input/orders.csv") == second  # the new upload waits for its event
+    execution_id = new_execution_id()
+    files.start(execution_id, [again])
+    files.stage(execution_id, again.key)
+    files.compute_kpis(execution_id)
+    record = files.finish(execution_id)
+
+    assert record["valid_files"] == ["orders.csv"]
+    assert read(files, "archive/orders.csv") == second
+    assert keys_in(files, "input/") == set()
+    assert staged_orders(files) == {**{o["order_id"]: "returned" for o in orders},
+                                    "O-new": "complete"}
+    assert served(files.store)[0] == expected_kpis(
+        {}, by_key(ORDERS, orders + [{**o, "status": "returned"} for o in orders]
+                   + [{**orders[0], "order_id": "O-new"}]), {})[0]
+
+
+def test_two_uploads_of_one_key_committing_in_reverse_order_leave_the_newer(files_settings):
+    files = Files(files_settings)
+    _, orders, _ = make_rows(random.Random(51), orders=20)
+    newer_rows = [{**o, "status": "returned"} for o in orders]
+    older = uploaded(files, "orders.csv", csv_of(ORDERS, orders))
+    newer = uploaded(files, "orders.csv", csv_of(ORDERS, newer_rows))
+    first, second = new_execution_id(), new_execution_id()
+    files.start(first, [older])
+    files.start(second, [newer])
+    # The newer upload's execution commits first, the older one's after it.
+    files.stage(second, newer.key)
+    files.stage(first, older.key)
+    for execution_id in (second, first):
+        files.compute_kpis(execution_id)
+    records = [files.finish(second), files.finish(first)]
+
+    assert staged_orders(files) == {o["order_id"]: "returned" for o in orders}
+    assert served(files.store)[0] == expected_kpis({}, by_key(ORDERS, newer_rows), {})[0]
+    assert [r["valid_files"] for r in records] == [["orders.csv"], []]
+    assert [s["name"] for s in records[1]["skipped_files"]] == ["orders.csv"]
+    assert read(files, "archive/orders.csv") == csv_of(ORDERS, newer_rows)
+    assert keys_in(files, "input/") == set()
