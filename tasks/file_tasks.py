@@ -53,7 +53,7 @@ class StepTask(FilesTask):
 
     A failed step is acked (not left to SQS): the execution's error path hands its events
     back to SQS instead. A step whose pool process was killed comes back (Celery's
-    task_reject_on_worker_lost); past MAX_RECEIVE_COUNT starts it fails instead, so the
+    task_reject_on_worker_lost); its MAX_RECEIVE_COUNT-th start fails instead, so the
     execution ends failed and announced, like any other failed step.
     """
 
@@ -74,9 +74,27 @@ class StepTask(FilesTask):
     def count_start(self, execution_id: str, step: str) -> None:
         """Count this start of the step; StepLost past the allowed number of starts."""
         starts = self.files.store.count_attempt(execution_id, step)
-        if starts > self.settings.max_receive_count:
+        # The files queue dead-letters a message at its MAX_RECEIVE_COUNT-th receive: that
+        # start fails the step instead of trying it (a kill now would leave no failure).
+        if starts >= self.settings.max_receive_count:
             raise StepLost(f"{STEPS.get(self.name, self.name)} started {starts} times "
                            "without finishing (its worker was lost each time)")
+
+    def __call__(self, *args, **kwargs):
+        """Run the step; if it raises, keep which step failed and why first: the errback runs
+        with the chord's error and the request of the chord's body (celery.chain)."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            execution_id = args[0] if args else kwargs.get("execution_id")
+            if isinstance(execution_id, str):
+                try:
+                    self.files.note_failure(execution_id, self.name,
+                                            f"{type(exc).__name__}: {exc}")
+                except Exception:  # the step's own error is the one to raise
+                    logger.exception("execution %s: the failure of %s not noted",
+                                     execution_id, self.name)
+            raise
 
 
 def delete_events(task: FilesTask, events: list[dict]) -> None:
@@ -187,5 +205,9 @@ def failed(request, exc, traceback, execution_id: str):
     if not events:
         logger.warning("execution %s is unknown: failure not recorded", execution_id)
         return
-    failed.files.fail(execution_id, request.task or "", f"{type(exc).__name__}: {exc}")
+    # A failed header step reaches this errback as the chord's error, in the request of the
+    # chord's body (celery.chain): the step kept its own name and error.
+    noted = failed.files.noted_failure(execution_id) or {
+        "task": request.task or "", "error": f"{type(exc).__name__}: {exc}"}
+    failed.files.fail(execution_id, noted["task"], noted["error"])
     hide_events(failed, events, backoff(failed.settings))

@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 
 TEST_EVENT = "s3:TestEvent"
 # Where a failure happened, by the Celery task that failed (for the failure message).
-# The KPI step's result among an execution's step results (the others are by file key).
-KPIS_STEP = "kpis"
+# The KPI step's result and the failed step among an execution's step results (the
+# others are staged files, by key).
+KPIS_STEP, FAILED_STEP = "kpis", "failed"
 STEPS = {"files.stage": "validate and stage", "files.kpis": "KPIs",
          "files.finish": "archive and notify", "files.execute": "start"}
 
@@ -189,16 +190,16 @@ class Files:
                 return FileEvent(**upload)
         return None
 
-    def _staged(self, execution_id: str) -> tuple[list[dict], dict] | None:
-        """The staged results in plan order and the steps' results, or None until every
-        planned file is staged (no plan: an unknown execution)."""
+    def _staged(self, execution_id: str) -> tuple[dict, dict] | None:
+        """The plan and the steps' results, or None until every planned file is staged (no
+        plan: an unknown execution)."""
         plan = self.store.plan(execution_id)
         if plan is None:
             return None
         steps = self.store.steps(execution_id)
         if any(u["key"] not in steps for u in plan["files"]):
             return None
-        return [steps[u["key"]] for u in plan["files"]], steps
+        return plan, steps
 
     def stage(self, execution_id: str, key: str) -> dict | None:
         """Validate, clean and upsert one planned file at its upload's version; its result
@@ -271,7 +272,8 @@ class Files:
             # date, those staged and those that have KPIs now.
             dates = sorted(set(kpis.staged_dates(self.staging, snapshot))
                            | set(self.store.kpi_dates()))
-        order_kpis, category_kpis = kpis.compute(self.staging, snapshot, dates) if dates else ([], [])
+        order_kpis, category_kpis = (kpis.compute(self.staging, snapshot, dates) if dates
+                                     else ([], []))
         written = self.store.write_kpis(snapshot.rank, dates, order_kpis, category_kpis,
                                         snapshot.versions)
         logger.info("execution %s: KPIs of %d date(s) computed, %d written", execution_id,
@@ -286,16 +288,18 @@ class Files:
         """Archive valid files, reject invalid ones with their reasons, each at the version
         read; record, notify. None, doing nothing, before the execution's KPIs are written."""
         done = self._staged(execution_id)
-        if done is None or KPIS_STEP not in done[1]:
-            logger.warning("execution %s is unknown or has no KPIs yet: finish refused",
+        if done is None or KPIS_STEP not in done[1] or self.store.settled(execution_id) == "failed":
+            logger.warning("execution %s is unknown, failed or has no KPIs yet: finish refused",
                            execution_id)
             return None
-        staged, steps = done
+        plan, steps = done
+        staged = [steps[u["key"]] for u in plan["files"]]
+        versions = {u["key"]: u.get("version_id") for u in plan["files"]}
         kpi_summary = steps[KPIS_STEP]
         started = time.monotonic()
         bucket = self.settings.files_bucket
         for result in staged:
-            version = self._upload(execution_id, result["key"]).version_id
+            version = versions[result["key"]]
             if result["status"] == "valid":
                 aws.move(self.s3, bucket, result["key"], aws.ARCHIVE + result["name"], version)
             elif result["status"] == "invalid":
@@ -316,6 +320,15 @@ class Files:
                         f"Files execution {execution_id} succeeded", _summary(record))
             self.store.mark_settled(execution_id, "succeeded")
         return record
+
+    def note_failure(self, execution_id: str, task_name: str, error: str) -> None:
+        """Keep the first failed step of a known execution (what its failure will name)."""
+        if self.store.plan(execution_id) is not None and not self.noted_failure(execution_id):
+            self.store.save_step(execution_id, FAILED_STEP, {"task": task_name, "error": error})
+
+    def noted_failure(self, execution_id: str) -> dict | None:
+        """The failed step noted for an execution: {task, error}, or None."""
+        return self.store.steps(execution_id).get(FAILED_STEP)
 
     def fail(self, execution_id: str, task_name: str, error: str,
              staged: list[dict] | None = None) -> dict:

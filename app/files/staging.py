@@ -11,7 +11,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from app.files.cleaning import clean
-from app.files.contract import FILE_TYPES, FileType, ORDER_ITEMS, ORDERS, PRODUCTS
+from app.files.contract import FILE_TYPES, FileType
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """Uploads -> S3 events on SQS -> real Celery workers -> Delta -> KPIs in Redis -> archive, SNS."""
 import json
+import os
 import random
+import signal
 import uuid
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
 from app.store import KPI_SNAPSHOTS_KEY, FilesStore
 from conftest import wait_for
 from files_oracle import by_key, csv_of, expected_kpis, make_rows
+from tasks.celery import create_celery
 
 RANGE = ("2024-01-01", "2024-01-31")
 
@@ -218,4 +221,70 @@ def test_bodies_that_are_no_s3_event_are_dead_lettered_and_the_worker_goes_on(fi
     upload(settings, {"orders.csv": csv_of(ORDERS, make_rows(random.Random(2), orders=5)[1])})
     [(topic, message)] = notes.wait(1)
     assert topic == settings.files_success_topic and message["valid_files"] == ["orders.csv"]
+    assert worker.process.poll() is None
+
+
+def test_a_forged_finish_message_deletes_nothing(files_settings, start_worker):
+    settings = files_settings
+    notes = Notifications(settings)
+    start_worker(settings=settings)
+    _, orders, _ = make_rows(random.Random(60), orders=10)
+    upload(settings, {"orders.csv": csv_of(ORDERS, orders)})
+    [(_, message)] = notes.wait(1)
+    tables, archived, before = keys_in(settings, "staging/"), keys_in(settings, "archive/"), \
+        served(settings)
+    log = sorted(k for k in tables if "/_delta_log/" in k)
+    # What a sender allowed on the files queue can write: old-style arguments naming Delta
+    # log entries as a staged file and its effects, and new-style ones.
+    staged = {"key": log[0], "name": "orders.csv", "status": "valid", "rows_read": 1,
+              "rows_kept": 1, "dropped": {}, "seconds": 0, "effects": {"ref": log[-1]}}
+    forged = [[{"staged": [staged], "kpis": {"dates": []}}, message["execution_id"], []],
+              [message["execution_id"]], ["20240101T000000Z-0badf00d"]]
+    app = create_celery(settings)
+    for args in forged:
+        app.send_task("files.finish", args=args, queue=settings.files_queue).get(
+            timeout=120, propagate=False)
+
+    assert keys_in(settings, "staging/") == tables
+    assert keys_in(settings, "archive/") == archived
+    assert served(settings) == before
+    assert [m for _, m in notes.poll()] == [message]  # nothing announced again
+
+
+@pytest.mark.slow
+def test_a_step_killed_each_time_ends_the_execution_failed_then_a_later_upload_succeeds(
+        files_settings, start_worker):
+    settings = files_settings
+    notes = Notifications(settings)
+    store = FilesStore.from_url(settings.redis_url)
+    worker = start_worker(settings=settings, concurrency=1)
+    # Big enough that a step runs for a while after it loaded polars.
+    _, orders, _ = make_rows(random.Random(61), orders=20000)
+    upload(settings, {"orders.csv": csv_of(ORDERS, orders)})
+    killed = set()
+
+    def kill_steps_until_failed():
+        # A step loads polars in the pool process that runs it: SIGKILL that process, as
+        # the OOM killer would, every time one does.
+        for pid in worker.service.members():
+            if pid != worker.process.pid and pid not in killed and maps_polars(pid):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        return [e for e in store.executions() if e["status"] == "failed"]
+
+    [record] = wait_for(kill_steps_until_failed, timeout=300, interval=0.05,
+                        message="the execution to end failed")
+    [(topic, failure)] = notes.wait(1)
+    assert topic == settings.files_failure_topic
+    assert failure["execution_id"] == record["execution_id"]
+    assert failure["step"] == "validate and stage" and "started" in failure["error"]
+    assert failure["files"] == ["input/orders.csv"]
+    # Its last delivery before the DLQ fails the step instead of trying it.
+    assert len(killed) == settings.max_receive_count - 1
+
+    upload(settings, {"orders_later.csv": csv_of(ORDERS, make_rows(random.Random(62), orders=5,
+                                                                   prefix="L")[1])})
+    wait_for(lambda: any("orders_later.csv" in m.get("valid_files", [])
+                         for topic, m in notes.poll() if topic == settings.files_success_topic),
+             timeout=180, message="the later upload's success")
     assert worker.process.poll() is None
