@@ -2,7 +2,8 @@
 
 Every step is idempotent, because SQS may deliver a file event again: staging merges,
 KPIs are recomputed from the tables, moving a file that is already gone is a no-op, and
-each outcome is announced once per execution (FilesStore.settled), at least once.
+each outcome is announced once per execution (FilesStore.settled), at least once. Steps
+take ids only and read what to do from the execution's plan and step results in Redis.
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TEST_EVENT = "s3:TestEvent"
-# Where a failure happened, by the Celery task that failed (for the failure message).
 # The KPI step's result and the failed step among an execution's step results (the
 # others are staged files, by key).
 KPIS_STEP, FAILED_STEP = "kpis", "failed"
+# Where a failure happened, by the Celery task that failed (for the failure message).
 STEPS = {"files.stage": "validate and stage", "files.kpis": "KPIs",
          "files.finish": "archive and notify", "files.execute": "start"}
 
