@@ -11,10 +11,10 @@ from redis.cluster import RedisCluster
 from app import ranking
 from app.settings import Settings
 from app.store import lua
-from app.store.keys import (LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD, REJECTED_INDEX,
-                            TASK_EVENTS_KEY, corrections_key, day_key, global_key, month_key,
-                            outcomes_key, product_key, rejected_key, rejected_order_key,
-                            user_days_key, user_key)
+from app.store.keys import (LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD, REJECTED_ENTRIES,
+                            REJECTED_INDEX, REJECTED_TALLY, TASK_EVENTS_KEY, corrections_key,
+                            day_key, global_key, month_key, outcomes_key, product_key,
+                            rejected_key, rejected_order_key, user_days_key, user_key)
 from app.store.writes import Writer
 
 OUTCOMES = ("counted", "duplicate", "rejected", "conflict")
@@ -191,6 +191,14 @@ class Store(Writer):
         # A record may have expired since the index was last trimmed: skipped.
         return [r for r in map(self.rejection, ids) if r]
 
+    def rejected_store(self) -> dict[str, int]:
+        """The rejected store's records, their bytes, and the records its caps dropped."""
+        pipe = self._pipeline(one_slot=True)
+        pipe.zcard(REJECTED_INDEX)
+        pipe.hmget(REJECTED_TALLY, "bytes", "dropped")
+        records, (size, dropped) = pipe.execute()
+        return {"records": records, "bytes": int(size or 0), "dropped": int(dropped or 0)}
+
     def rejection(self, some_id: str) -> dict | None:
         """One rejected message by message id or order id, with its body and reasons.
 
@@ -214,7 +222,8 @@ class Store(Writer):
 
         False when it is gone, or was written again since (the message was rejected anew).
         """
-        keys = [rejected_key(record["message_id"]), REJECTED_INDEX, OUTCOMES_KEY]
+        keys = [rejected_key(record["message_id"]), REJECTED_INDEX, OUTCOMES_KEY,
+                REJECTED_ENTRIES, REJECTED_TALLY]
         if record.get("order_id"):
             keys.append(rejected_order_key(record["order_id"]))
         return bool(self._forget_rejection(keys=keys, args=[repr(record["at"])]))
