@@ -10,12 +10,13 @@ import redis
 from celery import Task, shared_task
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Retry
-from celery.signals import task_failure, task_retry
+from celery.signals import task_failure, task_retry, worker_init
 
 from app import pipeline
 from app.orders import Incoming
 from app.settings import Settings
 from app.store import NotReplicated, Store
+from app.store.lua import install_read_functions
 from tasks.backpressure import retry_if_refused
 from tasks.collector import BatchPartlyFailed
 from tasks.names import PROCESS_BATCH, PROCESS_ORDER
@@ -144,6 +145,19 @@ def _one_by_one(task: OrderTask, incoming: list[Incoming]):
                          extra={"message_id": message.message_id})
             failed[message.message_id] = exc
     return outcomes, failed
+
+
+@worker_init.connect
+def install_the_apis_read_functions(sender=None, **kwargs):
+    """Install the functions the API reads with: its Redis user may not (app/store/lua.py)."""
+    settings = getattr(sender.app if sender else None, "settings", None)
+    if settings is None:
+        return
+    try:
+        install_read_functions(Store.from_settings(settings).redis)
+    except redis.RedisError as exc:
+        # Redis not up yet: the first write that finds the script cache empty installs them.
+        logger.warning("could not install the API's read functions: %s", exc)
 
 
 @task_retry.connect

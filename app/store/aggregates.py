@@ -53,7 +53,8 @@ class Store(Writer):
     def __init__(self, client: redis.Redis | RedisCluster, settings: Settings | None = None):
         super().__init__(client, settings)
         self._forget_rejection = lua.register(client, "forget_rejection")
-        self._ranked = lua.register(client, "ranked")
+        # A read function, so the API's user runs it with FCALL_RO (see lua.py).
+        self._ranked = lua.ReadFunction(client, "ranked")
 
     def _pipeline(self, one_slot: bool = False):
         # MULTI/EXEC gives a consistent snapshot where the keys allow it: on a cluster only
@@ -154,11 +155,8 @@ class Store(Writer):
                                         for shard in shards], n)
         if not self.cluster:
             # One set per shard (all-time, a day, a month): every shard's top in one pipeline.
-            replies = lua.evalsha_each(self.redis, self._ranked, [
-                ([*keys_of(shard), *second_keys_of(shard)], [n]) for shard in shards])
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            replies = self._ranked.each([([*keys_of(shard), *second_keys_of(shard)], [n])
+                                         for shard in shards])
             merged = [entry for flat in replies for entry in _triples(flat)]
         else:
             merged = [entry for shard in shards
@@ -245,7 +243,7 @@ class Store(Writer):
             # then comes next (a shard's rankings share its slot, so they can).
             apart = self.cluster and (self.redis.keyslot(keys[0])
                                       != self.redis.keyslot(second_keys[0]))
-            flat = self._ranked(keys=keys if apart else [*keys, *second_keys], args=[n])
+            flat = self._ranked(keys if apart else [*keys, *second_keys], [n])
             top = _triples(flat)
             if apart and top:
                 seconds = self.redis.zmscore(second_keys[0], [member for member, _, _ in top])
