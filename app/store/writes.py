@@ -54,8 +54,8 @@ from app.redis_client import connect
 from app.settings import Settings
 from app.store import lua
 from app.store.keys import (BOOKKEEPING_TAG, LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD,
-                            REJECTED_ENTRIES, REJECTED_INDEX, REJECTED_TALLY, hash_tag, shard_applied_key, shard_of,
-                            user_applied_key)
+                            REJECTED_ENTRIES, REJECTED_INDEX, REJECTED_TALLY, hash_tag,
+                            shard_applied_key, shard_of, user_applied_key)
 from app.store.operations import (CONFLICT_REASONS, MAX_TOTAL, ScriptCall, order_ops,
                                    rejection_record)
 
