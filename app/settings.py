@@ -78,6 +78,13 @@ class Settings:
         5, "Retries of a transient failure (Redis down or stalled) before the task fails.")
     rejected_retention_days: int = setting(
         30, "Days a rejected message's record (body, reasons) stays in Redis.")
+    rejected_max_records: int = setting(
+        100_000, "Most rejection records kept; beyond it the oldest are dropped first "
+        "(counted in `/metrics` as `orders_rejected_dropped_total`), the rejected count stays.")
+    rejected_max_bytes: int = setting(
+        64 * 1024 * 1024, "Most bytes of bodies, reasons and ids the rejection records keep "
+        "together; beyond it the oldest are dropped first, like past "
+        "`REJECTED_MAX_RECORDS`.")
     redis_wait_replicas: int = setting(
         0, "Replicas that must confirm each batch (Redis `WAIT`, 1 s) before its messages are "
         "deleted from SQS; fewer in time and the batch is retried. 0 trusts the primary alone.")
@@ -149,6 +156,8 @@ class Settings:
             raise ValueError("ORDERS_RETENTION_SECONDS must be between 60 and 1209600 (14 days)")
         if self.rejected_retention_days < 1:
             raise ValueError("REJECTED_RETENTION_DAYS must be at least 1")
+        if self.rejected_max_records < 1 or self.rejected_max_bytes < 1:
+            raise ValueError("REJECTED_MAX_RECORDS and REJECTED_MAX_BYTES must be at least 1")
         if self.redis_wait_replicas < 0:
             raise ValueError("REDIS_WAIT_REPLICAS must not be negative")
         if self.redis_shards < 1:

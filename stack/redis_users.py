@@ -12,16 +12,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 WORKER_USER = "worker"
 API_USER = "api"
-# The workers (and Flower, the CLI) own the data and the control plane. The API runs
-# read commands only, plus the ranking script: EVALSHA asks write access to every key it
-# is given, so the root rules allow all keys, and a script is held to the same command
-# list, command by command: it cannot write. CLUSTER SLOTS/SHARDS and COMMAND let redis-py's
+# The workers (and Flower, the CLI) own the data and the control plane; they install the
+# read functions (app/store/lua.py). The API runs read commands only, and of scripts only
+# those functions, with FCALL_RO: no EVAL, EVALSHA, SCRIPT LOAD or FUNCTION LOAD, so it
+# cannot run a script of its own (`while true do end` would stop Redis), and FCALL_RO
+# refuses any function without the no-writes flag. A function is also held to this
+# command list, command by command. CLUSTER SLOTS/SHARDS and COMMAND let redis-py's
 # cluster client find the nodes of a Redis Cluster.
 USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
     API_USER: ("resetkeys", "~*", "resetchannels", "-@all", "+@read", "-@dangerous",
-               "+@transaction", "+ping", "+info", "+hello", "+select", "+evalsha",
-               "+script|load", "+cluster|slots", "+cluster|shards", "+command"),
+               "+@transaction", "+ping", "+info", "+hello", "+select", "+fcall_ro",
+               "+cluster|slots", "+cluster|shards", "+command"),
 }
 
 

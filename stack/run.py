@@ -16,6 +16,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from app import settings as app_settings
 from app import aws, sqs
 from app.redis_client import is_cluster, without_password
+from app.store import Store
+from app.store.lua import install_read_functions
 from stack import redis_users
 from stack.cluster import BUS_OFFSET, LocalRedisCluster
 from stack.launch import SCRIPTS, api_command, flower_command, worker_command
@@ -130,6 +132,8 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     except (BotoCoreError, ClientError) as exc:
         raise ServiceError(f"cannot create the files resources on {settings.files_endpoint}: {exc}")
 
+    # The API's read functions, before it serves: its Redis user may not install them.
+    install_read_functions(Store.from_settings(settings).redis)
     worker = stack.start_process("worker", worker_command("worker1", 2, settings.log_level),
                                  env)
     web = stack.start_process("web", api_command(env["API_BIND"]),

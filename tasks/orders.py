@@ -9,12 +9,14 @@ from functools import cached_property
 import redis
 from celery import Task, shared_task
 from celery.backends.base import DisabledBackend
-from celery.signals import task_failure, task_retry
+from celery.exceptions import Retry
+from celery.signals import task_failure, task_retry, worker_init
 
 from app import pipeline
 from app.orders import Incoming
 from app.settings import Settings
 from app.store import NotReplicated, Store
+from app.store.lua import install_read_functions
 from tasks.backpressure import retry_if_refused
 from tasks.collector import BatchPartlyFailed
 from tasks.names import PROCESS_BATCH, PROCESS_ORDER
@@ -73,6 +75,16 @@ def _incoming(body, message_id: str, sent_at_ms: int | None,
     return Incoming(body, message_id, sent_at, refused_task)
 
 
+def _process(task: OrderTask, incoming: list[Incoming]) -> list[pipeline.Outcome]:
+    """pipeline.process, with a write the store refused turned into the task's Retry."""
+    try:
+        return pipeline.process(incoming, task.store, task.settings)
+    except Exception as exc:
+        if (retry := retry_if_refused(task, exc)) is not None:
+            raise retry from exc
+        raise
+
+
 def _log(outcome: pipeline.Outcome, task_id: str):
     # One line per outcome; the extra fields become keys with LOG_FORMAT=json. Ids come
     # from senders: text logs escape every message (tasks.celery.EscapedMessages).
@@ -89,14 +101,8 @@ def _log(outcome: pipeline.Outcome, task_id: str):
 def process_order(self, order, message_id: str | None = None, sent_at_ms: int | None = None,
                   refused_task: str | None = None):
     """Validate one order event and count it exactly once, or record why not."""
-    try:
-        [outcome] = pipeline.process([_incoming(order, message_id or self.request.id,
-                                                sent_at_ms, refused_task)],
-                                     self.store, self.settings)
-    except redis.ResponseError as exc:
-        if (retry := retry_if_refused(self, exc)) is not None:
-            raise retry from exc
-        raise
+    [outcome] = _process(self, [_incoming(order, message_id or self.request.id,
+                                          sent_at_ms, refused_task)])
     _log(outcome, self.request.id)
     return outcome.as_dict()
 
@@ -107,13 +113,11 @@ def process_batch(self, messages: list[dict]):
     incoming = [_incoming(m["body"], m["message_id"], m["sent_at_ms"], m.get("refused_task"))
                 for m in messages]
     try:
-        outcomes = pipeline.process(incoming, self.store, self.settings)
+        outcomes = _process(self, incoming)
         failed = {}
-    except TRANSIENT_ERRORS:
+    except (Retry, *TRANSIENT_ERRORS):
         raise
-    except Exception as exc:
-        if (retry := retry_if_refused(self, exc)) is not None:
-            raise retry from exc
+    except Exception:
         # One poison message must not hold back its neighbours: apply them one by one,
         # so only the culprit is left to SQS's redelivery and dead-lettering.
         logger.warning("batch %s failed as a whole; applying its orders one by one",
@@ -133,16 +137,27 @@ def _one_by_one(task: OrderTask, incoming: list[Incoming]):
     outcomes, failed = [], {}
     for message in incoming:
         try:
-            outcomes += pipeline.process([message], task.store, task.settings)
-        except TRANSIENT_ERRORS:
+            outcomes += _process(task, [message])
+        except (Retry, *TRANSIENT_ERRORS):
             raise
         except Exception as exc:
-            if (retry := retry_if_refused(task, exc)) is not None:
-                raise retry from exc
             logger.error("message %s failed: %s", message.message_id, exc, exc_info=True,
                          extra={"message_id": message.message_id})
             failed[message.message_id] = exc
     return outcomes, failed
+
+
+@worker_init.connect
+def install_the_apis_read_functions(sender=None, **kwargs):
+    """Install the functions the API reads with: its Redis user may not (app/store/lua.py)."""
+    settings = getattr(sender.app if sender else None, "settings", None)
+    if settings is None:
+        return
+    try:
+        install_read_functions(Store.from_settings(settings).redis)
+    except redis.RedisError as exc:
+        # Redis not up yet: the first write that finds the script cache empty installs them.
+        logger.warning("could not install the API's read functions: %s", exc)
 
 
 @task_retry.connect

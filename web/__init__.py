@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from app import settings as app_settings
 from app.store import FilesStore, Store
+from app.store.lua import ReadFunctionsMissing
 from web.schemas import ErrorSchema
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
         """Redis down or timing out: 503, the client may retry."""
         logger.warning("Redis error: %s", error)
         return {"error": "Statistics are unavailable: Redis does not answer.", "status": 503}, 503
+
+    @flask_app.errorhandler(ReadFunctionsMissing)
+    def read_functions_missing(error):
+        """A store no worker has prepared: 503 saying so (the API's user may not install)."""
+        logger.warning("Redis: %s", error)
+        return {"error": f"Statistics are unavailable: {error}.", "status": 503}, 503
 
     @flask_app.errorhandler(Exception)
     def unexpected(error):

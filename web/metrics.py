@@ -180,7 +180,7 @@ class PipelineCollector:
                                      labels=["event"])
         for event, count in self.store.task_events().items():
             events.add_metric([event], count)
-        families = [outcomes, by_field, events]
+        families = [outcomes, by_field, events, *self._rejected_store_families()]
         lag = self.store.lag()
         if lag:
             oldest_sent_ms, applied_ms = lag
@@ -194,6 +194,17 @@ class PipelineCollector:
         if self.files_store is not None:
             families += self._files_families()
         return families
+
+    def _rejected_store_families(self):
+        """The rejected store against its caps, and the records the caps dropped."""
+        figures = self.store.rejected_store()
+        yield GaugeMetricFamily("orders_rejected_records", "Rejection records kept "
+                                "(REJECTED_MAX_RECORDS caps them)", value=figures["records"])
+        yield GaugeMetricFamily("orders_rejected_bytes", "Bytes the rejection records keep "
+                                "(REJECTED_MAX_BYTES caps them)", value=figures["bytes"])
+        yield CounterMetricFamily("orders_rejected_dropped", "Rejection records dropped, "
+                                  "oldest first, to keep within the caps",
+                                  value=figures["dropped"])
 
     def _store_families(self):
         """Writability, memory headroom and eviction policy, from the store's INFO."""

@@ -11,10 +11,10 @@ from redis.cluster import RedisCluster
 from app import ranking
 from app.settings import Settings
 from app.store import lua
-from app.store.keys import (LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD, REJECTED_INDEX,
-                            TASK_EVENTS_KEY, corrections_key, day_key, global_key, month_key,
-                            outcomes_key, product_key, rejected_key, rejected_order_key,
-                            user_days_key, user_key)
+from app.store.keys import (LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD, REJECTED_ENTRIES,
+                            REJECTED_INDEX, REJECTED_TALLY, TASK_EVENTS_KEY, corrections_key,
+                            day_key, global_key, month_key, outcomes_key, product_key,
+                            rejected_key, rejected_order_key, user_days_key, user_key)
 from app.store.writes import Writer
 
 OUTCOMES = ("counted", "duplicate", "rejected", "conflict")
@@ -53,7 +53,8 @@ class Store(Writer):
     def __init__(self, client: redis.Redis | RedisCluster, settings: Settings | None = None):
         super().__init__(client, settings)
         self._forget_rejection = lua.register(client, "forget_rejection")
-        self._ranked = lua.register(client, "ranked")
+        # A read function, so the API's user runs it with FCALL_RO (see lua.py).
+        self._ranked = lua.ReadFunction(client, "ranked")
 
     def _pipeline(self, one_slot: bool = False):
         # MULTI/EXEC gives a consistent snapshot where the keys allow it: on a cluster only
@@ -154,11 +155,8 @@ class Store(Writer):
                                         for shard in shards], n)
         if not self.cluster:
             # One set per shard (all-time, a day, a month): every shard's top in one pipeline.
-            replies = lua.evalsha_each(self.redis, self._ranked, [
-                ([*keys_of(shard), *second_keys_of(shard)], [n]) for shard in shards])
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            replies = self._ranked.each([([*keys_of(shard), *second_keys_of(shard)], [n])
+                                         for shard in shards])
             merged = [entry for flat in replies for entry in _triples(flat)]
         else:
             merged = [entry for shard in shards
@@ -191,6 +189,14 @@ class Store(Writer):
         # A record may have expired since the index was last trimmed: skipped.
         return [r for r in map(self.rejection, ids) if r]
 
+    def rejected_store(self) -> dict[str, int]:
+        """The rejected store's records, their bytes, and the records its caps dropped."""
+        pipe = self._pipeline(one_slot=True)
+        pipe.zcard(REJECTED_INDEX)
+        pipe.hmget(REJECTED_TALLY, "bytes", "dropped")
+        records, (size, dropped) = pipe.execute()
+        return {"records": records, "bytes": int(size or 0), "dropped": int(dropped or 0)}
+
     def rejection(self, some_id: str) -> dict | None:
         """One rejected message by message id or order id, with its body and reasons.
 
@@ -214,7 +220,8 @@ class Store(Writer):
 
         False when it is gone, or was written again since (the message was rejected anew).
         """
-        keys = [rejected_key(record["message_id"]), REJECTED_INDEX, OUTCOMES_KEY]
+        keys = [rejected_key(record["message_id"]), REJECTED_INDEX, OUTCOMES_KEY,
+                REJECTED_ENTRIES, REJECTED_TALLY]
         if record.get("order_id"):
             keys.append(rejected_order_key(record["order_id"]))
         return bool(self._forget_rejection(keys=keys, args=[repr(record["at"])]))
@@ -236,7 +243,7 @@ class Store(Writer):
             # then comes next (a shard's rankings share its slot, so they can).
             apart = self.cluster and (self.redis.keyslot(keys[0])
                                       != self.redis.keyslot(second_keys[0]))
-            flat = self._ranked(keys=keys if apart else [*keys, *second_keys], args=[n])
+            flat = self._ranked(keys if apart else [*keys, *second_keys], [n])
             top = _triples(flat)
             if apart and top:
                 seconds = self.redis.zmscore(second_keys[0], [member for member, _, _ in top])

@@ -14,8 +14,8 @@ each script call touches the keys of one tag only, so a cluster can route it:
   merges over the shards are exact.
 - ``{s<j>}``, j = crc32(product_id) mod REDIS_SHARDS, a product part: the product hashes,
   the product rankings and ``applied:products:{s<j>}``.
-- ``{p}``, the bookkeeping: rejection records and their index, the rejected, conflict and
-  duplicate counters, rejections by field, the lag.
+- ``{p}``, the bookkeeping: rejection records, their index, entries and tally (the caps),
+  the rejected, conflict and duplicate counters, rejections by field, the lag.
 - ``{files}``, the batch files path (app/files): KPI tables and execution records.
 """
 from __future__ import annotations
@@ -28,6 +28,11 @@ from urllib.parse import quote
 BOOKKEEPING_TAG = "{p}"
 OUTCOMES_KEY = f"pipeline:outcomes:{BOOKKEEPING_TAG}"
 REJECTED_INDEX = f"rejected:{BOOKKEEPING_TAG}"
+# Per indexed rejection: [bytes, record key, order-id pointer key or ""], what dropping it
+# under REJECTED_MAX_RECORDS / REJECTED_MAX_BYTES needs (includes/book.lua).
+REJECTED_ENTRIES = f"rejected-entries:{BOOKKEEPING_TAG}"
+# The rejected store's running figures: bytes (of the indexed records), dropped (by the caps).
+REJECTED_TALLY = f"rejected-store:{BOOKKEEPING_TAG}"
 REJECTED_BY_FIELD = f"pipeline:rejected-by-field:{BOOKKEEPING_TAG}"
 # When the last batch was applied and when its oldest message had been sent (ms).
 LAG_KEY = f"pipeline:lag:{BOOKKEEPING_TAG}"

@@ -54,8 +54,8 @@ from app.redis_client import connect
 from app.settings import Settings
 from app.store import lua
 from app.store.keys import (BOOKKEEPING_TAG, LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD,
-                            REJECTED_INDEX, hash_tag, shard_applied_key, shard_of,
-                            user_applied_key)
+                            REJECTED_ENTRIES, REJECTED_INDEX, REJECTED_TALLY, hash_tag,
+                            shard_applied_key, shard_of, user_applied_key)
 from app.store.operations import (CONFLICT_REASONS, MAX_TOTAL, ScriptCall, order_ops,
                                    rejection_record)
 
@@ -95,6 +95,8 @@ class Writer:
         self.window_seconds = settings.dedup_window_days * 86400
         self.wait_replicas = settings.redis_wait_replicas
         self.retention_seconds = settings.rejected_retention_days * 86400
+        self.rejected_caps = {"max_records": settings.rejected_max_records,
+                              "max_bytes": settings.rejected_max_bytes}
         self.max_body_bytes = settings.max_order_bytes
         self._scripts = {phase: lua.register(client, name)
                          for phase, name in PHASE_SCRIPTS.items()}
@@ -156,7 +158,9 @@ class Writer:
 
     def _book(self, rejections: list[dict], oldest_sent_ms: int) -> dict:
         return {"kind": "book", "rejections": rejections, "oldest_sent_ms": oldest_sent_ms,
+                **self.rejected_caps,
                 "keys": {"outcomes": OUTCOMES_KEY, "index": REJECTED_INDEX,
+                         "entries": REJECTED_ENTRIES, "tally": REJECTED_TALLY,
                          "by_field": REJECTED_BY_FIELD, "lag": LAG_KEY}}
 
     def _apply_batch(self, orders: list[dict], book: dict, valid: list[Evaluated]) -> list[str]:

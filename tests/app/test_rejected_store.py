@@ -109,3 +109,58 @@ def test_a_truncated_body_is_not_requeued(settings, sqs_client):
     with pytest.raises(NotRequeueable, match=f"{len(body)} bytes"):
         requeue(store, sqs_client, settings.orders_url, "m-big")
     assert store.rejection("m-big") is not None
+
+
+def stored_bytes(store, message_id):
+    """What a rejection record holds: its values, as includes/book.lua counts them."""
+    raw = store.redis.hgetall(rejected_key(message_id))
+    return sum(len(raw[f].encode("utf-8", "surrogatepass"))
+               for f in ("message_id", "order_id", "body", "reasons", "first_seen"))
+
+
+def flood(store, settings, first, count, pad=""):
+    """count junk messages (each naming an order id), ten per call as a worker applies them."""
+    ids = [f"m-{n:05d}" for n in range(first, first + count)]
+    for start in range(0, count, 10):
+        batch = [evaluate(Incoming(json.dumps({"order_id": f"J{m}", "pad": pad}), m), settings)
+                 for m in ids[start:start + 10]]
+        assert store.apply(batch) == ["rejected"] * len(batch)
+    return ids
+
+
+def keys_like(store, pattern):
+    return {k for k in store.redis.scan_iter(match=pattern, count=1000)}
+
+
+def test_a_flood_of_junk_keeps_the_rejected_store_within_its_caps_oldest_dropped_first(
+        any_store):
+    own = Settings(rejected_max_records=50, rejected_max_bytes=1 << 20)
+    store = Store(any_store.redis, own)
+    sent = flood(store, own, 0, 125)
+    kept, dropped = sent[-50:], sent[:-50]
+    assert [r["message_id"] for r in store.rejected(limit=1000)] == kept[::-1]
+    assert keys_like(store, "rejected:{p}:*") == {rejected_key(m) for m in kept}
+    # A dropped record's order-id pointer goes with it; the newest records stay readable.
+    assert keys_like(store, "rejected-order:{p}:*") == {rejected_order_key(f"J{m}")
+                                                         for m in kept}
+    assert store.rejection(f"J{dropped[-1]}") is None
+    assert store.rejection(f"J{kept[0]}")["message_id"] == kept[0]
+    assert store.rejected_store() == {
+        "records": 50, "bytes": sum(stored_bytes(store, m) for m in kept), "dropped": 75}
+    # Dropping a record forgets the body, not that the message was rejected.
+    assert store.outcomes()["rejected"] == 125
+
+    # The byte cap: bigger bodies, each about a tenth of it.
+    cap = 40_000
+    own = Settings(rejected_max_records=1000, rejected_max_bytes=cap)
+    store = Store(any_store.redis, own)
+    sent = flood(store, own, 1000, 30, pad="x" * 3900)
+    figures = store.rejected_store()
+    listed = [r["message_id"] for r in store.rejected(limit=1000)]
+    assert figures["records"] == len(listed) and listed == sent[::-1][:len(listed)]
+    assert figures["bytes"] == sum(stored_bytes(store, m) for m in listed) <= cap
+    # Only as many dropped as needed: the newest dropped would not have fitted.
+    newest_dropped = sent[-len(listed) - 1]
+    assert figures["bytes"] + 3900 > cap
+    assert figures["dropped"] == 75 + 50 + 30 - len(listed)
+    assert store.rejection(newest_dropped) is None

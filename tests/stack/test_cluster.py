@@ -9,8 +9,12 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from app.analytics import top_users
+from app.orders import Incoming, evaluate
 from app.redis_client import check_control_plane, connect, is_cluster
 from app.settings import Settings, to_env
+from app.store import Store, lua, top_users_key
+from conftest import order_body
 from stack import redis_users
 from stack.cluster import BUS_OFFSET, SLOTS, LocalRedisCluster, free_node_port
 from stack.services import PROJECT_ROOT, free_port
@@ -94,6 +98,21 @@ def test_a_cluster_with_the_stacks_users_lets_the_api_read_and_not_write(tmp_pat
         assert [reader.get(key) for key in keys] == [key.encode() for key in keys]
         with pytest.raises(redis.exceptions.NoPermissionError):
             reader.set(keys[0], "changed")
+
+        # The rankings' function, installed on every primary by the workers' user, runs
+        # for the API's wherever a shard's slot lives; a script of its own does not.
+        worker_store = Store.from_url(redis_users.url_for(cluster.url, *worker))
+        users = [f"U{i}" for i in range(20)]
+        worker_store.apply([evaluate(Incoming(order_body(f"O{i}", user), f"m{i}"), Settings())
+                            for i, user in enumerate(users)])
+        assert len({reader.keyslot(top_users_key("spend", shard=worker_store.user_shard(u)))
+                    for u in users}) > 1
+        lua.install_read_functions(worker_store.redis)
+        assert {row.user_id for row in top_users(Store.from_url(api_url), 20)} == set(users)
+        for attempt in (lambda: reader.script_load("while true do end"),
+                        lambda: reader.eval("return 1", 1, keys[0])):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                attempt()
 
 
 def test_primary_ports_name_the_primaries(redis_cluster):

@@ -11,7 +11,7 @@ import requests
 from app.analytics import Period, top_users
 from app.orders import Incoming, evaluate
 from app.settings import Settings
-from app.store import Store
+from app.store import Store, lua
 from conftest import order_body
 from stack import redis_users
 from stack.services import RedisServer, free_port
@@ -80,6 +80,70 @@ def test_the_api_user_reads_but_cannot_write(acl_redis, worker_store):
     assert {key: worker_store.redis.dump(key) for key in worker_store.redis.keys("*")} == before
 
 
+BUSY = "while true do end"
+
+
+def test_the_api_user_runs_the_projects_read_functions_and_no_script_of_its_own(
+        acl_redis, worker_store):
+    assert count(worker_store, [order_body("O1", "U1", day="2024-12-01"),
+                                order_body("O2", "U2", day="2024-12-01"),
+                                order_body("O3", "U1", day="2024-12-02")]) == ["counted"] * 3
+    lua.install_read_functions(worker_store.redis)  # as a worker does at its start
+    api = Store.from_url(url(acl_redis, redis_users.API_USER))
+    # All-time and one day: each shard's top through the ranking function, with FCALL_RO.
+    assert [(row.user_id, row.order_count) for row in top_users(api, 5, by="orders")] == [
+        ("U1", 2), ("U2", 1)]
+    assert [row.user_id for row in top_users(api, 5, period=Period(date(2024, 12, 2),
+                                                                   date(2024, 12, 2)))] == ["U1"]
+
+    # What the workers' user may load, the API's may still not run.
+    worker_store.redis.function_load(
+        "#!lua name=writer\nredis.register_function('touch', function(keys) "
+        "return redis.call('SET', keys[1], '1') end)")
+    writer_sha = worker_store.redis.script_load("return redis.call('SET', KEYS[1], '1')")
+    ranked = lua.ReadFunction(api.redis, "ranked").name
+    own_function = ("#!lua name=mine\nredis.register_function{function_name='spin', "
+                    f"callback=function() {BUSY} end, flags={{'no-writes'}}}}")
+    refused = {
+        "EVAL": lambda: api.redis.eval(BUSY, 0),
+        "EVAL_RO": lambda: api.redis.eval_ro(BUSY, 0),
+        "EVALSHA": lambda: api.redis.evalsha(writer_sha, 1, "k"),
+        "EVALSHA_RO": lambda: api.redis.evalsha_ro(writer_sha, 1, "k"),
+        "SCRIPT LOAD": lambda: api.redis.script_load(BUSY),
+        "SCRIPT FLUSH": lambda: api.redis.script_flush(),
+        "FUNCTION LOAD": lambda: api.redis.function_load(own_function),
+        "FUNCTION DELETE": lambda: api.redis.function_delete("writer"),
+        "FCALL of a write function": lambda: api.redis.fcall("touch", 1, "k"),
+        "FCALL of the read function": lambda: api.redis.fcall(ranked, 1, "k", 1),
+    }
+    for name, attempt in refused.items():
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+            pytest.fail(f"{name} went through")
+    # FCALL_RO runs only functions flagged no-writes.
+    with pytest.raises(redis.ResponseError, match="write flag"):
+        api.redis.fcall_ro("touch", 1, "k")
+    assert worker_store.redis.get("k") is None
+    assert {dict(zip(lib[::2], lib[1::2]))["library_name"]
+            for lib in worker_store.redis.function_list()} == {
+        "writer", f"orders_read_{lua.read_library()[1]}"}
+    worker_store.redis.function_delete("writer")
+
+
+def test_a_store_without_the_read_functions_is_named_and_the_next_write_installs_them(
+        acl_redis, worker_store):
+    count(worker_store, [order_body("O1", "U1", day="2024-12-01")])
+    # What a restarted Redis without persistence, or a flush, leaves.
+    worker_store.redis.function_flush()
+    worker_store.redis.script_flush()
+    api = Store.from_url(url(acl_redis, redis_users.API_USER))
+    with pytest.raises(lua.ReadFunctionsMissing, match="a worker installs them"):
+        top_users(api, 5)
+    # A worker's next batch finds its script gone, loads it and installs the functions.
+    count(worker_store, [order_body("O2", "U2", day="2024-12-01")])
+    assert [row.user_id for row in top_users(api, 5)] == ["U1", "U2"]
+
+
 @pytest.fixture
 def settings(settings, acl_redis):
     """The session's queues with the ACL Redis: workers' URL and the API's own."""
@@ -107,6 +171,14 @@ def test_the_api_under_gunicorn_serves_stats_with_the_read_only_user(settings, a
                          params={"from": "2024-12-01", "to": "2024-12-02"}, timeout=10)
     assert daily.status_code == 200, daily.text
     assert requests.get(f"{api_server}/health", timeout=10).json()["redis"] == "ok"
+    # A store no worker prepared: the rankings say so, with a 503.
+    lua.install_read_functions(worker_store.redis)
+    assert requests.get(f"{api_server}/stats/top-users", timeout=10).status_code == 200
+    worker_store.redis.function_flush()
+    missing = requests.get(f"{api_server}/stats/top-users", timeout=10)
+    assert missing.status_code == 503
+    assert "read functions are not installed" in missing.json()["error"]
+    lua.install_read_functions(worker_store.redis)
     assert 'orders_dependency_up{dependency="redis"} 1.0' in requests.get(
         f"{api_server}/metrics", timeout=10).text
     # Every connection the API opened is the read-only user's.

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import sqs
 from app.orders import Incoming, evaluate
 from app.settings import Settings
+from app.store import rejected_key
 from conftest import order_body, wait_for
 
 
@@ -52,3 +53,19 @@ def test_metrics_count_outcomes_queue_depth_and_requests(settings, store, sqs_cl
     assert found[("orders_dependency_up", (("dependency", "redis"),))] == 1
     assert found[("orders_rejected_by_field_total", (("field", "_schema"),))] == 1
     assert found[("orders_processing_lag_seconds", ())] >= 0
+
+
+def test_metrics_show_the_rejected_store_and_the_records_its_caps_dropped(store, api_server):
+    capped = Settings(rejected_max_records=4)
+    writer = type(store)(store.redis, capped)
+    for batch in range(3):
+        assert writer.apply([evaluate(Incoming(f"junk {batch}-{i}", f"m{batch}-{i}"), capped)
+                             for i in range(3)]) == ["rejected"] * 3
+    kept = [store.redis.hgetall(rejected_key(m)) for m in ("m1-2", "m2-0", "m2-1", "m2-2")]
+    size = sum(len(record[f].encode()) for record in kept
+               for f in ("message_id", "order_id", "body", "reasons", "first_seen"))
+    found = samples(requests.get(f"{api_server}/metrics").text)
+    assert found[("orders_rejected_records", ())] == 4
+    assert found[("orders_rejected_bytes", ())] == size
+    assert found[("orders_rejected_dropped_total", ())] == 9 - 4
+    assert found[("orders_messages", (("outcome", "rejected"),))] == 9

@@ -2,12 +2,15 @@
 -- again since it was read (a newer rejection of the same message stays).
 --
 -- KEYS[1]: the record (rejected:{p}:<message id>); KEYS[2]: the index of records
---   (rejected:{p}); KEYS[3]: the outcome counters (pipeline:outcomes:{p}); KEYS[4],
---   optional: the order id's pointer to its latest record (rejected-order:{p}:<order id>).
+--   (rejected:{p}); KEYS[3]: the outcome counters (pipeline:outcomes:{p}); KEYS[4]: the
+--   index's entries (rejected-entries:{p}); KEYS[5]: the rejected store's tally
+--   (rejected-store:{p}: bytes); KEYS[6], optional: the order id's pointer to its latest
+--   record (rejected-order:{p}:<order id>).
 -- ARGV[1]: the record's `at` as read.
 -- Returns: 1 when deleted, 0 when the record is gone or newer; an error when the counter
 --   holds no whole number.
-local record_key, rejected_index, outcomes_key, order_ref_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local record_key, rejected_index, outcomes_key = KEYS[1], KEYS[2], KEYS[3]
+local entries_key, tally_key, order_ref_key = KEYS[4], KEYS[5], KEYS[6]
 local record = redis.call('HGETALL', record_key)
 if #record == 0 then return 0 end
 local fields = {}
@@ -20,6 +23,11 @@ if count ~= '0' and not string.match(count, '^%-?[1-9]%d*$') then
 end
 redis.call('DEL', record_key)
 redis.call('ZREM', rejected_index, fields.message_id)
+local entry = redis.call('HGET', entries_key, fields.message_id)
+if entry then
+  redis.call('HDEL', entries_key, fields.message_id)
+  redis.call('HINCRBY', tally_key, 'bytes', -cjson.decode(entry)[1])
+end
 if order_ref_key and redis.call('GET', order_ref_key) == fields.message_id then
   redis.call('DEL', order_ref_key)
 end

@@ -13,7 +13,8 @@ kinds = {
            orders = 'zset', day_spend = 'zset', day_orders = 'zset', month_spend = 'zset',
            month_orders = 'zset', outcomes = 'hash', corrections = 'hash', applied = 'zset'},
   products = {applied = 'zset', revenue = 'zset', units = 'zset'},
-  book = {outcomes = 'hash', index = 'zset', by_field = 'hash', lag = 'hash'},
+  book = {outcomes = 'hash', index = 'zset', entries = 'hash', tally = 'hash', by_field = 'hash',
+          lag = 'hash'},
 }
 
 -- What applying one part adds, one entry per figure: {key, field, by, is_score, unit,
