@@ -1,14 +1,16 @@
 """SQS access shared by the producer, the CLI, the health check and the tests."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from typing import Iterable, Iterator
 
 import boto3
 from botocore.config import Config
 
-from app.settings import Settings
+from app.settings import Settings, is_fifo
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +24,29 @@ DEPTH_ATTRIBUTES = {
 # SQS's maximum. A message's age counts from its first send, and a dead-lettered message
 # keeps that age: with the default 4 days, one that waited 3 days would have one left.
 DLQ_RETENTION_SECONDS = 14 * 86400
+# What SQS accepts as a MessageGroupId or MessageDeduplicationId.
+FIFO_TOKEN = re.compile(r"[!-~]{1,128}")
+
+
+def fifo_token(text: str) -> str:
+    """text as a group or deduplication id: itself if SQS takes it, else its SHA-256."""
+    return text if FIFO_TOKEN.fullmatch(text) else hashlib.sha256(text.encode()).hexdigest()
+
+
+def fifo_send_fields(url: str, group: str, deduplication: str) -> dict[str, str]:
+    """The MessageGroupId and MessageDeduplicationId of a send to a FIFO queue; {} for others.
+
+    deduplication names the send: the same name within SQS's 5-minute window is sent once.
+    """
+    if not is_fifo(url):
+        return {}
+    return {"MessageGroupId": fifo_token(group),
+            "MessageDeduplicationId": hashlib.sha256(deduplication.encode()).hexdigest()}
+
+
+def creation_attributes(name: str) -> dict[str, str]:
+    """The attributes a queue can only get when it is created: FIFO for a .fifo name."""
+    return {"FifoQueue": "true"} if is_fifo(name) else {}
 
 
 def client(settings: Settings, timeout: float = 10, attempts: int = 3):
@@ -43,10 +68,13 @@ def client(settings: Settings, timeout: float = 10, attempts: int = 3):
 def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
     """Create the orders queues and their dead-letter queue (idempotent); name -> URL of each.
 
-    Extra orders queues share the dead-letter queue: a redrive sends to ORDERS_QUEUE.
+    Extra orders queues share the dead-letter queue: a redrive sends to ORDERS_QUEUE. Names
+    ending in .fifo make FIFO queues (settings keep them all FIFO or all standard), whose
+    content-based deduplication lets a producer send without a deduplication id.
     """
     sqs = sqs or client(settings)
-    dlq_url = sqs.create_queue(QueueName=settings.dlq_name)["QueueUrl"]
+    dlq_url = sqs.create_queue(QueueName=settings.dlq_name,
+                               Attributes=creation_attributes(settings.dlq_name))["QueueUrl"]
     # create_queue keeps an existing queue's attributes: set them explicitly.
     sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={
         "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)})
@@ -58,9 +86,12 @@ def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                      "maxReceiveCount": str(settings.max_receive_count)}),
     }
+    if is_fifo(settings.orders_queue):
+        attributes["ContentBasedDeduplication"] = "true"
     urls = {}
     for name in settings.consumed_queue_urls:
-        urls[name] = sqs.create_queue(QueueName=name)["QueueUrl"]
+        urls[name] = sqs.create_queue(QueueName=name,
+                                      Attributes=creation_attributes(name))["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=urls[name], Attributes=attributes)
     return {**urls, settings.dlq_name: dlq_url}
 
