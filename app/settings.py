@@ -119,6 +119,11 @@ class Settings:
         "`<FILES_QUEUE>-dlq`); the files tasks ride on it too.")
     files_queue_url: str = setting(
         "", "URL of `FILES_QUEUE`; empty means the local server's URL. Required with real AWS.")
+    files_enabled: bool = setting(
+        True, "Whether this deployment has the batch files path: workers then declare "
+        "`FILES_QUEUE` (a worker started with `-Q` consumes only the queues it names) and "
+        "`make run` and compose start a files worker. `false`: orders only, and no files "
+        "resource (bucket, queue, topics) is needed or touched.")
     files_batch_window: float = setting(
         10.0, "File events arriving within this many seconds form one execution.")
     files_execution_timeout: int = setting(

@@ -9,6 +9,7 @@ from typing import Iterable, Iterator
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from app.settings import Settings, is_fifo
 
@@ -24,6 +25,8 @@ DEPTH_ATTRIBUTES = {
 # SQS's maximum. A message's age counts from its first send, and a dead-lettered message
 # keeps that age: with the default 4 days, one that waited 3 days would have one left.
 DLQ_RETENTION_SECONDS = 14 * 86400
+# Error codes of a queue that does not exist (query and JSON protocols).
+MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 # What SQS accepts as a MessageGroupId or MessageDeduplicationId.
 FIFO_TOKEN = re.compile(r"[!-~]{1,128}")
 
@@ -94,6 +97,35 @@ def ensure_queues(settings: Settings, sqs=None) -> dict[str, str]:
                                       Attributes=creation_attributes(name))["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=urls[name], Attributes=attributes)
     return {**urls, settings.dlq_name: dlq_url}
+
+
+class MissingQueue(ValueError):
+    """A queue a process is to consume does not exist."""
+
+
+def check_queues_exist(settings: Settings, names: Iterable[str], sqs=None):
+    """Raise MissingQueue, saying how to create it, for the first of names SQS does not have.
+
+    Other errors (endpoint unreachable, access denied) are left to the caller.
+    """
+    sqs = sqs or client(settings, timeout=5, attempts=1)
+    for name in names:
+        url = (settings.files_url if name == settings.files_queue
+               else settings.consumed_queue_urls[name])
+        try:
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in MISSING_QUEUE_CODES:
+                raise
+            if name == settings.files_queue:
+                how = ("create it with `python -m stack.init_files` (or the CloudFormation "
+                       "stack), or run without the files path: FILES_ENABLED=false")
+            else:
+                how = ("create it with `python -m stack.init_queues` (or the CloudFormation "
+                       "stack)")
+            raise MissingQueue(f"queue {name} does not exist ({url}): {how}; or start "
+                               "the worker with -Q naming only the queues it should consume"
+                               ) from None
 
 
 def queue_url(settings: Settings, name: str, sqs=None) -> str:
