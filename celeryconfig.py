@@ -71,6 +71,10 @@ def celery_settings(settings: Settings) -> dict:
             # The one queue whose task messages are the files canvas, not orders tasks
             # (tasks/sqs/receive.py checks each queue's task messages against its own tasks).
             "files_queue_url": settings.files_url if settings.files_enabled else None,
+            # kombu then builds each predefined queue's client from AssumeRole's credentials
+            # (through boto3's default chain and STS endpoint), renewed as they expire.
+            **({"sts_role_arn": settings.sqs_sts_role_arn} if settings.sqs_sts_role_arn
+               else {}),
         },
         # Tasks are sent to the orders queue; workers also take raw orders from
         # EXTRA_ORDERS_QUEUES, and S3 events and the files tasks from FILES_QUEUE (unless

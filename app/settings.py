@@ -42,6 +42,10 @@ class Settings:
         "SQS endpoint; empty means real AWS (boto3's default endpoint for the region and "
         "its credential chain).")
     aws_region: str = setting("us-east-1", "AWS region of the queues, the bucket and the topics.")
+    sqs_sts_role_arn: str = setting(
+        "", "A role the worker's SQS transport assumes (kombu's `sts_role_arn`, "
+        "celery/kombu#1321) for the queues it consumes, e.g. an orders queue in a shop "
+        "platform's account; empty: the process's own credentials.")
     orders_queue: str = setting("orders-queue", "Queue the orders arrive on.")
     orders_queue_url: str = setting(
         "", "URL of `ORDERS_QUEUE`; empty means the local server's URL. Required with real AWS.")
