@@ -155,9 +155,24 @@ def chunks(items: Iterable, size: int = BATCH_SIZE) -> Iterator[list]:
         yield batch
 
 
+def order_group(body: str) -> str:
+    """A FIFO message group for an order body: its user (orders within a user keep their
+    order, as shop platforms group them), else one group for whatever is not an order."""
+    try:
+        user = json.loads(body).get("user_id")
+    except (ValueError, AttributeError, RecursionError):
+        user = None
+    return user if isinstance(user, str) and user else "not-an-order"
+
+
 def send_bodies(sqs, url: str, bodies: list[str]) -> list[str]:
-    """Send up to ten raw bodies in one SendMessageBatch; return the ids SQS failed."""
-    entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+    """Send up to ten raw bodies in one SendMessageBatch; return the ids SQS failed.
+
+    To a FIFO queue each goes in its user's group, deduplicated by its content.
+    """
+    entries = [{"Id": str(i), "MessageBody": body,
+                **(fifo_send_fields(url, order_group(body), body) if is_fifo(url) else {})}
+               for i, body in enumerate(bodies)]
     response = sqs.send_message_batch(QueueUrl=url, Entries=entries)
     failed = response.get("Failed", [])
     for failure in failed:

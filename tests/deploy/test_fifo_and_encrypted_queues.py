@@ -174,6 +174,21 @@ def test_init_queues_makes_fifo_queues_and_a_fifo_dlq_of_a_fifo_name(settings, s
     assert sqs.depth(fifo, fifo.orders_queue)["visible"] == 1
 
 
+def test_orders_produce_sends_to_a_fifo_queue_grouped_by_user(fifo, sqs_client):
+    bodies = [json.dumps(order(order_id=f"FF-P{i}", user_id=f"U00{i % 3}")) for i in range(9)]
+    bodies.append("not json")
+    assert sqs.send_bodies(sqs_client, fifo.orders_url, bodies) == []
+    back = receive_all(sqs_client, fifo.orders_url)
+    assert sorted((m["Body"], m["Attributes"]["MessageGroupId"]) for m in back) == sorted(
+        [(body, json.loads(body)["user_id"]) for body in bodies[:-1]] + [("not json",
+                                                                           "not-an-order")])
+    # Within a group, in the order sent.
+    by_group = {}
+    for message in back:
+        by_group.setdefault(message["Attributes"]["MessageGroupId"], []).append(message["Body"])
+    assert by_group["U001"] == [body for body in bodies if '"U001"' in body]
+
+
 def test_orders_on_a_kms_encrypted_queue_are_counted(settings, sqs_client, store, start_worker):
     name = f"{settings.orders_queue[:60]}-kms"
     key = {"KmsMasterKeyId": "alias/aws/sqs", "KmsDataKeyReusePeriodSeconds": "300"}
