@@ -19,6 +19,7 @@ from decimal import Decimal
 import pytest
 
 from app import sqs
+from app.settings import Settings
 from app.deadletters import DeadLetterQueue
 from app.orders import Incoming, evaluate
 from app.rejections import requeue
@@ -201,3 +202,15 @@ def test_orders_on_a_kms_encrypted_queue_are_counted(settings, sqs_client, store
     send_all(sqs_client, encrypted.orders_url, [
         {"Id": str(i), "MessageBody": json.dumps(body)} for i, (body, _) in enumerate(orders)])
     assert_counted(store, orders)
+
+
+def test_settings_keep_the_orders_queues_and_their_dlq_all_fifo_or_all_standard():
+    assert Settings(orders_queue="shop.fifo").dlq_name == "shop-dlq.fifo"
+    assert Settings(orders_queue="shop").dlq_name == "shop-dlq"
+    for mixed in ({"orders_queue": "shop.fifo", "orders_dlq": "shop-dlq"},
+                  {"orders_queue": "shop", "orders_dlq": "shop-dlq.fifo"},
+                  {"orders_queue": "shop.fifo", "extra_orders_queues": "other"}):
+        with pytest.raises(ValueError, match="all FIFO .* or all standard"):
+            Settings(**mixed)
+    with pytest.raises(ValueError, match="S3 event notifications go to standard queues only"):
+        Settings(files_queue="files.fifo")
