@@ -20,6 +20,12 @@ def celery_settings(settings: Settings) -> dict:
     # the hard limit stays well below it. Retries' countdowns are capped by
     # RETRY_BACKOFF_MAX, which settings keep below the visibility timeout for the same reason.
     time_limit = max(1, min(60, settings.visibility_timeout // 2))
+    files_queue = {settings.files_queue: {
+        "url": settings.files_url,
+        "backoff_policy": settings.failure_backoff_policy,
+        "backoff_tasks": [FILES_EXECUTE],
+        **credentials,
+    }} if settings.files_enabled else {}
     return {
         # Tasks travel on SQS. With an endpoint (LocalStack, a VPC endpoint) kombu talks to
         # that host; without one, "sqs://" means real AWS and boto3's usual credential chain.
@@ -60,23 +66,23 @@ def celery_settings(settings: Settings) -> dict:
                     **credentials,
                 } for name, url in settings.consumed_queue_urls.items()},
                 # S3 file events (raw, gathered by tasks/collector.py) and the files tasks.
-                settings.files_queue: {
-                    "url": settings.files_url,
-                    "backoff_policy": settings.failure_backoff_policy,
-                    "backoff_tasks": [FILES_EXECUTE],
-                    **credentials,
-                },
+                **files_queue,
             },
             # The one queue whose task messages are the files canvas, not orders tasks
             # (tasks/sqs/receive.py checks each queue's task messages against its own tasks).
-            "files_queue_url": settings.files_url,
+            "files_queue_url": settings.files_url if settings.files_enabled else None,
+            # kombu then builds each predefined queue's client from AssumeRole's credentials
+            # (through boto3's default chain and STS endpoint), renewed as they expire.
+            **({"sts_role_arn": settings.sqs_sts_role_arn} if settings.sqs_sts_role_arn
+               else {}),
         },
         # Tasks are sent to the orders queue; workers also take raw orders from
-        # EXTRA_ORDERS_QUEUES, and S3 events and the files tasks from FILES_QUEUE.
+        # EXTRA_ORDERS_QUEUES, and S3 events and the files tasks from FILES_QUEUE (unless
+        # FILES_ENABLED is false). A worker consumes them all unless started with -Q.
         "task_default_queue": settings.orders_queue,
         "task_queues": [Queue(name, Exchange(name), routing_key=name)
-                        for name in [*settings.consumed_queue_urls, settings.files_queue]],
-        "task_routes": {"files.*": {"queue": settings.files_queue}},
+                        for name in [*settings.consumed_queue_urls, *files_queue]],
+        "task_routes": {"files.*": {"queue": settings.files_queue}} if files_queue else {},
         "task_serializer": "json",
         "accept_content": ["json"],
         # Only the files tasks keep results (their chord needs them); the orders tasks do not.

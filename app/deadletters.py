@@ -33,6 +33,8 @@ class DeadLetter:
     receive_count: int
     task_id: str | None
     retries: int | None
+    # A FIFO queue's message group, kept when it is sent back.
+    group_id: str | None = None
 
     def summary(self) -> dict:
         """JSON-safe fields for listings."""
@@ -107,6 +109,7 @@ def _dead_letter(message: dict) -> DeadLetter:
         # A forged envelope may hold anything: only a string id and a whole retry count.
         task_id=(_text_or_none(headers.get("id")) if envelope else original_id(message)),
         retries=_whole_or_none(headers.get("retries")),
+        group_id=attributes.get("MessageGroupId"),
     )
 
 
@@ -165,8 +168,21 @@ class DeadLetterQueue:
                     None)
 
     def redrive(self, ids: Iterable[str] | None = None, limit: int = 10_000) -> list[DeadLetter]:
-        """Move messages (all, or those with the given ids) back to the orders queue."""
-        wanted = set(ids) if ids is not None else None
+        """Move messages (all, or those with the given ids) back to the orders queue.
+
+        A FIFO dead-letter queue hands out none of a group's messages while some are
+        received: each pass moves what it was given, and passes go on until one moves none.
+        """
+        moved: list[DeadLetter] = []
+        while len(moved) < limit:
+            passed = self._redrive_pass(set(ids) if ids is not None else None,
+                                        limit - len(moved))
+            if not passed:
+                return moved
+            moved += passed
+        return moved
+
+    def _redrive_pass(self, wanted: set[str] | None, limit: int) -> list[DeadLetter]:
         letters = self._receive_all(limit)
         chosen = [letter for letter in letters if wanted is None or letter.matches(wanted)]
         self._release(letter for letter in letters if letter not in chosen)
@@ -174,7 +190,13 @@ class DeadLetterQueue:
         for batch in sqs_api.chunks(chosen):
             entries = [{"Id": str(i), "MessageBody": reset_retries(letter.body),
                         "MessageAttributes": {ORIGINAL_ID_ATTRIBUTE: {
-                            "DataType": "String", "StringValue": letter.original_id}}}
+                            "DataType": "String", "StringValue": letter.original_id}},
+                        # Back in its group. Named after the dead letter (a new one each
+                        # time the message fails again): a redrive that sent it but died
+                        # before the delete, run again within 5 minutes, sends it once.
+                        **sqs_api.fifo_send_fields(self.orders_url,
+                                                   letter.group_id or letter.original_id,
+                                                   f"redrive {letter.message_id}")}
                        for i, letter in enumerate(batch)]
             response = self.sqs.send_message_batch(QueueUrl=self.orders_url, Entries=entries)
             failed = {int(f["Id"]) for f in response.get("Failed", [])}

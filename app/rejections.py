@@ -1,6 +1,7 @@
 """Send rejected orders again, after their data or the policy was fixed."""
 from __future__ import annotations
 
+from app import sqs as sqs_api
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
 from app.store import KEPT_BODY_BYTES, Store
 
@@ -24,7 +25,11 @@ def requeue(store: Store, sqs, orders_url: str, some_id: str) -> dict | None:
         raise NotRequeueable(
             f"{record['message_id']}: its body of {record['body_bytes']} bytes was kept as its "
             f"first {KEPT_BODY_BYTES} bytes only; resend it from its source.")
+    # On a FIFO queue: a group of its own (the record keeps no group, and its place in one
+    # is long past), sent once per rejection however often it is requeued within 5 minutes.
     sqs.send_message(QueueUrl=orders_url, MessageBody=record["body"], MessageAttributes={
-        ORIGINAL_ID_ATTRIBUTE: {"DataType": "String", "StringValue": record["message_id"]}})
+        ORIGINAL_ID_ATTRIBUTE: {"DataType": "String", "StringValue": record["message_id"]}},
+        **sqs_api.fifo_send_fields(orders_url, record["message_id"],
+                                   f"requeue {record['message_id']} {record['at']!r}"))
     store.forget_rejection(record)
     return record

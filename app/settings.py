@@ -8,6 +8,13 @@ from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 MISMATCH_POLICIES = ("reject", "correct")
+# SQS names every FIFO queue so, and only FIFO queues.
+FIFO_SUFFIX = ".fifo"
+
+
+def is_fifo(queue: str) -> bool:
+    """Whether a queue name or URL is a FIFO queue's."""
+    return queue.endswith(FIFO_SUFFIX)
 
 
 def setting(default, doc: str):
@@ -35,6 +42,10 @@ class Settings:
         "SQS endpoint; empty means real AWS (boto3's default endpoint for the region and "
         "its credential chain).")
     aws_region: str = setting("us-east-1", "AWS region of the queues, the bucket and the topics.")
+    sqs_sts_role_arn: str = setting(
+        "", "A role the worker's SQS transport assumes (kombu's `sts_role_arn`, "
+        "celery/kombu#1321) for the queues it consumes, e.g. an orders queue in a shop "
+        "platform's account; empty: the process's own credentials.")
     orders_queue: str = setting("orders-queue", "Queue the orders arrive on.")
     orders_queue_url: str = setting(
         "", "URL of `ORDERS_QUEUE`; empty means the local server's URL. Required with real AWS.")
@@ -43,7 +54,8 @@ class Settings:
         "account, with the same RedrivePolicy and dead-letter queue (`make run` and "
         "docker-compose consume `OrderQueue`, an existing producer's).")
     orders_dlq: str = setting("", "Dead-letter queue of the orders queues; empty means "
-                                  "`<ORDERS_QUEUE>-dlq`.")
+                                  "`<ORDERS_QUEUE>-dlq`, or `<name>-dlq.fifo` for a FIFO "
+                                  "`<name>.fifo` (a FIFO queue's DLQ must be FIFO too).")
     require_noeviction: bool = setting(
         False, "Refuse to start a worker when the store does not tell its `maxmemory-policy` "
         "(some managed services refuse `CONFIG GET`). A policy other than `noeviction` is "
@@ -118,6 +130,11 @@ class Settings:
         "`<FILES_QUEUE>-dlq`); the files tasks ride on it too.")
     files_queue_url: str = setting(
         "", "URL of `FILES_QUEUE`; empty means the local server's URL. Required with real AWS.")
+    files_enabled: bool = setting(
+        True, "Whether this deployment has the batch files path: workers then declare "
+        "`FILES_QUEUE` (a worker started with `-Q` consumes only the queues it names) and "
+        "`make run` and compose start a files worker. `false`: orders only, and no files "
+        "resource (bucket, queue, topics) is needed or touched.")
     files_batch_window: float = setting(
         10.0, "File events arriving within this many seconds form one execution.")
     files_execution_timeout: int = setting(
@@ -164,6 +181,13 @@ class Settings:
             raise ValueError("REDIS_SHARDS must be at least 1")
         if self.dedup_window_days < 1:
             raise ValueError("DEDUP_WINDOW_DAYS must be at least 1")
+        if len({is_fifo(name) for name in [*self.consumed_queue_urls, self.dlq_name]}) > 1:
+            # SQS: a FIFO queue's dead-letter queue is FIFO, a standard queue's standard.
+            raise ValueError(f"the orders queues and their dead-letter queue {self.dlq_name!r} "
+                             "must be all FIFO (names ending in .fifo) or all standard")
+        if is_fifo(self.files_queue):
+            raise ValueError(f"FILES_QUEUE {self.files_queue!r} cannot be FIFO: S3 event "
+                             "notifications go to standard queues only")
         if self.files_queue in {*self.consumed_queue_urls, self.dlq_name, self.files_dlq}:
             raise ValueError(f"FILES_QUEUE {self.files_queue!r} cannot be an orders queue or a DLQ")
         if not 60 <= self.files_execution_timeout <= 43200:
@@ -191,7 +215,11 @@ class Settings:
     @property
     def dlq_name(self) -> str:
         """Name of the dead-letter queue of the orders queue."""
-        return self.orders_dlq or f"{self.orders_queue}-dlq"
+        if self.orders_dlq:
+            return self.orders_dlq
+        if is_fifo(self.orders_queue):
+            return f"{self.orders_queue.removesuffix(FIFO_SUFFIX)}-dlq{FIFO_SUFFIX}"
+        return f"{self.orders_queue}-dlq"
 
     @property
     def files_dlq(self) -> str:

@@ -22,10 +22,24 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))
 WORKER_READY = b" ready."
 
 
-def worker_command(node: str, concurrency: int = 2, loglevel: str = "INFO") -> list[str]:
-    """`celery -A tasks worker` with `concurrency` pool processes, node name node@host."""
+def worker_command(node: str, concurrency: int = 2, loglevel: str = "INFO",
+                   queues: list[str] | None = None) -> list[str]:
+    """`celery -A tasks worker` with `concurrency` pool processes, node name node@host,
+    consuming the given queues (-Q), or every queue of the configuration."""
+    only = ["-Q", ",".join(queues)] if queues else []
     return [str(SCRIPTS / "celery"), "-A", "tasks", "worker", "--loglevel", loglevel,
-            "--concurrency", str(concurrency), "-n", f"{node}@%h"]
+            "--concurrency", str(concurrency), "-n", f"{node}@%h", *only]
+
+
+def orders_queues(settings: Settings) -> list[str]:
+    """What an orders worker consumes: the orders queues, never the files queue, so file
+    steps cannot take the pool that counts orders."""
+    return list(settings.consumed_queue_urls)
+
+
+def files_queues(settings: Settings) -> list[str]:
+    """What a files worker consumes: the files queue (S3 events and the files tasks)."""
+    return [settings.files_queue]
 
 
 def api_command(bind: str | None = None) -> list[str]:
@@ -51,9 +65,10 @@ class Worker:
 
     def __init__(self, settings: Settings, log_dir: Path | str, concurrency: int = 2,
                  name: str = "w1", loglevel: str = "INFO",
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, queues: list[str] | None = None):
         self.settings = settings
-        self.service = Process(f"worker-{name}", worker_command(name, concurrency, loglevel),
+        self.service = Process(f"worker-{name}",
+                               worker_command(name, concurrency, loglevel, queues),
                                env=environment(settings, env), log_dir=log_dir,
                                cwd=PROJECT_ROOT)
         self.log_path = self.service.log_path

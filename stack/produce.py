@@ -19,8 +19,6 @@ from app.settings import Settings, from_env
 # Tries per batch for the entries SQS refused; boto3 already retries failed calls.
 ATTEMPTS = 3
 RETRY_DELAY = 0.5
-# Error codes of GetQueueUrl for a missing queue (query and JSON protocols).
-MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 
 @dataclass
@@ -147,7 +145,7 @@ def resolve_queue(settings: Settings, queue: str | None, create: bool, client) -
             return sqs.ensure_queues(settings, client)[settings.orders_queue]
         return settings.orders_queue_url or sqs.queue_url(settings, settings.orders_queue, client)
     except ClientError as exc:
-        if create or exc.response["Error"].get("Code") not in MISSING_QUEUE_CODES:
+        if create or exc.response["Error"].get("Code") not in sqs.MISSING_QUEUE_CODES:
             raise click.ClickException(f"SQS at {where}: {exc}") from None
         raise click.ClickException(
             f"queue {settings.orders_queue!r} not found at {where}; create it with "

@@ -20,7 +20,8 @@ from app.store import Store
 from app.store.lua import install_read_functions
 from stack import redis_users
 from stack.cluster import BUS_OFFSET, LocalRedisCluster
-from stack.launch import SCRIPTS, api_command, flower_command, worker_command
+from stack.launch import (SCRIPTS, api_command, files_queues, flower_command, orders_queues,
+                          worker_command)
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             require_free_port, wait_http)
 
@@ -70,11 +71,11 @@ class Stack:
         return None
 
     def stop(self) -> None:
-        """Worker first (finishes or returns its messages), then web, flower, then the servers."""
+        """Workers first (they finish or return their messages), then web, Flower, servers."""
         for process in self.processes:
             if process.popen:
                 say(f"stopping {process.name}")
-                timeout = WORKER_STOP_TIMEOUT if process.name == "worker" else 10.0
+                timeout = WORKER_STOP_TIMEOUT if process.name.endswith("worker") else 10.0
                 process.stop(timeout)
         for server in reversed(self.servers):
             if server.process:
@@ -126,16 +127,24 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
 
     write_credentials(stack.var_dir / "redis.env", settings)
 
-    say(f"creating bucket {settings.files_bucket}, queue {settings.files_queue} and the topics")
-    try:
-        aws.ensure_files_resources(settings)
-    except (BotoCoreError, ClientError) as exc:
-        raise ServiceError(f"cannot create the files resources on {settings.files_endpoint}: {exc}")
+    if settings.files_enabled:
+        say(f"creating bucket {settings.files_bucket}, queue {settings.files_queue} and the "
+            "topics")
+        try:
+            aws.ensure_files_resources(settings)
+        except (BotoCoreError, ClientError) as exc:
+            raise ServiceError(f"cannot create the files resources on "
+                               f"{settings.files_endpoint}: {exc}")
 
     # The API's read functions, before it serves: its Redis user may not install them.
     install_read_functions(Store.from_settings(settings).redis)
-    worker = stack.start_process("worker", worker_command("worker1", 2, settings.log_level),
-                                 env)
+    worker = stack.start_process("worker", worker_command(
+        "worker1", 2, settings.log_level, orders_queues(settings)), env)
+    watched = [worker]
+    if settings.files_enabled:
+        # File steps on a worker of their own: they never hold the pool that counts orders.
+        watched.append(stack.start_process("files-worker", worker_command(
+            "files1", 2, settings.log_level, files_queues(settings)), env))
     web = stack.start_process("web", api_command(env["API_BIND"]),
                               api_environment(env, settings))
     # Loopback only, and a password even there: any local process could otherwise read
@@ -145,7 +154,7 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
                                  flower_environment(env, settings, flower_password))
     api_url = f"http://127.0.0.1:{api_port}"
     say(f"waiting for {api_url}/health")
-    wait_http(f"{api_url}/health", web, HEALTH_TIMEOUT, status=200, watched=(worker, flower))
+    wait_http(f"{api_url}/health", web, HEALTH_TIMEOUT, status=200, watched=(*watched, flower))
     flower_url = (f"http://127.0.0.1:{flower_port} (user {FLOWER_USER}, "
                   f"password {flower_password})")
     return settings, env, api_url, flower_url
@@ -299,7 +308,8 @@ def run():
     try:
         settings, env, api_url, flower_url = start_stack(stack)
         send_demo_orders(env, stack.settings.demo_orders)
-        upload_demo_files(stack, env, stack.settings.demo_file_orders)
+        if settings.files_enabled:
+            upload_demo_files(stack, env, stack.settings.demo_file_orders)
         say(f"API:    {api_url}/stats/global")
         say(f"KPIs:   {api_url}/kpis/orders?from=2024-01-01&to=2024-01-31 (docs {api_url}/docs)")
         say(f"Flower: {flower_url}")

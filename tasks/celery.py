@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 
 import redis
+from botocore.exceptions import BotoCoreError, ClientError
 from celery import Celery, current_app
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from pythonjsonlogger.json import JsonFormatter
 
 import celeryconfig
+from app import sqs
 from app.display import printable
 from app.redis_client import check_control_plane, check_eviction_policy
 from app.settings import Settings
@@ -70,12 +72,16 @@ def use_log_format(logger: logging.Logger, **kwargs):
 
 
 @worker_init.connect
-def refuse_a_store_that_cannot_work(sender=None, **kwargs):
-    """A worker needs a standalone control plane and a store that never evicts: else exit."""
-    settings = getattr(sender.app if sender else current_app, "settings", None)
+def refuse_what_cannot_work(sender=None, **kwargs):
+    """A worker needs its queues, a standalone control plane and a store that never evicts:
+    else it exits with one line saying which and how to fix it."""
+    app = sender.app if sender else current_app
+    settings = getattr(app, "settings", None)
     if settings is None:
         return
     try:
+        # The queues this worker consumes: all of task_queues, or those named with -Q.
+        check_queues(settings, list(app.amqp.queues.consume_from))
         check_control_plane(settings)
         check_eviction_policy(settings)
     except ValueError as exc:
@@ -85,3 +91,13 @@ def refuse_a_store_that_cannot_work(sender=None, **kwargs):
         # Redis not up yet: the worker starts all the same, its tasks retry until it is.
         logging.getLogger(__name__).warning("could not check the control plane and the "
                                             "store: %s", exc)
+
+
+def check_queues(settings: Settings, names: list[str]):
+    """Raise MissingQueue for a queue SQS does not have; only warn if SQS cannot tell."""
+    try:
+        sqs.check_queues_exist(settings, names)
+    except (BotoCoreError, ClientError) as exc:
+        # SQS not reachable yet, or no permission to look: kombu's own calls will say more.
+        logging.getLogger(__name__).warning("could not check that the queues %s exist: %s",
+                                            ", ".join(names), exc)

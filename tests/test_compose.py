@@ -27,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-SERVICES = {"localstack", "redis", "init", "worker", "web", "flower", "prometheus", "grafana"}
-APP_SERVICES = {"init", "worker", "web", "flower"}
+SERVICES = {"localstack", "redis", "init", "worker", "files-worker", "web", "flower",
+            "prometheus", "grafana"}
+APP_SERVICES = {"init", "worker", "files-worker", "web", "flower"}
+WORKERS = ("worker", "files-worker")
 # Variables the app services may get that are not app settings.
 EXTRAS = {
     "API_BIND",  # gunicorn's bind address (web/gunicorn.conf.py)
@@ -189,23 +191,43 @@ def compose_worker_url(services, port: int) -> str:
 
 
 def test_workers_and_api_restart_and_check_their_health(services):
-    for name in ("worker", "web"):
+    for name in (*WORKERS, "web"):
         assert services[name]["restart"] in ("unless-stopped", "always", "on-failure")
         assert services[name]["healthcheck"]["test"]
-    words = argv(services["worker"])
-    node = words[words.index("-n") + 1]
-    assert node.endswith("@%h")
-    check = services["worker"]["healthcheck"]["test"]
-    assert check[0] == "CMD-SHELL"
-    # Compose turns $$ into $: the shell then fills in the container's hostname, as %h.
-    command = shlex.split(check[1].replace("$$HOSTNAME", "HOST"))
-    assert command[:5] == ["celery", "-A", "tasks", "inspect", "ping"]
-    assert command[command.index("-d") + 1] == node.replace("%h", "HOST")
+    for worker in WORKERS:
+        words = argv(services[worker])
+        node = words[words.index("-n") + 1]
+        assert node.endswith("@%h")
+        check = services[worker]["healthcheck"]["test"]
+        assert check[0] == "CMD-SHELL"
+        # Compose turns $$ into $: the shell then fills in the container's hostname, as %h.
+        command = shlex.split(check[1].replace("$$HOSTNAME", "HOST"))
+        assert command[:5] == ["celery", "-A", "tasks", "inspect", "ping"]
+        assert command[command.index("-d") + 1] == node.replace("%h", "HOST")
+
+
+def test_orders_and_files_run_on_workers_of_their_own(compose, services):
+    """Issue 20: file steps cannot take the pool that counts orders."""
+    settings = from_env({key: str(value) for key, value in compose["x-app-env"].items()})
+    assert settings.files_enabled
+
+    def consumed(name: str) -> list[str]:
+        words = argv(services[name])
+        assert words.count("-Q") == 1, f"{name} must name its queues with -Q"
+        return words[words.index("-Q") + 1].split(",")
+
+    assert consumed("worker") == list(settings.consumed_queue_urls)
+    assert consumed("files-worker") == [settings.files_queue]
+    nodes = {argv(services[name])[argv(services[name]).index("-n") + 1] for name in WORKERS}
+    assert len(nodes) == len(WORKERS)
+    # A files step's hard limit is half the files queue's visibility timeout.
+    grace = services["files-worker"]["stop_grace_period"]
+    assert int(grace.removesuffix("s")) > settings.files_execution_timeout // 2
 
 
 def test_dependencies_order_the_startup(services):
     assert services["init"]["depends_on"]["localstack"]["condition"] == "service_healthy"
-    for name in ("worker", "web"):
+    for name in (*WORKERS, "web"):
         depends = services[name]["depends_on"]
         assert depends["init"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
@@ -243,7 +265,8 @@ def test_commands_refer_to_existing_modules(services):
         else:
             pytest.fail(f"{name} runs {program}, which this test does not know")
     assert seen == {"celery", "python", "gunicorn"}
-    assert argv(services["worker"])[:4] == ["celery", "-A", "tasks", "worker"]
+    for worker in WORKERS:
+        assert argv(services[worker])[:4] == ["celery", "-A", "tasks", "worker"]
     assert argv(services["init"]) == ["python", "-m", "stack.init_queues", "&&",
                                       "python", "-m", "stack.init_files"]
     assert argv(services["web"]) == API_CMD

@@ -161,13 +161,13 @@ def queue_attributes(endpoint_url: str, name: str) -> dict[str, str]:
     return client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
 
 
-def deploy_fresh(sqs_server, redis_server) -> DeployedStack:
-    """The template deployed under fresh names, on a flushed Redis database."""
+def deploy_fresh(sqs_server, redis_server, **parameters) -> DeployedStack:
+    """The template deployed under fresh names (and parameters), on a flushed Redis database."""
     name = f"dep-{uuid.uuid4().hex[:8]}"
-    stack = deploy(sqs_server.endpoint_url, name, OrdersQueueName=f"{name}-orders",
-                   FilesQueueName=f"{name}-files", FilesBucketName=f"{name}-files",
-                   SuccessTopicName=f"{name}-done", FailureTopicName=f"{name}-failed",
-                   MaxReceiveCount=3)
+    stack = deploy(sqs_server.endpoint_url, name, **{
+        "OrdersQueueName": f"{name}-orders", "FilesQueueName": f"{name}-files",
+        "FilesBucketName": f"{name}-files", "SuccessTopicName": f"{name}-done",
+        "FailureTopicName": f"{name}-failed", "MaxReceiveCount": 3, **parameters})
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     deployed = DeployedStack(stack, sqs_server.endpoint_url, redis_url)
     Store.from_url(redis_url).redis.flushdb()

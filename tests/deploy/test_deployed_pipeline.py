@@ -52,7 +52,8 @@ def test_the_outputs_are_exactly_settings_variables(deployed):
     # Everything that names a deployed resource or must match its configuration.
     assert set(deployed.outputs) == {
         "AWS_REGION", "ORDERS_QUEUE", "ORDERS_QUEUE_URL", "ORDERS_DLQ", "MAX_RECEIVE_COUNT",
-        "VISIBILITY_TIMEOUT", "ORDERS_RETENTION_SECONDS", "FILES_BUCKET", "FILES_QUEUE",
+        "VISIBILITY_TIMEOUT", "ORDERS_RETENTION_SECONDS", "FILES_ENABLED", "FILES_BUCKET",
+        "FILES_QUEUE",
         "FILES_QUEUE_URL", "FILES_EXECUTION_TIMEOUT", "FILES_SUCCESS_TOPIC",
         "FILES_FAILURE_TOPIC"}
     resources = stack_resources(deployed.endpoint_url, deployed.name)

@@ -83,6 +83,20 @@ def test_check_jsonschema_refuses_a_number_where_keda_reads_a_string(tmp_path):
     assert checked.returncode == 1 and "queueLength" in checked.stdout, checked.stdout
 
 
+def consumed(deployment: str) -> list[str]:
+    """The queues a worker Deployment's -Q names, $(VARIABLE)s filled in from the ConfigMap."""
+    command = container(deployment)["command"]
+    config = resource("ConfigMap", "order-pipeline")["data"]
+    return [re.sub(r"\$\((\w+)\)", lambda m: config[m.group(1)], name)
+            for name in command[command.index("-Q") + 1].split(",")]
+
+
+def test_orders_and_files_run_on_workers_of_their_own():
+    settings = Settings()
+    assert consumed("order-pipeline-worker") == list(settings.consumed_queue_urls)
+    assert consumed("order-pipeline-files-worker") == [settings.files_queue]
+
+
 def test_queue_length_is_what_one_worker_pod_holds():
     settings = Settings()
     celery = create_celery(settings).conf
@@ -90,7 +104,7 @@ def test_queue_length_is_what_one_worker_pod_holds():
     concurrency = int(command[command.index("--concurrency") + 1])
     # Celery's prefetch, plus ten per receive chain: one chain per consumed queue.
     held = (concurrency * celery["worker_prefetch_multiplier"]
-            + SQS_MAX_MESSAGES * len(celery["task_queues"]))
+            + SQS_MAX_MESSAGES * len(consumed("order-pipeline-worker")))
     [trigger] = resource("ScaledObject", "order-pipeline-worker")["spec"]["triggers"]
     assert trigger["type"] == "aws-sqs-queue"
     assert trigger["metadata"]["queueLength"] == str(held)
@@ -110,7 +124,9 @@ def test_the_grace_period_outlasts_the_warm_stop():
     assert files_step == StepTask.time_limit.fget(type("Step", (), {"settings": settings})())
     settling = inspect.signature(wait_for_settlements).parameters["timeout"].default
     spec = resource("Deployment", "order-pipeline-worker")["spec"]["template"]["spec"]
-    assert spec["terminationGracePeriodSeconds"] > max(orders_task, files_step) + settling
+    assert spec["terminationGracePeriodSeconds"] > orders_task + settling
+    files = resource("Deployment", "order-pipeline-files-worker")["spec"]["template"]["spec"]
+    assert files["terminationGracePeriodSeconds"] > files_step + settling
     # KEDA's scale-down waits at least as long before removing a pod.
     assert resource("ScaledObject", "order-pipeline-worker")["spec"]["cooldownPeriod"] >= \
         spec["terminationGracePeriodSeconds"]
@@ -130,10 +146,13 @@ def test_the_config_is_the_stacks_outputs_in_settings_names():
 def test_probes_and_identities():
     api = container("order-pipeline-api")
     assert api["readinessProbe"]["httpGet"]["path"] == "/health"
-    worker = container("order-pipeline-worker")
-    probe = " ".join(worker["livenessProbe"]["exec"]["command"])
-    assert "inspect ping -d worker@$HOSTNAME" in probe and "worker@%h" in worker["command"]
+    for deployment, node in (("order-pipeline-worker", "worker"),
+                             ("order-pipeline-files-worker", "files")):
+        worker = container(deployment)
+        probe = " ".join(worker["livenessProbe"]["exec"]["command"])
+        assert f"inspect ping -d {node}@$HOSTNAME" in probe and f"{node}@%h" in worker["command"]
     for deployment, account in (("order-pipeline-worker", "order-pipeline-worker"),
+                                ("order-pipeline-files-worker", "order-pipeline-worker"),
                                 ("order-pipeline-api", "order-pipeline-api")):
         pod = resource("Deployment", deployment)["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == account
@@ -141,6 +160,6 @@ def test_probes_and_identities():
         assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     assert resource("Service", "order-pipeline-api")["spec"]["selector"] == resource(
         "Deployment", "order-pipeline-api")["spec"]["selector"]["matchLabels"]
-    for name in ("order-pipeline-worker", "order-pipeline-api"):
+    for name in ("order-pipeline-worker", "order-pipeline-files-worker", "order-pipeline-api"):
         assert resource("PodDisruptionBudget", name)["spec"]["selector"] == resource(
             "Deployment", name)["spec"]["selector"]

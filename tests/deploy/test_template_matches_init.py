@@ -13,11 +13,14 @@ import json
 import uuid
 from dataclasses import replace
 
+import pytest
+
 from app import aws, sqs
 from app.settings import Settings
-from deployment import aws_client, deploy, queue_attributes, stack_resources
+from deployment import aws_client, deploy, queue_attributes, stack_env, stack_resources
 
-COMPARED = ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "FifoQueue")
+COMPARED = ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "FifoQueue",
+            "ContentBasedDeduplication")
 
 
 def as_created(endpoint_url: str, name: str, roles: dict[str, str]) -> dict:
@@ -49,12 +52,15 @@ def notification(endpoint_url: str, bucket: str) -> list:
              c["QueueArn"].rsplit(":", 1)[1]) for c in configured["QueueConfigurations"]]
 
 
-def test_init_queues_and_init_files_create_what_the_template_creates(sqs_server):
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+def test_init_queues_and_init_files_create_what_the_template_creates(sqs_server, fifo):
     tag = uuid.uuid4().hex[:8]
     base = Settings(sqs_endpoint_url=sqs_server.endpoint_url)
+    # The template's OrdersFifo=true adds ".fifo"; ORDERS_QUEUE names the queue whole.
+    suffix = ".fifo" if fifo else ""
 
     def named(prefix: str) -> Settings:
-        return replace(base, orders_queue=f"{prefix}-{tag}-orders",
+        return replace(base, orders_queue=f"{prefix}-{tag}-orders{suffix}",
                        files_queue=f"{prefix}-{tag}-fq",
                        files_bucket=f"{prefix}-{tag}-bucket",
                        files_success_topic=f"{prefix}-{tag}-done",
@@ -64,12 +70,20 @@ def test_init_queues_and_init_files_create_what_the_template_creates(sqs_server)
     sqs.ensure_queues(init)  # what python -m stack.init_queues and make run do
     aws.ensure_files_resources(init)  # python -m stack.init_files
     stack_name = f"cmp-{tag}"
-    deploy(sqs_server.endpoint_url, stack_name, OrdersQueueName=cfn.orders_queue,
-           FilesQueueName=cfn.files_queue, FilesBucketName=cfn.files_bucket,
-           SuccessTopicName=cfn.files_success_topic, FailureTopicName=cfn.files_failure_topic,
-           MaxReceiveCount=cfn.max_receive_count, VisibilityTimeout=cfn.visibility_timeout,
-           OrdersRetentionSeconds=cfn.orders_retention_seconds,
-           FilesExecutionTimeout=cfn.files_execution_timeout)
+    outputs = deploy(sqs_server.endpoint_url, stack_name,
+                     OrdersQueueName=cfn.orders_queue.removesuffix(suffix),
+                     OrdersFifo=str(fifo).lower(),
+                     FilesQueueName=cfn.files_queue, FilesBucketName=cfn.files_bucket,
+                     SuccessTopicName=cfn.files_success_topic,
+                     FailureTopicName=cfn.files_failure_topic,
+                     MaxReceiveCount=cfn.max_receive_count,
+                     VisibilityTimeout=cfn.visibility_timeout,
+                     OrdersRetentionSeconds=cfn.orders_retention_seconds,
+                     FilesExecutionTimeout=cfn.files_execution_timeout)["Outputs"]
+    # The stack's outputs name the queues as the settings do.
+    named_by_outputs = stack_env.environment(outputs)
+    assert (named_by_outputs["ORDERS_QUEUE"], named_by_outputs["ORDERS_DLQ"]) == (
+        cfn.orders_queue, cfn.dlq_name)
 
     endpoint = sqs_server.endpoint_url
     seen = {}
@@ -83,6 +97,9 @@ def test_init_queues_and_init_files_create_what_the_template_creates(sqs_server)
                          in notification(endpoint, made.files_bucket)]}
     by_init, by_cfn = seen[init.orders_queue], seen[cfn.orders_queue]
     assert by_cfn["queues"] == by_init["queues"]
+    assert {role: made["FifoQueue"] for role, made in by_cfn["queues"].items()} == {
+        "orders": "true" if fifo else None, "orders DLQ": "true" if fifo else None,
+        "files": None, "files DLQ": None}
     assert by_cfn["queues"]["orders"]["RedrivePolicy"] == ("orders DLQ", base.max_receive_count)
     assert by_cfn["queues"]["files"]["RedrivePolicy"] == ("files DLQ", base.max_receive_count)
     assert by_cfn["queues"]["orders DLQ"]["MessageRetentionPeriod"] == str(

@@ -32,3 +32,16 @@ def test_orders_stack_run_uploads_sample_files_and_serves_their_kpis(orders_stac
     assert sum(k["total_orders"] for k in kpis) == next(
         f["rows_kept"] for e in done for f in e["files"] if f["name"] == "orders_part1.csv")
     assert "orders-files upload" in run.text()  # how to try the returns
+
+
+@pytest.mark.slow
+def test_orders_stack_run_without_the_files_path_starts_only_the_orders_worker(orders_stack,
+                                                                              tmp_path):
+    run = orders_stack(FILES_ENABLED="false")
+    wait_for(lambda: run.assert_running() or "running; Ctrl-C" in run.text(), timeout=120,
+             message="the stack running")
+    text = run.text()
+    [started] = [line for line in text.splitlines() if "starting worker:" in line]
+    assert started.endswith("-n worker1@%h -Q orders-queue,OrderQueue"), started
+    assert "starting files-worker" not in text and "creating bucket" not in text
+    assert not (tmp_path / "var" / "log" / "files-worker.log").exists()
