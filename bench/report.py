@@ -180,8 +180,8 @@ def _api(results: dict) -> list[str]:
              "peer's (user ids drawn from the users with a counted order)", "",
              "| connections | endpoint | server | requests/s | p50 ms | p99 ms | "
              f"requests/s ÷ peer (≥ {API_THROUGHPUT_TARGET}) | p99 ÷ peer (≤ {API_P99_TARGET}) | "
-             "errors · non-2xx | CPU % of a core: server · Redis |",
-             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "errors · non-2xx | CPU % of a core: server · Redis | server CPU ms per request |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     ratios = {id(ours): peer for ours, peer in _api_pairs(results)}
     for r in results["api"]:
         peer = ratios.get(id(r))
@@ -192,7 +192,8 @@ def _api(results: dict) -> list[str]:
         lines.append(f"| {r.get('connections', 32)} | `{r['endpoint']}` | {r['server']} | "
                      f"{_n(r['requests_per_s'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{throughput} | {p99} | {r['errors']} · {r['non_2xx']} | "
-                     f"{_busy(r['cpu_busy'], ('server', 'redis'))} |")
+                     f"{_busy(r['cpu_busy'], ('server', 'redis'))} | "
+                     f"{_per(r['cpu_busy'].get('server', 0) * 1000, r['requests_per_s'])} |")
     return lines
 
 
