@@ -113,6 +113,9 @@ class Settings:
     api_bind: str = setting("127.0.0.1:8000", "gunicorn's bind address for the API.")
     api_workers: int = setting(
         0, "gunicorn gevent workers of the API; 0 means CPU cores + 1.")
+    api_worker_connections: int = setting(
+        1000, "Connections each API worker serves at once (greenlets); its Redis pool may open "
+        "as many, one for each request in flight.")
     metrics_sqs_interval: int = setting(
         5, "Seconds between two reads of the SQS queue depths by each API process, in the "
         "background: `/metrics` and `/health` serve the last figures and never wait on SQS.")
@@ -167,6 +170,8 @@ class Settings:
         if self.dlq_name in self.extra_queue_names or self.dlq_name == self.orders_queue:
             # Its RedrivePolicy would point at itself and it would be consumed as orders.
             raise ValueError(f"the dead-letter queue {self.dlq_name!r} cannot be an orders queue")
+        if self.api_worker_connections < 1:
+            raise ValueError("API_WORKER_CONNECTIONS must be at least 1")
         if self.metrics_sqs_interval < 1:
             raise ValueError("METRICS_SQS_INTERVAL must be at least 1 second")
         if not 60 <= self.orders_retention_seconds <= 14 * 86400:

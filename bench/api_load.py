@@ -1,5 +1,9 @@
 """make bench's API rows: wrk against the project's gunicorn API and the seed-style
-FastAPI peer, on the same Redis, with the server's and Redis's CPU."""
+FastAPI peer, on the same Redis, with the server's and Redis's CPU.
+
+Both servers are up for the whole phase and each row of one is followed by the same row of
+the other, so the ratios compare runs seconds apart, not minutes, on cores shared with
+whatever else runs."""
 from __future__ import annotations
 
 import json
@@ -35,14 +39,14 @@ def start_peer(stack: Stack) -> tuple[Process, str]:
 
 
 def wrk(stack: Stack, server: str, process: Process, url: str, endpoint: str,
-        paths: list[str], seconds: int) -> dict:
-    """32 connections for `seconds` from wrk (2 threads), paths drawn at random."""
+        paths: list[str], seconds: int, connections: int) -> dict:
+    """`connections` connections for `seconds` from wrk (2 threads), paths drawn at random."""
     paths_file = stack.log_dir / f"wrk-paths-{endpoint.strip('/').replace('/', '-')}.txt"
     paths_file.write_text("\n".join(paths) + "\n")
     cpu = CpuMeter({"server": process.members, "redis": fixed_members(stack.data.process)})
-    command = ["wrk", "-t2", "-c32", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA), url,
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA), url,
                "--", str(paths_file)]
-    with tqdm(total=seconds, desc=f"wrk {server} {endpoint}", unit="s", leave=False,
+    with tqdm(total=seconds, desc=f"wrk {server} {endpoint} -c{connections}", unit="s", leave=False,
               disable=None) as bar, subprocess.Popen(command, stdout=subprocess.PIPE,
                                                      stderr=subprocess.STDOUT, text=True) as load:
         started = time.monotonic()
@@ -56,25 +60,34 @@ def wrk(stack: Stack, server: str, process: Process, url: str, endpoint: str,
         raise RuntimeError(f"wrk printed no result:\n{output}")
     figures = json.loads(line.split(" ", 1)[1])
     duration = figures["duration_us"] / 1e6
-    result = {"server": server, "endpoint": endpoint, "seconds": round(duration, 1),
+    result = {"server": server, "endpoint": endpoint, "connections": connections,
+              "seconds": round(duration, 1),
               "requests": figures["requests"],
               "requests_per_s": round(figures["requests"] / duration, 1),
               "p50_ms": figures["p50_us"] / 1000, "p99_ms": figures["p99_us"] / 1000,
               "max_ms": figures["max_us"] / 1000, "errors": figures["errors"],
               "non_2xx": figures["non_2xx"], "cpu_busy": cpu.busy(duration)}
-    tqdm.write(f"wrk {server} {endpoint}: {result['requests_per_s']:,.0f} req/s, "
+    tqdm.write(f"wrk {server} {endpoint} -c{connections}: "
+               f"{result['requests_per_s']:,.0f} req/s, "
                f"p99 {result['p99_ms']:.1f} ms", file=sys.stderr)
     return result
 
 
-def run_api(stack: Stack, orders: Orders, servers: list[tuple[str, Process, str]],
-            seconds: int) -> list[dict]:
-    """wrk on /users/<id>/stats (ids with a counted order) and /stats/global, per server."""
-    user_paths = [f"/users/{user}/stats" for user in orders.counted_users]
+def run_api(stack: Stack, orders: Orders, gunicorn: Process, api_url: str, seconds: int,
+            connections: list[int]) -> list[dict]:
+    """wrk on /users/<id>/stats (ids with a counted order) and /stats/global at each number
+    of connections: the project's row, then the peer's, which starts and stops here."""
+    peer, peer_url = start_peer(stack)
+    servers = [("project: gunicorn + Flask", gunicorn, api_url),
+               ("seed-style FastAPI + uvicorn", peer, peer_url)]
+    endpoints = [("/users/<id>/stats", [f"/users/{user}/stats" for user in orders.counted_users]),
+                 ("/stats/global", ["/stats/global"])]
     results = []
-    for server, process, url in servers:
-        results.append(wrk(stack, server, process, url, "/users/<id>/stats", user_paths,
-                           seconds))
-        results.append(wrk(stack, server, process, url, "/stats/global", ["/stats/global"],
-                           seconds))
+    try:
+        for count in connections:
+            for endpoint, paths in endpoints:
+                results += [wrk(stack, server, process, url, endpoint, paths, seconds, count)
+                            for server, process, url in servers]
+    finally:
+        peer.stop()
     return results

@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench import files_pipeline, range_queries, report
-from bench.api_load import run_api, start_gunicorn, start_peer
+from bench.api_load import run_api, start_gunicorn
 from bench.contenders import (baseline_tree, run_bare_loop, run_baseline, run_cluster,
                               run_drain, run_durability, run_project, run_rounds, run_scale,
                               run_seed, run_stock_celery, warm_up)
@@ -72,7 +72,15 @@ def parse_args(argv):
                              "project at 0 ms, project at the largest round trip with each "
                              "number of worker processes); 0 for none [BENCH_ROUNDS]")
     parser.add_argument("--api-seconds", type=int, default=env_int("BENCH_API_SECONDS", 20),
-                        help="wrk run per server and endpoint, 0 for none [BENCH_API_SECONDS]")
+                        help="wrk run per server, endpoint and number of connections, 0 for none "
+                             "[BENCH_API_SECONDS]")
+    parser.add_argument("--api-connections",
+                        default=os.environ.get("BENCH_API_CONNECTIONS", "32,256"),
+                        help="comma-separated wrk connections, one set of API rows each "
+                             "[BENCH_API_CONNECTIONS]")
+    parser.add_argument("--api-only", type=int, default=env_int("BENCH_API_ONLY", 0),
+                        help="1: only the project's ingest at 0 ms (the data the API reads) and "
+                             "the API rows [BENCH_API_ONLY]")
     parser.add_argument("--scale-users", default=os.environ.get("BENCH_SCALE_USERS",
                                                                 "2000,20000,100000"),
                         help="comma-separated user counts of the scale rows")
@@ -119,10 +127,12 @@ def main(argv=None):
     scale_users = [int(n) for n in args.scale_users.split(",") if n.strip()]
     rtts = sorted({float(n) for n in args.rtts.split(",") if n.strip()} | {0.0})
     scale_out = sorted({int(n) for n in args.worker_processes.split(",") if n.strip()} | {1})
+    api_connections = [int(n) for n in args.api_connections.split(",") if n.strip()]
     results = {"meta": report.machine(), "settings": {
         "orders": args.orders, "users": args.users, "products": args.products,
         "rtts_ms": rtts, "worker_processes": scale_out,
-        "api_seconds": args.api_seconds, "scale_users": scale_users,
+        "api_seconds": args.api_seconds, "api_connections": api_connections,
+        "api_only": args.api_only, "scale_users": scale_users,
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
         "files_items": args.files_items, "durability": args.durability,
         "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days,
@@ -136,6 +146,13 @@ def main(argv=None):
         orders = Orders.generate(args.orders, users=args.users, products=args.products)
         results["settings"]["describe"] = orders.describe()
         warm_up(stack, orders)
+        if args.api_only:
+            gunicorn, api_url = start_gunicorn(stack)
+            exits.callback(gunicorn.stop)
+            results["ingest"] = [run_project(stack, orders, api_url=api_url)]
+            results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
+                                     api_connections)
+            return _write(args, results)
         # The proxy check compares two rates near each other on shared cores: each drain
         # runs twice, interleaved, and its row is the better run.
         drains = [run_drain(stack, orders, through_proxy=through_proxy)
@@ -169,14 +186,9 @@ def main(argv=None):
             results["baseline"] = run_baseline(stack, orders, max(args.rounds, 1), tree, commit)
         if args.api_seconds:
             # The API phase reads what the project's worker just wrote.
-            servers = [("project: gunicorn + Flask", gunicorn, api_url)]
-            results["api"] = run_api(stack, orders, servers, args.api_seconds)
+            results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
+                                     api_connections)
             gunicorn.stop()
-            peer, peer_url = start_peer(stack)
-            exits.callback(peer.stop)
-            results["api"] += run_api(stack, orders, [("seed-style FastAPI + uvicorn", peer,
-                                                       peer_url)], args.api_seconds)
-            peer.stop()
         results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
         if args.cluster:
             results["cluster"] = run_cluster(stack, orders)
@@ -189,6 +201,11 @@ def main(argv=None):
             results["range_queries"] = range_queries.run(
                 log_dir, args.range_orders_per_day, args.range_days, args.range_users,
                 args.range_apply_seconds)
+    _write(args, results)
+
+
+def _write(args, results: dict) -> None:
+    """Print the table; write it to latest.md and the raw figures to latest.json."""
     results["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     table = report.markdown(results)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -58,7 +58,10 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     )
     flask_app.json.sort_keys = False  # keep the documented field order
     flask_app.extensions["settings"] = settings
-    flask_app.extensions["store"] = Store.from_url(settings.api_store_url)
+    # One Redis connection for each request a worker may have in flight: redis-py's default
+    # pool refuses a 101st, which a gevent worker answered as 503.
+    flask_app.extensions["store"] = Store.from_url(
+        settings.api_store_url, max_connections=settings.api_worker_connections)
     flask_app.extensions["files_store"] = FilesStore(flask_app.extensions["store"].redis)
 
     api = JsonApi(flask_app)

@@ -12,7 +12,7 @@ blp = Blueprint("analytics", __name__, description="Rankings, time series, produ
 
 
 @blp.route("/stats/top-users")
-@blp.arguments(TopUsersArgsSchema, location="query")
+@blp.arguments(TopUsersArgsSchema(), location="query")
 @blp.response(200, TopUsersSchema)
 def top_users(args):
     """The n users with the highest spend or order count, all-time or over a period.
@@ -26,7 +26,7 @@ def top_users(args):
 
 
 @blp.route("/stats/top-products")
-@blp.arguments(TopProductsArgsSchema, location="query")
+@blp.arguments(TopProductsArgsSchema(), location="query")
 @blp.response(200, TopProductsSchema)
 def top_products(args):
     """The n products with the highest all-time revenue or units sold.
@@ -37,7 +37,7 @@ def top_products(args):
 
 
 @blp.route("/stats/daily")
-@blp.arguments(DayRangeArgsSchema, location="query")
+@blp.arguments(DayRangeArgsSchema(), location="query")
 @blp.response(200, DailySchema)
 def daily(args):
     """The platform's KPIs for each UTC day from..to, zeros on days without orders.
@@ -50,7 +50,7 @@ def daily(args):
 
 
 @blp.route("/stats/monthly")
-@blp.arguments(MonthRangeArgsSchema, location="query")
+@blp.arguments(MonthRangeArgsSchema(), location="query")
 @blp.response(200, MonthlySchema)
 def monthly(args):
     """The platform's KPIs for each UTC month from..to, zeros in months without orders.

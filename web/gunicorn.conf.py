@@ -15,8 +15,9 @@ bind = _settings.api_bind
 # requests/s of sync. One more worker than cores keeps a core busy while one parses.
 workers = _settings.api_workers or (os.cpu_count() or 1) + 1
 worker_class = "gevent"
-# Connections (greenlets) per worker; each request in flight may hold one Redis connection.
-worker_connections = 1000
+# Connections (greenlets) per worker; each request in flight may hold one Redis connection,
+# so the app's Redis pool has as many (create_app).
+worker_connections = _settings.api_worker_connections
 timeout = 30
 # A connection that has not sent a whole request within this many seconds is closed
 # (the gevent worker reads every request, the first one too, under this timeout).

@@ -10,7 +10,7 @@ blp = Blueprint("stats", __name__, description="Order statistics")
 
 
 @blp.route("/users/<path:user_id>/stats")
-@blp.arguments(OptionalDayRangeArgsSchema, location="query")
+@blp.arguments(OptionalDayRangeArgsSchema(), location="query")
 @blp.response(200, UserStatsRangeSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No order counted for this user")
 def user_stats(args, user_id):

@@ -89,6 +89,26 @@ def test_stalled_redis_does_not_delay_health(settings, own_redis, start_api):
         thread.join(15)
 
 
+def test_more_requests_waiting_on_redis_than_its_default_pool_all_answer(settings, own_redis,
+                                                                          start_api):
+    # redis-py's pool refuses a 101st connection by default; a gevent worker may have many
+    # more requests in flight, each holding one while Redis is slow.
+    api = start_api(replace(settings, redis_url=own_redis.url))
+    assert requests.get(f"{api}/stats/global", timeout=5).status_code == 200
+    in_flight = 2 * 150  # 150 for each of the test's 2 workers, and more for either
+    with redis.Redis.from_url(own_redis.url) as admin:
+        admin.execute_command("CLIENT", "PAUSE", 2000, "ALL")
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(
+        requests.get(f"{api}/stats/global", timeout=15).status_code)) for _ in range(in_flight)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(statuses) == in_flight
+    assert set(statuses) == {200}, f"{statuses.count(503)} answered 503"
+
+
 def series(api: str, family: str) -> set[tuple]:
     """Label sets of one metric family in the API's /metrics."""
     text = requests.get(f"{api}/metrics", timeout=10).text
