@@ -241,11 +241,20 @@ class Settings:
     @property
     def control_plane_url(self) -> str:
         """Redis URL for Celery events and remote control."""
-        if self.control_url:
-            return self.control_url
-        parts = urlsplit(self.redis_url)
-        db = int(parts.path.lstrip("/") or 0)
-        return urlunsplit(parts._replace(path=f"/{db + 1}"))
+        return self.control_url or next_database(self.redis_url)
+
+    @property
+    def api_control_url(self) -> str:
+        """Redis URL the API hears the workers' heartbeats on, with the API's credentials
+        when CONTROL_URL is not given."""
+        return self.control_url or next_database(self.api_store_url)
+
+
+def next_database(url: str) -> str:
+    """url with the next database number (the control plane beside the store)."""
+    parts = urlsplit(url)
+    db = int(parts.path.lstrip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{db + 1}"))
 
 
 @dataclass(frozen=True)

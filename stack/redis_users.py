@@ -16,12 +16,14 @@ API_USER = "api"
 # read commands only, plus the ranking script: EVALSHA asks write access to every key it
 # is given, so the root rules allow all keys, and a script is held to the same command
 # list, command by command: it cannot write. CLUSTER SLOTS/SHARDS and COMMAND let redis-py's
-# cluster client find the nodes of a Redis Cluster.
+# cluster client find the nodes of a Redis Cluster. SUBSCRIBE to the workers' events lets
+# /metrics count the live workers (web/metrics.py WorkerHeartbeats); it writes nothing.
 USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
-    API_USER: ("resetkeys", "~*", "resetchannels", "-@all", "+@read", "-@dangerous",
-               "+@transaction", "+ping", "+info", "+hello", "+select", "+evalsha",
-               "+script|load", "+cluster|slots", "+cluster|shards", "+command"),
+    API_USER: ("resetkeys", "~*", "resetchannels", "&/*.celeryev/worker.*", "-@all", "+@read",
+               "-@dangerous", "+@transaction", "+ping", "+info", "+hello", "+select",
+               "+evalsha", "+script|load", "+cluster|slots", "+cluster|shards", "+command",
+               "+subscribe"),
 }
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import click
 import redis
@@ -216,8 +217,12 @@ def start_cluster(stack: Stack, passwords: dict[str, str]) -> LocalRedisCluster:
 def api_environment(env: dict[str, str], settings: app_settings.Settings) -> dict[str, str]:
     """The API's environment: its own Redis credentials only (read-only under make run)."""
     url = settings.api_store_url
-    # CONTROL_URL empty: derived from REDIS_URL, so no URL of the workers' user is left.
-    return {**env, "REDIS_URL": url, "API_REDIS_URL": url, "CONTROL_URL": ""}
+    # CONTROL_URL with the API's own credentials (it hears the workers' heartbeats there),
+    # so no URL of the workers' user is left.
+    api = urlsplit(url)
+    control = (redis_users.url_for(settings.control_plane_url, unquote(api.username or ""),
+                                   unquote(api.password)) if api.password else "")
+    return {**env, "REDIS_URL": url, "API_REDIS_URL": url, "CONTROL_URL": control}
 
 
 def flower_environment(env: dict[str, str], settings: app_settings.Settings,
