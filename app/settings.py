@@ -276,6 +276,10 @@ class StackSettings:
         "cluster bus.")
     api_port: int = setting(8000, "Port of the API under `make run`.")
     flower_port: int = setting(5555, "Port of Flower under `make run`.")
+    monitoring: bool = setting(
+        False, "`MONITORING=1 make run` also starts Prometheus (Debian's package) on loopback "
+        "with `deploy/monitoring/rules.yml`, scraping the API.")
+    prometheus_port: int = setting(9090, "Port of Prometheus under `MONITORING=1 make run`.")
     demo_orders: int = setting(3000, "Sample orders `make run` sends; 0 for none.")
     demo_file_orders: int = setting(
         500, "Orders in the sample files `make run` uploads to the files bucket's `input/`; "

@@ -17,6 +17,8 @@ EXECUTIONS_SHOWN = 10
 
 
 class QueueDepthSchema(Schema):
+    """One queue's approximate depth and what it is for."""
+
     queue = fields.String(required=True)
     role = fields.String(required=True, metadata={"description": "orders, orders_dlq, files "
                                                                  "or files_dlq"})
@@ -26,18 +28,24 @@ class QueueDepthSchema(Schema):
 
 
 class WorkerSchema(Schema):
+    """A worker heard on the control plane."""
+
     worker = fields.String(required=True, metadata={"description": "Celery node name"})
     up = fields.Boolean(required=True, metadata={"description": "its heartbeats arrive"})
     heartbeat_age_seconds = fields.Float(required=True)
 
 
 class StoreStateSchema(Schema):
+    """Whether Redis takes writes, and how much memory it has left."""
+
     writable = fields.Boolean(required=True)
     headroom_ratio = fields.Float(required=True, allow_none=True, metadata={
         "description": "share of maxmemory left (null: no maxmemory, or Redis unreadable)"})
 
 
 class ExecutionSummarySchema(Schema):
+    """One files execution, as the page lists it."""
+
     execution_id = fields.String(required=True)
     status = fields.String(required=True)
     started_at = fields.String(required=True, allow_none=True)
@@ -46,6 +54,8 @@ class ExecutionSummarySchema(Schema):
 
 
 class DashboardSchema(Schema):
+    """The figures the live dashboard draws."""
+
     time = fields.Float(required=True, metadata={"description": "Unix time of the reading"})
     outcomes = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
                            metadata={"description": "messages by outcome since the start"})
