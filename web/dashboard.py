@@ -8,6 +8,8 @@ from flask import current_app, render_template
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from web.metrics import queue_roles, store_state
+
 # The page and its static files (uPlot vendored under static/vendor): no CDN, works offline.
 page = FlaskBlueprint("dashboard_page", __name__, template_folder="templates",
                       static_folder="static", static_url_path="/dashboard/static")
@@ -87,24 +89,18 @@ def figures():
     extensions = current_app.extensions
     store, settings = extensions["store"], extensions["settings"]
     sqs = extensions["sqs_figures"].snapshot()
-    roles = {**{name: "orders" for name in settings.consumed_queue_urls},
-             settings.dlq_name: "orders_dlq", settings.files_queue: "files",
-             settings.files_dlq: "files_dlq"}
+    roles = queue_roles(settings)
     queues = ([{"queue": queue, "role": roles.get(queue, "orders"), **states}
                for queue, states in sqs.depths.items()] if sqs.current else None)
     workers = extensions["worker_heartbeats"].snapshot()
     now = time.monotonic()
-    try:
-        state = extensions["store_health"].state()
-    except Exception:  # unreadable: not known to take writes
-        state = None
+    state = store_state(extensions["store_health"])
     return {
         "time": time.time(),
         "outcomes": store.outcomes(),
         "task_events": store.task_events(),
         "queues": queues,
-        "workers_live": (sum(seen.live(now) for seen in workers.workers.values())
-                         if workers.settled else None),
+        "workers_live": workers.live(now),
         "workers": [{"worker": name, "up": seen.live(now),
                      "heartbeat_age_seconds": now - seen.received}
                     for name, seen in sorted(workers.workers.items())],

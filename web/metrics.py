@@ -182,6 +182,10 @@ class WorkersSnapshot:
     settled: bool
     error: str | None
 
+    def live(self, now: float) -> int | None:
+        """How many workers are live; None before the listener could have heard them all."""
+        return sum(seen.live(now) for seen in self.workers.values()) if self.settled else None
+
 
 class WorkerHeartbeats:
     """The workers' heartbeat events, heard by a background thread of this process.
@@ -276,6 +280,25 @@ def _listen_forever(heartbeats_ref: "weakref.ref[WorkerHeartbeats]") -> None:
         del heartbeats
 
 
+def queue_roles(settings) -> dict[str, str]:
+    """What each queue is for: orders, orders_dlq, files or files_dlq.
+
+    Rules and dashboards find the DLQs by role: the queues' names are settings.
+    """
+    return {**{name: "orders" for name in settings.consumed_queue_urls},
+            settings.dlq_name: "orders_dlq", settings.files_queue: "files",
+            settings.files_dlq: "files_dlq"}
+
+
+def store_state(store_health: StoreHealth):
+    """The store's state from its INFO; None when unreadable (not known to take writes)."""
+    try:
+        return store_health.state()
+    except Exception as exc:  # any failure: the reason goes to the log
+        logger.warning("metrics: Redis INFO unavailable: %s", exc)
+        return None
+
+
 class PipelineCollector:
     """Reads the pipeline's counters from Redis on every scrape, queue depths from the cache."""
 
@@ -333,10 +356,10 @@ class PipelineCollector:
             age.add_metric([hostname], now - seen.received)
         yield worker_up
         yield age
-        if snapshot.settled:  # before that, a live worker may not have been heard yet
+        if (live := snapshot.live(now)) is not None:  # unknown is not 0
             yield GaugeMetricFamily(
                 "orders_workers_live", "Workers whose heartbeats arrive over the control plane",
-                value=sum(seen.live(now) for seen in snapshot.workers.values()))
+                value=live)
 
     def _redis_families(self):
         # A gauge: a requeued rejection leaves 'rejected', so the number can go down.
@@ -371,11 +394,7 @@ class PipelineCollector:
 
     def _store_families(self):
         """Writability, memory headroom and eviction policy, from the store's INFO."""
-        try:
-            state = self.store_health.state()
-        except Exception as exc:  # unreadable: not known to take writes
-            logger.warning("metrics: Redis INFO unavailable: %s", exc)
-            state = None
+        state = store_state(self.store_health)
         yield GaugeMetricFamily("orders_store_writable",
                                 "1 when Redis takes writes (a primary, memory below maxmemory, "
                                 "persistence ok, noeviction); 0 otherwise or unreadable",
@@ -396,14 +415,10 @@ class PipelineCollector:
                                     value=state.headroom_ratio)
 
     def _queue_roles(self):
-        # Rules and dashboards find the DLQs by role: the queues' names are settings.
-        roles = {**{name: "orders" for name in self.settings.consumed_queue_urls},
-                 self.settings.dlq_name: "orders_dlq", self.settings.files_queue: "files",
-                 self.settings.files_dlq: "files_dlq"}
         info = GaugeMetricFamily("orders_queue_info", "What each queue of orders_queue_messages "
                                  "is for (orders, orders_dlq, files, files_dlq)",
                                  labels=["queue", "role"])
-        for queue, role in roles.items():
+        for queue, role in queue_roles(self.settings).items():
             info.add_metric([queue, role], 1)
         return info
 
