@@ -63,6 +63,10 @@ class DashboardSchema(Schema):
                            metadata={"description": "messages by outcome since the start"})
     task_events = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
                               metadata={"description": "task runs retried, failed"})
+    rejected_by_field = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                                    required=True, metadata={
+                                        "description": "rejections naming each field "
+                                                       "(_schema: the whole body)"})
     queues = fields.List(fields.Nested(QueueDepthSchema), required=True, allow_none=True,
                          metadata={"description": "null while SQS's figures are not current"})
     workers_live = fields.Integer(required=True, allow_none=True, metadata={
@@ -83,7 +87,8 @@ def dashboard():
 @blp.response(200, DashboardSchema)
 @blp.alt_response(503, description="Redis does not answer")
 def figures():
-    """The pipeline's figures now: messages by outcome, task events, queue depths (while
+    """The pipeline's figures now: messages by outcome, task events, rejections by field,
+    queue depths (while
     current), the live workers, the store's writability and memory headroom, the latest
     files executions. Totals since the start: the page draws rates from two readings."""
     extensions = current_app.extensions
@@ -99,6 +104,7 @@ def figures():
         "time": time.time(),
         "outcomes": store.outcomes(),
         "task_events": store.task_events(),
+        "rejected_by_field": store.rejected_by_field(),
         "queues": queues,
         "workers_live": workers.live(now),
         "workers": [{"worker": name, "up": seen.live(now),

@@ -73,16 +73,28 @@ def test_the_dashboard_draws_the_pipelines_figures(settings, store, sqs_client, 
         wait_for(lambda: tile(name) == f"{outcomes[name]:,}", timeout=20,
                  message=f"the {name} tile")
     wait_for(lambda: tile("orders-dlq") == "3", timeout=20, message="the DLQ's depth")
-    figures = requests.get(f"{api}/dashboard/figures", timeout=10).json()
+    # An API process hears the workers from its first /metrics or figures on: wait for one
+    # that has listened.
+    figures = wait_for(lambda: (f := requests.get(f"{api}/dashboard/figures", timeout=10).json())
+                       ["workers_live"] is not None and f, timeout=20,
+                       message="figures from an API process that heard the workers")
     assert figures["outcomes"] == outcomes
-    assert figures["workers"][0]["worker"] == f"w1@{socket.gethostname()}"
+    assert [w["worker"] for w in figures["workers"]] == [f"w1@{socket.gethostname()}"]
+    assert figures["workers_live"] == 1
     assert tile("failed") == str(store.task_events().get("failed", 0))
     assert tile("files-dlq") == "0"
     assert tile("headroom") == "no limit"  # the tests' redis-server has no maxmemory
-    rows = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
-            for row in browser.find_elements(By.CSS_SELECTOR, "#executions tbody tr")]
-    assert rows == [[r["execution_id"], r["status"], r["started_at"], str(r["rows_read"]),
-                     str(r["rows_kept"])] for r in reversed(records)]
+    def table(name):
+        return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+                for row in browser.find_elements(By.CSS_SELECTOR, f"#{name} tbody tr")]
+
+    assert table("executions") == [[r["execution_id"], r["status"], r["started_at"],
+                                    str(r["rows_read"]), str(r["rows_kept"])]
+                                   for r in reversed(records)]
+    by_field = store.rejected_by_field()
+    assert sum(by_field.values()) >= expected["rejected"]
+    assert sorted(table("rejections")) == sorted([field, str(count)]
+                                                 for field, count in by_field.items())
 
     # The charts drew: the rates saw the orders go by, in the counted series' colour.
     charts = json.loads(browser.execute_script(

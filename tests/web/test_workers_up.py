@@ -28,15 +28,16 @@ def test_a_worker_is_up_while_its_heartbeats_arrive_and_down_once_it_stops(
     assert up not in found
 
     worker = start_worker()
-    found = wait_for(lambda: (f := scrape(api_server)).get(up) == 1 and f, timeout=30,
-                     message="the worker's heartbeat in /metrics")
+    # Each scrape lands on either API process: one that has listened long enough to count.
+    found = wait_for(lambda: (f := scrape(api_server)).get(up) == 1 and live in f and f,
+                     timeout=30, message="the worker's heartbeat in /metrics")
     assert found[live] == 1
     assert 0 <= found[("orders_worker_heartbeat_age_seconds", (("worker", hostname),))] < 4
 
     worker.stop()
     # Its worker-offline event, or two missed heartbeats, make it down.
-    found = wait_for(lambda: (f := scrape(api_server)).get(up) == 0 and f, timeout=30,
-                     message="the stopped worker down in /metrics")
+    found = wait_for(lambda: (f := scrape(api_server)).get(up) == 0 and live in f and f,
+                     timeout=30, message="the stopped worker down in /metrics")
     assert found[live] == 0 and found[control_plane] == 1
 
 

@@ -72,17 +72,26 @@
     show("headroom", !figures.store.writable ? "refusing writes" :
          headroom === null ? "no limit" : `${(headroom * 100).toFixed(1)} %`,
          !figures.store.writable || (headroom !== null && headroom < 0.1));
-    const rows = figures.files_executions.map((e) => {
+    const rejections = Object.entries(figures.rejected_by_field)
+      .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+    fill("#rejections", rejections);
+    fill("#executions", figures.files_executions.map((e) =>
+      [e.execution_id, e.status, e.started_at || "", e.rows_read, e.rows_kept]));
+    document.querySelectorAll("#executions tbody tr").forEach((row) => {
+      row.children[1].className = row.children[1].textContent;
+    });
+  }
+
+  function fill(table, rows) {
+    document.querySelector(`${table} tbody`).replaceChildren(...rows.map((values) => {
       const row = document.createElement("tr");
-      [e.execution_id, e.status, e.started_at || "", e.rows_read, e.rows_kept].forEach((v) => {
+      values.forEach((value) => {
         const cell = document.createElement("td");
-        cell.textContent = String(v);  // text, never HTML: the ids come from file names
+        cell.textContent = String(value);  // text, never HTML: fields and ids come from senders
         row.appendChild(cell);
       });
-      row.children[1].className = e.status;
       return row;
-    });
-    document.querySelector("#executions tbody").replaceChildren(...rows);
+    }));
   }
 
   async function poll() {
