@@ -18,10 +18,12 @@ VENV_STAMP := $(VENV)/.installed
 SQS_VENV_STAMP := $(SQS_VENV)/.installed
 
 .PHONY: help deps .venv .venv-sqs redis-server run test clean distclean bench bench-deps wrk \
-	compose-cli chromium test-upgrade docs deploy-tools monitoring-tools prometheus dashboard
+	compose-cli chromium test-upgrade docs deploy-tools monitoring-tools prometheus dashboard \
+	vendor-uplot
 
 help:
-	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders"
+	@echo "make run        start SQS (LocalStack), Redis, worker, API, Flower and demo orders;"
+	@echo "                MONITORING=1 also Prometheus with the alert rules"
 	@echo "make test       run the test suite (PYTEST_ARGS='-k ...' to select)"
 	@echo "make test-upgrade  the suite on the newest celery and kombu patch releases"
 	@echo "make docs       build the documentation site into var/site (strict: any warning fails)"
@@ -127,14 +129,26 @@ prometheus:
 dashboard: $(MONITORING_STAMP)
 	$(VENV)/bin/python deploy/monitoring/dashboard.py
 
+# uPlot for the API's /dashboard, from the npm registry (committed under web/static/vendor,
+# so neither a clone nor the page needs npm or the internet; this target refreshes it).
+UPLOT_VERSION = 1.6.32
+vendor-uplot:
+	rm -rf .uplot && mkdir .uplot && cd .uplot && npm pack --silent uplot@$(UPLOT_VERSION) && \
+		tar xzf uplot-$(UPLOT_VERSION).tgz
+	cp .uplot/package/dist/uPlot.iife.min.js .uplot/package/dist/uPlot.min.css \
+		.uplot/package/LICENSE web/static/vendor/uplot/
+	rm -rf .uplot
+
 # exec: make's shell becomes orders-stack, so Ctrl-C reaches it and it cleans up.
-run: deps
+# MONITORING=1 also starts Prometheus (Debian's package) with deploy/monitoring/rules.yml.
+run: deps $(if $(filter 1 true yes on,$(MONITORING)),prometheus)
 	exec $(VENV)/bin/orders-stack run
 
 # bench-deps too: tests/bench smoke-runs the harness (wrk, the FastAPI peer) on a few orders;
 # compose-cli: tests/test_compose.py has compose parse docker-compose.yml (no engine needed).
-# chromium: tests/web/test_docs_browser.py opens /docs in a headless browser, offline, and
-# tests/docs/test_site_browser.py drives the documentation site in it (chromedriver).
+# chromium: tests/web/test_docs_browser.py opens /docs in a headless browser, offline,
+# tests/docs/test_site_browser.py drives the documentation site in it (chromedriver), and
+# tests/web/test_dashboard_browser.py the API's /dashboard.
 # deploy-tools: tests/deploy lints the template and validates the manifests.
 # monitoring-tools: tests/monitoring proves the alert rules with promtool and Prometheus.
 test: bench-deps compose-cli chromium deploy-tools monitoring-tools

@@ -283,11 +283,20 @@ class Settings:
     @property
     def control_plane_url(self) -> str:
         """Redis URL for Celery events and remote control."""
-        if self.control_url:
-            return self.control_url
-        parts = urlsplit(self.redis_url)
-        db = int(parts.path.lstrip("/") or 0)
-        return urlunsplit(parts._replace(path=f"/{db + 1}"))
+        return self.control_url or next_database(self.redis_url)
+
+    @property
+    def api_control_url(self) -> str:
+        """Redis URL the API hears the workers' heartbeats on, with the API's credentials
+        when CONTROL_URL is not given."""
+        return self.control_url or next_database(self.api_store_url)
+
+
+def next_database(url: str) -> str:
+    """url with the next database number (the control plane beside the store)."""
+    parts = urlsplit(url)
+    db = int(parts.path.lstrip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{db + 1}"))
 
 
 @dataclass(frozen=True)
@@ -309,6 +318,10 @@ class StackSettings:
         "cluster bus.")
     api_port: int = setting(8000, "Port of the API under `make run`.")
     flower_port: int = setting(5555, "Port of Flower under `make run`.")
+    monitoring: bool = setting(
+        False, "`MONITORING=1 make run` also starts Prometheus (Debian's package) on loopback "
+        "with `deploy/monitoring/rules.yml`, scraping the API.")
+    prometheus_port: int = setting(9090, "Port of Prometheus under `MONITORING=1 make run`.")
     demo_orders: int = setting(3000, "Sample orders `make run` sends; 0 for none.")
     demo_file_orders: int = setting(
         500, "Orders in the sample files `make run` uploads to the files bucket's `input/`; "

@@ -18,12 +18,13 @@ API_USER = "api"
 # cannot run a script of its own (`while true do end` would stop Redis), and FCALL_RO
 # refuses any function without the no-writes flag. A function is also held to this
 # command list, command by command. CLUSTER SLOTS/SHARDS and COMMAND let redis-py's
-# cluster client find the nodes of a Redis Cluster.
+# cluster client find the nodes of a Redis Cluster. SUBSCRIBE to the workers' events lets
+# /metrics count the live workers (web/metrics.py WorkerHeartbeats); it writes nothing.
 USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
-    API_USER: ("resetkeys", "~*", "resetchannels", "-@all", "+@read", "-@dangerous",
-               "+@transaction", "+ping", "+info", "+hello", "+select", "+fcall_ro",
-               "+cluster|slots", "+cluster|shards", "+command"),
+    API_USER: ("resetkeys", "~*", "resetchannels", "&/*.celeryev/worker.*", "-@all", "+@read",
+               "-@dangerous", "+@transaction", "+ping", "+info", "+hello", "+select",
+               "+fcall_ro", "+cluster|slots", "+cluster|shards", "+command", "+subscribe"),
 }
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import click
 import redis
@@ -22,6 +23,7 @@ from stack import redis_users
 from stack.cluster import BUS_OFFSET, LocalRedisCluster
 from stack.launch import (SCRIPTS, api_command, files_queues, flower_command, orders_queues,
                           worker_command)
+from stack.prometheus import RULES, PrometheusServer
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             require_free_port, wait_http)
 
@@ -117,6 +119,8 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     env["PYTHONUNBUFFERED"] = "1"
     require_free_port(api_port, "the API (gunicorn)")
     require_free_port(flower_port, "Flower")
+    if stack.settings.monitoring:
+        require_free_port(stack.settings.prometheus_port, "Prometheus")
 
     say(f"creating queues {', '.join(settings.consumed_queue_urls)} and {settings.dlq_name}")
     try:
@@ -157,7 +161,20 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     wait_http(f"{api_url}/health", web, HEALTH_TIMEOUT, status=200, watched=(*watched, flower))
     flower_url = (f"http://127.0.0.1:{flower_port} (user {FLOWER_USER}, "
                   f"password {flower_password})")
+    if stack.settings.monitoring:
+        start_prometheus(stack, f"127.0.0.1:{api_port}")
     return settings, env, api_url, flower_url
+
+
+def start_prometheus(stack: Stack, api_target: str) -> PrometheusServer:
+    """Prometheus on loopback with the shipped rules, scraping the API at api_target."""
+    port = stack.settings.prometheus_port
+    say(f"starting Prometheus on 127.0.0.1:{port} with {RULES.relative_to(PROJECT_ROOT)}, "
+        f"data in {stack.var_dir}/prometheus")
+    server = PrometheusServer(stack.var_dir / "prometheus", [api_target], port=port,
+                              log_dir=stack.log_dir)
+    stack.servers.append(server)
+    return server.start()
 
 
 def start_redis(stack: Stack) -> dict[str, str]:
@@ -229,8 +246,12 @@ def start_cluster(stack: Stack, passwords: dict[str, str]) -> LocalRedisCluster:
 def api_environment(env: dict[str, str], settings: app_settings.Settings) -> dict[str, str]:
     """The API's environment: its own Redis credentials only (read-only under make run)."""
     url = settings.api_store_url
-    # CONTROL_URL empty: derived from REDIS_URL, so no URL of the workers' user is left.
-    return {**env, "REDIS_URL": url, "API_REDIS_URL": url, "CONTROL_URL": ""}
+    # CONTROL_URL with the API's own credentials (it hears the workers' heartbeats there),
+    # so no URL of the workers' user is left.
+    api = urlsplit(url)
+    control = (redis_users.url_for(settings.control_plane_url, unquote(api.username or ""),
+                                   unquote(api.password)) if api.password else "")
+    return {**env, "REDIS_URL": url, "API_REDIS_URL": url, "CONTROL_URL": control}
 
 
 def flower_environment(env: dict[str, str], settings: app_settings.Settings,
@@ -312,7 +333,11 @@ def run():
             upload_demo_files(stack, env, stack.settings.demo_file_orders)
         say(f"API:    {api_url}/stats/global")
         say(f"KPIs:   {api_url}/kpis/orders?from=2024-01-01&to=2024-01-31 (docs {api_url}/docs)")
+        say(f"Dashboard: {api_url}/dashboard")
         say(f"Flower: {flower_url}")
+        if stack.settings.monitoring:
+            say(f"Prometheus: http://127.0.0.1:{stack.settings.prometheus_port}/alerts "
+                f"(rules {RULES.relative_to(PROJECT_ROOT)})")
         say(f"SQS:    {settings.sqs_endpoint_url} (queue {settings.orders_url})")
         say(f"Redis:  {without_password(settings.redis_url)} (URLs for the CLI: "
             f"set -a; . {stack.var_dir}/redis.env; set +a)")

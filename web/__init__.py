@@ -65,11 +65,14 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     flask_app.extensions["files_store"] = FilesStore(flask_app.extensions["store"].redis)
 
     api = JsonApi(flask_app)
-    from web import analytics, files, health, metrics, stats  # blueprints import the app's helpers
+    # The blueprints import the app's helpers.
+    from web import analytics, dashboard, files, health, metrics, stats
     api.register_blueprint(stats.blp)
     api.register_blueprint(analytics.blp)
     api.register_blueprint(files.blp)
     api.register_blueprint(health.blp)
+    api.register_blueprint(dashboard.blp)
+    flask_app.register_blueprint(dashboard.page)
     # SQS is read by a background thread (web.metrics.SqsFigures), never by a request.
     metrics.init_app(flask_app, settings, flask_app.extensions["store"])
 

@@ -1,6 +1,9 @@
-"""Prometheus metrics: pipeline state (Redis at scrape time, SQS from a cache), API latency."""
+"""Prometheus metrics: pipeline state (Redis at scrape time, SQS from a cache, workers'
+heartbeats from the control plane), API latency."""
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import threading
@@ -8,6 +11,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
+import redis
+from celery.events.state import heartbeat_expires
 from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
                                generate_latest, multiprocess)
@@ -127,13 +132,182 @@ def _refresh_forever(figures_ref: "weakref.ref[SqsFigures]", interval: float) ->
         time.sleep(interval)
 
 
+# The workers' events on the control-plane Redis: kombu's Redis transport publishes the
+# "celeryev" fanout exchange on PUB/SUB channel "/{db}.celeryev/{routing key}" (its
+# fanout_prefix and fanout_patterns transport options, on by default), each message a
+# JSON envelope whose body is base64-encoded JSON (kombu 5.7; tests/web/test_workers_up.py).
+WORKER_EVENTS = ("worker.online", "worker.heartbeat", "worker.offline")
+# Celery's heartbeat interval (the worker's Heart step: 2 s): a listener subscribed for less
+# than two of them may not have heard a live worker yet.
+DEFAULT_HEARTBEAT_FREQ = 2.0
+# A worker silent for this long is forgotten: its series leave /metrics.
+FORGET_WORKER_AFTER = 600.0
+
+
+def worker_event_channels(control_url: str) -> list[str]:
+    """The PUB/SUB channels of the workers' online, heartbeat and offline events."""
+    db = redis.connection.parse_url(control_url).get("db", 0)
+    return [f"/{db}.celeryev/{event}" for event in WORKER_EVENTS]
+
+
+def decode_worker_event(payload: bytes) -> dict:
+    """The Celery event a kombu Redis PUB/SUB message carries."""
+    envelope = json.loads(payload)
+    body = envelope["body"]
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return json.loads(body)
+
+
+@dataclass(frozen=True)
+class WorkerSeen:
+    """A worker's last event: when it arrived (monotonic), its heartbeat interval, offline."""
+
+    received: float
+    freq: float
+    offline: bool
+
+    def live(self, now: float) -> bool:
+        """Celery's rule (celery.events.state): live until two intervals without a beat."""
+        return not self.offline and now < heartbeat_expires(self.received, self.freq)
+
+
+@dataclass(frozen=True)
+class WorkersSnapshot:
+    """The workers heard of; whether the listener is subscribed and has listened long enough
+    to count the live ones; the error while it is not."""
+
+    workers: dict[str, WorkerSeen]
+    connected: bool
+    settled: bool
+    error: str | None
+
+    def live(self, now: float) -> int | None:
+        """How many workers are live; None before the listener could have heard them all."""
+        return sum(seen.live(now) for seen in self.workers.values()) if self.settled else None
+
+
+class WorkerHeartbeats:
+    """The workers' heartbeat events, heard by a background thread of this process.
+
+    The API only subscribes (the read-only user needs SUBSCRIBE on the event channels,
+    stack/redis_users.py): it neither pings the workers nor writes to the control plane.
+    """
+
+    def __init__(self, control_url: str, timeout: float):
+        self.channels = worker_event_channels(control_url)
+        self._client = redis.Redis.from_url(control_url, socket_connect_timeout=timeout,
+                                            socket_timeout=timeout, health_check_interval=10)
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerSeen] = {}
+        self._pubsub = None
+        self._subscribed_at: float | None = None
+        self._error: str | None = "not connected yet"
+        self._pid: int | None = None
+
+    def listen(self, seconds: float = 1.0) -> None:
+        """Subscribe if need be, then take the events of the next seconds; on failure,
+        drop the connection and keep the error."""
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(*self.channels)
+                with self._lock:
+                    self._subscribed_at, self._error = time.monotonic(), None
+                logger.info("control plane: listening to the workers' heartbeats")
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                message = self._pubsub.get_message(timeout=left)
+                if message is not None and message["type"] == "message":
+                    self._record(message["data"])
+        except redis.RedisError as exc:
+            with self._lock:
+                changed = self._error != type(exc).__name__
+                self._error, self._subscribed_at = type(exc).__name__, None
+            if changed:  # once per outage
+                logger.warning("control plane: workers' heartbeats unavailable: %s", exc)
+            self._close()
+            time.sleep(2)
+
+    def _record(self, payload: bytes) -> None:
+        try:
+            event = decode_worker_event(payload)
+            seen = WorkerSeen(time.monotonic(), float(event.get("freq") or DEFAULT_HEARTBEAT_FREQ),
+                              event["type"] == "worker-offline")
+            hostname = str(event["hostname"])
+        except (ValueError, KeyError, TypeError) as exc:  # not an event of Celery's
+            logger.warning("control plane: unreadable worker event: %r", exc)
+            return
+        with self._lock:
+            self._workers[hostname] = seen
+
+    def _close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except redis.RedisError:
+                pass
+            self._pubsub = None
+
+    def snapshot(self) -> WorkersSnapshot:
+        """The workers heard of in the last FORGET_WORKER_AFTER seconds."""
+        self._ensure_running()
+        now = time.monotonic()
+        with self._lock:
+            for hostname in [h for h, seen in self._workers.items()
+                             if now - seen.received > FORGET_WORKER_AFTER]:
+                del self._workers[hostname]
+            workers, subscribed_at, error = dict(self._workers), self._subscribed_at, self._error
+        connected = subscribed_at is not None
+        settled = connected and now >= heartbeat_expires(subscribed_at, DEFAULT_HEARTBEAT_FREQ)
+        return WorkersSnapshot(workers, connected, settled, error)
+
+    def _ensure_running(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            # A connection inherited from the parent process is not this process's.
+            self._pubsub, self._subscribed_at, self._workers = None, None, {}
+        threading.Thread(target=_listen_forever, args=(weakref.ref(self),),
+                         name="worker-heartbeats", daemon=True).start()
+
+
+def _listen_forever(heartbeats_ref: "weakref.ref[WorkerHeartbeats]") -> None:
+    """Take the workers' events until nothing holds the listener any more."""
+    while (heartbeats := heartbeats_ref()) is not None:
+        heartbeats.listen()
+        del heartbeats
+
+
+def queue_roles(settings) -> dict[str, str]:
+    """What each queue is for: orders, orders_dlq, files or files_dlq.
+
+    Rules and dashboards find the DLQs by role: the queues' names are settings.
+    """
+    return {**{name: "orders" for name in settings.consumed_queue_urls},
+            settings.dlq_name: "orders_dlq", settings.files_queue: "files",
+            settings.files_dlq: "files_dlq"}
+
+
+def store_state(store_health: StoreHealth):
+    """The store's state from its INFO; None when unreadable (not known to take writes)."""
+    try:
+        return store_health.state()
+    except Exception as exc:  # any failure: the reason goes to the log
+        logger.warning("metrics: Redis INFO unavailable: %s", exc)
+        return None
+
+
 class PipelineCollector:
     """Reads the pipeline's counters from Redis on every scrape, queue depths from the cache."""
 
     def __init__(self, settings, store, sqs_figures: SqsFigures, files_store=None,
-                 store_health: StoreHealth | None = None):
+                 store_health: StoreHealth | None = None,
+                 heartbeats: WorkerHeartbeats | None = None):
         self.settings, self.store, self.sqs_figures = settings, store, sqs_figures
         self.files_store, self.store_health = files_store, store_health
+        self.heartbeats = heartbeats
 
     def collect(self):
         """Yield the metric families; a source that is down is reported, not raised."""
@@ -162,7 +336,30 @@ class PipelineCollector:
                     depth.add_metric([queue, state], count)
             yield depth
         up.add_metric(["sqs"], 1 if snapshot.current else 0)
+        if self.heartbeats is not None:
+            workers = self.heartbeats.snapshot()
+            yield from self._worker_families(workers)
+            up.add_metric(["control_plane"], 1 if workers.connected else 0)
         yield up
+
+    @staticmethod
+    def _worker_families(snapshot: WorkersSnapshot):
+        """Each worker heard of: live or not, its heartbeat's age; the live ones' count."""
+        now = time.monotonic()
+        worker_up = GaugeMetricFamily("orders_worker_up", "1 while the worker's heartbeats "
+                                      "arrive (Celery's rule: two intervals), 0 once it is "
+                                      "silent or went offline", labels=["worker"])
+        age = GaugeMetricFamily("orders_worker_heartbeat_age_seconds",
+                                "Seconds since the worker's last event", labels=["worker"])
+        for hostname, seen in sorted(snapshot.workers.items()):
+            worker_up.add_metric([hostname], 1 if seen.live(now) else 0)
+            age.add_metric([hostname], now - seen.received)
+        yield worker_up
+        yield age
+        if (live := snapshot.live(now)) is not None:  # unknown is not 0
+            yield GaugeMetricFamily(
+                "orders_workers_live", "Workers whose heartbeats arrive over the control plane",
+                value=live)
 
     def _redis_families(self):
         # A gauge: a requeued rejection leaves 'rejected', so the number can go down.
@@ -208,11 +405,7 @@ class PipelineCollector:
 
     def _store_families(self):
         """Writability, memory headroom and eviction policy, from the store's INFO."""
-        try:
-            state = self.store_health.state()
-        except Exception as exc:  # unreadable: not known to take writes
-            logger.warning("metrics: Redis INFO unavailable: %s", exc)
-            state = None
+        state = store_state(self.store_health)
         yield GaugeMetricFamily("orders_store_writable",
                                 "1 when Redis takes writes (a primary, memory below maxmemory, "
                                 "persistence ok, noeviction); 0 otherwise or unreadable",
@@ -233,14 +426,10 @@ class PipelineCollector:
                                     value=state.headroom_ratio)
 
     def _queue_roles(self):
-        # Rules and dashboards find the DLQs by role: the queues' names are settings.
-        roles = {**{name: "orders" for name in self.settings.consumed_queue_urls},
-                 self.settings.dlq_name: "orders_dlq", self.settings.files_queue: "files",
-                 self.settings.files_dlq: "files_dlq"}
         info = GaugeMetricFamily("orders_queue_info", "What each queue of orders_queue_messages "
                                  "is for (orders, orders_dlq, files, files_dlq)",
                                  labels=["queue", "role"])
-        for queue, role in roles.items():
+        for queue, role in queue_roles(self.settings).items():
             info.add_metric([queue, role], 1)
         return info
 
@@ -309,8 +498,11 @@ def init_app(flask_app, settings, store):
     # part of /metrics by at most API_STORE_CHECK_TIMEOUT.
     store_health = StoreHealth.from_url(settings.api_store_url, settings.api_store_check_timeout)
     flask_app.extensions["store_health"] = store_health
+    heartbeats = WorkerHeartbeats(settings.api_control_url, settings.api_store_check_timeout)
+    flask_app.extensions["worker_heartbeats"] = heartbeats
     flask_app.extensions["pipeline_collector"] = PipelineCollector(
-        settings, store, figures, flask_app.extensions.get("files_store"), store_health)
+        settings, store, figures, flask_app.extensions.get("files_store"), store_health,
+        heartbeats)
     flask_app.register_blueprint(blp)
 
     @flask_app.before_request

@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import functools
-import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+from conftest import needs_chromium
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (make test installs them)")
+pytestmark = needs_chromium
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -32,21 +28,6 @@ def site_url(site):
     server.shutdown()
     server.server_close()
 
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium driven by chromedriver; any address but loopback is a dead proxy."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                     "--window-size=1280,900", "--proxy-server=http://127.0.0.1:9",
-                     f"--user-data-dir={tmp_path_factory.mktemp('profile')}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    yield driver
-    driver.quit()
 
 
 def test_pages_render_with_the_theme_and_the_generated_tables(browser, site_url, tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,22 +9,21 @@ import pytest
 import requests
 import yaml
 
-from stack.services import Process, free_port, wait_for
+from stack import prometheus
+from stack.prometheus import RULES, PrometheusServer
 
 ROOT = Path(__file__).resolve().parents[2]
-MONITORING = ROOT / "deploy" / "monitoring"
-RULES = MONITORING / "rules.yml"
+MONITORING = RULES.parent
 HERE = Path(__file__).resolve().parent
 RULE_TESTS = sorted(HERE.glob("rules_test*.yml"))
 
 
 def binary(name: str) -> str:
     """Path of a program of Debian's prometheus package; a failure naming the fix if absent."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: `make prometheus` (Debian's prometheus package)",
-                    pytrace=False)
-    return path
+    try:
+        return prometheus.binary(name)
+    except prometheus.ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -63,41 +61,19 @@ def rules_with_for(duration: str) -> dict:
     return document
 
 
-class Prometheus:
-    """Debian's Prometheus server on a free loopback port, a temporary data directory."""
+class Prometheus(PrometheusServer):
+    """stack/prometheus.py's server for a test: a context manager that answers queries."""
 
     def __init__(self, directory: Path, targets: list[str], rules: dict,
-                 interval: str = "1s", job: str = "orders-api"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        rules_file = directory / "rules.yml"
-        rules_file.write_text(yaml.safe_dump(rules, sort_keys=False))
-        config = directory / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(rules_file)],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
-        }))
-        self.process = Process("prometheus", [
-            binary("prometheus"), f"--config.file={config}",
-            f"--storage.tsdb.path={directory / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}"], log_dir=directory, cwd=directory)
+                 interval: str = "1s"):
+        binary("prometheus")
+        super().__init__(directory, targets, rules, interval)
 
     def __enter__(self) -> "Prometheus":
-        self.process.start()
-
-        def ready():
-            assert self.process.running, self.process.log_tail()
-            try:
-                return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(ready, timeout=30, message="Prometheus to be ready")
-        return self
+        return self.start()
 
     def __exit__(self, *exc):
-        self.process.stop(timeout=15)
+        self.stop()
 
     def api(self, path: str, **params) -> dict | list:
         """The data of an HTTP API answer (/api/v1/...)."""

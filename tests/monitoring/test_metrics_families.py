@@ -101,9 +101,17 @@ def test_every_metric_the_rules_and_the_dashboard_read_is_exposed(settings, stor
         execution("e1", "succeeded", 1_000_000, {"orders_a.csv": {"duplicate_key": 1}}))
     api = start_api(replace(settings, metrics_sqs_interval=1))
     requests.get(f"{api}/stats/global", timeout=10)
-    exposed = wait_for(lambda: (found := {name for name, _ in samples(requests.get(
-        f"{api}/metrics", timeout=10).text)}) and "orders_queue_messages" in found and found,
-        timeout=20, message="the queue depths in /metrics")
+    # A maxmemory, for the headroom (the session's Redis has none; restored after).
+    limit = store.redis.config_get("maxmemory")["maxmemory"]
+    store.redis.config_set("maxmemory", 1 << 30)
+    try:
+        # The queue depths once read, the live workers once heard for two heartbeat intervals.
+        exposed = wait_for(lambda: (found := {name for name, _ in samples(requests.get(
+            f"{api}/metrics", timeout=10).text)}) and {
+                "orders_queue_messages", "orders_workers_live"} <= found and found,
+            timeout=20, message="the queue depths and the live workers in /metrics")
+    finally:
+        store.redis.config_set("maxmemory", limit)
     recorded = {rule["record"] for group in yaml.safe_load(RULES.read_text())["groups"]
                 for rule in group["rules"] if "record" in rule}
     expressions = [rule.get("expr", "") for group in yaml.safe_load(RULES.read_text())["groups"]

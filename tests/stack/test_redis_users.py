@@ -12,7 +12,7 @@ from app.analytics import Period, top_users
 from app.orders import Incoming, evaluate
 from app.settings import Settings
 from app.store import Store, lua
-from conftest import order_body
+from conftest import order_body, wait_for
 from stack import redis_users
 from stack.services import RedisServer, free_port
 
@@ -181,7 +181,22 @@ def test_the_api_under_gunicorn_serves_stats_with_the_read_only_user(settings, a
     lua.install_read_functions(worker_store.redis)
     assert 'orders_dependency_up{dependency="redis"} 1.0' in requests.get(
         f"{api_server}/metrics", timeout=10).text
-    # Every connection the API opened is the read-only user's.
+    # Every connection the API opened is the read-only user's (one still in its handshake,
+    # nothing sent yet, shows as the disabled default user: the heartbeats' listener starts
+    # with the first /metrics of each process).
     users = {client["user"] for client in worker_store.redis.client_list()
-             if client["id"] != str(worker_store.redis.client_id())}
+             if client["id"] != str(worker_store.redis.client_id())
+             and (client["user"], client["cmd"]) != ("default", "NULL")}
     assert users == {redis_users.API_USER}
+
+
+def test_the_read_only_api_user_hears_the_workers_heartbeats(settings, start_worker,
+                                                             api_server):
+    start_worker()
+
+    def live():
+        text = requests.get(f"{api_server}/metrics", timeout=10).text
+        return 'orders_workers_live 1.0' in text and text
+
+    text = wait_for(live, timeout=30, message="the worker live in /metrics")
+    assert 'orders_dependency_up{dependency="control_plane"} 1.0' in text
