@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
+from typing import BinaryIO
 
 import boto3
 from botocore.config import Config
@@ -93,6 +95,42 @@ def get_bytes(s3, bucket: str, key: str, version_id: str | None = None) -> bytes
         if exc.response["Error"]["Code"] in GONE:
             return None
         raise
+
+
+# Objects are streamed in slices of this size, never held whole.
+CHUNK_BYTES = 1 << 20
+
+
+class ObjectTooLarge(Exception):
+    """An object is larger than the caller accepts; its size is in the message."""
+
+    def __init__(self, key: str, size: int, max_bytes: int):
+        super().__init__(f"too large: {size:,} bytes, above FILES_MAX_BYTES ({max_bytes:,})")
+        self.key, self.size, self.max_bytes = key, size, max_bytes
+
+
+def download(s3, bucket: str, key: str, target: BinaryIO, version_id: str | None = None,
+             max_bytes: int = 0) -> int | None:
+    """Stream an object (at version_id, else its current version) into target in slices;
+    its size, or None when there is no such key. ObjectTooLarge, before any byte is read,
+    when it is larger than max_bytes (0: no limit)."""
+    request = {"Bucket": bucket, "Key": key}
+    if version_id:
+        request["VersionId"] = version_id
+    try:
+        response = s3.get_object(**request)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "NoSuchVersion", "404"):
+            return None
+        raise
+    with closing(response["Body"]) as body:
+        size = response["ContentLength"]
+        if max_bytes and size > max_bytes:
+            raise ObjectTooLarge(key, size, max_bytes)
+        for chunk in body.iter_chunks(CHUNK_BYTES):
+            target.write(chunk)
+    target.flush()
+    return size
 
 
 _TOPIC_ARNS: dict[tuple[str, str, str], str] = {}

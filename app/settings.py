@@ -144,6 +144,11 @@ class Settings:
         900, "Seconds an execution keeps its file events hidden (the files queue's visibility "
         "timeout, 60 s to 12 h; each step's time limit is half of it): after a lost worker "
         "they come back.")
+    files_max_bytes: int = setting(
+        2 << 30, "Largest file staged, in bytes (2 GiB by default): a larger one is rejected "
+        "with its size as the reason, before any of it is read. A file is streamed to a "
+        "temporary file (TMPDIR) and parsed from there, so each files step needs this much "
+        "disk.")
     files_success_topic: str = setting(
         "PipelineSuccessNotifications", "SNS topic of the executions that succeeded.")
     files_failure_topic: str = setting(
@@ -201,6 +206,8 @@ class Settings:
         if not 0 < self.files_batch_window < self.files_execution_timeout:
             # The events must still be hidden when their execution takes them over.
             raise ValueError("FILES_BATCH_WINDOW must be above 0 and below FILES_EXECUTION_TIMEOUT")
+        if self.files_max_bytes < 1:
+            raise ValueError("FILES_MAX_BYTES must be at least 1")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
         self.earliest_order_at  # raises ValueError when unusable

@@ -1,17 +1,20 @@
-"""make bench's files row: ~1,000,000 order_items rows from upload until their KPIs are served.
+"""make bench's files rows: ~1,000,000 order_items rows, then ten times as many, from upload
+until their KPIs are served.
 
 The pipeline (upload to LocalStack S3 -> S3 event on SQS -> a Celery worker -c 2 -> polars
 cleaning -> Delta merges on S3 -> KPIs in Redis) is timed against the floor of a bare polars
-script doing the same read -> clean -> KPIs on the same files, local, in one process.
+streaming script doing the same read -> clean -> KPIs on the same files, local, in one
+process. Peak memory is each process's VmHWM (the kernel's peak RSS).
 
-    python -m bench.files_pipeline [--items 1000000]     (its own LocalStack and redis-server)
+    python -m bench.files_pipeline [--items 1000000] [--larger 10]
+                                                     (its own LocalStack and redis-server)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +33,9 @@ UPLOADED = ("products.csv", "orders_part1.csv", "order_items_part1.csv")
 # The sample writes 2.5 items per order on average.
 ITEMS_PER_ORDER = 2.5
 POLL_SECONDS = 0.2
-TIMEOUT_SECONDS = 1200
+TIMEOUT_SECONDS = 3600
+# What the files issues ask of the pipeline against the floor.
+TARGET_RATE_RATIO, TARGET_PEAK_RATIO = 0.5, 1.3
 
 
 def generate(out: Path, items: int) -> dict[str, int]:
@@ -39,11 +44,32 @@ def generate(out: Path, items: int) -> dict[str, int]:
                         seed=11)
 
 
+def enlarge(source: Path, out: Path, factor: int) -> dict[str, int]:
+    """The sample files `factor` times over, streamed by polars: copy k's order and item ids
+    get a prefix "k-", products stay (the same catalogue sold more); rows written per file."""
+    import polars as pl
+
+    from app.files.contract import file_type_for
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in UPLOADED:
+        frame = pl.scan_csv(source / name, infer_schema=False)
+        if file_type_for(name).name != "products":
+            ids = [c for c in ("id", "order_id") if c in frame.collect_schema().names()]
+            frame = pl.concat([frame.with_columns(
+                pl.when(pl.col(c).is_null()).then(None).otherwise(pl.lit(f"{k}-") + pl.col(c))
+                .alias(c) for c in ids) for k in range(factor)])
+        frame.sink_csv(out / name)
+        written[name] = pl.scan_csv(out / name, infer_schema=False).select(
+            pl.len()).collect().item()
+    return written
+
+
 def floor_main(directory: str) -> None:
     """The bare script: read, clean and compute every KPI from local files; print figures."""
     import polars as pl
 
-    from app.files.cleaning import clean, read_csv
+    from app.files.cleaning import clean, scan_csv
     from app.files.contract import file_type_for
     from app.files.kpis import compute_frames
 
@@ -51,128 +77,191 @@ def floor_main(directory: str) -> None:
     frames, rows = {}, 0
     for name in UPLOADED:
         file_type = file_type_for(name)
-        cleaned = clean(read_csv((Path(directory) / name).read_bytes(), file_type), file_type)
+        cleaned = clean(scan_csv(Path(directory) / name, file_type), file_type)
         frames[file_type.name] = cleaned.frame.lazy()
         rows += cleaned.rows_read
     order_kpis, category_kpis = compute_frames(frames["orders"], frames["order_items"],
                                                frames["products"])
     print(json.dumps({"seconds": round(time.monotonic() - started, 2), "rows": rows,
                       "dates": len(order_kpis), "category_rows": len(category_kpis),
-                      "polars_threads": pl.thread_pool_size()}))
+                      "polars_threads": pl.thread_pool_size(),
+                      "peak_rss_mb": round(peak_kib(os.getpid()) / 1024)}))
 
 
 def run_floor(directory: Path) -> dict:
     """The floor in a child process: its time, rows/s and peak memory."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     output = subprocess.run([sys.executable, "-m", "bench.files_pipeline", "--floor",
                              str(directory)],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     result = json.loads(output.stdout.strip().splitlines()[-1])
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result.update(rows_per_s=round(result["rows"] / result["seconds"]),
-                  peak_rss_mb=round(max(peak_kib, before) / 1024))
+    result.update(rows_per_s=round(result["rows"] / result["seconds"]))
     return result
 
 
-def rss_mb(pids: list[int]) -> float:
-    """Resident memory of the processes, summed, in MiB."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+def peak_kib(pid: int) -> int:
+    """A process's peak resident memory so far (VmHWM) in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def run_pipeline(settings: Settings, directory: Path, log_dir: Path) -> dict:
-    """Upload the files and time the pipeline until their KPIs are served."""
+def run_pipeline(settings: Settings, directory: Path, log_dir: Path, rows: int) -> dict:
+    """Upload the files and time the pipeline until the KPIs of all `rows` are served.
+
+    An upload longer than the batch window splits the files over several executions: the
+    clock stops when the last one has written its KPIs (its end less its archiving step).
+    """
     sqs.ensure_queues(settings)
     aws.ensure_files_resources(settings)
     worker = Worker(settings, log_dir, name="files",
                     env={"PYTHONPATH": str(PROJECT_ROOT)}).start()
     store = FilesStore.from_url(settings.redis_url)
     s3 = aws.s3_client(settings)
-    peak = 0.0
+    peaks: dict[int, int] = {}  # pid -> VmHWM KiB, main process and pool alike
     try:
         started = time.monotonic()
         for name in UPLOADED:
             s3.upload_file(str(directory / name), settings.files_bucket, aws.INPUT + name)
         uploaded = time.monotonic() - started
-        served = None
         while True:
-            peak = max(peak, rss_mb(worker.service.members()))
-            if served is None and store.order_kpis("2024-01-01", "2024-12-31"):
-                served = time.monotonic() - started
-            done = [e for e in store.executions(5) if e["status"] != "running"]
-            if served is not None and done:
+            for pid in worker.service.members():
+                peaks[pid] = max(peaks.get(pid, 0), peak_kib(pid))
+            records = store.executions(20)
+            if any(r["status"] == "failed" for r in records):
+                raise RuntimeError(f"an execution failed:\n{worker.tail()}")
+            done = [r for r in records if r["status"] == "succeeded"]
+            if len(done) == len(records) and sum(r["rows_read"] for r in done) >= rows:
                 break
             if time.monotonic() - started > TIMEOUT_SECONDS or not worker.service.running:
                 raise RuntimeError(f"no KPIs within {TIMEOUT_SECONDS} s:\n{worker.tail()}")
             time.sleep(POLL_SECONDS)
-        [record] = done
+        last = max(done, key=lambda r: r["finished_at"])
+        served = time.monotonic() - started - last["timings"]["finish_seconds"]
         # files.finish deletes the events after writing the record: let it end first.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(sqs.depth(settings, settings.files_queue)[k]
                                                   for k in ("visible", "in_flight")):
             time.sleep(POLL_SECONDS)
-        rows = record["rows_read"]
-        return {"status": record["status"], "rows": rows, "upload_seconds": round(uploaded, 2),
-                "seconds_to_kpis": round(served, 2), "rows_per_s": round(rows / served),
-                "execution_seconds": record["timings"]["total_seconds"],
-                "stage_seconds": record["timings"]["stage_seconds"],
-                "kpis_seconds": record["timings"]["kpis_seconds"],
-                "dates": len(record["dates"]), "worker_peak_rss_mb": round(peak),
+        rows = sum(r["rows_read"] for r in done)
+        return {"status": "succeeded", "rows": rows, "executions": len(done),
+                "upload_seconds": round(uploaded, 2), "seconds_to_kpis": round(served, 2),
+                "rows_per_s": round(rows / served),
+                "stage_seconds": {n: s for r in done
+                                  for n, s in r["timings"]["stage_seconds"].items()},
+                "kpis_seconds": [r["timings"]["kpis_seconds"] for r in done],
+                "dates": len({d for r in done for d in r["dates"]}),
+                # The largest process is the pool process of the largest file's step; the
+                # sum adds the main process and the other pool process (peaks at any time).
+                "process_peak_rss_mb": round(max(peaks.values()) / 1024),
+                "worker_peak_rss_mb": round(sum(peaks.values()) / 1024),
                 "window_seconds": settings.files_batch_window}
     finally:
         worker.stop(timeout=30)
 
 
-def run(redis_url: str, control_url: str, sqs_endpoint: str, log_dir: Path,
-        items: int = 1_000_000) -> dict:
-    """The files row: sample files, the floor, then the pipeline, on the given servers."""
-    suffix = uuid.uuid4().hex[:8]
-    settings = Settings(redis_url=redis_url, control_url=control_url,
-                        sqs_endpoint_url=sqs_endpoint, orders_queue=f"bench-files-{suffix}",
-                        files_queue=f"bench-files-{suffix}-events",
-                        files_bucket=f"bench-files-{suffix}", files_batch_window=2)
-    with tempfile.TemporaryDirectory(prefix="bench-files-") as directory:
-        written = generate(Path(directory), items)
-        result = {"files": {n: written[n] for n in UPLOADED},
-                  "floor": run_floor(Path(directory)),
-                  "pipeline": run_pipeline(settings, Path(directory), log_dir)}
-    result["pipeline_vs_floor"] = round(result["pipeline"]["rows_per_s"]
-                                        / result["floor"]["rows_per_s"], 3)
+def run_size(settings: Settings, directory: Path, log_dir: Path, written: dict) -> dict:
+    """One size's row: the floor, then the pipeline, on the same files."""
+    result = {"files": {n: written[n] for n in UPLOADED},
+              "bytes": sum((directory / n).stat().st_size for n in UPLOADED),
+              "floor": run_floor(directory),
+              "pipeline": run_pipeline(settings, directory, log_dir,
+                                       sum(written[n] for n in UPLOADED))}
+    floor, pipeline = result["floor"], result["pipeline"]
+    result["pipeline_vs_floor"] = round(pipeline["rows_per_s"] / floor["rows_per_s"], 3)
+    result["process_peak_vs_floor"] = round(pipeline["process_peak_rss_mb"]
+                                            / floor["peak_rss_mb"], 2)
+    result["worker_peak_vs_floor"] = round(pipeline["worker_peak_rss_mb"]
+                                           / floor["peak_rss_mb"], 2)
     return result
 
 
+def run(redis_url: str, control_url: str, sqs_endpoint: str, log_dir: Path,
+        items: int = 1_000_000, larger: int = 10) -> dict:
+    """The files rows: sample files, the floor, then the pipeline, on the given servers; the
+    same again on files `larger` times as large (0: not)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-files-") as directory:
+        base = Path(directory) / "x1"
+        written = generate(base, items)
+        for index, factor in enumerate([1] + ([larger] if larger > 1 else [])):
+            suffix = uuid.uuid4().hex[:8]
+            # Each size's KPIs and execution in a database of their own (2, 3 of the server).
+            settings = Settings(redis_url=f"{redis_url.rsplit('/', 1)[0]}/{2 + index}",
+                                control_url=control_url,
+                                sqs_endpoint_url=sqs_endpoint,
+                                orders_queue=f"bench-files-{suffix}",
+                                files_queue=f"bench-files-{suffix}-events",
+                                files_bucket=f"bench-files-{suffix}", files_batch_window=2)
+            if factor == 1:
+                rows.append({"factor": 1, **run_size(settings, base, log_dir, written)})
+            else:
+                scaled = Path(directory) / f"x{factor}"
+                rows.append({"factor": factor, **run_size(settings, scaled, log_dir,
+                                                          enlarge(base, scaled, factor))})
+                shutil.rmtree(scaled)
+    return {"sizes": rows, "targets": {"rows_per_s_ratio": TARGET_RATE_RATIO,
+                                       "peak_ratio": TARGET_PEAK_RATIO}}
+
+
 def markdown(result: dict) -> str:
-    """The files row as a small Markdown table."""
-    floor, pipeline = result["floor"], result["pipeline"]
-    return "\n".join([
-        f"Files: {result['files']['order_items_part1.csv']:,} order_items rows, "
-        f"{result['files']['orders_part1.csv']:,} orders, "
-        f"{result['files']['products.csv']:,} products "
-        f"({pipeline['rows']:,} rows), upload → KPIs in Redis",
+    """The files rows as a small Markdown table."""
+    first = result["sizes"][0]
+    lines = [
+        f"Files: {first['files']['order_items_part1.csv']:,} order_items rows, "
+        f"{first['files']['orders_part1.csv']:,} orders, "
+        f"{first['files']['products.csv']:,} products "
+        f"({first['pipeline']['rows']:,} rows, {first['bytes'] / 2**20:,.0f} MiB), "
+        + "".join(f"then {size['factor']}× as many, " for size in result["sizes"][1:])
+        + "upload → KPIs in Redis. Peak memory: VmHWM of the largest process, and summed "
+        "over the worker's main and pool processes. Targets: rows/s ≥ "
+        f"{result['targets']['rows_per_s_ratio']}× the floor's, peak ≤ "
+        f"{result['targets']['peak_ratio']}× the floor's.",
         "",
-        "| Contender | Seconds | Rows/s | Peak memory |",
-        "|---|---|---|---|",
-        f"| bare polars script, local files (floor) | {floor['seconds']} | "
-        f"{floor['rows_per_s']:,} | {floor['peak_rss_mb']} MiB |",
-        f"| files pipeline (S3, SQS, worker -c 2, Delta on S3, Redis; "
-        f"{pipeline['window_seconds']:g} s window included) | {pipeline['seconds_to_kpis']} | "
-        f"{pipeline['rows_per_s']:,} ({result['pipeline_vs_floor']}× the floor) | "
-        f"{pipeline['worker_peak_rss_mb']} MiB (worker and pool) |",
-        ""])
+        "| Rows | MiB | Contender | Seconds | Rows/s | Peak, largest process | "
+        "Peak, worker summed |",
+        "|---:|---:|---|---:|---:|---:|---:|"]
+    for size in result["sizes"]:
+        floor, pipeline = size["floor"], size["pipeline"]
+        head = f"| {pipeline['rows']:,} | {size['bytes'] / 2**20:,.0f} |"
+        lines += [
+            f"{head} bare polars streaming script, local files (floor) | {floor['seconds']} | "
+            f"{floor['rows_per_s']:,} | {floor['peak_rss_mb']:,} MiB | – |",
+            f"{head} files pipeline (S3, SQS, worker -c 2, Delta on S3, Redis; "
+            f"{pipeline['window_seconds']:g} s window included) | {pipeline['seconds_to_kpis']} | "
+            f"{pipeline['rows_per_s']:,} ({size['pipeline_vs_floor']}× the floor) | "
+            f"{pipeline['process_peak_rss_mb']:,} MiB ({size['process_peak_vs_floor']}×) | "
+            f"{pipeline['worker_peak_rss_mb']:,} MiB ({size['worker_peak_vs_floor']}×) |"]
+    return "\n".join(lines + [""])
+
+
+def files_targets(result: dict | None) -> list[tuple[str, str, bool]]:
+    """The files targets against a run's figures: (target, measured, met), per size."""
+    found = []
+    for size in (result or {}).get("sizes", []):
+        rows = f"{size['pipeline']['rows']:,} rows"
+        found += [
+            (f"files rows/s ≥ {TARGET_RATE_RATIO}× the bare polars script, {rows}",
+             f"{size['pipeline_vs_floor']}×", size["pipeline_vs_floor"] >= TARGET_RATE_RATIO),
+            (f"files peak memory ≤ {TARGET_PEAK_RATIO}× the script's, largest process, {rows}",
+             f"{size['process_peak_vs_floor']}×",
+             size["process_peak_vs_floor"] <= TARGET_PEAK_RATIO),
+            (f"files peak memory ≤ {TARGET_PEAK_RATIO}× the script's, worker summed, {rows}",
+             f"{size['worker_peak_vs_floor']}×",
+             size["worker_peak_vs_floor"] <= TARGET_PEAK_RATIO)]
+    return found
 
 
 def main(argv=None):
     """Run the files row alone, on its own LocalStack and redis-server."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--larger", type=int, default=10,
+                        help="a second row on files this many times as large; 0 for none")
     parser.add_argument("--floor", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -187,12 +276,14 @@ def main(argv=None):
             data.start()
             server.start()
             result = run(data.url, data.url.replace("/0", "/1"), server.endpoint_url, log_dir,
-                         args.items)
+                         args.items, args.larger)
         finally:
             server.stop()
             data.cleanup()
     (args.out / "files.json").write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
+    for target, measured, met in files_targets(result):
+        print(f"- {target}: {measured} ({'met' if met else 'not met'})")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import subprocess
 import time
 from importlib import metadata
 
-from bench.files_pipeline import markdown as files_markdown
+from bench.files_pipeline import files_targets, markdown as files_markdown
 from bench.range_queries import markdown as range_markdown
 from stack.services import PROJECT_ROOT, sqs_server_python
 
@@ -417,7 +417,8 @@ def _targets(results: dict) -> list[str]:
     lines = []
     for subject, found in (("Ingest and API", targets(results)),
                            ("Round-trip and scale-out", latency_targets(results)),
-                           ("Before and after", baseline_targets(results))):
+                           ("Before and after", baseline_targets(results)),
+                           ("Batch files", files_targets(results.get("files")))):
         if not found:
             continue
         lines += ["", f"### {subject} targets, from this run's figures", "",
@@ -463,7 +464,7 @@ def _cluster(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     """The whole table: header, ingest, API, scale and targets."""
-    lines = _header(results) + _ingest(results)
+    lines = _header(results) + (_ingest(results) if results.get("ingest") else [])
     if results.get("rounds"):
         lines += _rounds(results)
     lines += _baseline(results)

@@ -11,11 +11,14 @@ ports; then, each on a fresh queue and a flushed Redis:
    trip of --rtts, and the project with 1, 2 and 4 worker processes at the largest;
 2. wrk against the project's gunicorn API and the seed-style FastAPI peer;
 3. the project's ingest at several user counts, with Redis memory per user;
-4. the batch files path on about --files-items order_items rows against a bare polars
-   script (bench/files_pipeline.py);
+4. the batch files path on about --files-items order_items rows, then --files-larger times
+   as many, against a bare polars streaming script (bench/files_pipeline.py);
 5. top users over 3 months and a year at --range-orders-per-day orders a day, merged page
    by page against the ZUNIONSTORE script, on its own redis-server (bench/range_queries.py),
    with the users spread over the shards as the store places them and all in one shard.
+
+--parts (BENCH_PARTS) runs some of these only: ingest (1 to 3 and the Redis durability and
+Cluster rows, which share the generated orders), files (4), range (5).
 
 Prints one Markdown table and writes it with the raw figures to --out (latest.md, latest.json).
 The servers and the ingest run are bench/harness.py; the contenders bench/contenders.py;
@@ -42,6 +45,9 @@ from bench.contenders import (baseline_tree, run_bare_loop, run_baseline, run_cl
                               run_seed, run_stock_celery, warm_up)
 from bench.harness import MAX_SECONDS, Orders, start_stack
 from stack.services import PROJECT_ROOT
+
+
+PARTS = ("ingest", "files", "range")
 
 
 def env_int(name: str, default: int) -> int:
@@ -93,6 +99,10 @@ def parse_args(argv):
     parser.add_argument("--files-items", type=int,
                         default=env_int("BENCH_FILES_ITEMS", 1_000_000),
                         help="order_items rows of the files row; 0 skips it [BENCH_FILES_ITEMS]")
+    parser.add_argument("--files-larger", type=int, default=env_int("BENCH_FILES_LARGER", 10),
+                        help="a second files row on this many times as many rows (ten: a 1 GB "
+                             "order_items file, some minutes); 0 or 1 for none "
+                             "[BENCH_FILES_LARGER]")
     parser.add_argument("--range-orders-per-day", type=int,
                         default=env_int("BENCH_RANGE_ORDERS_PER_DAY", 10_000),
                         help="orders a day of the range rankings' data; 0 skips them "
@@ -112,6 +122,9 @@ def parse_args(argv):
                         help="a git revision (e.g. HEAD~3, a tag): its worker's ingest beside "
                              "this checkout's at 0 ms, --rounds times interleaved (at least "
                              "once), for a before/after ratio [BENCH_BASELINE]")
+    parser.add_argument("--parts", default=os.environ.get("BENCH_PARTS", ",".join(PARTS)),
+                        help=f"comma-separated parts to run among {', '.join(PARTS)} (all by "
+                             "default) [BENCH_PARTS]")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
                         help="where latest.md, latest.json and the logs go")
     return parser.parse_args(argv)
@@ -120,6 +133,9 @@ def parse_args(argv):
 def main(argv=None):
     """Run everything once; print the table and write latest.md and latest.json."""
     args = parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - set(PARTS):
+        raise SystemExit(f"--parts: choose among {', '.join(PARTS)}, not {args.parts!r}")
     args.scale_orders = args.scale_orders or args.orders
     log_dir = args.out / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)  # logs append: start from empty ones
@@ -136,68 +152,71 @@ def main(argv=None):
         "scale_orders": args.scale_orders, "max_seconds": args.max_seconds,
         "files_items": args.files_items, "durability": args.durability,
         "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days,
-        "cluster": args.cluster, "rounds": args.rounds, "baseline": args.baseline}}
+        "cluster": args.cluster, "rounds": args.rounds, "baseline": args.baseline,
+        "files_larger": args.files_larger, "parts": sorted(parts)}, "ingest": []}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:
         stack = start_stack(Path(stack_dir), log_dir, exits)
         stack.max_seconds = args.max_seconds
         results["meta"]["redis_server"] = stack.data_meter.client.info("server")["redis_version"]
-        orders = Orders.generate(args.orders, users=args.users, products=args.products)
-        results["settings"]["describe"] = orders.describe()
-        warm_up(stack, orders)
-        if args.api_only:
+        if "ingest" in parts:
+            orders = Orders.generate(args.orders, users=args.users, products=args.products)
+            results["settings"]["describe"] = orders.describe()
+            warm_up(stack, orders)
+            if args.api_only:
+                gunicorn, api_url = start_gunicorn(stack)
+                exits.callback(gunicorn.stop)
+                results["ingest"] = [run_project(stack, orders, api_url=api_url)]
+                results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
+                                         api_connections)
+                return _write(args, results)
+            # The proxy check compares two rates near each other on shared cores: each drain
+            # runs twice, interleaved, and its row is the better run.
+            drains = [run_drain(stack, orders, through_proxy=through_proxy)
+                      for through_proxy in (False, True, False, True)]
+            results["proxy_check"] = {"direct_per_s": [d["orders_per_s"] for d in drains[0::2]],
+                                      "proxy_per_s": [d["orders_per_s"] for d in drains[1::2]]}
+            results["ingest"] = [max(drains[0::2], key=lambda d: d["orders_per_s"]),
+                                 max(drains[1::2], key=lambda d: d["orders_per_s"]),
+                                 run_seed(stack, orders),
+                                 run_stock_celery(stack, orders),
+                                 run_stock_celery(stack, orders, tuned=True),
+                                 run_bare_loop(stack, orders)]
             gunicorn, api_url = start_gunicorn(stack)
             exits.callback(gunicorn.stop)
-            results["ingest"] = [run_project(stack, orders, api_url=api_url)]
-            results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
-                                     api_connections)
-            return _write(args, results)
-        # The proxy check compares two rates near each other on shared cores: each drain
-        # runs twice, interleaved, and its row is the better run.
-        drains = [run_drain(stack, orders, through_proxy=through_proxy)
-                  for through_proxy in (False, True, False, True)]
-        results["proxy_check"] = {"direct_per_s": [d["orders_per_s"] for d in drains[0::2]],
-                                  "proxy_per_s": [d["orders_per_s"] for d in drains[1::2]]}
-        results["ingest"] = [max(drains[0::2], key=lambda d: d["orders_per_s"]),
-                             max(drains[1::2], key=lambda d: d["orders_per_s"]),
-                             run_seed(stack, orders),
-                             run_stock_celery(stack, orders),
-                             run_stock_celery(stack, orders, tuned=True),
-                             run_bare_loop(stack, orders)]
-        gunicorn, api_url = start_gunicorn(stack)
-        exits.callback(gunicorn.stop)
-        results["ingest"].append(run_project(stack, orders, api_url=api_url))
-        for rtt in rtts[1:]:
-            stack.set_rtt(rtt)
-            results["ingest"] += [run_drain(stack, orders, through_proxy=True),
-                                  run_seed(stack, orders),
-                                  run_stock_celery(stack, orders, tuned=True),
-                                  run_bare_loop(stack, orders),
-                                  run_project(stack, orders)]
-        stack.set_rtt(rtts[-1])
-        results["ingest"] += [run_project(stack, orders, processes=n)
-                              for n in scale_out if n > 1]
-        stack.set_rtt(0)
-        if args.rounds:
-            results["rounds"] = run_rounds(stack, orders, args.rounds, rtts[-1], scale_out)
-        if args.baseline:
-            tree, commit = baseline_tree(args.baseline, Path(stack_dir) / "baseline")
-            results["baseline"] = run_baseline(stack, orders, max(args.rounds, 1), tree, commit)
-        if args.api_seconds:
-            # The API phase reads what the project's worker just wrote.
-            results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
-                                     api_connections)
-            gunicorn.stop()
-        results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
-        if args.cluster:
-            results["cluster"] = run_cluster(stack, orders)
-        if args.durability:
-            results["durability"] = run_durability(stack, orders, Path(stack_dir) / "durable")
-        if args.files_items:
+            results["ingest"].append(run_project(stack, orders, api_url=api_url))
+            for rtt in rtts[1:]:
+                stack.set_rtt(rtt)
+                results["ingest"] += [run_drain(stack, orders, through_proxy=True),
+                                      run_seed(stack, orders),
+                                      run_stock_celery(stack, orders, tuned=True),
+                                      run_bare_loop(stack, orders),
+                                      run_project(stack, orders)]
+            stack.set_rtt(rtts[-1])
+            results["ingest"] += [run_project(stack, orders, processes=n)
+                                  for n in scale_out if n > 1]
+            stack.set_rtt(0)
+            if args.rounds:
+                results["rounds"] = run_rounds(stack, orders, args.rounds, rtts[-1], scale_out)
+            if args.baseline:
+                tree, commit = baseline_tree(args.baseline, Path(stack_dir) / "baseline")
+                results["baseline"] = run_baseline(stack, orders, max(args.rounds, 1), tree, commit)
+            if args.api_seconds:
+                # The API phase reads what the project's worker just wrote.
+                results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
+                                         api_connections)
+                gunicorn.stop()
+            results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
+            if args.cluster:
+                results["cluster"] = run_cluster(stack, orders)
+            if args.durability:
+                results["durability"] = run_durability(stack, orders, Path(stack_dir) / "durable")
+        if args.files_items and "files" in parts:
             results["files"] = files_pipeline.run(stack.data.url, stack.control.url,
-                                               stack.sqs.endpoint_url, log_dir, args.files_items)
-        if args.range_orders_per_day:
+                                               stack.sqs.endpoint_url, log_dir, args.files_items,
+                                               args.files_larger)
+        if args.range_orders_per_day and "range" in parts:
             results["range_queries"] = range_queries.run(
                 log_dir, args.range_orders_per_day, args.range_days, args.range_users,
                 args.range_apply_seconds)

@@ -88,3 +88,44 @@ def by_key(file_type, rows: list[dict]) -> dict:
 
 
 __all__ = ["csv_of", "make_rows", "expected_kpis", "by_key", "ORDERS", "ORDER_ITEMS", "PRODUCTS"]
+
+
+def eager_cleaning(data: bytes, file_type):
+    """The files' reading before streaming (whole bytes, text, a buffer, one frame), as the
+    reference of the streaming path: (frame, rows read, drops per rule) or InvalidFile."""
+    import io
+
+    import polars as pl
+
+    from app.files.cleaning import DUPLICATE_KEY, InvalidFile, _typed, _trimmed, rules_for
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidFile([f"not UTF-8: byte {exc.start} ({exc.reason})"]) from None
+    if not text.strip():
+        raise InvalidFile(["empty file: a header row is required"])
+    try:
+        frame = pl.read_csv(io.StringIO(text), infer_schema=False, has_header=True)
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise InvalidFile([f"not a CSV file: {str(exc).splitlines()[0]}"]) from None
+    frame = frame.rename({name: name.strip() for name in frame.columns})
+    missing = [c for c in file_type.columns if c not in frame.columns]
+    if missing:
+        raise InvalidFile([f"missing required column(s): {', '.join(missing)}"])
+    frame = frame.select(file_type.columns)
+    rules = rules_for(file_type)
+    reason = pl.coalesce([pl.when(rule.drops).then(pl.lit(rule.name)) for rule in rules]
+                         ).alias("_dropped_by")
+    judged = (frame.lazy().with_columns(_trimmed(c) for c in frame.columns)
+              .select(_typed(file_type)).with_columns(reason).collect())
+    dropped = {rule.name: 0 for rule in rules}
+    for name, count in judged.group_by("_dropped_by").len().iter_rows():
+        if name is not None:
+            dropped[name] = count
+    kept = judged.filter(pl.col("_dropped_by").is_null()).drop("_dropped_by")
+    unique = kept.unique(subset=[file_type.key], keep="last", maintain_order=True)
+    dropped[DUPLICATE_KEY] = kept.height - unique.height
+    if "year" in file_type.partition_by:
+        unique = unique.with_columns(year=pl.col("created_at").dt.year().cast(pl.Int32),
+                                     month=pl.col("created_at").dt.month().cast(pl.Int32))
+    return unique, frame.height, dropped

@@ -7,8 +7,9 @@ read the one RULES list.
 """
 from __future__ import annotations
 
-import io
+import codecs
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -90,23 +91,67 @@ class Cleaned:
         return self.frame.height
 
 
+# Files are checked and parsed in slices of this size, never read whole.
+CHUNK_BYTES = 1 << 20
+
+
+def _check_text(source: bytes | Path) -> None:
+    """InvalidFile unless the file is UTF-8 (a BOM allowed) with more than whitespace."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    blank, offset = True, 0
+    handle = open(source, "rb") if isinstance(source, (str, Path)) else None
+    try:
+        view = memoryview(source) if handle is None else None
+        while True:
+            chunk = (handle.read(CHUNK_BYTES) if handle is not None
+                     else bytes(view[offset:offset + CHUNK_BYTES]))
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                raise InvalidFile([f"not UTF-8: byte {offset - pending + exc.start} "
+                                   f"({exc.reason})"]) from None
+            blank = blank and not text.strip()
+            if not chunk:
+                break
+            offset += len(chunk)
+    finally:
+        if handle is not None:
+            handle.close()
+    if blank:
+        raise InvalidFile(["empty file: a header row is required"])
+
+
+def _not_csv(exc: Exception) -> InvalidFile:
+    return InvalidFile([f"not a CSV file: {str(exc).splitlines()[0]}"])
+
+
+def scan_csv(source: bytes | Path | str, file_type: FileType) -> pl.LazyFrame:
+    """A UTF-8 CSV file (a path, read in slices) or bytes as a lazy frame of all-text
+    columns; InvalidFile if its encoding or header makes that impossible."""
+    _check_text(source)
+    try:
+        frame = pl.scan_csv(source, infer_schema=False, has_header=True)
+        names = frame.collect_schema().names()
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise _not_csv(exc) from None
+    frame = frame.rename({name: name.strip() for name in names})
+    missing = [c for c in file_type.columns if c not in {n.strip() for n in names}]
+    if missing:
+        try:  # a file that is not CSV at all says so first
+            frame.select(pl.all().null_count()).collect(engine="streaming")
+        except (pl.exceptions.PolarsError, ValueError) as exc:
+            raise _not_csv(exc) from None
+        raise InvalidFile([f"missing required column(s): {', '.join(missing)}"])
+    return frame.select(file_type.columns)  # extra columns are ignored
+
+
 def read_csv(data: bytes, file_type: FileType) -> pl.DataFrame:
     """Parse UTF-8 CSV bytes into all-text columns; InvalidFile if that is impossible."""
     try:
-        text = data.decode("utf-8-sig")  # a BOM (Excel's UTF-8) is not part of the header
-    except UnicodeDecodeError as exc:
-        raise InvalidFile([f"not UTF-8: byte {exc.start} ({exc.reason})"]) from None
-    if not text.strip():
-        raise InvalidFile(["empty file: a header row is required"])
-    try:
-        frame = pl.read_csv(io.StringIO(text), infer_schema=False, has_header=True)
+        return scan_csv(data, file_type).collect()
     except (pl.exceptions.PolarsError, ValueError) as exc:
-        raise InvalidFile([f"not a CSV file: {str(exc).splitlines()[0]}"]) from None
-    frame = frame.rename({name: name.strip() for name in frame.columns})
-    missing = [c for c in file_type.columns if c not in frame.columns]
-    if missing:
-        raise InvalidFile([f"missing required column(s): {', '.join(missing)}"])
-    return frame.select(file_type.columns)  # extra columns are ignored
+        raise _not_csv(exc) from None
 
 
 def _trimmed(column: str) -> pl.Expr:
@@ -116,11 +161,16 @@ def _trimmed(column: str) -> pl.Expr:
 
 def money_cents(column: str) -> pl.Expr:
     """Decimal text to integer cents, half up; null when it is not a plain number."""
-    parts = pl.col(column).str.extract_groups(_MONEY)
-    fraction = (parts.struct.field("3").fill_null("") + "000").str.slice(0, 3).cast(pl.Int64)
-    cents = (parts.struct.field("2").cast(pl.Int64, strict=False) * 100 + fraction // 10
+    text = pl.col(column)
+    # The pattern only checks (capture groups cost several times as much); the parts are
+    # then split at the dot.
+    parts = text.str.strip_chars_start("+-").str.split_exact(".", 1)
+    fraction = (parts.struct.field("field_1").fill_null("") + "000").str.slice(0, 3).cast(
+        pl.Int64, strict=False)
+    cents = (parts.struct.field("field_0").cast(pl.Int64, strict=False) * 100 + fraction // 10
              + (fraction % 10 >= 5).cast(pl.Int64))
-    return (pl.when(parts.struct.field("1") == "-").then(-cents).otherwise(cents)
+    return (pl.when(text.str.contains(_MONEY))
+            .then(pl.when(text.str.starts_with("-")).then(-cents).otherwise(cents))
             .alias(f"{column}_cents"))
 
 
@@ -156,25 +206,32 @@ def _typed(file_type: FileType) -> list[pl.Expr]:
     return exprs
 
 
-def clean(frame: pl.DataFrame, file_type: FileType) -> Cleaned:
-    """Apply the type's rules to an all-text frame in one plan; report drops per rule."""
+def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType) -> Cleaned:
+    """Apply the type's rules to all-text columns in one streaming plan; report drops per
+    rule. A lazy frame from scan_csv is parsed slice by slice, never held as text."""
     rules = rules_for(file_type)
     # The first rule that drops a row names why it was dropped.
     reason = pl.coalesce([pl.when(rule.drops).then(pl.lit(rule.name)) for rule in rules]
                          ).alias("_dropped_by")
-    judged = (frame.lazy()
-              .with_columns(_trimmed(c) for c in frame.columns)
-              .select(_typed(file_type))
-              .with_columns(reason)
-              .collect())
+    try:
+        judged = (frame.lazy()
+                  .with_columns(_trimmed(c) for c in file_type.columns)
+                  .select(_typed(file_type))
+                  .with_columns(reason)
+                  .collect(engine="streaming"))
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
+        raise _not_csv(exc) from None  # a malformed row, met while parsing
     dropped = {rule.name: 0 for rule in rules}
     for name, count in judged.group_by("_dropped_by").len().iter_rows():
         if name is not None:
             dropped[name] = count
-    kept = judged.filter(pl.col("_dropped_by").is_null()).drop("_dropped_by")
-    unique = kept.unique(subset=[file_type.key], keep="last", maintain_order=True)
-    dropped[DUPLICATE_KEY] = kept.height - unique.height
+    rows_read, kept = judged.height, judged.filter(pl.col("_dropped_by").is_null()).height
+    # Rows that share a key: the last one wins, in file order.
+    unique = (judged.lazy().filter(pl.col("_dropped_by").is_null())
+              .filter(pl.col(file_type.key).is_last_distinct()).drop("_dropped_by"))
     if "year" in file_type.partition_by:
         unique = unique.with_columns(year=pl.col("created_at").dt.year().cast(pl.Int32),
                                      month=pl.col("created_at").dt.month().cast(pl.Int32))
-    return Cleaned(unique, frame.height, dropped)
+    unique = unique.collect()
+    dropped[DUPLICATE_KEY] = kept - unique.height
+    return Cleaned(unique, rows_read, dropped)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -220,22 +221,28 @@ class Files:
         key = upload.key
         result = {"key": key, "name": _name(key)}
         file_type = file_type_for(key)
-        data = aws.get_bytes(self.s3, self.settings.files_bucket, key,
-                             version_id=upload.version_id)
-        if data is None:
-            # An earlier execution of a redelivered event moved it already.
-            return {**result, "status": "missing",
-                    "reasons": ["not in input/ any more (already archived or rejected)"]}
-        if file_type is None:
-            return {**result, "status": "invalid", "type": None,
-                    "reasons": ["unknown file type: the name must start with products, "
-                                "order_items or orders"]}
-        result["type"] = file_type.name
-        from app.files.cleaning import InvalidFile, clean, read_csv
-        try:
-            cleaned = clean(read_csv(data, file_type), file_type)
-        except InvalidFile as exc:
-            return {**result, "status": "invalid", "reasons": exc.reasons}
+        with tempfile.NamedTemporaryFile(prefix="files-", suffix=".csv") as local:
+            try:
+                size = aws.download(self.s3, self.settings.files_bucket, key, local,
+                                    version_id=upload.version_id,
+                                    max_bytes=self.settings.files_max_bytes)
+            except aws.ObjectTooLarge as exc:
+                return {**result, "status": "invalid",
+                        "type": file_type.name if file_type else None, "reasons": [str(exc)]}
+            if size is None:
+                # An earlier execution of a redelivered event moved it already.
+                return {**result, "status": "missing",
+                        "reasons": ["not in input/ any more (already archived or rejected)"]}
+            if file_type is None:
+                return {**result, "status": "invalid", "type": None,
+                        "reasons": ["unknown file type: the name must start with products, "
+                                    "order_items or orders"]}
+            result["type"] = file_type.name
+            from app.files.cleaning import InvalidFile, clean, scan_csv
+            try:
+                cleaned = clean(scan_csv(local.name, file_type), file_type)
+            except InvalidFile as exc:
+                return {**result, "status": "invalid", "reasons": exc.reasons}
         # One upload of a key merges at a time, never after a newer one of the same key.
         with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
             applied = self.store.applied_upload(key)

@@ -3,6 +3,8 @@ import json
 import uuid
 from datetime import date
 
+import pytest
+
 from app import aws, sqs
 from app.settings import Settings
 
@@ -65,3 +67,31 @@ def test_delta_storage_options_name_the_local_endpoint_only_when_there_is_one(fi
     real = Settings(sqs_endpoint_url="", aws_region="eu-west-1",
                     orders_queue_url="https://sqs.eu-west-1.amazonaws.com/1/orders")
     assert aws.delta_storage_options(real) == {"AWS_REGION": "eu-west-1", "conditional_put": "etag"}
+
+
+def test_an_object_is_streamed_in_slices_at_the_version_asked(files_settings, tmp_path):
+    s3, bucket, key = aws.s3_client(files_settings), files_settings.files_bucket, "input/big.csv"
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first = bytes(range(256)) * (3 * aws.CHUNK_BYTES // 256 + 7)  # more than three slices
+    version = s3.put_object(Bucket=bucket, Key=key, Body=first)["VersionId"]
+    s3.put_object(Bucket=bucket, Key=key, Body=b"second")
+
+    with open(tmp_path / "latest", "wb") as latest, open(tmp_path / "first", "wb") as pinned:
+        assert aws.download(s3, bucket, key, latest) == len(b"second")
+        assert aws.download(s3, bucket, key, pinned, version_id=version) == len(first)
+    assert (tmp_path / "latest").read_bytes() == b"second"
+    assert (tmp_path / "first").read_bytes() == first
+    with open(tmp_path / "none", "wb") as none:
+        assert aws.download(s3, bucket, "input/nothing.csv", none) is None
+
+
+def test_an_object_above_the_limit_is_refused_before_any_byte_is_written(files_settings,
+                                                                          tmp_path):
+    s3, bucket = aws.s3_client(files_settings), files_settings.files_bucket
+    s3.put_object(Bucket=bucket, Key="input/orders.csv", Body=b"x" * 101)
+    with open(tmp_path / "out", "wb") as out:
+        assert aws.download(s3, bucket, "input/orders.csv", out, max_bytes=101) == 101
+    with open(tmp_path / "out", "wb") as out, pytest.raises(aws.ObjectTooLarge) as raised:
+        aws.download(s3, bucket, "input/orders.csv", out, max_bytes=100)
+    assert (tmp_path / "out").read_bytes() == b""
+    assert str(raised.value) == "too large: 101 bytes, above FILES_MAX_BYTES (100)"

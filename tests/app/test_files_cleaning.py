@@ -1,8 +1,11 @@
 """Reading and cleaning files with polars: every rule, counted once, no servers needed."""
 from datetime import datetime, timezone
 
+import polars as pl
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from app.files import cleaning
 from app.files.cleaning import DUPLICATE_KEY, RULES, InvalidFile, clean, read_csv, rules_for
 from app.files.contract import FILE_TYPES, ORDER_ITEMS, ORDERS, PRODUCTS, file_type_for
 
@@ -145,3 +148,22 @@ def test_files_of_one_table_are_staged_in_upload_order_tables_side_by_side():
     assert sorted(staging_lanes(events)) == [["input/notes.txt"],
                                              ["input/orders_fix.csv", "input/orders.csv"],
                                              ["input/products.csv"]]
+
+
+def money_cents_by_groups(column: str) -> pl.Expr:
+    """The first money parser (capture groups), the reference of the one in use."""
+    parts = pl.col(column).str.extract_groups(cleaning._MONEY)
+    fraction = (parts.struct.field("3").fill_null("") + "000").str.slice(0, 3).cast(pl.Int64)
+    cents = (parts.struct.field("2").cast(pl.Int64, strict=False) * 100 + fraction // 10
+             + (fraction % 10 >= 5).cast(pl.Int64))
+    return pl.when(parts.struct.field("1") == "-").then(-cents).otherwise(cents)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(alphabet="0123456789+-. e,", max_size=22),
+                          st.decimals(allow_nan=False, allow_infinity=False).map(str),
+                          st.none()), min_size=1, max_size=50))
+def test_money_parses_as_the_capture_group_parser_did(texts):
+    frame = pl.DataFrame({"price": texts}, schema={"price": pl.String})
+    found = frame.select(cleaning.money_cents("price")).to_series().to_list()
+    assert found == frame.select(money_cents_by_groups("price")).to_series().to_list()

@@ -1,15 +1,18 @@
 """The execution steps without Celery, on LocalStack S3/SNS and a real redis-server."""
+import json
 import random
 import threading
+from dataclasses import replace
 
 import pytest
 
 from app import aws, sqs
 from app.files import kpis
-from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
+from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS, file_type_for
 from app.files.execution import FileEvent, Files, new_execution_id, parse_event
+from app.files.sample import write_sample
 from app.store import FilesStore
-from files_oracle import by_key, csv_of, expected_kpis, make_rows
+from files_oracle import by_key, csv_of, eager_cleaning, expected_kpis, make_rows
 
 RANGE = ("2024-01-01", "2024-01-31")
 
@@ -287,3 +290,41 @@ def test_two_uploads_of_one_key_committing_in_reverse_order_leave_the_newer(file
     assert [s["name"] for s in records[1]["skipped_files"]] == ["orders.csv"]
     assert read(files, "archive/orders.csv") == csv_of(ORDERS, newer_rows)
     assert keys_in(files, "input/") == set()
+
+
+def test_a_file_above_files_max_bytes_is_rejected_with_its_size_and_the_rest_staged(
+        files_settings):
+    orders = csv_of(ORDERS, make_rows(random.Random(4), orders=20)[1])
+    products = csv_of(PRODUCTS, make_rows(random.Random(4), orders=1)[0])
+    files = Files(replace(files_settings, files_max_bytes=len(orders) - 1))
+    assert len(products) < len(orders)
+    record = run(files, upload(files, {"products.csv": products, "orders_big.csv": orders}))
+
+    assert record["status"] == "succeeded"
+    assert record["valid_files"] == ["products.csv"]
+    assert record["invalid_files"] == [{"name": "orders_big.csv", "reasons": [
+        f"too large: {len(orders):,} bytes, above FILES_MAX_BYTES ({len(orders) - 1:,})"]}]
+    reason = json.loads(aws.get_bytes(files.s3, files_settings.files_bucket,
+                                      "rejected/orders_big.csv.reason.json"))
+    assert reason["reasons"] == record["invalid_files"][0]["reasons"]
+    assert keys_in(files, "input/") == set()
+    assert files.staging.versions()["orders"] is None  # nothing of it was staged
+
+
+def test_staged_sample_files_report_the_rows_and_drops_of_the_eager_read(files_settings,
+                                                                         tmp_path):
+    files = Files(files_settings)
+    written = write_sample(tmp_path, orders=1500, products=150, dirty_share=0.05, seed=3)
+    names = ["products.csv", "orders_part1.csv", "order_items_part1.csv"]
+    record = run(files, upload(files, {n: (tmp_path / n).read_bytes() for n in names}))
+
+    for name in names:
+        frame, rows_read, dropped = eager_cleaning((tmp_path / name).read_bytes(),
+                                                   file_type_for(name))
+        assert rows_read == written[name]
+        assert record["rows_dropped"][name] == dropped
+        [staged] = [f for f in record["files"] if f["name"] == name]
+        assert (staged["rows_read"], staged["rows_kept"]) == (rows_read, frame.height)
+        table = files.staging.scan(file_type_for(name), files.staging.versions()[
+            file_type_for(name).name]).collect()
+        assert table.sort(frame.columns).equals(frame.sort(frame.columns).select(table.columns))

@@ -4,6 +4,7 @@ import os
 import random
 import signal
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,29 @@ def test_a_failing_step_announces_failure_archives_nothing_and_dead_letters_the_
     dead = sqs.client(settings).receive_message(QueueUrl=settings.url_of(settings.files_dlq),
                                                 MaxNumberOfMessages=1)["Messages"][0]
     assert json.loads(dead["Body"])["Records"][0]["s3"]["object"]["key"] == "input/orders.csv"
+
+
+def test_a_file_above_files_max_bytes_is_rejected_and_announced_with_its_size(
+        files_settings, start_worker):
+    products, orders, _ = make_rows(random.Random(6), orders=30)
+    small, large = csv_of(PRODUCTS, products), csv_of(ORDERS, orders)
+    settings = replace(files_settings, files_max_bytes=len(large) - 1)
+    assert len(small) <= settings.files_max_bytes
+    notes = Notifications(settings)
+    start_worker(settings=settings)
+    upload(settings, {"products.csv": small, "orders_large.csv": large})
+
+    # Both files in one execution or in two (the window): the large one's is announced.
+    wait_for(lambda: any(m.get("invalid_files") for _, m in notes.poll()), timeout=120,
+             message="the rejection announced")
+    [(topic, message)] = [(t, m) for t, m in notes.received if m.get("invalid_files")]
+    reason = f"too large: {len(large):,} bytes, above FILES_MAX_BYTES ({len(large) - 1:,})"
+    assert message["invalid_files"] == [{"name": "orders_large.csv", "reasons": [reason]}]
+    assert topic == settings.files_success_topic  # the execution itself went through
+    wait_for(lambda: keys_in(settings, "rejected/") == {
+        "rejected/orders_large.csv", "rejected/orders_large.csv.reason.json"}
+        and keys_in(settings, "archive/") == {"archive/products.csv"},
+        message="the large file in rejected/, the other archived")
 
 
 @pytest.mark.slow
