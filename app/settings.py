@@ -149,6 +149,19 @@ class Settings:
         "with its size as the reason, before any of it is read. A file is streamed to a "
         "temporary file (TMPDIR) and parsed from there, so each files step needs this much "
         "disk.")
+    files_vacuum_retention_hours: int = setting(
+        168, "Hours `files.maintain` keeps a file that a merge or a compaction removed from a "
+        "Delta table before it vacuums it: a reader pinned to an older version (a running "
+        "execution's) still finds its files. Must be longer than `FILES_EXECUTION_TIMEOUT`.")
+    files_maintain_interval: int = setting(
+        3600, "Seconds between two `files.maintain` runs (compaction, vacuum and checkpoint of "
+        "each Delta table) that `celery beat` sends.")
+    files_sweep_interval: int = setting(
+        60, "Seconds between two `files.sweep` runs that `celery beat` sends: each fails, and "
+        "announces, every execution still running after `FILES_EXECUTION_TIMEOUT`.")
+    files_execution_record_days: int = setting(
+        30, "Days an execution's record stays in Redis after its last change (the API's "
+        "`/files/executions`); the copy in the bucket's `results/` stays.")
     files_success_topic: str = setting(
         "PipelineSuccessNotifications", "SNS topic of the executions that succeeded.")
     files_failure_topic: str = setting(
@@ -208,6 +221,16 @@ class Settings:
             raise ValueError("FILES_BATCH_WINDOW must be above 0 and below FILES_EXECUTION_TIMEOUT")
         if self.files_max_bytes < 1:
             raise ValueError("FILES_MAX_BYTES must be at least 1")
+        if self.files_vacuum_retention_hours * 3600 <= self.files_execution_timeout:
+            # A vacuum would delete files that a running execution's pinned reads still need.
+            raise ValueError(
+                f"FILES_VACUUM_RETENTION_HOURS ({self.files_vacuum_retention_hours} h) must be "
+                f"longer than FILES_EXECUTION_TIMEOUT ({self.files_execution_timeout} s)")
+        if self.files_maintain_interval < 1 or self.files_sweep_interval < 1:
+            raise ValueError("FILES_MAINTAIN_INTERVAL and FILES_SWEEP_INTERVAL must be at least "
+                             "1 second")
+        if self.files_execution_record_days < 1:
+            raise ValueError("FILES_EXECUTION_RECORD_DAYS must be at least 1")
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError("RETRY_BACKOFF_MAX must be shorter than VISIBILITY_TIMEOUT")
         self.earliest_order_at  # raises ValueError when unusable

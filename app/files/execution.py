@@ -165,7 +165,8 @@ class Files:
     @cached_property
     def store(self) -> FilesStore:
         """KPIs and execution records in Redis."""
-        return FilesStore.from_url(self.settings.redis_url)
+        return FilesStore.from_url(self.settings.redis_url,
+                                   self.settings.files_execution_record_days)
 
     # --- the steps -----------------------------------------------------------------
 

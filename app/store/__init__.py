@@ -10,7 +10,7 @@ from app.store.aggregates import (KPI_FIELDS, OUTCOMES, PlatformTotals, Store, U
 from app.store.batch_files import ORDER_KPI_FIELDS, FilesStore
 from app.store.keys import (BOOKKEEPING_TAG, EXECUTIONS_KEY, KPI_DATES_KEY, KPI_SNAPSHOTS_KEY,
                             LAG_KEY, OUTCOMES_KEY, REJECTED_BY_FIELD, REJECTED_INDEX,
-                            TASK_EVENTS_KEY, applied_mark, category_kpi_key, corrections_key,
+                            RUNNING_EXECUTIONS_KEY, TASK_EVENTS_KEY, applied_mark, category_kpi_key, corrections_key,
                             day_customers_key, day_key, escaped_id, execution_key,
                             execution_settled_key, global_key, hash_tag, month_key, order_key,
                             order_kpi_key, outcomes_key, product_key, rejected_key,
@@ -29,7 +29,8 @@ RANKED = _lua_source("ranked")
 __all__ = [
     "BOOKKEEPING_TAG", "EXECUTIONS_KEY", "KEPT_BODY_BYTES", "KPI_DATES_KEY", "KPI_FIELDS",
     "KPI_SNAPSHOTS_KEY", "LAG_KEY", "MAX_TOTAL", "ORDER_KPI_FIELDS", "OUTCOMES",
-    "OUTCOMES_KEY", "RANKED", "REJECTED_BY_FIELD", "REJECTED_INDEX", "TASK_EVENTS_KEY",
+    "OUTCOMES_KEY", "RANKED", "REJECTED_BY_FIELD", "REJECTED_INDEX", "RUNNING_EXECUTIONS_KEY",
+    "TASK_EVENTS_KEY",
     "WAIT_TIMEOUT_MS", "Contended", "FilesStore", "NotReplicated", "PartlyApplied",
     "PlatformTotals", "Store", "TopologyChanged", "UserRecord", "UserTotals", "Writer",
     "applied_mark", "category_kpi_key", "corrections_key", "day_customers_key", "day_key",

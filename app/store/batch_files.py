@@ -7,6 +7,7 @@ The seed's DynamoDB tables, in Redis: OrderKPIs by order_date, CategoryKPIs by
 from __future__ import annotations
 
 import json
+import time
 from datetime import date
 
 import redis
@@ -14,10 +15,10 @@ import redis
 from app.redis_client import connect
 from app.store import lua
 from app.store.keys import (APPLIED_UPLOADS_KEY, EXECUTIONS_KEY, KPI_DATES_KEY,
-                            KPI_SNAPSHOTS_KEY, KPI_WATERMARKS_KEY, category_kpi_key,
-                            execution_attempts_key, execution_key, execution_plan_key,
-                            execution_settled_key, execution_steps_key, order_kpi_key,
-                            upload_lock_key)
+                            KPI_SNAPSHOTS_KEY, KPI_WATERMARKS_KEY, RUNNING_EXECUTIONS_KEY,
+                            category_kpi_key, execution_attempts_key, execution_key,
+                            execution_plan_key, execution_settled_key, execution_steps_key,
+                            order_kpi_key, upload_lock_key)
 
 # How long an execution's plan, step results and announcement are kept.
 EXECUTION_STATE_SECONDS = 7 * 86400
@@ -28,15 +29,17 @@ ORDER_KPI_FIELDS = ("total_orders", "total_revenue_cents", "total_items_sold",
 class FilesStore:
     """KPI tables and execution records of the batch files path, in the aggregates' Redis."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, record_days: int | None = None):
         self.redis = client
+        # How long an execution's record lives after its last save (None: for ever).
+        self.record_days = record_days
         self._write_kpis = lua.register(client, "write_kpis")
 
     @classmethod
-    def from_url(cls, url: str) -> "FilesStore":
+    def from_url(cls, url: str, record_days: int | None = None) -> "FilesStore":
         """A FilesStore on a new client for the Redis URL."""
         return cls(connect(url, decode_responses=True, socket_timeout=10,
-                           socket_connect_timeout=5))
+                           socket_connect_timeout=5), record_days)
 
     def write_kpis(self, rank: int, dates: list[str], order_kpis, category_kpis,
                    versions: dict[str, int | None] | None = None) -> int:
@@ -104,11 +107,21 @@ class FilesStore:
         return sorted(rows, key=lambda r: (r["category"], r["order_date"]))
 
     def save_execution(self, record: dict) -> None:
-        """Store (or replace) an execution's record and list it by start time."""
+        """Store (or replace) an execution's record, list it by start time, and index it
+        while it runs; records expire record_days after their last save."""
+        execution_id, started_ms = record["execution_id"], record["started_at_ms"]
+        ttl = self.record_days * 86400 if self.record_days else None
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(execution_key(record["execution_id"]),
-                 json.dumps(record, ensure_ascii=False, default=str))
-        pipe.zadd(EXECUTIONS_KEY, {record["execution_id"]: record["started_at_ms"]})
+        pipe.set(execution_key(execution_id), json.dumps(record, ensure_ascii=False, default=str),
+                 ex=ttl)
+        pipe.zadd(EXECUTIONS_KEY, {execution_id: started_ms})
+        if record["status"] == "running":
+            pipe.zadd(RUNNING_EXECUTIONS_KEY, {execution_id: started_ms})
+        else:
+            pipe.zrem(RUNNING_EXECUTIONS_KEY, execution_id)
+        if ttl:
+            # The list forgets what has expired, so that it does not grow for ever either.
+            pipe.zremrangebyscore(EXECUTIONS_KEY, "-inf", f"({int(time.time() - ttl) * 1000}")
         pipe.execute()
 
     def execution(self, execution_id: str) -> dict | None:
@@ -122,6 +135,14 @@ class FilesStore:
         if not ids:
             return []
         return [json.loads(raw) for raw in self.redis.mget([execution_key(i) for i in ids]) if raw]
+
+    def running_since(self, started_before_ms: int) -> list[str]:
+        """Ids of the executions still running that started before the time (ms)."""
+        return self.redis.zrangebyscore(RUNNING_EXECUTIONS_KEY, "-inf", f"({started_before_ms}")
+
+    def forget_running(self, execution_id: str) -> None:
+        """Drop an execution from the running ones (its record is gone)."""
+        self.redis.zrem(RUNNING_EXECUTIONS_KEY, execution_id)
 
     def settled(self, execution_id: str) -> str | None:
         """How an execution was announced ("succeeded" or "failed"), or None."""

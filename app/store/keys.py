@@ -47,6 +47,8 @@ KPI_DATES_KEY = f"kpi:{FILES_TAG}:orders:dates"
 # order_date -> rank of the table snapshot its KPIs were computed from (see write_kpis.lua).
 KPI_SNAPSHOTS_KEY = f"kpi:{FILES_TAG}:snapshots"
 EXECUTIONS_KEY = f"files:{FILES_TAG}:executions"
+# The executions still running, by start time (ms): what the sweeper reads.
+RUNNING_EXECUTIONS_KEY = f"files:{FILES_TAG}:executions:running"
 
 
 def escaped_id(value: str) -> str:

@@ -29,3 +29,18 @@ def test_s3_and_sns_follow_the_sqs_endpoint_unless_told_otherwise():
     aws = from_env({"SQS_ENDPOINT_URL": "", "ORDERS_QUEUE_URL": "https://q/1/orders-queue",
                     "FILES_QUEUE_URL": "https://q/1/file-processing-queue"})
     assert (aws.files_endpoint, aws.files_url) == ("", "https://q/1/file-processing-queue")
+
+
+@pytest.mark.parametrize("hours, timeout", [("1", "3600"), ("2", "43200")])
+def test_the_vacuum_retention_must_outlast_the_longest_execution(hours, timeout):
+    with pytest.raises(ValueError, match=f"FILES_VACUUM_RETENTION_HOURS \\({hours} h\\) must be "
+                                         f"longer than FILES_EXECUTION_TIMEOUT \\({timeout} s\\)"):
+        from_env({"FILES_VACUUM_RETENTION_HOURS": hours, "FILES_EXECUTION_TIMEOUT": timeout})
+    assert from_env({"FILES_VACUUM_RETENTION_HOURS": "1", "FILES_EXECUTION_TIMEOUT": "3599"})
+
+
+@pytest.mark.parametrize("variable", ["FILES_MAINTAIN_INTERVAL", "FILES_SWEEP_INTERVAL",
+                                      "FILES_EXECUTION_RECORD_DAYS"])
+def test_the_upkeep_intervals_and_the_record_days_are_positive(variable):
+    with pytest.raises(ValueError, match=variable):
+        from_env({variable: "0"})

@@ -37,4 +37,5 @@ def test_bookkeeping_and_files_keys_share_one_tag_each():
         "kpi:{files}:orders:dates", "kpi:{files}:snapshots", "files:{files}:executions",
         "kpi:{files}:orders:2024-01-02", "kpi:{files}:categories:2024-01-02",
         "files:{files}:execution:" + ESCAPED, "files:{files}:execution-settled:" + ESCAPED]
+    assert keys.RUNNING_EXECUTIONS_KEY == "files:{files}:executions:running"
     assert {keys.hash_tag(key) for key in (keys.OUTCOMES_KEY, keys.rejected_key(ID))} == {"{p}"}
