@@ -8,7 +8,7 @@ from kombu import Exchange, Queue
 
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
 from app.settings import Settings, from_env
-from tasks.names import FILES_EXECUTE, ORDER_TASKS
+from tasks.names import FILES_EXECUTE, FILES_MAINTAIN, FILES_SWEEP, ORDER_TASKS
 
 
 def celery_settings(settings: Settings) -> dict:
@@ -110,6 +110,14 @@ def celery_settings(settings: Settings) -> dict:
         "worker_consumer": "tasks.consumer:OrderConsumer",
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
+        # What `celery -A tasks beat` sends (one beat per deployment: make run and compose
+        # start one). No expiry: the files queue runs no task message that carries one
+        # (tasks/sqs/task_messages.py); runs that piled up while no worker took them only
+        # repeat work already done (both tasks are idempotent).
+        "beat_schedule": {
+            name: {"task": name, "schedule": interval}
+            for name, interval in ((FILES_SWEEP, settings.files_sweep_interval),
+                                   (FILES_MAINTAIN, settings.files_maintain_interval))},
     }
 
 

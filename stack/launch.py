@@ -1,4 +1,4 @@
-"""The project's own processes (Celery worker, API under gunicorn, Flower): their command
+"""The project's own processes (Celery worker and beat, API under gunicorn, Flower): their command
 lines, and a worker or an API started and waited for until it is ready.
 
 `orders-stack run`, the bench and the tests start them through here, so all three run
@@ -40,6 +40,13 @@ def orders_queues(settings: Settings) -> list[str]:
 def files_queues(settings: Settings) -> list[str]:
     """What a files worker consumes: the files queue (S3 events and the files tasks)."""
     return [settings.files_queue]
+
+
+def beat_command(schedule: Path | str, loglevel: str = "INFO") -> list[str]:
+    """`celery -A tasks beat`, which sends the scheduled tasks (celeryconfig's beat_schedule)
+    and keeps their last run times in the file schedule."""
+    return [str(SCRIPTS / "celery"), "-A", "tasks", "beat", "--loglevel", loglevel,
+            "--schedule", str(schedule)]
 
 
 def api_command(bind: str | None = None) -> list[str]:

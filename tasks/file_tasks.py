@@ -20,7 +20,8 @@ from app import sqs
 from app.files.execution import (STEPS, Files, latest_uploads, new_execution_id, parse_event,
                                  staging_lanes)
 from app.settings import Settings
-from tasks.names import FILES_EXECUTE, FILES_FAILED, FILES_FINISH, FILES_KPIS, FILES_STAGE
+from tasks.names import (FILES_EXECUTE, FILES_FAILED, FILES_FINISH, FILES_KPIS, FILES_MAINTAIN,
+                         FILES_STAGE, FILES_SWEEP)
 
 logger = logging.getLogger(__name__)
 
@@ -211,3 +212,27 @@ def failed(request, exc, traceback, execution_id: str):
         "task": request.task or "", "error": f"{type(exc).__name__}: {exc}"}
     failed.files.fail(execution_id, noted["task"], noted["error"])
     hide_events(failed, events, backoff(failed.settings))
+
+
+class UpkeepTask(StepTask):
+    """files.maintain and files.sweep: a step's time limits; nothing to keep as a result.
+
+    Both are idempotent and scheduled again: a failed or lost run is acked, the next one
+    does the work.
+    """
+
+    ignore_result = True
+
+
+@shared_task(name=FILES_MAINTAIN, bind=True, base=UpkeepTask)
+def maintain(self) -> dict:
+    """Compact, vacuum and checkpoint every Delta table of the files path."""
+    from app.files import maintenance  # loads deltalake: in the pool process only
+    return maintenance.maintain(self.files.staging, self.settings.files_vacuum_retention_hours)
+
+
+@shared_task(name=FILES_SWEEP, bind=True, base=UpkeepTask)
+def sweep(self) -> list[str]:
+    """Fail and announce the executions that outlived FILES_EXECUTION_TIMEOUT."""
+    from app.files import maintenance
+    return maintenance.sweep(self.files, FILES_SWEEP)

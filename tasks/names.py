@@ -15,5 +15,10 @@ FILES_STAGE = "files.stage"
 FILES_KPIS = "files.kpis"
 FILES_FINISH = "files.finish"
 FILES_FAILED = "files.failed"
+# Upkeep that celery beat sends (celeryconfig's beat_schedule): the Delta tables compacted,
+# vacuumed and checkpointed; executions that outlived FILES_EXECUTION_TIMEOUT failed.
+FILES_MAINTAIN = "files.maintain"
+FILES_SWEEP = "files.sweep"
 # The task messages the files queue carries.
-FILES_TASKS = (FILES_EXECUTE, FILES_STAGE, FILES_KPIS, FILES_FINISH, FILES_FAILED)
+FILES_TASKS = (FILES_EXECUTE, FILES_STAGE, FILES_KPIS, FILES_FINISH, FILES_FAILED,
+               FILES_MAINTAIN, FILES_SWEEP)

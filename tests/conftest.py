@@ -1,6 +1,7 @@
 """Session-wide real services (redis-server, LocalStack SQS) and per-test settings."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -134,6 +135,34 @@ def start_api(tmp_path):
 def api_server(settings, start_api) -> str:
     """The API under real gunicorn on the test's settings; its base URL."""
     return start_api(settings)
+
+
+class Notifications:
+    """An SQS queue subscribed to both files topics: what SNS announced, in order."""
+
+    def __init__(self, settings):
+        self.client = sqs.client(settings)
+        self.url = self.client.create_queue(QueueName=f"notes-{uuid.uuid4().hex[:10]}")["QueueUrl"]
+        arn = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        sns = aws.sns_client(settings)
+        for topic in (settings.files_success_topic, settings.files_failure_topic):
+            sns.subscribe(TopicArn=aws.topic_arn(sns, topic), Protocol="sqs", Endpoint=arn)
+        self.received = []
+
+    def poll(self):
+        response = self.client.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
+                                               WaitTimeSeconds=1)
+        for message in response.get("Messages", []):
+            envelope = json.loads(message["Body"])
+            self.received.append((envelope["TopicArn"].rsplit(":", 1)[1],
+                                  json.loads(envelope["Message"])))
+            self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        return self.received
+
+    def wait(self, count, timeout=120):
+        return wait_for(lambda: len(self.poll()) >= count and self.received, timeout=timeout,
+                        message=f"{count} SNS notification(s)")
 
 
 def celery_cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:

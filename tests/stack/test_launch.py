@@ -7,7 +7,8 @@ import sys
 import pytest
 import requests
 
-from stack.launch import Worker, api_command, flower_command, start_api, worker_command
+from stack.launch import (Worker, api_command, beat_command, flower_command, start_api,
+                          worker_command)
 from stack.services import Process, ServiceError, free_port, wait_http
 
 # A server that answers every GET with the status in its path (/status/503 -> 503).
@@ -35,6 +36,8 @@ def test_the_commands_name_the_project_apps():
     assert api_command()[-1] == "web:create_app()" and "--bind" not in api_command()
     assert flower_command(5555)[1:] == ["-A", "tasks", "flower", "--port=5555",
                                         "--address=127.0.0.1"]
+    assert beat_command("var/celerybeat-schedule", "DEBUG")[1:] == [
+        "-A", "tasks", "beat", "--loglevel", "DEBUG", "--schedule", "var/celerybeat-schedule"]
 
 
 def test_any_answer_is_ready_unless_a_status_is_asked_for(tmp_path):

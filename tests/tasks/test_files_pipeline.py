@@ -3,7 +3,6 @@ import json
 import os
 import random
 import signal
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,39 +12,11 @@ from app import aws, sqs
 from app.files import kpis
 from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
 from app.store import KPI_SNAPSHOTS_KEY, FilesStore
-from conftest import wait_for
+from conftest import Notifications, wait_for
 from files_oracle import by_key, csv_of, expected_kpis, make_rows
 from tasks.celery import create_celery
 
 RANGE = ("2024-01-01", "2024-01-31")
-
-
-class Notifications:
-    """An SQS queue subscribed to both topics: what SNS announced, in order."""
-
-    def __init__(self, settings):
-        self.client = sqs.client(settings)
-        self.url = self.client.create_queue(QueueName=f"notes-{uuid.uuid4().hex[:10]}")["QueueUrl"]
-        arn = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
-        sns = aws.sns_client(settings)
-        for topic in (settings.files_success_topic, settings.files_failure_topic):
-            sns.subscribe(TopicArn=aws.topic_arn(sns, topic), Protocol="sqs", Endpoint=arn)
-        self.received = []
-
-    def poll(self):
-        response = self.client.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10,
-                                               WaitTimeSeconds=1)
-        for message in response.get("Messages", []):
-            envelope = json.loads(message["Body"])
-            self.received.append((envelope["TopicArn"].rsplit(":", 1)[1],
-                                  json.loads(envelope["Message"])))
-            self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        return self.received
-
-    def wait(self, count, timeout=120):
-        return wait_for(lambda: len(self.poll()) >= count and self.received, timeout=timeout,
-                        message=f"{count} SNS notification(s)")
 
 
 def upload(settings, named):
