@@ -21,8 +21,8 @@ from app.store import Store
 from app.store.lua import install_read_functions
 from stack import redis_users
 from stack.cluster import BUS_OFFSET, LocalRedisCluster
-from stack.launch import (SCRIPTS, api_command, files_queues, flower_command, orders_queues,
-                          worker_command)
+from stack.launch import (SCRIPTS, api_command, beat_command, files_queues, flower_command,
+                          orders_queues, worker_command)
 from stack.prometheus import RULES, PrometheusServer
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             require_free_port, wait_http)
@@ -149,6 +149,9 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
         # File steps on a worker of their own: they never hold the pool that counts orders.
         watched.append(stack.start_process("files-worker", worker_command(
             "files1", 2, settings.log_level, files_queues(settings)), env))
+        # One beat for the stack: the files path's upkeep (files.sweep, files.maintain).
+        watched.append(stack.start_process("beat", beat_command(
+            stack.var_dir / "celerybeat-schedule", settings.log_level), env))
     web = stack.start_process("web", api_command(env["API_BIND"]),
                               api_environment(env, settings))
     # Loopback only, and a password even there: any local process could otherwise read
@@ -315,7 +318,7 @@ def upload_demo_files(stack: Stack, env: dict[str, str], orders: int) -> None:
 
 @click.group()
 def main():
-    """Run the local order pipeline: SQS, Redis, Celery worker, API and Flower."""
+    """Run the local order pipeline: SQS, Redis, Celery worker and beat, API and Flower."""
 
 
 @main.command()

@@ -21,15 +21,16 @@ import yaml
 
 from app.settings import from_env, variables
 from stack import redis_users
+from stack.launch import beat_command
 from stack.services import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-SERVICES = {"localstack", "redis", "init", "worker", "files-worker", "web", "flower",
+SERVICES = {"localstack", "redis", "init", "worker", "files-worker", "beat", "web", "flower",
             "prometheus", "grafana"}
-APP_SERVICES = {"init", "worker", "files-worker", "web", "flower"}
+APP_SERVICES = {"init", "worker", "files-worker", "beat", "web", "flower"}
 WORKERS = ("worker", "files-worker")
 # Variables the app services may get that are not app settings.
 EXTRAS = {
@@ -270,6 +271,19 @@ def test_commands_refer_to_existing_modules(services):
     assert argv(services["init"]) == ["python", "-m", "stack.init_queues", "&&",
                                       "python", "-m", "stack.init_files"]
     assert argv(services["web"]) == API_CMD
+
+
+def test_one_beat_sends_the_schedule_as_make_run_does(services):
+    beat = services["beat"]
+    words = argv(beat)
+    schedule = words[words.index("--schedule") + 1]
+    assert words[1:] == beat_command(schedule)[1:]
+    # Written by the image's non-root user: a directory it may write to.
+    assert schedule.startswith("/tmp/")
+    # A second beat would send every run twice.
+    assert beat.get("deploy", {}).get("replicas", 1) == 1
+    assert beat["restart"] == "unless-stopped"
+    assert beat["depends_on"]["init"]["condition"] == "service_completed_successfully"
 
 
 def test_dockerfile_runs_the_api_as_non_root():

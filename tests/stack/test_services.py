@@ -190,14 +190,17 @@ def test_orders_stack_run_stops_everything_on_sigint(orders_stack, tmp_path):
     wait_for(healthy, 120, message="the API's /health answering 200")
     wait_for(lambda: "running; Ctrl-C" in run.text(), 30, message="the stack running")
     check_locked_doors(run.text(), ports, tmp_path / "var", marker)
-    # The orders and files workers, their pools, gunicorn and its workers, Flower,
+    # The orders and files workers, their pools, beat, gunicorn and its workers, Flower,
     # redis-server, LocalStack.
-    assert len(processes_with_env(marker)) >= 10
+    assert len(processes_with_env(marker)) >= 11
+    # Beat runs, its schedule file under var/.
+    wait_for(lambda: list((tmp_path / "var").glob("celerybeat-schedule*")), 30,
+             message="beat's schedule file")
     assert run.stop() == 0, run.text()
     text = run.text()
     assert "SIGINT received" in text and "stopped" in text
     assert processes_with_env(marker) == [], text
     for name, port in ports.items():
         assert port_is_free(port), f"{name} {port} still taken"
-    for log in ("worker", "files-worker", "web", "flower", "redis", "sqs"):
+    for log in ("worker", "files-worker", "beat", "web", "flower", "redis", "sqs"):
         assert (tmp_path / "var" / "log" / f"{log}.log").exists()
