@@ -1,10 +1,16 @@
-"""`celery -A tasks files list | show <execution>`: the files executions' result records."""
+"""`celery -A tasks files list | show <execution> | maintain | sweep`: the files executions'
+result records, and the upkeep that celery beat also sends."""
 from __future__ import annotations
+
+import json
 
 import click
 
+from app.display import printable
+from app.files.execution import Files
 from app.store import FilesStore
 from tasks.cli.output import app_settings, json_option, print_record, print_rows
+from tasks.names import FILES_SWEEP
 
 
 def _store() -> FilesStore:
@@ -33,3 +39,30 @@ def files_list(limit, as_json):
 def files_show(execution_id, as_json):
     """Show one execution's record: files, rows dropped per rule, dates, timings."""
     print_record(_store().execution(execution_id), as_json, f"No execution {execution_id!r}.")
+
+
+@files.command("maintain")
+@json_option
+def files_maintain(as_json):
+    """Compact, vacuum and checkpoint every Delta table now, as files.maintain does."""
+    from app.files import maintenance  # loads deltalake and polars: only for this command
+    settings = app_settings()
+    reports = maintenance.maintain(Files(settings).staging,
+                                   settings.files_vacuum_retention_hours)
+    rows = [{"table": name, **report} for name, report in reports.items()]
+    print_rows(rows, ["table", "version", "files_before", "files", "vacuumed", "seconds"],
+               as_json, "No table yet.")
+
+
+@files.command("sweep")
+@json_option
+def files_sweep(as_json):
+    """Fail and announce the executions still running after FILES_EXECUTION_TIMEOUT."""
+    from app.files import maintenance
+    swept = maintenance.sweep(Files(app_settings()), FILES_SWEEP)
+    if as_json:
+        click.echo(json.dumps(swept))
+    else:
+        click.echo(f"Failed {len(swept)} execution(s) that outlived FILES_EXECUTION_TIMEOUT.")
+        for execution_id in swept:
+            click.echo(f"  {printable(execution_id)}")

@@ -1,14 +1,19 @@
-"""orders-files sample/upload and `celery -A tasks files list|show`."""
+"""orders-files sample/upload and `celery -A tasks files list|show|sweep|maintain`."""
 import json
+import random
+import time
+from dataclasses import replace
 
 from click.testing import CliRunner
 
 from app import aws
 from app.files.cleaning import DUPLICATE_KEY, clean, read_csv, rules_for
-from app.files.contract import file_type_for
+from app.files.contract import ORDERS, file_type_for
+from app.files.execution import FileEvent, Files, new_execution_id
 from app.settings import to_env
 from app.store import FilesStore
 from conftest import celery_cli
+from files_oracle import csv_of, make_rows
 from stack.batch_files import main
 
 
@@ -60,3 +65,23 @@ def test_celery_files_list_and_show(settings):
     assert json.loads(shown.stdout) == record
     missing = celery_cli(settings, "files", "show", "nope", check=False)
     assert missing.returncode == 1 and "No execution 'nope'" in missing.stderr
+
+
+def test_celery_files_sweep_and_maintain(files_settings):
+    settings = replace(files_settings, files_execution_timeout=60)
+    files = Files(settings)
+    rows = csv_of(ORDERS, make_rows(random.Random(7), orders=5)[1])
+    files.staging.upsert(ORDERS, clean(read_csv(rows, ORDERS), ORDERS).frame)
+    stuck = new_execution_id()
+    files.start(stuck, [FileEvent("input/orders_stuck.csv")])
+    files.store.save_execution({**files.store.execution(stuck),
+                                "started_at_ms": int(time.time() * 1000) - 61_000})
+
+    assert json.loads(celery_cli(settings, "files", "sweep", "--json").stdout) == [stuck]
+    assert files.store.execution(stuck)["status"] == "failed"
+    assert "Failed 0 execution(s)" in celery_cli(settings, "files", "sweep").stdout
+    [report] = json.loads(celery_cli(settings, "files", "maintain", "--json").stdout)
+    assert (report["table"], report["files_before"], report["files"]) == ("orders", 1, 1)
+    assert aws.get_bytes(files.s3, settings.files_bucket,
+                         "staging/orders/_delta_log/_last_checkpoint") is not None
+    assert "orders" in celery_cli(settings, "files", "maintain").stdout  # the table
