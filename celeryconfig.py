@@ -110,14 +110,15 @@ def celery_settings(settings: Settings) -> dict:
         "worker_consumer": "tasks.consumer:OrderConsumer",
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,
-        # What `celery -A tasks beat` sends (one beat per deployment: make run and compose
-        # start one). No expiry: the files queue runs no task message that carries one
+        # What `celery -A tasks beat` sends (one beat per deployment with the files path:
+        # make run and compose start one). No expiry: the files queue runs no task message that carries one
         # (tasks/sqs/task_messages.py); runs that piled up while no worker took them only
         # repeat work already done (both tasks are idempotent).
         "beat_schedule": {
             name: {"task": name, "schedule": interval}
             for name, interval in ((FILES_SWEEP, settings.files_sweep_interval),
-                                   (FILES_MAINTAIN, settings.files_maintain_interval))},
+                                   (FILES_MAINTAIN, settings.files_maintain_interval))
+        } if files_queue else {},
     }
 
 

@@ -45,3 +45,5 @@ def test_orders_stack_run_without_the_files_path_starts_only_the_orders_worker(o
     assert started.endswith("-n worker1@%h -Q orders-queue,OrderQueue"), started
     assert "starting files-worker" not in text and "creating bucket" not in text
     assert not (tmp_path / "var" / "log" / "files-worker.log").exists()
+    # Nor beat: its schedule is the files path's upkeep.
+    assert "starting beat" not in text and not (tmp_path / "var" / "log" / "beat.log").exists()

@@ -22,6 +22,8 @@ def test_the_schedule_sends_the_upkeep_tasks_at_the_settings_intervals(settings)
         FILES_SWEEP: 7, FILES_MAINTAIN: 11}
     # The files queue's receiver runs only the files tasks it knows.
     assert {FILES_SWEEP, FILES_MAINTAIN} <= set(FILES_TASKS)
+    # Without the files path there is nothing to schedule.
+    assert create_celery(replace(settings, files_enabled=False)).conf.beat_schedule == {}
 
 
 def test_beat_sends_the_sweep_and_the_maintenance_and_a_worker_runs_them(files_settings,
