@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -163,6 +165,25 @@ class Notifications:
     def wait(self, count, timeout=120):
         return wait_for(lambda: len(self.poll()) >= count and self.received, timeout=timeout,
                         message=f"{count} SNS notification(s)")
+
+
+def stuck_execution(files, seconds: int) -> str:
+    """An execution recorded as started seconds ago and still running (its step lost); its id."""
+    from app.files.execution import FileEvent, new_execution_id
+    execution_id = new_execution_id()
+    files.start(execution_id, [FileEvent(f"input/orders_{execution_id}.csv")])
+    files.store.save_execution({**files.store.execution(execution_id),
+                                "started_at_ms": int(time.time() * 1000) - seconds * 1000})
+    return execution_id
+
+
+def merge_sample_orders(files, seed: int) -> None:
+    """A few sample orders merged straight into the orders table (no upload, no execution)."""
+    from app.files.cleaning import clean, read_csv
+    from app.files.contract import ORDERS
+    from files_oracle import csv_of, make_rows
+    rows = csv_of(ORDERS, make_rows(random.Random(seed), orders=5)[1])
+    files.staging.upsert(ORDERS, clean(read_csv(rows, ORDERS), ORDERS).frame)
 
 
 def celery_cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:

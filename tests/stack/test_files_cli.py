@@ -1,19 +1,16 @@
 """orders-files sample/upload and `celery -A tasks files list|show|sweep|maintain`."""
 import json
-import random
-import time
 from dataclasses import replace
 
 from click.testing import CliRunner
 
 from app import aws
 from app.files.cleaning import DUPLICATE_KEY, clean, read_csv, rules_for
-from app.files.contract import ORDERS, file_type_for
-from app.files.execution import FileEvent, Files, new_execution_id
+from app.files.contract import file_type_for
+from app.files.execution import Files
 from app.settings import to_env
 from app.store import FilesStore
-from conftest import celery_cli
-from files_oracle import csv_of, make_rows
+from conftest import celery_cli, merge_sample_orders, stuck_execution
 from stack.batch_files import main
 
 
@@ -70,12 +67,8 @@ def test_celery_files_list_and_show(settings):
 def test_celery_files_sweep_and_maintain(files_settings):
     settings = replace(files_settings, files_execution_timeout=60)
     files = Files(settings)
-    rows = csv_of(ORDERS, make_rows(random.Random(7), orders=5)[1])
-    files.staging.upsert(ORDERS, clean(read_csv(rows, ORDERS), ORDERS).frame)
-    stuck = new_execution_id()
-    files.start(stuck, [FileEvent("input/orders_stuck.csv")])
-    files.store.save_execution({**files.store.execution(stuck),
-                                "started_at_ms": int(time.time() * 1000) - 61_000})
+    merge_sample_orders(files, seed=7)
+    stuck = stuck_execution(files, seconds=61)
 
     assert json.loads(celery_cli(settings, "files", "sweep", "--json").stdout) == [stuck]
     assert files.store.execution(stuck)["status"] == "failed"

@@ -1,14 +1,10 @@
 """celery beat sends files.sweep and files.maintain; a real worker runs them."""
-import random
-import time
 from dataclasses import replace
 
 from app import aws
-from app.files.cleaning import clean, read_csv
 from app.files.contract import ORDERS
-from app.files.execution import FileEvent, Files, new_execution_id
-from conftest import ROOT, Notifications, wait_for
-from files_oracle import csv_of, make_rows
+from app.files.execution import Files
+from conftest import ROOT, Notifications, merge_sample_orders, stuck_execution, wait_for
 from stack.launch import beat_command, environment
 from stack.services import Process
 from tasks.celery import create_celery
@@ -32,14 +28,9 @@ def test_beat_sends_the_sweep_and_the_maintenance_and_a_worker_runs_them(files_s
                        files_maintain_interval=3)
     files = Files(settings)
     notes = Notifications(settings)
-    # A table to maintain, merged in this process.
-    rows = csv_of(ORDERS, make_rows(random.Random(3), orders=5)[1])
-    files.staging.upsert(ORDERS, clean(read_csv(rows, ORDERS), ORDERS).frame)
+    merge_sample_orders(files, seed=3)  # a table to maintain
     # An execution whose step was lost 61 s ago: nothing but the sweeper ends it.
-    stuck = new_execution_id()
-    files.start(stuck, [FileEvent("input/orders_stuck.csv")])
-    files.store.save_execution({**files.store.execution(stuck),
-                                "started_at_ms": int(time.time() * 1000) - 61_000})
+    stuck = stuck_execution(files, seconds=61)
     start_worker(settings=settings)
     beat = Process("beat", beat_command(tmp_path / "celerybeat-schedule"),
                    env=environment(settings), log_dir=tmp_path, cwd=ROOT).start()
