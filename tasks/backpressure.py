@@ -77,6 +77,7 @@ class Gate:
         self._since = 0.0
         self._timer = None
         self._probe: Callable[[], str | None] | None = None
+        self._announce: Callable[[str | None], None] | None = None
         self._wakers: list[weakref.WeakMethod] = []
 
     @property
@@ -84,9 +85,11 @@ class Gate:
         """Whether consumption is paused."""
         return self.reason is not None
 
-    def use(self, timer, probe: Callable[[], str | None]):
-        """The consumer's timer (its event loop) and the probe write: None when it went through."""
-        self._timer, self._probe = timer, probe
+    def use(self, timer, probe: Callable[[], str | None],
+            announce: Callable[[str | None], None] | None = None):
+        """The consumer's timer (its event loop), the probe write (None when it went through)
+        and announce(reason), told the refusal's reason while paused, None once resumed."""
+        self._timer, self._probe, self._announce = timer, probe, announce
 
     def on_open(self, wake: Callable[[], None]):
         """Call wake (a bound method: held weakly) whenever the gate opens."""
@@ -102,6 +105,7 @@ class Gate:
                        "are retried, nothing is received until a write goes through (tried "
                        "every %.0f s)", reason, f": {detail}" if detail else "", PROBE_SECONDS,
                        extra={"consumption": "paused", "reason": reason})
+        self._tell()
         self._schedule_probe()
 
     def open(self, how: str):
@@ -112,6 +116,7 @@ class Gate:
         logger.warning("consumption resumed: the store takes writes again (%s) after %.0f s "
                        "of %s", how, monotonic() - self._since, reason,
                        extra={"consumption": "resumed", "reason": reason})
+        self._tell()
         for waker in self._wakers:
             wake = waker()
             if wake is not None:
@@ -131,7 +136,15 @@ class Gate:
         if refused is None:
             self.open("a probe write went through")
         else:
+            self._tell()  # again at each probe: a listener that started late learns it too
             self._schedule_probe()
+
+    def _tell(self):
+        if self._announce is not None:
+            try:
+                self._announce(self.reason)
+            except Exception as exc:  # noqa: BLE001 - the control plane is only told
+                logger.warning("consumption state not announced: %r", exc)
 
 
 # The worker's one gate: its consumer, its requests and its receive chains share it.

@@ -8,7 +8,7 @@ from tasks.backpressure import StoreProbe, gate
 from tasks.collector import (MAX_EVENTS, ORDERS_WINDOW_SECONDS, Collector, FileEvents,
                              OrdersBatch, adopt_raw_order)
 from tasks.control import control_connection
-from tasks.names import FILES_TASKS, ORDER_TASKS
+from tasks.names import CONSUMPTION_EVENT, FILES_TASKS, ORDER_TASKS
 from tasks.sqs.settle import settle_off_the_loop, wait_for_settlements
 
 # Task events are published together at most this often: Celery publishes whatever one
@@ -41,7 +41,14 @@ class OrderConsumer(Consumer):
         self.tasks_by_queue[settings.files_queue] = FILES_TASKS
         self._events_timer = None
         # Consumption pauses while the store refuses writes (tasks/backpressure.py).
-        gate.use(self.timer, StoreProbe(settings.redis_url))
+        gate.use(self.timer, StoreProbe(settings.redis_url), self.announce_consumption)
+
+    def announce_consumption(self, paused_by: str | None):
+        """Tell the control plane whether consumption is paused, and why (the API's
+        orders_worker_consumption_paused)."""
+        if self.event_dispatcher is not None:
+            self.event_dispatcher.send(CONSUMPTION_EVENT, paused=paused_by is not None,
+                                       reason=paused_by)
 
     def stop(self):
         """The loop has stopped: what the pool still finishes is settled from threads."""

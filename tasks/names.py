@@ -22,3 +22,8 @@ FILES_SWEEP = "files.sweep"
 # The task messages the files queue carries.
 FILES_TASKS = (FILES_EXECUTE, FILES_STAGE, FILES_KPIS, FILES_FINISH, FILES_FAILED,
                FILES_MAINTAIN, FILES_SWEEP)
+
+# The worker event (Celery's event dispatcher, group "worker") that says whether a worker's
+# consumption is paused because the store refuses writes (tasks/backpressure.py); the API
+# hears it beside the heartbeats (web/metrics.py).
+CONSUMPTION_EVENT = "worker-consumption"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 import random
+import socket
 import threading
 import time
 from dataclasses import replace
 
 import pytest
 import redis
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import sqs
 from app.store import Store
@@ -184,3 +187,43 @@ def refuse_mid_stream(refusal, settings, sqs_client, start_worker, tmp_path):
     finally:
         fault.close()
         server.stop()
+
+
+def test_metrics_show_a_worker_paused_while_the_store_refuses_writes(
+        settings, sqs_client, start_worker, start_api, tmp_path):
+    """The worker tells the control plane when it pauses and resumes; /metrics says so."""
+    server = RedisServer(free_port(), log_dir=tmp_path, name="redis-refusing").start()
+    fault = OutOfMemory(server, tmp_path)
+    try:
+        own = replace(settings, redis_url=server.url)
+        store = Store.from_url(own.redis_url)
+        api = start_api(own)
+        worker = start_worker(settings=own)
+        hostname = f"w1@{socket.gethostname()}"  # start_worker's default node name
+        paused = ("orders_worker_consumption_paused", (("worker", hostname),))
+        orders = make_orders("RP", 40, users=5, rng=random.Random(23))
+        send(sqs_client, own.orders_url, [dumps(body) for body, _ in orders[:20]])
+        wait_for(lambda: store.outcomes()["counted"] == 20, timeout=60, message="20 counted")
+        assert wait_for(lambda: scrape(api).get(paused) == 0, timeout=30,
+                        message="the live worker, not paused, in /metrics")
+
+        fault.refuse()
+        send(sqs_client, own.orders_url, [dumps(body) for body, _ in orders[20:]])
+        wait_for(lambda: scrape(api).get(paused) == 1, timeout=60,
+                 message="the worker paused in /metrics")
+        fault.accept()
+        wait_for(lambda: scrape(api).get(paused) == 0, timeout=60,
+                 message="the worker resumed in /metrics")
+        wait_for(lambda: store.outcomes()["counted"] == len(orders), timeout=120,
+                 message="every order counted")
+    finally:
+        fault.close()
+        server.stop()
+
+
+def scrape(api: str) -> dict:
+    """/metrics as {(name, labels): value}."""
+    response = requests.get(f"{api}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}

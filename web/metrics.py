@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from app import sqs
 from app.store_health import StoreHealth
+from tasks.names import CONSUMPTION_EVENT
 
 logger = logging.getLogger(__name__)
 blp = Blueprint("metrics", __name__)
@@ -136,7 +137,8 @@ def _refresh_forever(figures_ref: "weakref.ref[SqsFigures]", interval: float) ->
 # "celeryev" fanout exchange on PUB/SUB channel "/{db}.celeryev/{routing key}" (its
 # fanout_prefix and fanout_patterns transport options, on by default), each message a
 # JSON envelope whose body is base64-encoded JSON (kombu 5.7; tests/web/test_workers_up.py).
-WORKER_EVENTS = ("worker.online", "worker.heartbeat", "worker.offline")
+WORKER_EVENTS = ("worker.online", "worker.heartbeat", "worker.offline",
+                 CONSUMPTION_EVENT.replace("-", "."))
 # Celery's heartbeat interval (the worker's Heart step: 2 s): a listener subscribed for less
 # than two of them may not have heard a live worker yet.
 DEFAULT_HEARTBEAT_FREQ = 2.0
@@ -161,11 +163,13 @@ def decode_worker_event(payload: bytes) -> dict:
 
 @dataclass(frozen=True)
 class WorkerSeen:
-    """A worker's last event: when it arrived (monotonic), its heartbeat interval, offline."""
+    """A worker's last event: when it arrived (monotonic), its heartbeat interval, offline;
+    why its consumption is paused (the store's refusal), None while it consumes."""
 
     received: float
     freq: float
     offline: bool
+    paused_by: str | None = None
 
     def live(self, now: float) -> bool:
         """Celery's rule (celery.events.state): live until two intervals without a beat."""
@@ -232,14 +236,19 @@ class WorkerHeartbeats:
     def _record(self, payload: bytes) -> None:
         try:
             event = decode_worker_event(payload)
-            seen = WorkerSeen(time.monotonic(), float(event.get("freq") or DEFAULT_HEARTBEAT_FREQ),
-                              event["type"] == "worker-offline")
+            freq = float(event.get("freq") or DEFAULT_HEARTBEAT_FREQ)
+            offline = event["type"] == "worker-offline"
             hostname = str(event["hostname"])
+            told = event["type"] == CONSUMPTION_EVENT
+            paused_by = str(event.get("reason") or "refused") if event.get("paused") else None
         except (ValueError, KeyError, TypeError) as exc:  # not an event of Celery's
             logger.warning("control plane: unreadable worker event: %r", exc)
             return
         with self._lock:
-            self._workers[hostname] = seen
+            if not told:  # a heartbeat keeps the last consumption state heard
+                earlier = self._workers.get(hostname)
+                paused_by = earlier.paused_by if earlier and not offline else None
+            self._workers[hostname] = WorkerSeen(time.monotonic(), freq, offline, paused_by)
 
     def _close(self) -> None:
         if self._pubsub is not None:
@@ -354,8 +363,16 @@ class PipelineCollector:
         for hostname, seen in sorted(snapshot.workers.items()):
             worker_up.add_metric([hostname], 1 if seen.live(now) else 0)
             age.add_metric([hostname], now - seen.received)
+        paused = GaugeMetricFamily("orders_worker_consumption_paused",
+                                   "1 while the live worker receives nothing because the "
+                                   "store refuses writes (backpressure), else 0",
+                                   labels=["worker"])
+        for hostname, seen in sorted(snapshot.workers.items()):
+            if seen.live(now):
+                paused.add_metric([hostname], 1 if seen.paused_by else 0)
         yield worker_up
         yield age
+        yield paused
         if (live := snapshot.live(now)) is not None:  # unknown is not 0
             yield GaugeMetricFamily(
                 "orders_workers_live", "Workers whose heartbeats arrive over the control plane",
