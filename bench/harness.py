@@ -33,6 +33,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Shares of the generated orders; the rest are valid, first-time orders.
 INVALID_SHARE, DUPLICATE_SHARE = 0.03, 0.02
 SEED = 6
+# The steady part of a run, for CPU per order: from the poll at which this share of the
+# orders it got through was done to the one at which that share was. Each process's
+# start-up (imports, forking the pool: ~0.7 s of CPU a `celery worker`) is before it, the
+# last batches' stragglers after it.
+STEADY_FROM, STEADY_TO = 0.2, 0.9
 
 
 def cpu_seconds(pid: int) -> float:
@@ -66,6 +71,10 @@ class CpuMeter:
                     self.start[pid] = seconds
                 if seconds:
                     self.last[name][pid] = seconds
+
+    def total(self, name: str) -> float:
+        """CPU seconds one group used since the start, up to the last sample."""
+        return sum(s - self.start.get(pid, 0.0) for pid, s in self.last[name].items())
 
     def busy(self, elapsed: float) -> dict[str, float]:
         """Per group, CPU seconds used since the start divided by the elapsed time."""
@@ -184,6 +193,19 @@ class Orders:
                 f"{self.kinds['invalid']:,} invalid, {self.kinds['duplicate']:,} re-sent")
 
 
+def steady_per_order(samples: list[tuple[int, ...]], done: int) -> list[float] | None:
+    """Each counter's growth per order between STEADY_FROM and STEADY_TO of `done` orders.
+
+    samples: (orders done, counter, counter, ...) at each poll, in order. None when the
+    window holds no orders (a run too short or too slow to have one).
+    """
+    start = next((s for s in samples if s[0] >= STEADY_FROM * done), None)
+    end = next((s for s in samples if s[0] >= STEADY_TO * done), None)
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return [(b - a) / (end[0] - start[0]) for a, b in zip(start[1:], end[1:])]
+
+
 def send(stack: Stack, url: str, bodies: list[str], label: str):
     """Pre-queue bodies with SendMessageBatch straight on LocalStack (not counted)."""
     entries = (sample.Sample(body, "bench") for body in bodies)
@@ -219,7 +241,7 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | 
     """
     stack.data_meter.flush()
     stack.control_meter.flush()
-    memory0 = stack.data_meter.used_memory()
+    memory0, redis_cpu0 = stack.data_meter.used_memory(), stack.data_meter.used_cpu()
     proxy0 = stack.proxy_counts()
     data0, control0 = stack.data_meter.snapshot(), stack.control_meter.snapshot()
     started = time.monotonic()
@@ -229,13 +251,18 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | 
               "status": "ok"}
     done = last_done = first_done = 0
     last_change = first_at = None
+    # (orders done, contender CPU seconds, SQS requests, Redis round trips) at each poll
+    samples = []
     try:
         with tqdm(total=total, desc=label, unit="msg", leave=False, disable=None) as bar:
             while True:
                 now = time.monotonic()
-                done = progress(_delta(proxy0, stack.proxy_counts()))
+                traffic = _delta(proxy0, stack.proxy_counts())
+                done = progress(traffic)
                 bar.update(done - bar.n)
                 cpu.sample()
+                samples.append((done, cpu.total("contender"), sum(traffic["requests"].values()),
+                                stack.data_meter.round_trips()))
                 if done and first_at is None:
                     first_at, first_done = now, done
                 if done != last_done or last_change is None:
@@ -257,7 +284,7 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | 
         proxy1 = stack.proxy_counts()
         done = progress(_delta(proxy0, proxy1))  # a drain may have said its last word since
         data1, control1 = stack.data_meter.snapshot(), stack.control_meter.snapshot()
-        memory1 = stack.data_meter.used_memory()
+        memory1, redis_cpu1 = stack.data_meter.used_memory(), stack.data_meter.used_cpu()
     finally:
         process.stop(timeout=15)
     traffic = _delta(proxy0, proxy1)
@@ -275,6 +302,17 @@ def ingest(stack: Stack, label: str, total: int, launch: Callable[[], Process | 
     # CPU time of the contender's processes (every pool process included) per order done.
     result["cpu_ms_per_order"] = (round(result["cpu_busy"]["contender"] * elapsed * 1000 / done,
                                         3) if done else None)
+    # The same without each process's start-up (its imports, its first requests: the
+    # queue's attributes, the store's scripts and checks) and the run's last stragglers:
+    # the cost of an order once the workers run, which more orders or machines multiply.
+    steady = steady_per_order(samples, done)
+    result["steady"] = None if steady is None else {
+        "cpu_ms_per_order": round(steady[0] * 1000, 3),
+        "sqs_requests_per_order": round(steady[1], 4),
+        "redis_round_trips_per_order": round(steady[2], 4)}
+    # redis-server CPU (the aggregates' servers: every primary of a cluster) per order.
+    result["redis_cpu_ms_per_order"] = (round((redis_cpu1 - redis_cpu0) * 1000 / done, 4)
+                                        if done else None)
     tqdm.write(f"{label} at {stack.rtt_ms:g} ms: {done:,}/{total:,} in {elapsed:.1f} s "
                f"({result['status']})", file=sys.stderr)
     return result

@@ -100,6 +100,11 @@ class RedisMeter:
                          for name, value in info.items() if name.startswith("cmdstat_")})
         return own, own_trips, calls, info["total_writes_processed"]
 
+    def round_trips(self) -> int:
+        """Requests the server answered so far, less the harness's own (INFO stats only)."""
+        own = self.client.round_trips()
+        return self.client.info("stats")["total_writes_processed"] - own
+
     @staticmethod
     def delta(before, after) -> tuple[Counter, int]:
         """Commands per name and round trips between two snapshots, without the harness's."""
@@ -112,6 +117,10 @@ class RedisMeter:
     def used_memory(self) -> int:
         """INFO memory's used_memory."""
         return used_memory(self.client)
+
+    def used_cpu(self) -> float:
+        """CPU seconds the server has used so far."""
+        return used_cpu(self.client)
 
     def flush(self):
         """Empty every database (a fresh start for the next contender)."""
@@ -131,6 +140,10 @@ class ClusterMeter:
         """Each primary's snapshot."""
         return [meter.snapshot() for meter in self.primaries]
 
+    def round_trips(self) -> int:
+        """Requests the primaries answered so far, less the harness's own."""
+        return sum(meter.round_trips() for meter in self.primaries)
+
     @staticmethod
     def delta(before: list, after: list) -> tuple[Counter, int]:
         """Commands per name and round trips of all the primaries together."""
@@ -144,6 +157,10 @@ class ClusterMeter:
     def used_memory(self) -> int:
         """used_memory summed over the primaries."""
         return sum(meter.used_memory() for meter in self.primaries)
+
+    def used_cpu(self) -> float:
+        """CPU seconds summed over the primaries."""
+        return sum(meter.used_cpu() for meter in self.primaries)
 
     def flush(self):
         """Empty every primary."""

@@ -1,6 +1,7 @@
 """The machine a run measured on, and the Markdown table of its results."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -8,6 +9,7 @@ import time
 from importlib import metadata
 
 from bench.files_pipeline import files_targets, markdown as files_markdown
+from bench.harness import STEADY_FROM, STEADY_TO
 from bench.range_queries import markdown as range_markdown
 from stack.services import PROJECT_ROOT, sqs_server_python
 
@@ -292,6 +294,7 @@ def latency_targets(results: dict) -> list[tuple[str, str, bool | None]]:
     found += [("≤ 0.22 SQS requests per order (worst project row)", f"{sqs:.2f}", sqs <= 0.22),
               ("≤ 0.12 Redis round trips per order (worst project row)", f"{trips:.2f}",
                trips <= 0.12)]
+    found += scale_out_targets(results)
     bare = _find(rows, "bare batched loop")
     if bare and bare.get("cpu_ms_per_order") and project.get("cpu_ms_per_order"):
         ratio = project["cpu_ms_per_order"] / bare["cpu_ms_per_order"]
@@ -462,11 +465,218 @@ def _cluster(results: dict) -> list[str]:
     return lines
 
 
+# Cost per order as worker processes are added: each figure at most this × one process's.
+SCALE_OUT_MOST = 1.1
+# (key, what it is) of the costs per order compared across worker counts: each measured
+# over the steady part of the run (no start-up), the whole run's beside it.
+SCALE_OUT_COSTS = (("cpu", "worker CPU ms per order"), ("sqs", "SQS requests per order"),
+                   ("redis", "Redis round trips per order"))
+
+
+def cost_per_order(row: dict, steady: bool = True) -> dict[str, float | None]:
+    """A row's worker CPU ms, SQS requests and Redis round trips per order: over the steady
+    part of its run (None if it had none), or over the whole run."""
+    if steady:
+        part = row.get("steady") or {}
+        return {"cpu": part.get("cpu_ms_per_order"), "sqs": part.get("sqs_requests_per_order"),
+                "redis": part.get("redis_round_trips_per_order")}
+    done = row["done"]
+    return {"cpu": row.get("cpu_ms_per_order"),
+            "sqs": sum(row["sqs_requests"].values()) / done if done else None,
+            "redis": row["redis_round_trips"] / done if done else None}
+
+
+def scale_out_ratios(rows: list[dict], far: float,
+                     steady: bool = True) -> dict[tuple[str, int], float]:
+    """{(cost key, worker processes): that cost per order over one process's}, at far ms."""
+    one = _find(rows, PROJECT, far)
+    if one is None:
+        return {}
+    base = cost_per_order(one, steady)
+    ratios = {}
+    for row in rows:
+        if row["contender"] == PROJECT and row.get("rtt_ms", 0) == far \
+                and row.get("processes", 1) > 1:
+            for key, value in cost_per_order(row, steady).items():
+                if value and base[key]:
+                    ratios[(key, row["processes"])] = value / base[key]
+    return ratios
+
+
+def _measured_together(results: dict) -> list[list[dict]]:
+    """The groups of rows measured side by side: each round, or else the main rows."""
+    rounds = results.get("rounds") or []
+    numbers = sorted({r["round"] for r in rounds})
+    return [[r for r in rounds if r["round"] == n] for n in numbers] or [results["ingest"]]
+
+
+def scale_out_targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """Cost per order at 2 and 4 worker processes against one's: (target, measured, met).
+
+    The steady part of each run is the target; the whole run's ratio, start-ups included,
+    is shown beside it. With rounds, each ratio is the median of the rounds' own ratios.
+    """
+    groups = _measured_together(results)
+    far = _far([row for group in groups for row in group])
+    steady = [scale_out_ratios(group, far) for group in groups]
+    whole = [scale_out_ratios(group, far, steady=False) for group in groups]
+    found = []
+    for processes in sorted({n for ratios in steady + whole for _, n in ratios}):
+        for key, text in SCALE_OUT_COSTS:
+            values = [ratios[(key, processes)] for ratios in steady
+                      if (key, processes) in ratios]
+            overall = [ratios[(key, processes)] for ratios in whole
+                       if (key, processes) in ratios]
+            if not values and not overall:
+                continue
+            shown = _ratios(values) + (f"; whole run {_ratios(overall)}" if overall else "")
+            found.append((f"at {far:g} ms, {processes} worker processes: {text} "
+                          f"≤ {SCALE_OUT_MOST:g}× one process's", shown,
+                          _median(values) <= SCALE_OUT_MOST if values else False))
+    return found
+
+
+def _ratios(values: list[float]) -> str:
+    """'1.04×', or with rounds '1.04× (median of 3 rounds: 1.02, 1.04, 1.09)'; '–' if none."""
+    if not values:
+        return "–"
+    return f"{_median(values):.2f}×" + (f" (median of {len(values)} rounds: "
+                                        + ", ".join(f"{v:.2f}" for v in values) + ")"
+                                        if len(values) > 1 else "")
+
+
+def _scale_out(results: dict) -> list[str]:
+    groups = _measured_together(results)
+    far = _far([row for group in groups for row in group])
+    lines = ["", f"### Scale-out: cost per order with more worker processes, at {far:g} ms",
+             "", "Worker CPU is every process of the workers (main and pool) from /proc. Each "
+             f"figure is over the steady part of the run, from {STEADY_FROM:.0%} to "
+             f"{STEADY_TO:.0%} of its orders (no process's start-up), the whole run's after "
+             "the ·; ratios are to one process in the same round.", "",
+             "| round | worker processes | orders/s | worker CPU ms per order | SQS requests "
+             "per order | Redis round trips per order | control-plane round trips per order "
+             "(whole run) | steady × one process: CPU · SQS · Redis |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for group in groups:
+        ratios = scale_out_ratios(group, far)
+        rows = sorted((r for r in group if r["contender"] == PROJECT
+                       and r.get("rtt_ms", 0) == far), key=lambda r: r.get("processes", 1))
+        for r in rows:
+            n, steady, whole = r.get("processes", 1), cost_per_order(r), cost_per_order(r, False)
+            times = " · ".join(f"{ratios[(key, n)]:.2f}" if (key, n) in ratios else "–"
+                               for key, _ in SCALE_OUT_COSTS) if n > 1 else "1 · 1 · 1"
+            cells = " | ".join(f"{_n(steady[key], 3)} · {_n(whole[key], 3)}"
+                               for key, _ in SCALE_OUT_COSTS)
+            lines.append(f"| {r.get('round', 'main')} | {n} | {_n(r['orders_per_s'])} | {cells} | "
+                         f"{_per(r['control_round_trips'], r['done'])} | {times} |")
+    return lines
+
+
+# Worker cores and Redis shards are planned this busy at the rate asked: 30% headroom for
+# peaks, a backlog to catch up on, and one machine or shard of the set being down for a while.
+PLAN_BUSY = 0.7
+PLAN_RATES = (1_000, 10_000)  # orders/s of the capacity table
+# Non-batched requests a second per API action of a FIFO queue (not high-throughput mode).
+FIFO_TPS = 300
+
+
+def capacity_rows(results: dict) -> list[dict]:
+    """Per contender at 0 ms: SQS requests and their cost, worker CPU, cores and Redis shards
+    needed at PLAN_RATES, from this run's figures."""
+    settings = results["settings"]
+    price = settings["sqs_price_per_million"]
+    cluster = next((r for r in results.get("cluster") or []
+                    if r.get("redis_nodes", 1) > 1 and r.get("redis_cpu_ms_per_order")), None)
+    found = []
+    for r in results["ingest"]:
+        if r.get("rtt_ms", 0) or r.get("processes", 1) > 1 or "no proxy" in r["contender"] \
+                or not r["done"]:
+            continue
+        steady_cpu = cost_per_order(r)["cpu"]
+        cpu_ms = steady_cpu or r.get("cpu_ms_per_order")
+        sqs = sum(r["sqs_requests"].values()) / r["done"]
+        # The raw drain has no Redis work: the harness's own commands are not counted.
+        redis_ms = r.get("redis_cpu_ms_per_order") if r["redis_round_trips"] else None
+        row = {"contender": r["contender"], "time_boxed": r["status"] != "ok",
+               "steady": bool(steady_cpu),
+               "sqs_per_million": sqs * 1e6, "dollars_per_million": sqs * price,
+               "cpu_s_per_million": cpu_ms * 1000 if cpu_ms else None,
+               "redis_cpu_ms_per_order": redis_ms,
+               "redis_commands_per_order": sum(r["redis_commands"].values()) / r["done"],
+               "sqs_per_action": {action: count / r["done"]
+                                  for action, count in r["sqs_requests"].items()},
+               "cores": {}, "shards": {}, "cluster_shards": set()}
+        for rate in PLAN_RATES:
+            if cpu_ms:
+                row["cores"][rate] = cpu_ms / 1000 * rate / PLAN_BUSY
+            if redis_ms:
+                shards = rate * redis_ms / 1000 / PLAN_BUSY
+                # Beyond one shard the project's batches span primaries: a cluster's cost.
+                if shards > 1 and cluster and r["contender"] == PROJECT:
+                    shards = rate * cluster["redis_cpu_ms_per_order"] / 1000 / PLAN_BUSY
+                    row["cluster_shards"].add(rate)
+                row["shards"][rate] = shards
+        found.append(row)
+    return found
+
+
+def _whole(value: float | None) -> str:
+    """What to provision (rounded up) with the exact need beside it: '2 (1.4)'."""
+    return "–" if value is None else f"{max(1, math.ceil(value)):,} ({value:,.1f})"
+
+
+def _capacity(results: dict) -> list[str]:
+    settings = results["settings"]
+    price, date = settings["sqs_price_per_million"], settings["sqs_price_date"]
+    rows = capacity_rows(results)
+    rates = " · ".join(f"{rate:,}" for rate in PLAN_RATES)
+    lines = ["", "### Capacity and cost, from this run's figures at 0 ms", "",
+             f"SQS at ${price:.2f} per million requests (the list price read {date}; the "
+             "consumer's requests only); worker CPU from the steady part of each run († the "
+             f"whole run, where it has none); cores and shards planned {PLAN_BUSY:.0%} busy, "
+             "the exact need in brackets; a Redis shard is one redis-server core, so it "
+             "serves 1 / (its CPU per order) orders a second.", "",
+             "| contender | SQS requests per million orders | SQS cost per million orders | "
+             f"worker CPU s per million orders | worker cores at {rates} orders/s | "
+             f"Redis CPU ms per order | Redis shards at {rates} orders/s |",
+             "| --- | ---: | ---: | ---: | --- | ---: | --- |"]
+    for row in rows:
+        name = row["contender"] + (" (time-boxed)" if row["time_boxed"] else "")
+        cpu = _n(row["cpu_s_per_million"]) + ("" if row["steady"] else " †")
+        shards = " · ".join(_whole(row["shards"].get(rate))
+                            + (" ‡" if rate in row["cluster_shards"] else "")
+                            for rate in PLAN_RATES)
+        lines.append(f"| {name} | {_n(row['sqs_per_million'])} | "
+                     f"${row['dollars_per_million']:.2f} | {cpu} | "
+                     + " · ".join(_whole(row["cores"].get(rate)) for rate in PLAN_RATES)
+                     + f" | {_n(row['redis_cpu_ms_per_order'], 4)} | {shards} |")
+    project = next((row for row in rows if row["contender"] == PROJECT), None)
+    if project and project["redis_cpu_ms_per_order"]:
+        per_shard = 1000 / project["redis_cpu_ms_per_order"]
+        lines += ["", f"One Redis shard at 100% of its core: {_n(per_shard)} of the project's "
+                  f"orders a second, {_n(per_shard * project['redis_commands_per_order'])} "
+                  "commands a second (Lua's included)."
+                  + (" ‡: beyond one shard, the Redis Cluster row's CPU per order (all its "
+                     "primaries): a batch's keys span primaries." if project["cluster_shards"]
+                     else "")]
+    if project and project["sqs_per_action"]:
+        busiest = max(project["sqs_per_action"].values())
+        top = max(PLAN_RATES)
+        lines += ["", f"SQS per queue at {top:,} orders/s: the project makes "
+                  f"{_n(busiest * top)} requests a second of its busiest action; a standard "
+                  "queue takes a nearly unlimited number, a FIFO queue "
+                  f"{FIFO_TPS} per action (high-throughput mode more): "
+                  f"{_n(FIFO_TPS / busiest)} orders/s there."]
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The whole table: header, ingest, API, scale and targets."""
     lines = _header(results) + (_ingest(results) if results.get("ingest") else [])
     if results.get("rounds"):
         lines += _rounds(results)
+    if any(r.get("processes", 1) > 1 for r in results["ingest"] + (results.get("rounds") or [])):
+        lines += _scale_out(results)
     lines += _baseline(results)
     if results.get("api"):
         lines += _api(results)
@@ -476,6 +686,8 @@ def markdown(results: dict) -> str:
         lines += _durability(results)
     if results.get("cluster"):
         lines += _cluster(results)
+    if "sqs_price_per_million" in results["settings"] and results.get("ingest"):
+        lines += _capacity(results)
     if results.get("files"):
         lines += ["### Batch files", "", files_markdown(results["files"])]
     if results.get("range_queries"):

@@ -17,6 +17,10 @@ ports; then, each on a fresh queue and a flushed Redis:
    by page against the ZUNIONSTORE script, on its own redis-server (bench/range_queries.py),
    with the users spread over the shards as the store places them and all in one shard.
 
+From the same figures: the cost per order at 1, 2 and 4 worker processes, and a capacity
+and cost table (SQS requests and their cost at --sqs-price-per-million, worker cores and
+Redis shards for 1,000 and 10,000 orders/s).
+
 --parts (BENCH_PARTS) runs some of these only: ingest (1 to 3 and the Redis durability and
 Cluster rows, which share the generated orders), files (4), range (5).
 
@@ -48,6 +52,9 @@ from stack.services import PROJECT_ROOT
 
 
 PARTS = ("ingest", "files", "range")
+# Amazon SQS standard queues' list price in us-east-1 after the free tier (the first million
+# requests a month), up to 100 billion requests a month, and when it was read.
+SQS_PRICE_PER_MILLION, SQS_PRICE_DATE = 0.40, "2026-12-06"
 
 
 def env_int(name: str, default: int) -> int:
@@ -125,6 +132,14 @@ def parse_args(argv):
     parser.add_argument("--parts", default=os.environ.get("BENCH_PARTS", ",".join(PARTS)),
                         help=f"comma-separated parts to run among {', '.join(PARTS)} (all by "
                              "default) [BENCH_PARTS]")
+    parser.add_argument("--sqs-price-per-million", type=float,
+                        default=float(os.environ.get("BENCH_SQS_PRICE_PER_MILLION")
+                                      or SQS_PRICE_PER_MILLION),
+                        help="US dollars per million SQS requests of the capacity table "
+                             "[BENCH_SQS_PRICE_PER_MILLION]")
+    parser.add_argument("--sqs-price-date",
+                        default=os.environ.get("BENCH_SQS_PRICE_DATE") or SQS_PRICE_DATE,
+                        help="when that price was read [BENCH_SQS_PRICE_DATE]")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
                         help="where latest.md, latest.json and the logs go")
     return parser.parse_args(argv)
@@ -153,7 +168,9 @@ def main(argv=None):
         "files_items": args.files_items, "durability": args.durability,
         "range_orders_per_day": args.range_orders_per_day, "range_days": args.range_days,
         "cluster": args.cluster, "rounds": args.rounds, "baseline": args.baseline,
-        "files_larger": args.files_larger, "parts": sorted(parts)}, "ingest": []}
+        "files_larger": args.files_larger, "parts": sorted(parts),
+        "sqs_price_per_million": args.sqs_price_per_million,
+        "sqs_price_date": args.sqs_price_date}, "ingest": []}
     # SIGTERM (make interrupted, a test's timeout) unwinds like Ctrl-C: every server stops.
     signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-") as stack_dir:

@@ -78,6 +78,11 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     drain_far = rows[("raw drain", RTT_MS, 1)]
     assert drain_far["orders_per_s"] <= 2 * 10 / (2 * RTT_MS / 1000), drain_far
     assert "### Round-trip and scale-out targets" in table
+    # The cost per order at 1 and 2 worker processes, and the capacity table from it.
+    assert "### Scale-out: cost per order with more worker processes" in table
+    assert "2 worker processes: SQS requests per order ≤ 1.1× one process's" in table
+    assert "### Capacity and cost" in table and f"| {PROJECT} |" in table
+    assert project["redis_cpu_ms_per_order"] > 0
     # One interleaved round of the ratio rows, each through every order.
     assert [(r["contender"], r["rtt_ms"], r["processes"], r["round"])
             for r in results["rounds"]] == [("raw drain", 0, 1, 1), (PROJECT, 0, 1, 1),

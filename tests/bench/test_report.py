@@ -1,10 +1,13 @@
-"""bench/report.py's ratios from rounds measured side by side (medians), and the baseline tree."""
+"""bench/report.py's ratios from rounds measured side by side (medians), the capacity
+arithmetic, and the baseline tree."""
 from __future__ import annotations
 
 import subprocess
 
 from bench.contenders import baseline_tree
-from bench.report import PROJECT, baseline_targets, latency_targets
+from bench.harness import steady_per_order
+from bench.report import (PROJECT, baseline_targets, capacity_rows, latency_targets,
+                          scale_out_targets)
 from stack.services import PROJECT_ROOT
 
 FAR = 25.0
@@ -78,3 +81,76 @@ def test_the_baseline_tree_holds_the_commits_files(tmp_path):
     committed = subprocess.run(["git", "show", "HEAD:tasks/celery.py"], cwd=PROJECT_ROOT,
                                check=True, capture_output=True, text=True).stdout
     assert (tree / "tasks" / "celery.py").read_text() == committed
+
+
+def test_the_steady_part_leaves_out_start_up_and_stragglers():
+    # (orders done, CPU seconds, requests) per poll: 2 s of CPU and 30 requests of start-up
+    # before the first order, then 1 ms and 0.2 requests per order, then 3 s of idle
+    # polling and 10 empty receives once the last batch is in.
+    samples = [(0, 1.0, 10), (0, 2.0, 30)] + [(n, 2.0 + n / 1000, 30 + n // 5)
+                                              for n in range(100, 1001, 100)]
+    samples.append((1000, 6.0, 240))
+    cpu, requests = steady_per_order(samples, 1000)
+    assert round(cpu * 1000, 9) == 1.0 and round(requests, 9) == 0.2
+    assert steady_per_order([(0, 1.0), (1000, 2.0)], 1000) is None
+
+
+def _scaled(number, cpu, sqs, trips):
+    """One round's project rows at FAR with 1, 2 and 4 processes: steady costs per order
+    given; over the whole run each is twice as much with 4 processes as with one."""
+    return [_row(PROJECT, 500, FAR, n, round=number,
+                 steady={"cpu_ms_per_order": c, "sqs_requests_per_order": s,
+                         "redis_round_trips_per_order": t},
+                 cpu_ms_per_order=0.5 * (1 + (n == 4)))
+            for n, c, s, t in zip((1, 2, 4), cpu, sqs, trips)]
+
+
+def test_scale_out_cost_ratios_are_medians_of_each_rounds_ratio_to_one_process():
+    rounds = [*_scaled(1, (0.50, 0.52, 0.60), (0.20, 0.20, 0.21), (0.11, 0.11, 0.11)),
+              *_scaled(2, (0.40, 0.46, 0.42), (0.20, 0.21, 0.20), (0.10, 0.11, 0.10)),
+              *_scaled(3, (0.55, 0.56, 0.57), (0.20, 0.20, 0.24), (0.11, 0.12, 0.11))]
+    found = {name: (value, met) for name, value, met in
+             scale_out_targets({"ingest": [], "rounds": rounds})}
+    assert len(found) == 6
+
+    def expect(processes, what, per_round):
+        value, met = found[f"at 25 ms, {processes} worker processes: {what} ≤ 1.1× one "
+                           "process's"]
+        middle = sorted(per_round)[1]
+        assert value.startswith(f"{middle:.2f}× (median of 3 rounds: "), value
+        assert met == (middle <= 1.1)
+        return value
+
+    expect(2, "worker CPU ms per order", [0.52 / 0.50, 0.46 / 0.40, 0.56 / 0.55])
+    value = expect(4, "worker CPU ms per order", [0.60 / 0.50, 0.42 / 0.40, 0.57 / 0.55])
+    assert value.endswith("; whole run 2.00× (median of 3 rounds: 2.00, 2.00, 2.00)"), value
+    expect(4, "SQS requests per order", [0.21 / 0.20, 0.20 / 0.20, 0.24 / 0.20])
+    expect(2, "Redis round trips per order", [1.0, 0.11 / 0.10, 0.12 / 0.11])
+
+
+def test_capacity_rows_follow_from_the_measured_costs_per_order():
+    settings = {"sqs_price_per_million": 0.5, "sqs_price_date": "2026-01-01"}
+    project = _row(PROJECT, 900, status="ok", steady={"cpu_ms_per_order": 0.6},
+                   redis_cpu_ms_per_order=0.1, redis_commands={"evalsha": 100, "hget": 7000})
+    seed = _row("seed-style worker", 100, status="time-boxed", steady=None,
+                cpu_ms_per_order=2.0, redis_cpu_ms_per_order=0.05,
+                sqs_requests={"ReceiveMessage": 100, "DeleteMessage": 1000},
+                redis_commands={"hincrby": 4000})
+    far = _row(PROJECT, 900, FAR, steady={"cpu_ms_per_order": 9.0})  # not at 0 ms
+    cluster = [_row(PROJECT, 900, redis_nodes=1, redis_cpu_ms_per_order=0.1),
+               _row(PROJECT, 800, redis_nodes=3, redis_cpu_ms_per_order=0.3)]
+    rows = {row["contender"]: row for row in capacity_rows(
+        {"settings": settings, "ingest": [project, seed, far], "cluster": cluster})}
+    assert set(rows) == {PROJECT, "seed-style worker"}
+    ours, theirs = rows[PROJECT], rows["seed-style worker"]
+    assert ours["sqs_per_million"] == 200 / 1000 * 1e6
+    assert ours["dollars_per_million"] == 200 / 1000 * 0.5
+    assert ours["cpu_s_per_million"] == 0.6 * 1000
+    assert ours["cores"] == {1000: 0.6e-3 * 1000 / 0.7, 10000: 0.6e-3 * 10000 / 0.7}
+    # One shard takes 1,000 orders/s at 0.1 ms each; 10,000 need a cluster, at its cost.
+    assert ours["shards"][1000] == 1000 * 0.1e-3 / 0.7
+    assert ours["shards"][10000] == 10000 * 0.3e-3 / 0.7 and ours["cluster_shards"] == {10000}
+    assert theirs["sqs_per_million"] == 1100 / 1000 * 1e6
+    assert theirs["cpu_s_per_million"] == 2.0 * 1000 and not theirs["steady"]
+    assert theirs["shards"][10000] == 10000 * 0.05e-3 / 0.7 and not theirs["cluster_shards"]
+    assert theirs["time_boxed"]
