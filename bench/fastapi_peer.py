@@ -17,9 +17,12 @@ from app.settings import from_env
 from app.store import global_key, user_key
 
 app = FastAPI(title="seed-style order stats")
+SETTINGS = from_env()
+SHARDS = SETTINGS.redis_shards
+# The pool as large as the project API's (API_WORKER_CONNECTIONS): redis-py's default of
+# 100 answered most requests at 256 connections with "Too many connections".
 r = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                         decode_responses=True)
-SHARDS = from_env().redis_shards
+                         decode_responses=True, max_connections=SETTINGS.api_worker_connections)
 
 
 def money(data: dict, name: str) -> float:
