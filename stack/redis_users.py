@@ -19,7 +19,7 @@ API_USER = "api"
 # refuses any function without the no-writes flag. A function is also held to this
 # command list, command by command. CLUSTER SLOTS/SHARDS and COMMAND let redis-py's
 # cluster client find the nodes of a Redis Cluster. SUBSCRIBE to the workers' events lets
-# /metrics count the live workers (web/metrics.py WorkerHeartbeats); it writes nothing.
+# /metrics count the live workers (web/worker_events.py WorkerHeartbeats); it writes nothing.
 USER_RULES: dict[str, tuple[str, ...]] = {
     WORKER_USER: ("~*", "&*", "+@all"),
     API_USER: ("resetkeys", "~*", "resetchannels", "&/*.celeryev/worker.*", "-@all", "+@read",
