@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
+import requests
 from tqdm import tqdm
 
 from bench.harness import CpuMeter, Orders, Stack, contender, fixed_members
@@ -18,6 +20,10 @@ from stack.launch import SCRIPTS, start_api
 from stack.services import PROJECT_ROOT, Process, free_port
 
 LUA = PROJECT_ROOT / "bench" / "wrk_paths.lua"
+# Live pages left open during the dashboard's cost rows, each polling /dashboard/figures as
+# web/static/dashboard.js does (POLL_MS).
+DASHBOARD_PAGES = 5
+DASHBOARD_POLL_SECONDS = 2.0
 
 
 def start_gunicorn(stack: Stack) -> tuple[Process, str]:
@@ -91,3 +97,46 @@ def run_api(stack: Stack, orders: Orders, gunicorn: Process, api_url: str, secon
     finally:
         peer.stop()
     return results
+
+
+def dashboard_cost(stack: Stack, orders: Orders, gunicorn: Process, api_url: str, seconds: int,
+                   connections: int) -> dict:
+    """The project's /users/<id>/stats row with no live page open, then with DASHBOARD_PAGES
+    pages polling /dashboard/figures, seconds apart."""
+    endpoint, paths = "/users/<id>/stats", [f"/users/{u}/stats" for u in orders.counted_users]
+    without = wrk(stack, "project", gunicorn, api_url, endpoint, paths, seconds, connections)
+    stop, answers = threading.Event(), []
+
+    def page(offset: float) -> None:
+        with requests.Session() as session:
+            stop.wait(offset)
+            while not stop.is_set():
+                try:
+                    answers.append(session.get(f"{api_url}/dashboard/figures", timeout=10)
+                                   .status_code)
+                except requests.RequestException:
+                    answers.append(0)
+                stop.wait(DASHBOARD_POLL_SECONDS)
+
+    pages = [threading.Thread(target=page, args=(n * DASHBOARD_POLL_SECONDS / DASHBOARD_PAGES,),
+                              daemon=True) for n in range(DASHBOARD_PAGES)]
+    for thread in pages:
+        thread.start()
+    try:
+        with_pages = wrk(stack, f"project, {DASHBOARD_PAGES} live pages open", gunicorn, api_url,
+                         endpoint, paths, seconds, connections)
+    finally:
+        stop.set()
+        for thread in pages:
+            thread.join(timeout=15)
+    return {"pages": DASHBOARD_PAGES, "poll_seconds": DASHBOARD_POLL_SECONDS,
+            "polls": len(answers), "failed_polls": sum(code != 200 for code in answers),
+            "without": without, "with": with_pages}
+
+
+def run_api_phase(stack: Stack, orders: Orders, gunicorn: Process, api_url: str, seconds: int,
+                  connections: list[int]) -> dict:
+    """The API rows against the peer, then the live page's cost at the first connections."""
+    return {"api": run_api(stack, orders, gunicorn, api_url, seconds, connections),
+            "dashboard_cost": dashboard_cost(stack, orders, gunicorn, api_url, seconds,
+                                             connections[0])}

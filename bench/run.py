@@ -43,7 +43,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench import files_pipeline, range_queries, report
-from bench.api_load import run_api, start_gunicorn
+from bench.api_load import run_api_phase, start_gunicorn
 from bench.contenders import (baseline_tree, run_bare_loop, run_baseline, run_cluster,
                               run_drain, run_durability, run_project, run_rounds, run_scale,
                               run_seed, run_stock_celery, warm_up)
@@ -185,8 +185,8 @@ def main(argv=None):
                 gunicorn, api_url = start_gunicorn(stack)
                 exits.callback(gunicorn.stop)
                 results["ingest"] = [run_project(stack, orders, api_url=api_url)]
-                results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
-                                         api_connections)
+                results.update(run_api_phase(stack, orders, gunicorn, api_url,
+                                             args.api_seconds, api_connections))
                 return _write(args, results)
             # The proxy check compares two rates near each other on shared cores: each drain
             # runs twice, interleaved, and its row is the better run.
@@ -221,8 +221,8 @@ def main(argv=None):
                 results["baseline"] = run_baseline(stack, orders, max(args.rounds, 1), tree, commit)
             if args.api_seconds:
                 # The API phase reads what the project's worker just wrote.
-                results["api"] = run_api(stack, orders, gunicorn, api_url, args.api_seconds,
-                                         api_connections)
+                results.update(run_api_phase(stack, orders, gunicorn, api_url,
+                                             args.api_seconds, api_connections))
                 gunicorn.stop()
             results["scale"] = run_scale(stack, scale_users, args.scale_orders, args.products)
             if args.cluster:

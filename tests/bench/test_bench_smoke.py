@@ -115,3 +115,8 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
                        for endpoint in ("/users/<id>/stats", "/stats/global")}
     for row in results["api"]:
         assert row["requests"] > 0 and row["errors"] == 0 and row["non_2xx"] == 0, row
+    cost = results["dashboard_cost"]
+    assert cost["polls"] > 0 and cost["failed_polls"] == 0, cost
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["non_2xx"] == 0
+               for r in (cost["without"], cost["with"])), cost
+    assert "### The live page's cost" in table

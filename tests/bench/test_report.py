@@ -6,8 +6,8 @@ import subprocess
 
 from bench.contenders import baseline_tree
 from bench.harness import steady_per_order
-from bench.report import (PROJECT, baseline_targets, capacity_rows, latency_targets,
-                          scale_out_targets)
+from bench.report import (DASHBOARD_COST_TARGET, PROJECT, baseline_targets, capacity_rows,
+                          dashboard_targets, latency_targets, scale_out_targets)
 from stack.services import PROJECT_ROOT
 
 FAR = 25.0
@@ -154,3 +154,19 @@ def test_capacity_rows_follow_from_the_measured_costs_per_order():
     assert theirs["cpu_s_per_million"] == 2.0 * 1000 and not theirs["steady"]
     assert theirs["shards"][10000] == 10000 * 0.05e-3 / 0.7 and not theirs["cluster_shards"]
     assert theirs["time_boxed"]
+
+
+def test_live_pages_are_judged_by_the_api_row_beside_them():
+    def row(per_s, p50):
+        return {"requests_per_s": per_s, "p50_ms": p50}
+
+    cost = {"pages": 5, "polls": 40, "failed_polls": 0,
+            "without": row(2000.0, 8.0), "with": row(1980.0, 8.8)}
+    found = {name.split(": ", 1)[1]: (value, met)
+             for name, value, met in dashboard_targets(cost)}
+    throughput, median = 1980 / 2000, 8.8 / 8.0
+    assert throughput >= 1 - DASHBOARD_COST_TARGET and median > 1 + DASHBOARD_COST_TARGET
+    assert [met for _, met in found.values()] == [True, False, True]
+    assert list(found.values())[0][0] == f"{throughput:.2f}×"
+    assert dashboard_targets({**cost, "failed_polls": 1})[2][2] is False
+    assert dashboard_targets(None) == []
