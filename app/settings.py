@@ -116,6 +116,9 @@ class Settings:
     api_worker_connections: int = setting(
         1000, "Connections each API worker serves at once (greenlets); its Redis pool may open "
         "as many, one for each request in flight.")
+    flower_url: str = setting(
+        "", "Flower's address, linked from the API's live page (`/dashboard`); empty: no link. "
+        "`make run` sets it to its own Flower.")
     metrics_sqs_interval: int = setting(
         5, "Seconds between two reads of the SQS queue depths by each API process, in the "
         "background: `/metrics` and `/health` serve the last figures and never wait on SQS.")

@@ -113,6 +113,7 @@ def start_stack(stack: Stack) -> tuple[app_settings.Settings, dict[str, str], st
     env.setdefault("EXTRA_ORDERS_QUEUES", "OrderQueue")
     api_port, flower_port = stack.settings.api_port, stack.settings.flower_port
     env["API_BIND"] = f"127.0.0.1:{api_port}"
+    env.setdefault("FLOWER_URL", f"http://127.0.0.1:{flower_port}")  # the live page's link
     settings = app_settings.from_env(env)
     # Every resolved setting goes to the children, so worker, API and Flower agree.
     env.update(app_settings.to_env(settings), CONTROL_URL=settings.control_plane_url)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint as FlaskBlueprint
 from flask import current_app, render_template
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from app import analytics
 from web.metrics import queue_roles, store_state
+from web.schemas import DayKpisSchema, TopProductSchema, TopUserSchema
 
 # The page and its static files (uPlot vendored under static/vendor): no CDN, works offline.
 page = FlaskBlueprint("dashboard_page", __name__, template_folder="templates",
@@ -16,6 +19,8 @@ page = FlaskBlueprint("dashboard_page", __name__, template_folder="templates",
 blp = Blueprint("dashboard", __name__, description="The live dashboard's figures")
 # The page lists this many of the latest files executions.
 EXECUTIONS_SHOWN = 10
+# Places of the rankings the page shows (today's users, all-time products).
+TOP_SHOWN = 5
 
 
 class QueueDepthSchema(Schema):
@@ -75,12 +80,23 @@ class DashboardSchema(Schema):
     store = fields.Nested(StoreStateSchema, required=True)
     files_executions = fields.List(fields.Nested(ExecutionSummarySchema), required=True,
                                    metadata={"description": "newest first"})
+    today = fields.Nested(DayKpisSchema, required=True, metadata={
+        "description": "today's KPIs (UTC day), as GET /stats/daily gives them"})
+    yesterday = fields.Nested(DayKpisSchema, required=True, metadata={
+        "description": "yesterday's KPIs (UTC day), as GET /stats/daily gives them"})
+    top_users_today = fields.List(fields.Nested(TopUserSchema), required=True, metadata={
+        "description": f"today's first {TOP_SHOWN} users by spend, as GET /stats/top-users"
+                       "?day= gives them"})
+    top_products = fields.List(fields.Nested(TopProductSchema), required=True, metadata={
+        "description": f"the first {TOP_SHOWN} products by all-time revenue, as GET "
+                       "/stats/top-products gives them (products are ranked all-time only)"})
 
 
 @page.get("/dashboard")
 def dashboard():
     """The live dashboard (HTML), refreshed every few seconds from /dashboard/figures."""
-    return render_template("dashboard.html")
+    return render_template("dashboard.html",
+                           flower_url=current_app.extensions["settings"].flower_url)
 
 
 @blp.route("/dashboard/figures")
@@ -90,7 +106,8 @@ def figures():
     """The pipeline's figures now: messages by outcome, task events, rejections by field,
     queue depths (while
     current), the live workers, the store's writability and memory headroom, the latest
-    files executions. Totals since the start: the page draws rates from two readings."""
+    files executions, today's and yesterday's KPIs, today's top users and the top products.
+    Totals since the start: the page draws rates from two readings."""
     extensions = current_app.extensions
     store, settings = extensions["store"], extensions["settings"]
     sqs = extensions["sqs_figures"].snapshot()
@@ -100,6 +117,9 @@ def figures():
     workers = extensions["worker_heartbeats"].snapshot()
     now = time.monotonic()
     state = store_state(extensions["store_health"])
+    today = datetime.now(timezone.utc).date()
+    yesterday_kpis, today_kpis = analytics.daily(
+        store, analytics.Period(today - timedelta(days=1), today))
     return {
         "time": time.time(),
         "outcomes": store.outcomes(),
@@ -113,4 +133,9 @@ def figures():
         "store": {"writable": bool(state and state.writable),
                   "headroom_ratio": state.headroom_ratio if state else None},
         "files_executions": extensions["files_store"].executions(EXECUTIONS_SHOWN),
+        "today": today_kpis,
+        "yesterday": yesterday_kpis,
+        "top_users_today": analytics.top_users(store, TOP_SHOWN, "spend",
+                                               analytics.Period.of_day(today)),
+        "top_products": analytics.top_products(store, TOP_SHOWN, "revenue"),
     }

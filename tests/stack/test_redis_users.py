@@ -171,6 +171,10 @@ def test_the_api_under_gunicorn_serves_stats_with_the_read_only_user(settings, a
                          params={"from": "2024-12-01", "to": "2024-12-02"}, timeout=10)
     assert daily.status_code == 200, daily.text
     assert requests.get(f"{api_server}/health", timeout=10).json()["redis"] == "ok"
+    # The live page's figures: every read of them is allowed to the read-only user.
+    figures = requests.get(f"{api_server}/dashboard/figures", timeout=10)
+    assert figures.status_code == 200, figures.text
+    assert figures.json()["outcomes"] == worker_store.outcomes()
     # A store no worker prepared: the rankings say so, with a 503.
     lua.install_read_functions(worker_store.redis)
     assert requests.get(f"{api_server}/stats/top-users", timeout=10).status_code == 200

@@ -6,16 +6,19 @@ import os
 import shutil
 import socket
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import requests
 
 from app import sqs
+from app.settings import Settings
 from app.store import FilesStore
 from conftest import ROOT, needs_chromium, order_body, wait_for
 
 pytestmark = needs_chromium
 
 SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
+FLOWER_URL = "http://127.0.0.1:5555/"
 # RGB of the "counted" series' stroke (web/static/dashboard.js RATES).
 COUNTED_STROKE = (0x2e, 0x7d, 0x32)
 
@@ -49,17 +52,23 @@ def test_the_dashboard_draws_the_pipelines_figures(settings, store, sqs_client, 
     sqs.send_bodies(sqs_client, sqs.queue_url(settings, settings.dlq_name, sqs_client),
                     ["dead-1", "dead-2", "dead-3"])
     start_worker()
-    api = start_api(replace(settings, metrics_sqs_interval=1))
+    api = start_api(replace(settings, metrics_sqs_interval=1, flower_url=FLOWER_URL))
 
     browser.get(f"{api}/dashboard")
     assert browser.title == "Order pipeline"
+    assert browser.find_element(By.ID, "flower-link").get_attribute("href") == FLOWER_URL
+    assert browser.find_element(By.ID, "docs-link").get_attribute("href") == f"{api}/docs"
 
     def tile(name):
         return browser.find_element(By.ID, name).text
 
     wait_for(lambda: tile("workers-live") == "1", timeout=30, message="one live worker shown")
-    # Orders flow while the page is open: valid ones, the same ones again, malformed ones.
-    valid = [order_body(f"D{i:03d}", f"U{i % 4}", day="2024-12-13") for i in range(60)]
+    # Orders flow while the page is open: valid ones (a third today, a third yesterday),
+    # the same ones again, malformed ones.
+    today = datetime.now(timezone.utc).date()
+    days = [today.isoformat(), (today - timedelta(days=1)).isoformat(), "2024-12-13"]
+    valid = [order_body(f"D{i:03d}", f"U{i % 7}", day=days[i % 3],
+                        lines=((f"P{i % 5}", 1 + i % 4, 100 * (i + 1)),)) for i in range(60)]
     bodies = valid + valid[:7] + ["not json"] * 5
     for start in range(0, len(bodies), 10):
         sqs.send_bodies(sqs_client, settings.orders_url, bodies[start:start + 10])
@@ -105,6 +114,47 @@ def test_the_dashboard_draws_the_pipelines_figures(settings, store, sqs_client, 
     canvas = browser.find_element(By.CSS_SELECTOR, "#rates-chart canvas")
     assert browser.execute_script(PAINTED, canvas, *COUNTED_STROKE) > 50
 
-    browser.save_screenshot(str(tmp_path / "dashboard.png"))
+    # Today against yesterday, and the rankings: as the API's own endpoints give them.
+    def api_get(path, **params):
+        return requests.get(f"{api}{path}", params=params, timeout=10).json()
+
+    yesterday_kpis, today_kpis = api_get("/stats/daily",
+                                         **{"from": days[1], "to": days[0]})["days"]
+    assert today_kpis["total_orders"] == yesterday_kpis["total_orders"] == len(valid) // 3
+    top_users = api_get("/stats/top-users", day=days[0], n=5)["users"]
+    top_products = api_get("/stats/top-products", n=5)["products"]
+    assert len(top_users) == len(top_products) == 5
+    shown = {"today-orders": f"{today_kpis['total_orders']:,}",
+             "today-revenue": f"{today_kpis['total_revenue']:,.2f}",
+             "yesterday-orders": f"{yesterday_kpis['total_orders']:,}",
+             "yesterday-revenue": f"{yesterday_kpis['total_revenue']:,.2f}"}
+    wait_for(lambda: {name: tile(name) for name in shown} == shown, timeout=20,
+             message="today's and yesterday's figures")
+    assert table("top-users") == [[u["user_id"], f"{u['total_spend']:,.2f}",
+                                   str(u["order_count"])] for u in top_users]
+    assert table("top-products") == [[p["product_id"], f"{p['revenue']:,.2f}",
+                                      str(p["units_sold"])] for p in top_products]
+
+    # The whole page in the picture: the window's height is the page's plus its frame's;
+    # the window is the session's, so its size comes back after.
+    size = browser.get_window_size()
+    frame = size["height"] - browser.execute_script("return window.innerHeight")
+    browser.set_window_size(size["width"], frame + browser.execute_script(
+        "return document.documentElement.scrollHeight"))
+    try:
+        browser.save_screenshot(str(tmp_path / "dashboard.png"))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
     if os.environ.get("SAVE_SCREENSHOTS"):  # the docs' picture: SAVE_SCREENSHOTS=1 pytest ...
         shutil.copy(tmp_path / "dashboard.png", SCREENSHOT)
+
+
+def test_the_dashboard_links_to_flower_only_when_its_address_is_set():
+    from web import create_app
+
+    def page(settings):
+        return create_app(settings).test_client().get("/dashboard").get_data(as_text=True)
+
+    assert 'id="flower-link"' not in page(Settings())
+    assert f'id="flower-link" href="{FLOWER_URL}"' in page(Settings(flower_url=FLOWER_URL))
+    assert 'id="docs-link" href="/docs"' in page(Settings())

@@ -43,6 +43,10 @@
     return name === "failed" ? figures.task_events.failed || 0 : figures.outcomes[name] || 0;
   }
 
+  function money(amount) {
+    return amount.toLocaleString("en", {minimumFractionDigits: 2, maximumFractionDigits: 2});
+  }
+
   function depthByRole(queues, role) {
     return queues.filter((q) => q.role === role).reduce((sum, q) => sum + q.visible, 0);
   }
@@ -72,6 +76,14 @@
     show("headroom", !figures.store.writable ? "refusing writes" :
          headroom === null ? "no limit" : `${(headroom * 100).toFixed(1)} %`,
          !figures.store.writable || (headroom !== null && headroom < 0.1));
+    show("today-orders", figures.today.total_orders.toLocaleString("en"));
+    show("today-revenue", money(figures.today.total_revenue));
+    show("yesterday-orders", figures.yesterday.total_orders.toLocaleString("en"));
+    show("yesterday-revenue", money(figures.yesterday.total_revenue));
+    fill("#top-users", figures.top_users_today.map((u) =>
+      [u.user_id, money(u.total_spend), u.order_count]));
+    fill("#top-products", figures.top_products.map((p) =>
+      [p.product_id, money(p.revenue), p.units_sold]));
     const rejections = Object.entries(figures.rejected_by_field)
       .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
     fill("#rejections", rejections);
