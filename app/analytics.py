@@ -168,7 +168,7 @@ class TopUser:
 
 @dataclass(frozen=True)
 class TopProduct:
-    """A product's place in the all-time ranking, with both measures."""
+    """A product's place in a ranking (all-time or of one day), with both measures."""
 
     rank: int
     product_id: str
@@ -277,14 +277,20 @@ def top_users(store: Store, n: int = 10, by: str = "spend",
             for rank, (user_id, score, count) in enumerate(ranked, start=1)]
 
 
-def top_products(store: Store, n: int = 10, by: str = "revenue") -> list[TopProduct]:
-    """The n products with the highest all-time revenue or units, ties by id: O(log N + n)."""
+def top_products(store: Store, n: int = 10, by: str = "revenue",
+                 day: date | None = None) -> list[TopProduct]:
+    """The n products with the highest revenue or units, all-time or on one UTC day.
+
+    Ties go to the smaller product id. Each shard ranks its own products and the shards'
+    tops are merged: O(log N + n) per shard.
+    """
     _check_n(n)
     if by not in PRODUCT_MEASURES:
         raise ValueError(f"no ranking of products by {by!r}")
     other = "units" if by == "revenue" else "revenue"
-    ranked = store.top(lambda s: [top_products_key(by, s)], lambda s: [top_products_key(other, s)],
-                       n)
+    on = day.isoformat() if day else ""
+    ranked = store.top(lambda s: [top_products_key(by, s, day=on)],
+                       lambda s: [top_products_key(other, s, day=on)], n)
     return [TopProduct(rank, product_id,
                        *((score, units) if by == "revenue" else (units, score)))
             for rank, (product_id, score, units) in enumerate(ranked, start=1)]

@@ -13,7 +13,7 @@ each script call touches the keys of one tag only, so a cluster can route it:
   all go to one shard, so per-shard rankings and distinct counts are disjoint: sums and
   merges over the shards are exact.
 - ``{s<j>}``, j = crc32(product_id) mod REDIS_SHARDS, a product part: the product hashes,
-  the product rankings and ``applied:products:{s<j>}``.
+  the product rankings (all-time, per day) and ``applied:products:{s<j>}``.
 - ``{p}``, the bookkeeping: rejection records, their index, entries and tally (the caps),
   the rejected, conflict and duplicate counters, rejections by field, the lag.
 - ``{files}``, the batch files path (app/files): KPI tables and execution records.
@@ -151,10 +151,12 @@ def top_users_key(by: str, day: str = "", month: str = "", shard: int = 0) -> st
     return f"top:users:{by}:{shard_tag(shard)}"
 
 
-def top_products_key(by: str, shard: int = 0) -> str:
-    """One shard's products by revenue (cents) or units, all-time."""
+def top_products_key(by: str, shard: int = 0, day: str = "") -> str:
+    """One shard's products by revenue (cents) or units: all-time or of one day."""
     if by not in ("revenue", "units"):
         raise ValueError(f"no ranking of products by {by!r}")
+    if day:
+        return f"top:products:{by}:{shard_tag(shard)}:day:{day}"
     return f"top:products:{by}:{shard_tag(shard)}"
 
 

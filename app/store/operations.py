@@ -61,7 +61,9 @@ def order_ops(order: Order, shards: int) -> dict:
     products = [{"kind": "products", "order_id": order_id, "mark": mark, "products": entries,
                  "keys": {"applied": shard_applied_key(j, "products"),
                           "revenue": top_products_key("revenue", j),
-                          "units": top_products_key("units", j)}}
+                          "units": top_products_key("units", j),
+                          "day_revenue": top_products_key("revenue", j, day=day),
+                          "day_units": top_products_key("units", j, day=day)}}
                 for j, entries in sorted(by_shard.items())]
     return {"claim": claim, "parts": [user, totals, *products]}
 

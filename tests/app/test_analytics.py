@@ -212,6 +212,36 @@ def test_top_products_rank_by_revenue_or_units(shop):
         TopProduct(1, "P3", 800, 8), TopProduct(2, "P2", 5000, 5)]
 
 
+def products_of_day(bodies, day: date) -> list[TopProduct]:
+    """The day's products by revenue, ties by id, worked out from the order bodies."""
+    sales: dict[str, tuple[int, int]] = {}
+    for order_id, body in {json.loads(b)["order_id"]: json.loads(b) for b in bodies}.items():
+        if datetime.fromisoformat(body["order_timestamp"]).astimezone(timezone.utc).date() != day:
+            continue
+        for item in body["items"]:
+            cents, units = sales.get(item["product_id"], (0, 0))
+            sales[item["product_id"]] = (cents + round(item["price_per_unit"] * 100)
+                                         * item["quantity"], units + item["quantity"])
+    ranked = sorted(sales.items(), key=lambda entry: (-entry[1][0], entry[0]))
+    return [TopProduct(rank, product_id, cents, units)
+            for rank, (product_id, (cents, units)) in enumerate(ranked, start=1)]
+
+
+def test_top_products_of_a_day_count_that_day_only_and_each_order_once(shop):
+    # 12-01 holds O1, O2, O3 (its UTC day) and the late O8; O2 and O3 came twice.
+    day = date(2024, 12, 1)
+    expected = products_of_day([*ORDERS, LATE], day)
+    assert [p.product_id for p in expected] == ["P2", "P1", "P3"]
+    assert analytics.top_products(shop, 10, "revenue", day) == expected
+    by_units = sorted(expected, key=lambda p: (-p.units_sold, p.product_id))
+    assert analytics.top_products(shop, 2, "units", day) == [
+        TopProduct(rank, p.product_id, p.revenue_cents, p.units_sold)
+        for rank, p in enumerate(by_units[:2], start=1)]
+    assert analytics.top_products(shop, 10, "revenue", date(2024, 12, 31)) == products_of_day(
+        ORDERS, date(2024, 12, 31))
+    assert analytics.top_products(shop, 5, "revenue", date(2024, 12, 3)) == []
+
+
 def test_top_products_ties_go_to_the_smaller_id(store):
     apply(store, order("O1", "U", "2024-12-01T10:00:00Z", ("Pb", 1, 300), ("Pa", 3, 100),
                        ("Pc", 1, 300)))

@@ -114,6 +114,21 @@ def test_day_product_and_top_aggregates_follow_the_order_time(store):
     assert store.redis.zscore(top_products_key("units", store.product_shard("P1")), "P1") == 5
 
 
+def test_a_redelivered_order_counts_once_in_its_days_product_ranking(store):
+    first = body("O1", cents=600, product="P1", quantity=3, day="2024-12-01")
+    other = body("O2", cents=250, product="P1", quantity=1, day="2024-12-02")
+    assert apply(store, first, first, other) == ["counted", "duplicate", "counted"]
+    assert apply(store, first, other) == ["duplicate", "duplicate"]
+    shard = store.product_shard("P1")
+    for day, order in (("2024-12-01", first), ("2024-12-02", other)):
+        [line] = json.loads(order)["items"]
+        cents, units = round(line["price_per_unit"] * 100) * line["quantity"], line["quantity"]
+        assert store.redis.zrange(top_products_key("revenue", shard, day=day), 0, -1,
+                                  withscores=True) == [("P1", cents)]
+        assert store.redis.zrange(top_products_key("units", shard, day=day), 0, -1,
+                                  withscores=True) == [("P1", units)]
+
+
 def test_corrections_are_recorded_beside_the_counted_value(store):
     apply(store, body("O1", cents=1000).replace('"order_value": 10.0', '"order_value": 12.0'),
           settings=Settings(order_value_mismatch="correct"))

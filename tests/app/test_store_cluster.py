@@ -80,8 +80,8 @@ def answers(store: Store) -> dict:
                 for by in ("spend", "orders")
                 for period in (None, Period.of_day(date(2024, 12, 3)),
                                Period.of_month(date(2024, 12, 1)), year)],
-        "products": [analytics.top_products(store, n, by) for n in (3, 100)
-                     for by in ("revenue", "units")],
+        "products": [analytics.top_products(store, n, by, day) for n in (3, 100)
+                     for by in ("revenue", "units") for day in (None, date(2024, 12, 3))],
         "daily": analytics.daily(store, Period(date(2024, 11, 28), date(2025, 1, 3))),
         "monthly": analytics.monthly(store, MonthRange(date(2024, 11, 1), date(2025, 1, 1))),
         "users": [(analytics.user_summary(store, u), store.user_stats(u),

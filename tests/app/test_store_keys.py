@@ -24,6 +24,8 @@ def test_each_part_keeps_its_hash_tag():
     assert keys.top_users_key("spend", month="2024-01", shard=4) == \
         "top:users:spend:{s4}:month:2024-01"
     assert keys.top_products_key("units", shard=5) == "top:products:units:{s5}"
+    assert keys.top_products_key("revenue", shard=5, day="2024-01-02") == \
+        "top:products:revenue:{s5}:day:2024-01-02"
 
 
 def test_bookkeeping_and_files_keys_share_one_tag_each():

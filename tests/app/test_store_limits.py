@@ -88,6 +88,8 @@ BOUNDS = [
     ("zset", top_users_key("orders", month=MONTH, shard=U1), "U1", 1, "_schema"),
     ("zset", top_products_key("revenue", P1), "P1", CENTS, "items"),
     ("zset", top_products_key("units", P1), "P1", QUANTITY, "items"),
+    ("zset", top_products_key("revenue", P1, day=DAY), "P1", CENTS, "items"),
+    ("zset", top_products_key("units", P1, day=DAY), "P1", QUANTITY, "items"),
 ]
 
 

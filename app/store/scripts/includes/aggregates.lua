@@ -12,7 +12,8 @@ kinds = {
   shard = {global = 'hash', day = 'hash', customers = 'set', month = 'hash', spend = 'zset',
            orders = 'zset', day_spend = 'zset', day_orders = 'zset', month_spend = 'zset',
            month_orders = 'zset', outcomes = 'hash', corrections = 'hash', applied = 'zset'},
-  products = {applied = 'zset', revenue = 'zset', units = 'zset'},
+  products = {applied = 'zset', revenue = 'zset', units = 'zset', day_revenue = 'zset',
+              day_units = 'zset'},
   book = {outcomes = 'hash', index = 'zset', entries = 'hash', tally = 'hash', by_field = 'hash',
           lag = 'hash'},
 }
@@ -64,6 +65,9 @@ function additions.products(op)
     list[#list + 1] = {key, 'orders', 1, false, 'orders', 'order count', p.id}
     list[#list + 1] = {K(op, 'revenue'), p.id, cents, true, 'cents', 'revenue', p.id}
     list[#list + 1] = {K(op, 'units'), p.id, units, true, 'units', 'units sold', p.id}
+    list[#list + 1] = {K(op, 'day_revenue'), p.id, cents, true, 'cents', 'revenue that day', p.id}
+    list[#list + 1] = {K(op, 'day_units'), p.id, units, true, 'units', 'units sold that day',
+                       p.id}
   end
   return list
 end
@@ -122,5 +126,7 @@ function writers.products(op)
     redis.call('HINCRBY', key, 'orders', '1')
     redis.call('ZINCRBY', K(op, 'revenue'), p.cents, p.id)
     redis.call('ZINCRBY', K(op, 'units'), p.units, p.id)
+    redis.call('ZINCRBY', K(op, 'day_revenue'), p.cents, p.id)
+    redis.call('ZINCRBY', K(op, 'day_units'), p.units, p.id)
   end
 end
