@@ -29,11 +29,12 @@ def top_users(args):
 @blp.arguments(TopProductsArgsSchema(), location="query")
 @blp.response(200, TopProductsSchema)
 def top_products(args):
-    """The n products with the highest all-time revenue or units sold.
+    """The n products with the highest revenue or units sold, all-time or on one UTC day.
 
     Equal figures are ordered by product id (byte order). Cost: O(log N + n).
     """
-    return {**args, "products": analytics.top_products(store(), args["n"], args["by"])}
+    ranked = analytics.top_products(store(), args["n"], args["by"], args.get("day"))
+    return {**args, "products": ranked}
 
 
 @blp.route("/stats/daily")

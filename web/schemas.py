@@ -150,11 +150,12 @@ class TopUsersArgsSchema(TopArgsSchema):
 
 
 class TopProductsArgsSchema(TopArgsSchema):
-    """An all-time ranking of products."""
+    """A ranking of products: all-time, or over one day."""
 
     by = fields.String(load_default="revenue",
                        validate=validate.OneOf(analytics.PRODUCT_MEASURES),
                        metadata={"description": "Rank by revenue or by units sold"})
+    day = fields.Date(metadata={"description": "Only this UTC day (YYYY-MM-DD)"})
 
 
 class DayRangeArgsSchema(Schema):
@@ -224,7 +225,7 @@ class TopUsersSchema(Schema):
 
 
 class TopProductSchema(Schema):
-    """One place of the ranking of products."""
+    """One place of a ranking of products."""
 
     rank = fields.Integer(required=True, metadata={"description": "1 for the first place"})
     product_id = fields.String(required=True)
@@ -233,10 +234,11 @@ class TopProductSchema(Schema):
 
 
 class TopProductsSchema(Schema):
-    """The all-time ranking of products; equal figures are ordered by product id."""
+    """A ranking of products; equal figures are ordered by product id."""
 
     by = fields.String(required=True)
     n = fields.Integer(required=True)
+    day = fields.Date(metadata={"description": "The UTC day ranked; absent for all-time"})
     products = fields.List(fields.Nested(TopProductSchema), required=True)
 
 

@@ -157,6 +157,18 @@ def test_odd_ids_reach_their_own_figures(client, store):
     assert get(client, "/stats/top-users?day=2024-03-01")["users"][0]["user_id"] == "a/b:*"
 
 
+def test_top_products_of_a_day(client, shop):
+    # 03-01 (UTC): W1 P1 2 x 12.50, W2 P2 25.00 (delivered twice), the late W4 P1 12.50.
+    day = {"P1": (2 * 12.5 + 12.5, 2 + 1), "P2": (25.0, 1)}
+    body = get(client, "/stats/top-products?day=2024-03-01&by=units")
+    assert body == {"by": "units", "n": 10, "day": "2024-03-01", "products": [
+        {"rank": rank, "product_id": product, "revenue": day[product][0],
+         "units_sold": day[product][1]} for rank, product in enumerate(["P1", "P2"], start=1)]}
+    assert get(client, "/stats/top-products?day=2024-03-02&n=1")["products"] == [
+        {"rank": 1, "product_id": "P2", "revenue": 25.0, "units_sold": 1}]
+    assert get(client, "/stats/top-products?day=2024-02-29")["products"] == []
+
+
 @pytest.mark.parametrize("url, names", [
     ("/stats/top-users?n=0", ["n"]),
     ("/stats/top-users?n=1000000000", ["n"]),
@@ -172,6 +184,8 @@ def test_odd_ids_reach_their_own_figures(client, store):
     ("/stats/top-users?from=2024-01-01", ["to"]),
     ("/stats/top-products?n=101", ["n"]),
     ("/stats/top-products?by=stars", ["by"]),
+    ("/stats/top-products?day=2024-13-01", ["day"]),
+    ("/stats/top-products?day=1%20March", ["day"]),
     ("/stats/daily", ["from", "to"]),
     ("/stats/daily?from=2024-03-01&to=2024-02-01", ["from"]),
     ("/stats/daily?from=2024-01-01&to=2025-01-01", ["to"]),

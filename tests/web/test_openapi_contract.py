@@ -80,6 +80,7 @@ WITH_DATA = [
     ("/stats/top-users", {}, {"day": "2024-12-02", "n": 1}),
     ("/stats/top-users", {}, {"from": "2024-11-30", "to": "2024-12-03"}),
     ("/stats/top-products", {}, {"by": "units", "n": 2}),
+    ("/stats/top-products", {}, {"day": "2024-12-02", "n": 2}),
     ("/stats/daily", {}, {"from": "2024-11-30", "to": "2024-12-06"}),
     ("/stats/monthly", {}, {"from": "2024-11", "to": "2025-01"}),
 ]
