@@ -87,9 +87,9 @@ class DashboardSchema(Schema):
     top_users_today = fields.List(fields.Nested(TopUserSchema), required=True, metadata={
         "description": f"today's first {TOP_SHOWN} users by spend, as GET /stats/top-users"
                        "?day= gives them"})
-    top_products = fields.List(fields.Nested(TopProductSchema), required=True, metadata={
-        "description": f"the first {TOP_SHOWN} products by all-time revenue, as GET "
-                       "/stats/top-products gives them (products are ranked all-time only)"})
+    top_products_today = fields.List(fields.Nested(TopProductSchema), required=True, metadata={
+        "description": f"today's first {TOP_SHOWN} products by revenue, as GET "
+                       "/stats/top-products?day= gives them"})
 
 
 @page.get("/dashboard")
@@ -106,7 +106,7 @@ def figures():
     """The pipeline's figures now: messages by outcome, task events, rejections by field,
     queue depths (while
     current), the live workers, the store's writability and memory headroom, the latest
-    files executions, today's and yesterday's KPIs, today's top users and the top products.
+    files executions, today's and yesterday's KPIs, today's top users and products.
     Totals since the start: the page draws rates from two readings."""
     extensions = current_app.extensions
     store, settings = extensions["store"], extensions["settings"]
@@ -137,5 +137,5 @@ def figures():
         "yesterday": yesterday_kpis,
         "top_users_today": analytics.top_users(store, TOP_SHOWN, "spend",
                                                analytics.Period.of_day(today)),
-        "top_products": analytics.top_products(store, TOP_SHOWN, "revenue"),
+        "top_products_today": analytics.top_products(store, TOP_SHOWN, "revenue", today),
     }

@@ -122,8 +122,19 @@ def test_the_dashboard_draws_the_pipelines_figures(settings, store, sqs_client, 
                                          **{"from": days[1], "to": days[0]})["days"]
     assert today_kpis["total_orders"] == yesterday_kpis["total_orders"] == len(valid) // 3
     top_users = api_get("/stats/top-users", day=days[0], n=5)["users"]
-    top_products = api_get("/stats/top-products", n=5)["products"]
+    top_products = api_get("/stats/top-products", day=days[0], n=5)["products"]
     assert len(top_users) == len(top_products) == 5
+    # Today's products, worked out from the orders sent today (each counted once).
+    sold_today = {}
+    for body in map(json.loads, valid):
+        if body["order_timestamp"].startswith(days[0]):
+            for item in body["items"]:
+                revenue, units = sold_today.get(item["product_id"], (0, 0))
+                sold_today[item["product_id"]] = (revenue + item["price_per_unit"]
+                                                  * item["quantity"], units + item["quantity"])
+    assert [(p["product_id"], p["revenue"], p["units_sold"]) for p in top_products] == sorted(
+        ((product, round(revenue, 2), units) for product, (revenue, units) in sold_today.items()),
+        key=lambda entry: (-entry[1], entry[0]))[:5]
     shown = {"today-orders": f"{today_kpis['total_orders']:,}",
              "today-revenue": f"{today_kpis['total_revenue']:,.2f}",
              "yesterday-orders": f"{yesterday_kpis['total_orders']:,}",
@@ -132,6 +143,7 @@ def test_the_dashboard_draws_the_pipelines_figures(settings, store, sqs_client, 
              message="today's and yesterday's figures")
     assert table("top-users") == [[u["user_id"], f"{u['total_spend']:,.2f}",
                                    str(u["order_count"])] for u in top_users]
+    assert browser.find_element(By.ID, "top-products-heading").text == "Top products today"
     assert table("top-products") == [[p["product_id"], f"{p['revenue']:,.2f}",
                                       str(p["units_sold"])] for p in top_products]
 

@@ -82,7 +82,7 @@
     show("yesterday-revenue", money(figures.yesterday.total_revenue));
     fill("#top-users", figures.top_users_today.map((u) =>
       [u.user_id, money(u.total_spend), u.order_count]));
-    fill("#top-products", figures.top_products.map((p) =>
+    fill("#top-products", figures.top_products_today.map((p) =>
       [p.product_id, money(p.revenue), p.units_sold]));
     const rejections = Object.entries(figures.rejected_by_field)
       .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
