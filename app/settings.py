@@ -112,7 +112,7 @@ class Settings:
         60, "Cap of the retry backoff in seconds; must be below `VISIBILITY_TIMEOUT`.")
     api_bind: str = setting("127.0.0.1:8000", "gunicorn's bind address for the API.")
     api_workers: int = setting(
-        0, "gunicorn gevent workers of the API; 0 means CPU cores + 1.")
+        0, "gunicorn gevent workers of the API; 0 means one per CPU core.")
     api_worker_connections: int = setting(
         1000, "Connections each API worker serves at once (greenlets); its Redis pool may open "
         "as many, one for each request in flight.")

@@ -11,10 +11,11 @@ bind = _settings.api_bind
 # gevent workers: each connection is a greenlet, so a client that sends half a request, or
 # a request waiting on a stalled Redis, holds a greenlet, not a worker (a sync worker is held
 # until its timeout; a gthread worker's thread blocks in the read of a half-sent request
-# line). Measured with wrk at 32 connections on 2 cores: gevent served 1.5 times the
-# requests/s of sync. One more worker than cores keeps a core busy while one parses.
-workers = _settings.api_workers or (os.cpu_count() or 1) + 1
-worker_class = "gevent"
+# line). One worker per core: with each connection closed after its response, a third
+# worker on 2 cores served fewer requests/s (docs/benchmarks.md, "API").
+workers = _settings.api_workers or os.cpu_count() or 1
+# gevent's worker, closing each connection after one response (web/gunicorn_worker.py).
+worker_class = "web.gunicorn_worker.OneRequestGeventWorker"
 # Connections (greenlets) per worker; each request in flight may hold one Redis connection,
 # so the app's Redis pool has as many (create_app).
 worker_connections = _settings.api_worker_connections

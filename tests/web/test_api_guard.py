@@ -142,3 +142,31 @@ def test_invented_methods_and_paths_add_at_most_one_series(api_server):
     added = series(api_server, "api_requests") - before
     assert added == {(("method", "other"), ("route", "unmatched"), ("status", "405")),
                      (("method", "GET"), ("route", "unmatched"), ("status", "404"))}
+
+
+def test_each_connection_ends_after_its_response(api_server):
+    """Every answer says Connection: close and the server closes the connection after it
+    (web/gunicorn_worker.py): the next request comes on a new connection, which the least
+    busy worker accepts."""
+    address = urlsplit(api_server)
+    with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(4096):  # b"" once the server has closed it
+            received += chunk
+    head = received.split(b"\r\n\r\n", 1)[0].decode().lower()
+    assert head.startswith("http/1.1 200") and "\r\nconnection: close" in head, head
+
+
+def test_a_half_sent_first_request_is_closed_after_the_keepalive_timeout(api_server):
+    """The first request of a connection is still read under gunicorn's keepalive timeout,
+    so a client that never finishes it does not hold its greenlet for ever."""
+    keepalive = 2  # web/gunicorn.conf.py's keepalive
+    [sock] = half_sent(api_server, 1)
+    try:
+        sock.settimeout(keepalive * 5)
+        started = time.monotonic()
+        assert sock.recv(4096) == b""  # closed by the server, nothing answered
+        assert time.monotonic() - started < keepalive * 3
+    finally:
+        sock.close()
