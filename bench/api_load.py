@@ -108,15 +108,14 @@ def dashboard_cost(stack: Stack, orders: Orders, gunicorn: Process, api_url: str
     stop, answers = threading.Event(), []
 
     def page(offset: float) -> None:
-        with requests.Session() as session:
-            stop.wait(offset)
-            while not stop.is_set():
-                try:
-                    answers.append(session.get(f"{api_url}/dashboard/figures", timeout=10)
-                                   .status_code)
-                except requests.RequestException:
-                    answers.append(0)
-                stop.wait(DASHBOARD_POLL_SECONDS)
+        stop.wait(offset)
+        while not stop.is_set():
+            try:
+                answers.append(requests.get(f"{api_url}/dashboard/figures", timeout=10)
+                               .status_code)
+            except requests.RequestException:
+                answers.append(0)
+            stop.wait(DASHBOARD_POLL_SECONDS)
 
     pages = [threading.Thread(target=page, args=(n * DASHBOARD_POLL_SECONDS / DASHBOARD_PAGES,),
                               daemon=True) for n in range(DASHBOARD_PAGES)]
