@@ -31,10 +31,14 @@ def test_monitoring_run_starts_prometheus_scraping_the_api_with_the_rules(orders
     assert target["scrapeUrl"] == f"{run.api}/metrics"
     shipped = sum(len(group["rules"]) for group in yaml.safe_load(RULES.read_text())["groups"])
     assert sum(len(group["rules"]) for group in api("rules")["groups"]) == shipped
-    # The pipeline's figures went through: the live worker of the run, by its heartbeats.
-    live = wait_for(lambda: api("query?query=orders_workers_live")["result"], 60,
-                    message="orders_workers_live in Prometheus")
-    assert live[0]["value"][1] == "1"
+    # The pipeline's figures went through: the run's live workers, the orders worker and
+    # the files worker, by their heartbeats.
+    def live_workers():
+        result = api("query?query=orders_workers_live")["result"]
+        return result and result[0]["value"][1]
+
+    assert wait_for(lambda: live_workers() == "2", 60,
+                    message="orders_workers_live 2 in Prometheus")
 
     assert run.stop() == 0, run.text()
     assert port_is_free(prometheus_port)
