@@ -302,7 +302,7 @@ class Files:
                            execution_id)
             return None
         plan, steps = done
-        staged = [steps[u["key"]] for u in plan["files"]]
+        staged = _file_results(plan, steps)
         versions = {u["key"]: u.get("version_id") for u in plan["files"]}
         kpi_summary = steps[KPIS_STEP]
         started = time.monotonic()
@@ -350,9 +350,8 @@ class Files:
                            task_name, error)
             return self.store.execution(execution_id) or {}
         if staged is None:
-            steps = self.store.steps(execution_id)
-            staged = [steps[f["key"]] for f in (self.store.plan(execution_id) or {})
-                      .get("files", []) if f["key"] in steps]
+            staged = _file_results(self.store.plan(execution_id) or {},
+                                   self.store.steps(execution_id))
         record = self._record(execution_id, "failed", staged, {})
         record["failure"] = {"step": STEPS.get(task_name, task_name), "task": task_name,
                              "error": error}
@@ -399,6 +398,11 @@ class Files:
         aws.put_json(self.s3, self.settings.files_bucket,
                      f"{aws.RESULTS}{record['execution_id']}.json", record)
         self.store.save_execution(record)
+
+
+def _file_results(plan: dict, steps: dict) -> list[dict]:
+    """The staged results of the plan's files, in plan order (those staged so far)."""
+    return [steps[f["key"]] for f in plan.get("files", []) if f["key"] in steps]
 
 
 def _summary(record: dict) -> dict:
