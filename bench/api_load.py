@@ -79,6 +79,12 @@ def wrk(stack: Stack, server: str, process: Process, url: str, endpoint: str,
     return result
 
 
+def api_endpoints(orders: Orders) -> list[tuple[str, list[str]]]:
+    """Each endpoint wrk loads, with its paths (user ids with a counted order)."""
+    return [("/users/<id>/stats", [f"/users/{user}/stats" for user in orders.counted_users]),
+            ("/stats/global", ["/stats/global"])]
+
+
 def run_api(stack: Stack, orders: Orders, gunicorn: Process, api_url: str, seconds: int,
             connections: list[int]) -> list[dict]:
     """wrk on /users/<id>/stats (ids with a counted order) and /stats/global at each number
@@ -86,8 +92,7 @@ def run_api(stack: Stack, orders: Orders, gunicorn: Process, api_url: str, secon
     peer, peer_url = start_peer(stack)
     servers = [("project: gunicorn + Flask", gunicorn, api_url),
                ("seed-style FastAPI + uvicorn", peer, peer_url)]
-    endpoints = [("/users/<id>/stats", [f"/users/{user}/stats" for user in orders.counted_users]),
-                 ("/stats/global", ["/stats/global"])]
+    endpoints = api_endpoints(orders)
     results = []
     try:
         for count in connections:
@@ -103,7 +108,7 @@ def dashboard_cost(stack: Stack, orders: Orders, gunicorn: Process, api_url: str
                    connections: int) -> dict:
     """The project's /users/<id>/stats row with no live page open, then with DASHBOARD_PAGES
     pages polling /dashboard/figures, seconds apart."""
-    endpoint, paths = "/users/<id>/stats", [f"/users/{u}/stats" for u in orders.counted_users]
+    endpoint, paths = api_endpoints(orders)[0]
     without = wrk(stack, "project", gunicorn, api_url, endpoint, paths, seconds, connections)
     stop, answers = threading.Event(), []
 

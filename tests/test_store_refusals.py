@@ -198,7 +198,7 @@ def test_metrics_show_a_worker_paused_while_the_store_refuses_writes(
         own = replace(settings, redis_url=server.url)
         store = Store.from_url(own.redis_url)
         api = start_api(own)
-        worker = start_worker(settings=own)
+        start_worker(settings=own)
         hostname = f"w1@{socket.gethostname()}"  # start_worker's default node name
         paused = ("orders_worker_consumption_paused", (("worker", hostname),))
         orders = make_orders("RP", 40, users=5, rng=random.Random(23))
