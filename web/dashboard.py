@@ -19,7 +19,7 @@ page = FlaskBlueprint("dashboard_page", __name__, template_folder="templates",
 blp = Blueprint("dashboard", __name__, description="The live dashboard's figures")
 # The page lists this many of the latest files executions.
 EXECUTIONS_SHOWN = 10
-# Places of the rankings the page shows (today's users, all-time products).
+# Places of the rankings the page shows (today's users and products).
 TOP_SHOWN = 5
 
 
@@ -104,10 +104,9 @@ def dashboard():
 @blp.alt_response(503, description="Redis does not answer")
 def figures():
     """The pipeline's figures now: messages by outcome, task events, rejections by field,
-    queue depths (while
-    current), the live workers, the store's writability and memory headroom, the latest
-    files executions, today's and yesterday's KPIs, today's top users and products.
-    Totals since the start: the page draws rates from two readings."""
+    queue depths (while current), the live workers, the store's writability and memory
+    headroom, the latest files executions, today's and yesterday's KPIs, today's top users
+    and products. Totals since the start: the page draws rates from two readings."""
     extensions = current_app.extensions
     store, settings = extensions["store"], extensions["settings"]
     sqs = extensions["sqs_figures"].snapshot()
