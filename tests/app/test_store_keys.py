@@ -53,5 +53,5 @@ def test_bookkeeping_and_files_keys_share_one_tag_each():
 
 def test_a_key_template_takes_exactly_its_slots():
     assert keys.product_key.template == "product:{s<shard>}:<id>"
-    with pytest.raises(TypeError, match="takes id, shard"):
+    with pytest.raises(TypeError):
         keys.product_key(ID)
