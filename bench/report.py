@@ -86,6 +86,19 @@ def _top(calls: dict, limit: int = 4) -> str:
     return text + (", …" if len(ranked) > limit else "") if text else "none"
 
 
+def _table(columns: list[str], align: str, rows) -> list[str]:
+    """A Markdown table: its header, its alignment (l or r a column), a line a row of cells."""
+    def line(cells) -> str:
+        return "| " + " | ".join(cells) + " |"
+    return [line(columns), line("---:" if a == "r" else "---" for a in align),
+            *(line(cells) for cells in rows)]
+
+
+def _check(row: dict) -> str:
+    """A contender row's check, after its status unless it ran to the end."""
+    return row["check"] if row["status"] == "ok" else row["status"] + "; " + row["check"]
+
+
 def _header(results: dict) -> list[str]:
     meta, settings = results["meta"], results["settings"]
     packages = ", ".join(f"{k} {v}" for k, v in meta["packages"].items())
@@ -115,40 +128,34 @@ def _name(row: dict) -> str:
 
 def _ingest(results: dict) -> list[str]:
     rows = results["ingest"]
-    lines = ["", "### Ingest: orders/s from worker start until everything is processed", "",
-             "| contender | round trip ms | orders/s | orders/s after the first | seconds | "
-             "SQS requests per order | SQS requests/s | Redis round trips per order | Redis "
-             "commands per order (incl. in Lua) | control-plane round trips per order | "
-             "contender CPU ms per order | "
-             "CPU % of a core: SQS server · contender · Redis · proxy | check |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- "
-             "| --- |"]
-    for r in rows:
+
+    def cells(r: dict) -> list[str]:
         orders = r["done"] or r["orders"]
         sqs = sum(r["sqs_requests"].values())
         proxied = "no proxy" not in r["contender"]
-        lines.append(
-            f"| {_name(r)} | {_n(r.get('rtt_ms', 0)) if proxied else '–'} | "
-            f"{_n(r['orders_per_s'])} | {_n(r['steady_per_s'])} | "
-            f"{r['seconds']:.1f} | {_per(sqs, orders) if proxied else '(not counted)'} | "
-            f"{_n(sqs / r['seconds']) if proxied else '–'} | "
-            f"{_per(r['redis_round_trips'], orders)} | "
-            f"{_per(sum(r['redis_commands'].values()), orders)} | "
-            f"{_per(r['control_round_trips'], orders)} | "
-            f"{_n(r.get('cpu_ms_per_order'), 2)} | "
-            f"{_busy(r['cpu_busy'], ('sqs', 'contender', 'redis', 'proxy'))} | "
-            f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
-    lines += ["", "Where the requests went (whole run of each contender):", "",
-              "| contender | round trip ms | SQS requests by action | messages received | "
-              "Redis commands | control-plane commands |",
-              "| --- | ---: | --- | ---: | --- | --- |"]
-    for r in rows:
-        if "no proxy" in r["contender"]:
-            continue
-        lines.append(f"| {_name(r)} | {_n(r.get('rtt_ms', 0))} | {_top(r['sqs_requests'])} | "
-                     f"{_n(r['sqs_messages'].get('received', 0))} | "
-                     f"{_top({k.upper(): v for k, v in r['redis_commands'].items()})} | "
-                     f"{_top({k.upper(): v for k, v in r['control_commands'].items()})} |")
+        return [_name(r), _n(r.get("rtt_ms", 0)) if proxied else "–", _n(r["orders_per_s"]),
+                _n(r["steady_per_s"]), f"{r['seconds']:.1f}",
+                _per(sqs, orders) if proxied else "(not counted)",
+                _n(sqs / r["seconds"]) if proxied else "–", _per(r["redis_round_trips"], orders),
+                _per(sum(r["redis_commands"].values()), orders),
+                _per(r["control_round_trips"], orders), _n(r.get("cpu_ms_per_order"), 2),
+                _busy(r["cpu_busy"], ("sqs", "contender", "redis", "proxy")), _check(r)]
+
+    lines = ["", "### Ingest: orders/s from worker start until everything is processed", ""]
+    lines += _table(["contender", "round trip ms", "orders/s", "orders/s after the first",
+                     "seconds", "SQS requests per order", "SQS requests/s",
+                     "Redis round trips per order", "Redis commands per order (incl. in Lua)",
+                     "control-plane round trips per order", "contender CPU ms per order",
+                     "CPU % of a core: SQS server · contender · Redis · proxy", "check"],
+                    "lrrrrrrrrrrll", map(cells, rows))
+    lines += ["", "Where the requests went (whole run of each contender):", ""]
+    lines += _table(["contender", "round trip ms", "SQS requests by action", "messages received",
+                     "Redis commands", "control-plane commands"], "lrlrll",
+                    ([_name(r), _n(r.get("rtt_ms", 0)), _top(r["sqs_requests"]),
+                      _n(r["sqs_messages"].get("received", 0)),
+                      _top({k.upper(): v for k, v in r["redis_commands"].items()}),
+                      _top({k.upper(): v for k, v in r["control_commands"].items()})]
+                     for r in rows if "no proxy" not in r["contender"]))
     check = results.get("proxy_check")
     proxied = _find(rows, "raw drain")
     if check and proxied and max(check["direct_per_s"]):
@@ -182,13 +189,12 @@ def _dashboard_cost(results: dict) -> list[str]:
     cost = results["dashboard_cost"]
     lines = ["", f"### The live page's cost: `/users/<id>/stats` without and with {cost['pages']} "
              f"pages polling `/dashboard/figures` every {cost['poll_seconds']:.0f} s "
-             f"({cost['polls']} polls, {cost['failed_polls']} failed)", "",
-             "| live pages | connections | requests/s | p50 ms | p99 ms | errors · non-2xx |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for pages, r in ((0, cost["without"]), (cost["pages"], cost["with"])):
-        lines.append(f"| {pages} | {r['connections']} | {_n(r['requests_per_s'])} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} · {r['non_2xx']} |")
-    return lines
+             f"({cost['polls']} polls, {cost['failed_polls']} failed)", ""]
+    return lines + _table(
+        ["live pages", "connections", "requests/s", "p50 ms", "p99 ms", "errors · non-2xx"],
+        "rrrrrr", ([str(pages), str(r["connections"]), _n(r["requests_per_s"]),
+                    f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['errors']} · {r['non_2xx']}"]
+                   for pages, r in ((0, cost["without"]), (cost["pages"], cost["with"]))))
 
 
 def dashboard_targets(cost: dict | None) -> list[tuple[str, str, bool | None]]:
@@ -209,41 +215,40 @@ def dashboard_targets(cost: dict | None) -> list[tuple[str, str, bool | None]]:
 
 def _api(results: dict) -> list[str]:
     seconds = results["settings"]["api_seconds"]
-    lines = ["", f"### API: wrk, 2 threads, {seconds} s per row, the project's row then the "
-             "peer's (user ids drawn from the users with a counted order)", "",
-             "| connections | endpoint | server | requests/s | p50 ms | p99 ms | "
-             f"requests/s ÷ peer (≥ {API_THROUGHPUT_TARGET}) | p99 ÷ peer (≤ {API_P99_TARGET}) | "
-             "errors · non-2xx | CPU % of a core: server · Redis | server CPU ms per request |",
-             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     ratios = {id(ours): peer for ours, peer in _api_pairs(results)}
-    for r in results["api"]:
+
+    def cells(r: dict) -> list[str]:
         peer = ratios.get(id(r))
         throughput = p99 = "–"
         if peer and peer["requests_per_s"] and peer["p99_ms"]:
             throughput = f"{r['requests_per_s'] / peer['requests_per_s']:.2f}×"
             p99 = f"{r['p99_ms'] / peer['p99_ms']:.2f}×"
-        lines.append(f"| {r.get('connections', 32)} | `{r['endpoint']}` | {r['server']} | "
-                     f"{_n(r['requests_per_s'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{throughput} | {p99} | {r['errors']} · {r['non_2xx']} | "
-                     f"{_busy(r['cpu_busy'], ('server', 'redis'))} | "
-                     f"{_per(r['cpu_busy'].get('server', 0) * 1000, r['requests_per_s'])} |")
-    return lines
+        return [str(r.get("connections", 32)), f"`{r['endpoint']}`", r["server"],
+                _n(r["requests_per_s"]), f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", throughput,
+                p99, f"{r['errors']} · {r['non_2xx']}", _busy(r["cpu_busy"], ("server", "redis")),
+                _per(r["cpu_busy"].get("server", 0) * 1000, r["requests_per_s"])]
+
+    lines = ["", f"### API: wrk, 2 threads, {seconds} s per row, the project's row then the "
+             "peer's (user ids drawn from the users with a counted order)", ""]
+    return lines + _table(
+        ["connections", "endpoint", "server", "requests/s", "p50 ms", "p99 ms",
+         f"requests/s ÷ peer (≥ {API_THROUGHPUT_TARGET})", f"p99 ÷ peer (≤ {API_P99_TARGET})",
+         "errors · non-2xx", "CPU % of a core: server · Redis", "server CPU ms per request"],
+        "rllrrrrrrlr", map(cells, results["api"]))
 
 
 def _scale(results: dict) -> list[str]:
     count = results["settings"]["scale_orders"]
     lines = ["", f"### Scale: the project's ingest of {count:,} orders at each number of users",
-             "", "| users | users with an order | orders/s | orders/s after the first | "
-             "ms per order | Redis used_memory Δ | bytes per user | bytes per order | check |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in results["scale"]:
-        lines.append(f"| {r['users']:,} | {r['users_with_orders']:,} | "
-                     f"{_n(r['orders_per_s'])} | "
-                     f"{_n(r['steady_per_s'])} | {r['ms_per_order']:.2f} | "
-                     f"{r['memory_bytes'] / 2**20:.1f} MiB | {_n(r['bytes_per_user'])} | "
-                     f"{_n(r['bytes_per_order'])} | "
-                     f"{r['check'] if r['status'] == 'ok' else r['status']} |")
-    return lines
+             ""]
+    return lines + _table(
+        ["users", "users with an order", "orders/s", "orders/s after the first", "ms per order",
+         "Redis used_memory Δ", "bytes per user", "bytes per order", "check"], "rrrrrrrrl",
+        ([f"{r['users']:,}", f"{r['users_with_orders']:,}", _n(r["orders_per_s"]),
+          _n(r["steady_per_s"]), f"{r['ms_per_order']:.2f}",
+          f"{r['memory_bytes'] / 2**20:.1f} MiB", _n(r["bytes_per_user"]),
+          _n(r["bytes_per_order"]), r["check"] if r["status"] == "ok" else r["status"]]
+         for r in results["scale"]))
 
 
 def _find(rows: list[dict], name: str, rtt_ms: float = 0, processes: int = 1) -> dict | None:
@@ -344,25 +349,25 @@ def _rounds(results: dict) -> list[str]:
     names = [f"{'raw drain' if n == 'raw drain' else 'project'} {rtt:g} ms"
              + (f" × {p}" if p > 1 else "") for n, rtt, p in columns]
     count = len({r["round"] for r in rounds})
-    lines = ["", f"### Round-trip ratios: {count} interleaved round{'s' * (count > 1)} "
-             "(orders/s; the project's after its first order in brackets)", "",
-             "| round | " + " | ".join(names) + " | CPU ms per order, project 0 ms · "
-             f"{far:g} ms |", "| ---: | " + " | ".join("---:" for _ in names) + " | ---: |"]
-    for number in sorted({r["round"] for r in rounds}):
+
+    def cells(number: int) -> list[str]:
         mine = [r for r in rounds if r["round"] == number]
-        cells = []
+        found = [str(number)]
         for name, rtt, processes in columns:
             row = _find(mine, name, rtt, processes)
             if row is None:
-                cells.append("–")
+                found.append("–")
             elif name == "raw drain":  # its progress comes from its log: no steady rate
-                cells.append(_n(row["orders_per_s"]))
+                found.append(_n(row["orders_per_s"]))
             else:
-                cells.append(f"{_n(row['orders_per_s'])} ({_n(row['steady_per_s'])})")
+                found.append(f"{_n(row['orders_per_s'])} ({_n(row['steady_per_s'])})")
         cpu = [_find(mine, PROJECT, rtt) for rtt in (0, far)]
-        lines.append(f"| {number} | " + " | ".join(cells) + " | "
-                     + " · ".join(_n(r and r.get("cpu_ms_per_order"), 2) for r in cpu) + " |")
-    return lines
+        return found + [" · ".join(_n(r and r.get("cpu_ms_per_order"), 2) for r in cpu)]
+
+    lines = ["", f"### Round-trip ratios: {count} interleaved round{'s' * (count > 1)} "
+             "(orders/s; the project's after its first order in brackets)", ""]
+    return lines + _table(["round", *names, f"CPU ms per order, project 0 ms · {far:g} ms"],
+                          "r" * (len(names) + 2), map(cells, sorted({r["round"] for r in rounds})))
 
 
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
@@ -435,16 +440,15 @@ def _baseline(results: dict) -> list[str]:
         return []
     commit = pairs[0][1]["contender"].removeprefix("baseline ")
     lines = ["", f"### Before and after: this checkout against {commit}, 0 ms, interleaved "
-             "(orders/s; after the first order in brackets)", "",
-             f"| round | this checkout | {commit} | ratio | CPU ms per order, this · {commit} |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
-    for number, (ours, theirs) in enumerate(pairs, 1):
-        lines.append(f"| {number} | {_n(ours['orders_per_s'])} ({_n(ours['steady_per_s'])}) | "
-                     f"{_n(theirs['orders_per_s'])} ({_n(theirs['steady_per_s'])}) | "
-                     f"{ours['orders_per_s'] / theirs['orders_per_s']:.2f}× | "
-                     f"{_n(ours.get('cpu_ms_per_order'), 2)} · "
-                     f"{_n(theirs.get('cpu_ms_per_order'), 2)} |")
-    return lines
+             "(orders/s; after the first order in brackets)", ""]
+    return lines + _table(
+        ["round", "this checkout", commit, "ratio", f"CPU ms per order, this · {commit}"],
+        "rrrrr", ([str(number), f"{_n(ours['orders_per_s'])} ({_n(ours['steady_per_s'])})",
+                   f"{_n(theirs['orders_per_s'])} ({_n(theirs['steady_per_s'])})",
+                   f"{ours['orders_per_s'] / theirs['orders_per_s']:.2f}×",
+                   f"{_n(ours.get('cpu_ms_per_order'), 2)} · "
+                   f"{_n(theirs.get('cpu_ms_per_order'), 2)}"]
+                  for number, (ours, theirs) in enumerate(pairs, 1)))
 
 
 def _targets(results: dict) -> list[str]:
@@ -456,10 +460,10 @@ def _targets(results: dict) -> list[str]:
                            ("Batch files", files_targets(results.get("files")))):
         if not found:
             continue
-        lines += ["", f"### {subject} targets, from this run's figures", "",
-                  "| target | this run | met |", "| --- | ---: | --- |"]
-        lines += [f"| {name} | {value} | {'–' if met is None else 'yes' if met else '**no**'} |"
-                  for name, value, met in found]
+        lines += ["", f"### {subject} targets, from this run's figures", ""]
+        lines += _table(["target", "this run", "met"], "lrl",
+                        ([name, value, "–" if met is None else "yes" if met else "**no**"]
+                         for name, value, met in found))
     return lines
 
 
@@ -467,34 +471,32 @@ def _durability(results: dict) -> list[str]:
     rows = results["durability"]
     base = rows[0]["orders_per_s"] or 1
     lines = ["", "### Durability: the project's ingest at each level of the aggregates' Redis",
-             "", "| Redis | orders/s | × the first row | Redis round trips per order | "
-             "CPU % of a core: SQS server · contender · Redis · proxy | check |",
-             "| --- | ---: | ---: | ---: | --- | --- |"]
-    for r in rows:
-        orders = r["done"] or r["orders"]
-        lines.append(f"| {r['level']} | {_n(r['orders_per_s'])} | "
-                     f"{r['orders_per_s'] / base:.2f}× | {_per(r['redis_round_trips'], orders)} | "
-                     f"{_busy(r['cpu_busy'], ('sqs', 'contender', 'redis', 'proxy'))} | "
-                     f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
-    return lines
+             ""]
+    return lines + _table(
+        ["Redis", "orders/s", "× the first row", "Redis round trips per order",
+         "CPU % of a core: SQS server · contender · Redis · proxy", "check"], "lrrrll",
+        ([r["level"], _n(r["orders_per_s"]), f"{r['orders_per_s'] / base:.2f}×",
+          _per(r["redis_round_trips"], r["done"] or r["orders"]),
+          _busy(r["cpu_busy"], ("sqs", "contender", "redis", "proxy")), _check(r)]
+         for r in rows))
 
 
 def _cluster(results: dict) -> list[str]:
     rows = results["cluster"]
     base = rows[0]["orders_per_s"] or 1
-    lines = ["", "### Redis Cluster: the project's ingest on one Redis and on a cluster", "",
-             "| Redis | orders/s | × one Redis | Redis round trips per order (all primaries) "
-             "| Redis commands per order | CPU % of a core: SQS server · contender · Redis | "
-             "check |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
-    for r in rows:
+
+    def cells(r: dict) -> list[str]:
         orders = r["done"] or r["orders"]
-        lines.append(f"| {r['contender'].removeprefix('this project, ')} | "
-                     f"{_n(r['orders_per_s'])} | {r['orders_per_s'] / base:.2f}× | "
-                     f"{_per(r['redis_round_trips'], orders)} | "
-                     f"{_per(sum(r['redis_commands'].values()), orders)} | "
-                     f"{_busy(r['cpu_busy'], ('sqs', 'contender', 'redis'))} | "
-                     f"{r['check'] if r['status'] == 'ok' else r['status'] + '; ' + r['check']} |")
-    return lines
+        return [r["contender"].removeprefix("this project, "), _n(r["orders_per_s"]),
+                f"{r['orders_per_s'] / base:.2f}×", _per(r["redis_round_trips"], orders),
+                _per(sum(r["redis_commands"].values()), orders),
+                _busy(r["cpu_busy"], ("sqs", "contender", "redis")), _check(r)]
+
+    lines = ["", "### Redis Cluster: the project's ingest on one Redis and on a cluster", ""]
+    return lines + _table(
+        ["Redis", "orders/s", "× one Redis", "Redis round trips per order (all primaries)",
+         "Redis commands per order", "CPU % of a core: SQS server · contender · Redis", "check"],
+        "lrrrrll", map(cells, rows))
 
 
 # Cost per order as worker processes are added: each figure at most this × one process's.
@@ -584,12 +586,9 @@ def _scale_out(results: dict) -> list[str]:
              "", "Worker CPU is every process of the workers (main and pool) from /proc. Each "
              f"figure is over the steady part of the run, from {STEADY_FROM:.0%} to "
              f"{STEADY_TO:.0%} of its orders (no process's start-up), the whole run's after "
-             "the ·; ratios are to one process in the same round.", "",
-             "| round | worker processes | orders/s | worker CPU ms per order | SQS requests "
-             "per order | Redis round trips per order | control-plane round trips per order "
-             "(whole run) | steady × one process: CPU · SQS · Redis |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for group in groups:
+             "the ·; ratios are to one process in the same round.", ""]
+
+    def cells(group: list[dict]):
         ratios = scale_out_ratios(group, far)
         rows = sorted((r for r in group if r["contender"] == PROJECT
                        and r.get("rtt_ms", 0) == far), key=lambda r: r.get("processes", 1))
@@ -597,11 +596,16 @@ def _scale_out(results: dict) -> list[str]:
             n, steady, whole = r.get("processes", 1), cost_per_order(r), cost_per_order(r, False)
             times = " · ".join(f"{ratios[(key, n)]:.2f}" if (key, n) in ratios else "–"
                                for key, _ in SCALE_OUT_COSTS) if n > 1 else "1 · 1 · 1"
-            cells = " | ".join(f"{_n(steady[key], 3)} · {_n(whole[key], 3)}"
-                               for key, _ in SCALE_OUT_COSTS)
-            lines.append(f"| {r.get('round', 'main')} | {n} | {_n(r['orders_per_s'])} | {cells} | "
-                         f"{_per(r['control_round_trips'], r['done'])} | {times} |")
-    return lines
+            yield [str(r.get("round", "main")), str(n), _n(r["orders_per_s"]),
+                   *(f"{_n(steady[key], 3)} · {_n(whole[key], 3)}" for key, _ in SCALE_OUT_COSTS),
+                   _per(r["control_round_trips"], r["done"]), times]
+
+    return lines + _table(
+        ["round", "worker processes", "orders/s", "worker CPU ms per order",
+         "SQS requests per order", "Redis round trips per order",
+         "control-plane round trips per order (whole run)",
+         "steady × one process: CPU · SQS · Redis"], "lrrrrrrr",
+        (row for group in groups for row in cells(group)))
 
 
 # Worker cores and Redis shards are planned this busy at the rate asked: 30% headroom for
@@ -667,21 +671,19 @@ def _capacity(results: dict) -> list[str]:
              "consumer's requests only); worker CPU from the steady part of each run († the "
              f"whole run, where it has none); cores and shards planned {PLAN_BUSY:.0%} busy, "
              "the exact need in brackets; a Redis shard is one redis-server core, so it "
-             "serves 1 / (its CPU per order) orders a second.", "",
-             "| contender | SQS requests per million orders | SQS cost per million orders | "
-             f"worker CPU s per million orders | worker cores at {rates} orders/s | "
-             f"Redis CPU ms per order | Redis shards at {rates} orders/s |",
-             "| --- | ---: | ---: | ---: | --- | ---: | --- |"]
-    for row in rows:
-        name = row["contender"] + (" (time-boxed)" if row["time_boxed"] else "")
-        cpu = _n(row["cpu_s_per_million"]) + ("" if row["steady"] else " †")
-        shards = " · ".join(_whole(row["shards"].get(rate))
-                            + (" ‡" if rate in row["cluster_shards"] else "")
-                            for rate in PLAN_RATES)
-        lines.append(f"| {name} | {_n(row['sqs_per_million'])} | "
-                     f"${row['dollars_per_million']:.2f} | {cpu} | "
-                     + " · ".join(_whole(row["cores"].get(rate)) for rate in PLAN_RATES)
-                     + f" | {_n(row['redis_cpu_ms_per_order'], 4)} | {shards} |")
+             "serves 1 / (its CPU per order) orders a second.", ""]
+    lines += _table(
+        ["contender", "SQS requests per million orders", "SQS cost per million orders",
+         "worker CPU s per million orders", f"worker cores at {rates} orders/s",
+         "Redis CPU ms per order", f"Redis shards at {rates} orders/s"], "lrrrlrl",
+        ([row["contender"] + (" (time-boxed)" if row["time_boxed"] else ""),
+          _n(row["sqs_per_million"]), f"${row['dollars_per_million']:.2f}",
+          _n(row["cpu_s_per_million"]) + ("" if row["steady"] else " †"),
+          " · ".join(_whole(row["cores"].get(rate)) for rate in PLAN_RATES),
+          _n(row["redis_cpu_ms_per_order"], 4),
+          " · ".join(_whole(row["shards"].get(rate))
+                     + (" ‡" if rate in row["cluster_shards"] else "") for rate in PLAN_RATES)]
+         for row in rows))
     project = next((row for row in rows if row["contender"] == PROJECT), None)
     if project and project["redis_cpu_ms_per_order"]:
         per_shard = 1000 / project["redis_cpu_ms_per_order"]

@@ -57,9 +57,56 @@ PARTS = ("ingest", "files", "range")
 SQS_PRICE_PER_MILLION, SQS_PRICE_DATE = 0.40, "2026-12-06"
 
 
-def env_int(name: str, default: int) -> int:
-    """An integer from the environment (make bench BENCH_ORDERS=...), else default."""
-    return int(os.environ.get(name) or default)
+# Every option of python -m bench.run: (option, type, default, the BENCH_* variable that
+# overrides the default or None, help), so make bench BENCH_ORDERS=... sets --orders.
+OPTIONS = (
+    ("--orders", int, 20_000, "BENCH_ORDERS", "orders pre-queued for each ingest contender"),
+    ("--users", int, 20_000, "BENCH_USERS", "users the orders are spread over"),
+    ("--products", int, 2_000, "BENCH_PRODUCTS", "products the orders are spread over"),
+    ("--rtts", str, "0,10,25", "BENCH_RTTS", "comma-separated round trips (ms) the proxy adds "
+     "to every SQS request, one set of ingest rows each"),
+    ("--worker-processes", str, "1,2,4", "BENCH_WORKER_PROCESSES", "worker processes (-c 2 "
+     "each) of the project's rows at the largest round trip"),
+    ("--rounds", int, 3, "BENCH_ROUNDS", "interleaved rounds of the round-trip ratio rows (raw "
+     "drain and project at 0 ms, project at the largest round trip with each number of worker "
+     "processes); 0 for none"),
+    ("--api-seconds", int, 20, "BENCH_API_SECONDS", "wrk run per server, endpoint and number "
+     "of connections, 0 for none"),
+    ("--api-connections", str, "32,256", "BENCH_API_CONNECTIONS", "comma-separated wrk "
+     "connections, one set of API rows each"),
+    ("--api-only", int, 0, "BENCH_API_ONLY", "1: only the project's ingest at 0 ms (the data "
+     "the API reads) and the API rows"),
+    ("--scale-users", str, "2000,20000,100000", "BENCH_SCALE_USERS",
+     "comma-separated user counts of the scale rows"),
+    ("--scale-orders", int, 0, "BENCH_SCALE_ORDERS", "orders per scale row; 0: --orders"),
+    ("--max-seconds", float, MAX_SECONDS, "BENCH_MAX_SECONDS",
+     "time box of one ingest contender"),
+    ("--files-items", int, 1_000_000, "BENCH_FILES_ITEMS",
+     "order_items rows of the files row; 0 skips it"),
+    ("--files-larger", int, 10, "BENCH_FILES_LARGER", "a second files row on this many times "
+     "as many rows (ten: a 1 GB order_items file, some minutes); 0 or 1 for none"),
+    ("--range-orders-per-day", int, 10_000, "BENCH_RANGE_ORDERS_PER_DAY",
+     "orders a day of the range rankings' data; 0 skips them"),
+    ("--range-days", int, 366, "BENCH_RANGE_DAYS", "days of the range rankings' data"),
+    ("--range-users", int, 1_000_000, "BENCH_RANGE_USERS",
+     "customer base of the range rankings' data"),
+    ("--range-apply-seconds", float, 10, None, "Store.apply loop of each range latency row"),
+    ("--durability", int, 1, "BENCH_DURABILITY",
+     "1: the project's ingest at each Redis durability level"),
+    ("--cluster", int, 1, "BENCH_CLUSTER", "1: the project's ingest on a standalone Redis and "
+     "on a local Redis Cluster of 3 primaries"),
+    ("--baseline", str, "", "BENCH_BASELINE", "a git revision (e.g. HEAD~3, a tag): its "
+     "worker's ingest beside this checkout's at 0 ms, --rounds times interleaved (at least "
+     "once), for a before/after ratio"),
+    ("--parts", str, ",".join(PARTS), "BENCH_PARTS",
+     f"comma-separated parts to run among {', '.join(PARTS)} (all by default)"),
+    ("--sqs-price-per-million", float, SQS_PRICE_PER_MILLION, "BENCH_SQS_PRICE_PER_MILLION",
+     "US dollars per million SQS requests of the capacity table"),
+    ("--sqs-price-date", str, SQS_PRICE_DATE, "BENCH_SQS_PRICE_DATE",
+     "when that price was read"),
+    ("--out", Path, PROJECT_ROOT / "bench" / "results", None,
+     "where latest.md, latest.json and the logs go"),
+)
 
 
 def _interrupt(signum, frame):
@@ -69,79 +116,12 @@ def _interrupt(signum, frame):
 def parse_args(argv):
     """Options, with defaults from BENCH_* environment variables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=env_int("BENCH_ORDERS", 20_000),
-                        help="orders pre-queued for each ingest contender [BENCH_ORDERS]")
-    parser.add_argument("--users", type=int, default=env_int("BENCH_USERS", 20_000))
-    parser.add_argument("--products", type=int, default=env_int("BENCH_PRODUCTS", 2_000))
-    parser.add_argument("--rtts", default=os.environ.get("BENCH_RTTS", "0,10,25"),
-                        help="comma-separated round trips (ms) the proxy adds to every SQS "
-                             "request, one set of ingest rows each [BENCH_RTTS]")
-    parser.add_argument("--worker-processes",
-                        default=os.environ.get("BENCH_WORKER_PROCESSES", "1,2,4"),
-                        help="worker processes (-c 2 each) of the project's rows at the "
-                             "largest round trip [BENCH_WORKER_PROCESSES]")
-    parser.add_argument("--rounds", type=int, default=env_int("BENCH_ROUNDS", 3),
-                        help="interleaved rounds of the round-trip ratio rows (raw drain and "
-                             "project at 0 ms, project at the largest round trip with each "
-                             "number of worker processes); 0 for none [BENCH_ROUNDS]")
-    parser.add_argument("--api-seconds", type=int, default=env_int("BENCH_API_SECONDS", 20),
-                        help="wrk run per server, endpoint and number of connections, 0 for none "
-                             "[BENCH_API_SECONDS]")
-    parser.add_argument("--api-connections",
-                        default=os.environ.get("BENCH_API_CONNECTIONS", "32,256"),
-                        help="comma-separated wrk connections, one set of API rows each "
-                             "[BENCH_API_CONNECTIONS]")
-    parser.add_argument("--api-only", type=int, default=env_int("BENCH_API_ONLY", 0),
-                        help="1: only the project's ingest at 0 ms (the data the API reads) and "
-                             "the API rows [BENCH_API_ONLY]")
-    parser.add_argument("--scale-users", default=os.environ.get("BENCH_SCALE_USERS",
-                                                                "2000,20000,100000"),
-                        help="comma-separated user counts of the scale rows")
-    parser.add_argument("--scale-orders", type=int,
-                        default=env_int("BENCH_SCALE_ORDERS", 0) or None,
-                        help="orders per scale row [BENCH_SCALE_ORDERS; default: --orders]")
-    parser.add_argument("--max-seconds", type=float,
-                        default=float(os.environ.get("BENCH_MAX_SECONDS") or MAX_SECONDS),
-                        help="time box of one ingest contender [BENCH_MAX_SECONDS]")
-    parser.add_argument("--files-items", type=int,
-                        default=env_int("BENCH_FILES_ITEMS", 1_000_000),
-                        help="order_items rows of the files row; 0 skips it [BENCH_FILES_ITEMS]")
-    parser.add_argument("--files-larger", type=int, default=env_int("BENCH_FILES_LARGER", 10),
-                        help="a second files row on this many times as many rows (ten: a 1 GB "
-                             "order_items file, some minutes); 0 or 1 for none "
-                             "[BENCH_FILES_LARGER]")
-    parser.add_argument("--range-orders-per-day", type=int,
-                        default=env_int("BENCH_RANGE_ORDERS_PER_DAY", 10_000),
-                        help="orders a day of the range rankings' data; 0 skips them "
-                             "[BENCH_RANGE_ORDERS_PER_DAY]")
-    parser.add_argument("--range-days", type=int, default=env_int("BENCH_RANGE_DAYS", 366))
-    parser.add_argument("--range-users", type=int,
-                        default=env_int("BENCH_RANGE_USERS", 1_000_000),
-                        help="customer base of the range rankings' data [BENCH_RANGE_USERS]")
-    parser.add_argument("--range-apply-seconds", type=float, default=10,
-                        help="Store.apply loop of each range latency row")
-    parser.add_argument("--durability", type=int, default=env_int("BENCH_DURABILITY", 1),
-                        help="1: the project's ingest at each Redis durability level")
-    parser.add_argument("--cluster", type=int, default=env_int("BENCH_CLUSTER", 1),
-                        help="1: the project's ingest on a standalone Redis and on a local "
-                             "Redis Cluster of 3 primaries [BENCH_CLUSTER]")
-    parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE", ""),
-                        help="a git revision (e.g. HEAD~3, a tag): its worker's ingest beside "
-                             "this checkout's at 0 ms, --rounds times interleaved (at least "
-                             "once), for a before/after ratio [BENCH_BASELINE]")
-    parser.add_argument("--parts", default=os.environ.get("BENCH_PARTS", ",".join(PARTS)),
-                        help=f"comma-separated parts to run among {', '.join(PARTS)} (all by "
-                             "default) [BENCH_PARTS]")
-    parser.add_argument("--sqs-price-per-million", type=float,
-                        default=float(os.environ.get("BENCH_SQS_PRICE_PER_MILLION")
-                                      or SQS_PRICE_PER_MILLION),
-                        help="US dollars per million SQS requests of the capacity table "
-                             "[BENCH_SQS_PRICE_PER_MILLION]")
-    parser.add_argument("--sqs-price-date",
-                        default=os.environ.get("BENCH_SQS_PRICE_DATE") or SQS_PRICE_DATE,
-                        help="when that price was read [BENCH_SQS_PRICE_DATE]")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results",
-                        help="where latest.md, latest.json and the logs go")
+    for option, kind, default, variable, text in OPTIONS:
+        if variable:
+            # An empty variable keeps the default.
+            default = kind(os.environ.get(variable) or default)
+            text += f" [{variable}]"
+        parser.add_argument(option, type=kind, default=default, help=text)
     return parser.parse_args(argv)
 
 

@@ -21,7 +21,9 @@ each script call touches the keys of one tag only, so a cluster can route it:
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
+from typing import Callable
 from urllib.parse import quote
 
 # The bookkeeping slot's keys.
@@ -63,14 +65,42 @@ def shard_of(value: str, shards: int) -> int:
     return zlib.crc32(value.encode("utf-8", "surrogatepass")) % shards
 
 
-def shard_tag(shard: int) -> str:
-    """The hash tag of a shard's slot."""
-    return f"{{s{shard}}}"
+def _key(template: str, doc: str, *slots: str) -> Callable[..., str]:
+    """The builder of a key template: its one or two arguments fill the <slot>s named."""
+    # An <id> is escaped (escaped_id), a shard, day or month stands as it is. Closures of
+    # f-strings, as fast as the functions written out: some twenty run for each order.
+    slots = slots or ("id",)
+    pieces = re.split(r"<(\w+)>", template)  # text, slot, text[, slot, text]
+    if sorted(pieces[1::2]) != sorted(slots) or len(slots) > 2:
+        raise ValueError(f"the key {template} does not have the slots {slots}")
+    spell = [escaped_id if slot == "id" else str for slot in slots]
+    if len(slots) == 1:
+        head, _, tail = pieces
+        (first,) = spell
+
+        def key(value):
+            return f"{head}{first(value)}{tail}"
+    else:
+        head, slot, middle, _, tail = pieces
+        first, second = spell
+        if slot == slots[0]:
+            def key(value, other):
+                return f"{head}{first(value)}{middle}{second(other)}{tail}"
+        else:
+            def key(value, other):
+                return f"{head}{second(other)}{middle}{first(value)}{tail}"
+
+    key.__doc__ = doc
+    key.template = template
+    return key
 
 
-def user_tag(user_id: str) -> str:
-    """The hash tag of a user's slot."""
-    return f"{{u:{escaped_id(user_id)}}}"
+# The hash tags of the order, user and shard parts (the bookkeeping and files tags above).
+ORDER_TAG = "{o:<id>}"
+USER_TAG = "{u:<id>}"
+SHARD_TAG = "{s<shard>}"
+shard_tag = _key(SHARD_TAG, "The hash tag of a shard's slot.", "shard")
+user_tag = _key(USER_TAG, "The hash tag of a user's slot.")
 
 
 def hash_tag(key: str) -> str:
@@ -79,65 +109,33 @@ def hash_tag(key: str) -> str:
     return key[start:key.index("}", start) + 1]
 
 
-def user_key(user_id: str) -> str:
-    """Hash of one user's totals (the seeds' fields, under user:{u:<id>})."""
-    return f"user:{user_tag(user_id)}"
+order_key = _key(f"order:{ORDER_TAG}",
+                 "The claim of an order id, holding its fingerprint for the dedup window.")
 
+user_key = _key(f"user:{USER_TAG}",
+                "Hash of one user's totals (the seeds' fields, under user:{u:<id>}).")
+# Not under user:*, where each key is one user's totals hash.
+user_days_key = _key(f"user-days:{USER_TAG}",
+                     'Hash of one user\'s days: field YYYY-MM-DD, value "<orders>:<cents>".')
+user_applied_key = _key(f"applied:{USER_TAG}", "Sorted set of the orders the user part "
+                        "applied, scored by time (the window's).")
 
-def user_days_key(user_id: str) -> str:
-    """Hash of one user's days: field YYYY-MM-DD, value "<orders>:<cents>"."""
-    # Not under user:*, where each key is one user's totals hash.
-    return f"user-days:{user_tag(user_id)}"
-
-
-def user_applied_key(user_id: str) -> str:
-    """Sorted set of the orders the user part applied, scored by time (the window's)."""
-    return f"applied:{user_tag(user_id)}"
-
-
-def order_key(order_id: str) -> str:
-    """The claim of an order id, holding its fingerprint for the dedup window."""
-    return f"order:{{o:{escaped_id(order_id)}}}"
-
-
-def global_key(shard: int) -> str:
-    """Hash of one shard's share of the platform's totals."""
-    return f"global:{shard_tag(shard)}"
-
-
-def outcomes_key(shard: int) -> str:
-    """Hash of one shard's counted and corrected orders."""
-    return f"pipeline:outcomes:{shard_tag(shard)}"
-
-
-def corrections_key(shard: int) -> str:
-    """Hash of what the mismatch policy changed, by order id, for a shard's users."""
-    return f"corrections:{shard_tag(shard)}"
-
-
-def shard_applied_key(shard: int, part: str) -> str:
-    """Sorted set of the orders a shard's users or products part applied."""
-    return f"applied:{part}:{shard_tag(shard)}"
-
-
-def product_key(product_id: str, shard: int) -> str:
-    """Hash of one product's sales (shard: shard_of(product_id))."""
-    return f"product:{shard_tag(shard)}:{escaped_id(product_id)}"
-
-
-def day_key(day: str, shard: int) -> str:
-    """Hash of one shard's share of a UTC day's KPIs (day is YYYY-MM-DD)."""
-    return f"day:{shard_tag(shard)}:{day}"
-
-
-def day_customers_key(day: str, shard: int) -> str:
-    """Set of the distinct users of a shard who ordered on a UTC day."""
-    return f"day:{shard_tag(shard)}:{day}:customers"
-
-
-def month_key(month: str, shard: int) -> str:
-    """Hash of one shard's share of a UTC month's KPIs (YYYY-MM), the day hash's fields."""
-    return f"month:{shard_tag(shard)}:{month}"
+global_key = _key(f"global:{SHARD_TAG}", "Hash of one shard's share of the platform's totals.",
+                  "shard")
+outcomes_key = _key(f"pipeline:outcomes:{SHARD_TAG}",
+                    "Hash of one shard's counted and corrected orders.", "shard")
+corrections_key = _key(f"corrections:{SHARD_TAG}", "Hash of what the mismatch policy changed, "
+                       "by order id, for a shard's users.", "shard")
+shard_applied_key = _key(f"applied:<part>:{SHARD_TAG}", "Sorted set of the orders a shard's "
+                         "users or products part applied.", "shard", "part")
+product_key = _key(f"product:{SHARD_TAG}:<id>",
+                   "Hash of one product's sales (shard: shard_of(product_id)).", "id", "shard")
+day_key = _key(f"day:{SHARD_TAG}:<day>", "Hash of one shard's share of a UTC day's KPIs (day "
+               "is YYYY-MM-DD).", "day", "shard")
+day_customers_key = _key(f"day:{SHARD_TAG}:<day>:customers", "Set of the distinct users of a "
+                         "shard who ordered on a UTC day.", "day", "shard")
+month_key = _key(f"month:{SHARD_TAG}:<month>", "Hash of one shard's share of a UTC month's "
+                 "KPIs (YYYY-MM), the day hash's fields.", "month", "shard")
 
 
 def top_users_key(by: str, day: str = "", month: str = "", shard: int = 0) -> str:
@@ -160,15 +158,11 @@ def top_products_key(by: str, shard: int = 0, day: str = "") -> str:
     return f"top:products:{by}:{shard_tag(shard)}"
 
 
-def rejected_key(message_id: str) -> str:
-    """Hash of one rejected message: body, reasons, time (expires after the retention)."""
-    return f"rejected:{BOOKKEEPING_TAG}:{escaped_id(message_id)}"
-
-
-def rejected_order_key(order_id: str) -> str:
-    """The message id of an order id's latest rejection; expires with that record."""
-    # A key per order rather than one hash, so each pointer expires with its record.
-    return f"rejected-order:{BOOKKEEPING_TAG}:{escaped_id(order_id)}"
+rejected_key = _key(f"rejected:{BOOKKEEPING_TAG}:<id>", "Hash of one rejected message: body, "
+                    "reasons, time (expires after the retention).")
+# A key per order rather than one hash, so each pointer expires with its record.
+rejected_order_key = _key(f"rejected-order:{BOOKKEEPING_TAG}:<id>", "The message id of an "
+                          "order id's latest rejection; expires with that record.")
 
 
 def applied_mark(order_id: str, fingerprint: str) -> str:
@@ -179,49 +173,26 @@ def applied_mark(order_id: str, fingerprint: str) -> str:
     return f"{order_id}:{digest[:16]}"
 
 
-def order_kpi_key(order_date: str) -> str:
-    """Hash of one order_date's order KPIs (OrderKPIs item)."""
-    return f"kpi:{FILES_TAG}:orders:{order_date}"
-
-
-def category_kpi_key(order_date: str) -> str:
-    """Hash of one order_date's category KPIs: field category, value a JSON array."""
-    return f"kpi:{FILES_TAG}:categories:{order_date}"
-
-
-def execution_key(execution_id: str) -> str:
-    """JSON record of one files execution (the copy of results/<id>.json the API serves)."""
-    return f"files:{FILES_TAG}:execution:{escaped_id(execution_id)}"
-
-
-def execution_settled_key(execution_id: str) -> str:
-    """Marker that an execution's outcome (finished or failed) was announced once."""
-    return f"files:{FILES_TAG}:execution-settled:{escaped_id(execution_id)}"
-
-
+order_kpi_key = _key(f"kpi:{FILES_TAG}:orders:<date>",
+                     "Hash of one order_date's order KPIs (OrderKPIs item).", "date")
+category_kpi_key = _key(f"kpi:{FILES_TAG}:categories:<date>", "Hash of one order_date's "
+                        "category KPIs: field category, value a JSON array.", "date")
 # table -> the last version whose changes the stored KPIs include (see write_kpis.lua).
 KPI_WATERMARKS_KEY = f"kpi:{FILES_TAG}:watermarks"
 
-
-def execution_plan_key(execution_id: str) -> str:
-    """What an execution was started to do: its files at their versions, its events."""
-    return f"files:{FILES_TAG}:execution-plan:{escaped_id(execution_id)}"
-
-
-def execution_steps_key(execution_id: str) -> str:
-    """Hash of an execution's step results: each staged file by key, then its KPIs."""
-    return f"files:{FILES_TAG}:execution-steps:{escaped_id(execution_id)}"
-
-
-def execution_attempts_key(execution_id: str) -> str:
-    """Hash of how many times each step of an execution started (a killed step comes back)."""
-    return f"files:{FILES_TAG}:execution-attempts:{escaped_id(execution_id)}"
-
+execution_key = _key(f"files:{FILES_TAG}:execution:<id>", "JSON record of one files execution "
+                     "(the copy of results/<id>.json the API serves).")
+execution_settled_key = _key(f"files:{FILES_TAG}:execution-settled:<id>", "Marker that an "
+                             "execution's outcome (finished or failed) was announced once.")
+execution_plan_key = _key(f"files:{FILES_TAG}:execution-plan:<id>", "What an execution was "
+                          "started to do: its files at their versions, its events.")
+execution_steps_key = _key(f"files:{FILES_TAG}:execution-steps:<id>", "Hash of an execution's "
+                           "step results: each staged file by key, then its KPIs.")
+execution_attempts_key = _key(f"files:{FILES_TAG}:execution-attempts:<id>", "Hash of how many "
+                              "times each step of an execution started (a killed step comes "
+                              "back).")
 
 # input/ key -> JSON [sequencer as a number, event time] of the newest upload of it staged.
 APPLIED_UPLOADS_KEY = f"files:{FILES_TAG}:applied-uploads"
-
-
-def upload_lock_key(key: str) -> str:
-    """Lock held while one upload of an input/ key is checked and merged."""
-    return f"files:{FILES_TAG}:upload-lock:{escaped_id(key)}"
+upload_lock_key = _key(f"files:{FILES_TAG}:upload-lock:<id>",
+                       "Lock held while one upload of an input/ key is checked and merged.")

@@ -1,4 +1,6 @@
 """The key layout of app/store/keys.py, spelled out as its docstring describes it."""
+import pytest
+
 from app.store import keys
 
 ID = "a:b{x}"          # an id with a separator and a hash tag in it
@@ -40,4 +42,16 @@ def test_bookkeeping_and_files_keys_share_one_tag_each():
         "kpi:{files}:orders:2024-01-02", "kpi:{files}:categories:2024-01-02",
         "files:{files}:execution:" + ESCAPED, "files:{files}:execution-settled:" + ESCAPED]
     assert keys.RUNNING_EXECUTIONS_KEY == "files:{files}:executions:running"
+    assert [keys.KPI_WATERMARKS_KEY, keys.APPLIED_UPLOADS_KEY, keys.execution_plan_key(ID),
+            keys.execution_steps_key(ID), keys.execution_attempts_key(ID),
+            keys.upload_lock_key(ID)] == [
+        "kpi:{files}:watermarks", "files:{files}:applied-uploads",
+        "files:{files}:execution-plan:" + ESCAPED, "files:{files}:execution-steps:" + ESCAPED,
+        "files:{files}:execution-attempts:" + ESCAPED, "files:{files}:upload-lock:" + ESCAPED]
     assert {keys.hash_tag(key) for key in (keys.OUTCOMES_KEY, keys.rejected_key(ID))} == {"{p}"}
+
+
+def test_a_key_template_takes_exactly_its_slots():
+    assert keys.product_key.template == "product:{s<shard>}:<id>"
+    with pytest.raises(TypeError):
+        keys.product_key(ID)
