@@ -1,8 +1,10 @@
 """Upkeep of the files path on LocalStack S3/SNS, real Delta tables and a real redis-server:
 compaction, vacuum and checkpoints; records that expire; the sweeper of stuck executions."""
+import json
 import random
 import time
 from dataclasses import replace
+from urllib.parse import unquote
 
 import pytest
 
@@ -96,7 +98,8 @@ def test_maintain_after_50_executions_leaves_the_tables_readable_with_fewer_file
     before = active_files(files)
     pinned = files.staging.versions()
 
-    report = maintenance.maintain(files.staging, files_settings.files_vacuum_retention_hours)
+    report = maintenance.maintain(files.staging, files_settings.files_vacuum_retention_hours,
+                                  s3=files.s3, watermarks=files.store.kpi_watermarks())
 
     after = active_files(files)
     assert {name: (r["files_before"], r["files"]) for name, r in report.items()} == {
@@ -108,6 +111,7 @@ def test_maintain_after_50_executions_leaves_the_tables_readable_with_fewer_file
                              log + "_last_checkpoint") is not None
         # Within the retention nothing is vacuumed: a reader pinned before still reads.
         assert report[file_type.name]["vacuumed"] == 0
+        assert report[file_type.name]["change_data_removed"] == 0
         assert files.staging.scan(file_type, pinned[file_type.name]).collect().height > 0
     assert files.staging.scan(ORDERS, files.staging.table(ORDERS).version()).collect().height \
         == len(orders)
@@ -191,3 +195,58 @@ def test_the_sweeper_fails_and_announces_an_execution_that_outlived_the_timeout(
     # Swept once: a second sweep finds nothing more to fail or to announce.
     assert maintenance.sweep(files, SWEEP, now_ms) == []
     assert len(notes.poll()) == 1
+
+
+def table_objects(files: Files, file_type, folder: str) -> dict[str, float]:
+    """Key -> last modified (epoch seconds) of a table's objects under one of its folders."""
+    paginator = files.s3.get_paginator("list_objects_v2")
+    prefix = f"{aws.STAGING}{file_type.table}/{folder}"
+    return {o["Key"]: o["LastModified"].timestamp()
+            for page in paginator.paginate(Bucket=files.settings.files_bucket, Prefix=prefix)
+            for o in page.get("Contents", [])}
+
+
+def change_data_named(files: Files, file_type, versions: range) -> set[str]:
+    """The change data files the commits of these versions name (their "cdc" actions)."""
+    table_key = f"{aws.STAGING}{file_type.table}/"
+    named = set()
+    for version in versions:
+        entry = aws.get_bytes(files.s3, files.settings.files_bucket,
+                              f"{table_key}_delta_log/{version:020d}.json")
+        for line in entry.decode().splitlines():
+            action = json.loads(line)
+            if "cdc" in action:
+                named.add(table_key + unquote(action["cdc"]["path"]))
+    return named
+
+
+def test_maintain_removes_the_change_data_files_no_kpi_step_or_reader_needs(files_settings):
+    files = Files(files_settings)
+    _, orders, _ = make_rows(random.Random(20), orders=40)
+    for n, part in enumerate(chunks(orders, 4)):
+        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
+    # Updates of rows already staged: each merge writes their before and after images.
+    for n, part in enumerate(chunks(orders[:12], 3)):
+        run(files, f"orders_returns_{n}.csv", csv_of(ORDERS, [{**o, "status": "returned"}
+                                                              for o in part]))
+    current = files.staging.table(ORDERS).version()
+    written = table_objects(files, ORDERS, "_change_data/")
+    assert written and set(written) == change_data_named(files, ORDERS, range(current + 1))
+    assert files.store.kpi_watermarks()[ORDERS.name] == current
+    # A KPI step that last saw version `lagging` reads the changes after it: their files stay.
+    lagging = current - 2
+    needed = change_data_named(files, ORDERS, range(lagging + 1, current + 1))
+    assert needed and needed < set(written)
+    expected_changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+
+    report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
+                                  watermarks={ORDERS.name: lagging})[ORDERS.name]
+
+    left = table_objects(files, ORDERS, "_change_data/")
+    assert set(left) == needed
+    assert report["change_data_removed"] == len(written) - len(needed)
+    changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+    assert sorted(changes.rows()) == sorted(expected_changes.rows())
+    # The next execution reads the changes since the stored watermarks: KPIs stay exact.
+    run(files, "orders_late.csv", csv_of(ORDERS, [{**orders[-1], "status": "returned"}]))
+    assert served(files) == recomputed(files)
