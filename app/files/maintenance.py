@@ -8,7 +8,8 @@ vacuum leaves them: see the section below). The retention is FILES_VACUUM_RETENT
 which settings keep longer than FILES_EXECUTION_TIMEOUT: an execution reads the tables at
 the versions it pinned, and the files of those versions are still there when it reads them.
 The KPI step reads the change feed from its watermark on (app/files/kpis.py): given the
-watermarks, maintain() keeps every version after them too, however old.
+watermarks, maintain() keeps every version after them too (their data files, change data
+files and log entries), however old.
 
 sweep() fails the executions that outlived FILES_EXECUTION_TIMEOUT (a step killed with no
 error callback left them running), with their failure notification.
@@ -46,6 +47,15 @@ logger = logging.getLogger(__name__)
 # retention). tests/app/test_files_maintenance.py fails by name if a delta-rs upgrade moves
 # the files or starts removing them itself.
 CHANGE_DATA = "_change_data/"
+# Off on the tables maintain() keeps: their log entries are dropped here only (see
+# maintain_table), not by every writer's commit.
+OWN_LOG_CLEANUP = "delta.enableExpiredLogCleanup"
+# delta.logRetentionDuration's default and form ("interval 30 days"), as Delta defines it.
+LOG_RETENTION_DEFAULT = "interval 30 days"
+INTERVAL = re.compile(r"interval\s+(\d+)\s+(nanosecond|microsecond|millisecond|second|minute|"
+                      r"hour|day|week)s?", re.I)
+UNIT_SECONDS = {"nanosecond": 1e-9, "microsecond": 1e-6, "millisecond": 1e-3, "second": 1,
+                "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 LOG = "_delta_log/"
 COMMIT = re.compile(r"(\d{20})\.json")
 DELETE_BATCH = 1000  # S3 DeleteObjects' limit
@@ -74,6 +84,17 @@ def commits(s3, bucket: str, prefix: str) -> dict[int, float]:
         if match:
             found[int(match.group(1))] = modified
     return found
+
+
+def log_retention_seconds(table: DeltaTable) -> float:
+    """The table's delta.logRetentionDuration in seconds."""
+    text = table.metadata().configuration.get("delta.logRetentionDuration",
+                                               LOG_RETENTION_DEFAULT)
+    match = INTERVAL.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{table.table_uri}: delta.logRetentionDuration {text!r} is not "
+                         f"'interval <n> <unit>'")
+    return int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()]
 
 
 def first_needed(commit_times: dict[int, float], horizon: float,
@@ -152,13 +173,29 @@ def maintain_table(table: DeltaTable, retention_hours: int, s3=None,
     vacuumed = table.vacuum(retention_hours=vacuum_hours, dry_run=False,
                             enforce_retention_duration=False)
     table.create_checkpoint()
+    if table.metadata().configuration.get(OWN_LOG_CLEANUP) != "false":
+        # delta-rs's writers drop expired log entries after each commit by default,
+        # whatever a KPI step still reads: from now on only this does it.
+        try:
+            table.alter.set_table_properties({OWN_LOG_CLEANUP: "false"})
+        except CommitFailedError as exc:
+            logger.warning("%s lost a commit race (%s); the next run sets it", OWN_LOG_CLEANUP,
+                           exc)
     # Log entries older than delta.logRetentionDuration (30 days by default), now that a
-    # checkpoint holds their state.
-    table.cleanup_metadata()
+    # checkpoint holds their state; not while a KPI step still reads one of them (its
+    # change feed would find no commit there), whose watermark is then that old.
+    log_horizon = now - log_retention_seconds(table)
+    if known_watermark and commit_times.get(needed_from, log_horizon) < log_horizon:
+        log_cleanup = (f"skipped: version {needed_from}, after the KPI watermark, is older "
+                       f"than delta.logRetentionDuration")
+        logger.warning("log of %s not cleaned up: %s", table.table_uri, log_cleanup)
+    else:
+        table.cleanup_metadata()
+        log_cleanup = "done"
     report = {"version_before": version_before, "version": table.version(),
               "files_before": files_before, "files": len(table.file_uris()),
               "compaction": compaction, "vacuumed": len(vacuumed),
-              "vacuum_retention_hours": vacuum_hours}
+              "vacuum_retention_hours": vacuum_hours, "log_cleanup": log_cleanup}
     if s3 is not None:
         remaining = commits(s3, *location)
         report |= {"log_entries_removed": len(commit_times.keys() - remaining.keys()),

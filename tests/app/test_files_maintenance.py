@@ -250,3 +250,48 @@ def test_maintain_removes_the_change_data_files_no_kpi_step_or_reader_needs(file
     # The next execution reads the changes since the stored watermarks: KPIs stay exact.
     run(files, "orders_late.csv", csv_of(ORDERS, [{**orders[-1], "status": "returned"}]))
     assert served(files) == recomputed(files)
+
+
+def test_maintain_drops_expired_log_entries_but_not_those_a_kpi_step_still_reads(
+        files_settings):
+    files = Files(files_settings)
+    _, orders, _ = make_rows(random.Random(30), orders=30)
+    for n, part in enumerate(chunks(orders, 3)):
+        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
+    run(files, "orders_returns.csv", csv_of(ORDERS, [{**o, "status": "returned"}
+                                                     for o in orders[:6]]))
+    table = files.staging.table(ORDERS)
+    # Every log entry expires a second after its commit.
+    table.alter.set_table_properties({"delta.logRetentionDuration": "interval 1 second"})
+    current = files.staging.table(ORDERS).version()
+    lagging = current - 3
+    expected_changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+    entries = len([k for k in table_objects(files, ORDERS, "_delta_log/")
+                   if k.endswith(".json")])
+    time.sleep(1.5)
+
+    # A KPI step still has to read the changes after `lagging`: their log entries stay.
+    report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
+                                  watermarks={ORDERS.name: lagging})[ORDERS.name]
+
+    assert report["log_entries_removed"] == 0 and report["log_cleanup"].startswith("skipped")
+    changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+    assert changes is not None and sorted(changes.rows()) == sorted(expected_changes.rows())
+
+    # Once the KPIs caught up, the entries before the checkpoint go (by maintain only:
+    # delta-rs's writers no longer drop them after their commits).
+    run(files, "orders_late.csv", csv_of(ORDERS, [{**orders[-1], "status": "returned"}]))
+    time.sleep(1.5)
+    logged = {k for k in table_objects(files, ORDERS, "_delta_log/") if k.endswith(".json")}
+    assert len(logged) == entries + files.staging.table(ORDERS).version() - current
+    report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
+                                  watermarks=files.store.kpi_watermarks())[ORDERS.name]
+    left = table_objects(files, ORDERS, "_delta_log/")
+    kept = {k for k in left if k.endswith(".json")}
+    assert report["log_entries_removed"] == len(logged - kept) > 0
+    assert report["log_entries"] == len(kept)
+    assert min(int(k.rsplit("/", 1)[1][:20]) for k in kept) > lagging
+    rows = files.staging.scan(ORDERS, files.staging.table(ORDERS).version()).collect()
+    assert sorted(rows.get_column("order_id")) == sorted(o["order_id"] for o in orders)
+    run(files, "orders_later.csv", csv_of(ORDERS, [{**orders[-2], "status": "returned"}]))
+    assert served(files) == recomputed(files)
