@@ -11,8 +11,10 @@ import uuid
 from urllib.parse import unquote
 
 import pytest
+import yaml
 from parliament import analyze_policy_string
 
+from app import aws
 from deployment import (BIN, TEMPLATE, DeployedStack, aws_client, deploy, deploy_fresh,
                         stack_resources)
 
@@ -112,3 +114,22 @@ def test_each_process_kind_gets_only_its_calls(deployed, with_key):
     for document in plain.values():
         for statement in document["Statement"]:
             assert statement["Resource"] != "*" and "*" not in statement["Resource"]
+
+
+def template() -> dict:
+    """The template as data, its intrinsic functions (!Ref, !If...) read as None."""
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    return yaml.load(TEMPLATE.read_text(), Loader=Loader)
+
+
+def test_the_bucket_expires_what_maintain_deleted_under_staging():
+    # Read from the template: LocalStack's CloudFormation (the session's) creates the bucket
+    # without its LifecycleConfiguration (get_bucket_lifecycle_configuration: none).
+    bucket = template()["Resources"]["FilesBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    [rule] = bucket["LifecycleConfiguration"]["Rules"]
+    assert (rule["Status"], rule["Prefix"], rule["ExpiredObjectDeleteMarker"]) == (
+        "Enabled", aws.STAGING, True)
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] >= 1
