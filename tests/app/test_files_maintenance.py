@@ -56,17 +56,24 @@ def active_files(files: Files) -> dict[str, int]:
 
 def stored_files(files: Files, file_type) -> set[str]:
     """Data files of a table in the bucket, whatever version refers to them (not the log, nor
-    the change data files, which delta-rs's vacuum leaves alone)."""
-    paginator = files.s3.get_paginator("list_objects_v2")
-    prefix = f"{aws.STAGING}{file_type.table}/"
-    return {o["Key"] for page in paginator.paginate(Bucket=files.settings.files_bucket,
-                                                    Prefix=prefix)
-            for o in page.get("Contents", [])
-            if "/_delta_log/" not in o["Key"] and "/_change_data/" not in o["Key"]}
+    the change data files)."""
+    return {key for key in table_objects(files, file_type, "")
+            if "/_delta_log/" not in key and "/_change_data/" not in key}
 
 
 def chunks(rows: list, count: int) -> list[list]:
     return [rows[i::count] for i in range(count)]
+
+
+def orders_then_returns(files: Files, seed: int, returned: int) -> list[dict]:
+    """30 orders staged by three executions, then the first `returned` of them returned by a
+    fourth; the orders."""
+    _, orders, _ = make_rows(random.Random(seed), orders=30)
+    for n, part in enumerate(chunks(orders, 3)):
+        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
+    run(files, "orders_returns.csv", csv_of(ORDERS, [{**o, "status": "returned"}
+                                                     for o in orders[:returned]]))
+    return orders
 
 
 @pytest.mark.slow
@@ -128,11 +135,7 @@ def test_maintain_after_50_executions_leaves_the_tables_readable_with_fewer_file
 
 def test_a_vacuum_past_the_retention_deletes_the_files_no_version_needs(files_settings):
     files = Files(files_settings)
-    _, orders, _ = make_rows(random.Random(8), orders=30)
-    for n, part in enumerate(chunks(orders, 3)):
-        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
-    run(files, "orders_returns.csv", csv_of(ORDERS, [{**o, "status": "returned"}
-                                                     for o in orders[:5]]))
+    orders = orders_then_returns(files, seed=8, returned=5)
     stored = stored_files(files, ORDERS)
     expected = served(files)
 
@@ -255,11 +258,7 @@ def test_maintain_removes_the_change_data_files_no_kpi_step_or_reader_needs(file
 def test_maintain_drops_expired_log_entries_but_not_those_a_kpi_step_still_reads(
         files_settings):
     files = Files(files_settings)
-    _, orders, _ = make_rows(random.Random(30), orders=30)
-    for n, part in enumerate(chunks(orders, 3)):
-        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
-    run(files, "orders_returns.csv", csv_of(ORDERS, [{**o, "status": "returned"}
-                                                     for o in orders[:6]]))
+    orders = orders_then_returns(files, seed=30, returned=6)
     table = files.staging.table(ORDERS)
     # Every log entry expires a second after its commit.
     table.alter.set_table_properties({"delta.logRetentionDuration": "interval 1 second"})
