@@ -1,8 +1,10 @@
 """Upkeep of the files path on LocalStack S3/SNS, real Delta tables and a real redis-server:
 compaction, vacuum and checkpoints; records that expire; the sweeper of stuck executions."""
+import json
 import random
 import time
 from dataclasses import replace
+from urllib.parse import unquote
 
 import pytest
 
@@ -54,17 +56,24 @@ def active_files(files: Files) -> dict[str, int]:
 
 def stored_files(files: Files, file_type) -> set[str]:
     """Data files of a table in the bucket, whatever version refers to them (not the log, nor
-    the change data files, which delta-rs's vacuum leaves alone)."""
-    paginator = files.s3.get_paginator("list_objects_v2")
-    prefix = f"{aws.STAGING}{file_type.table}/"
-    return {o["Key"] for page in paginator.paginate(Bucket=files.settings.files_bucket,
-                                                    Prefix=prefix)
-            for o in page.get("Contents", [])
-            if "/_delta_log/" not in o["Key"] and "/_change_data/" not in o["Key"]}
+    the change data files)."""
+    return {key for key in table_objects(files, file_type, "")
+            if "/_delta_log/" not in key and "/_change_data/" not in key}
 
 
 def chunks(rows: list, count: int) -> list[list]:
     return [rows[i::count] for i in range(count)]
+
+
+def orders_then_returns(files: Files, seed: int, returned: int) -> list[dict]:
+    """30 orders staged by three executions, then the first `returned` of them returned by a
+    fourth; the orders."""
+    _, orders, _ = make_rows(random.Random(seed), orders=30)
+    for n, part in enumerate(chunks(orders, 3)):
+        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
+    run(files, "orders_returns.csv", csv_of(ORDERS, [{**o, "status": "returned"}
+                                                     for o in orders[:returned]]))
+    return orders
 
 
 @pytest.mark.slow
@@ -96,7 +105,8 @@ def test_maintain_after_50_executions_leaves_the_tables_readable_with_fewer_file
     before = active_files(files)
     pinned = files.staging.versions()
 
-    report = maintenance.maintain(files.staging, files_settings.files_vacuum_retention_hours)
+    report = maintenance.maintain(files.staging, files_settings.files_vacuum_retention_hours,
+                                  s3=files.s3, watermarks=files.store.kpi_watermarks())
 
     after = active_files(files)
     assert {name: (r["files_before"], r["files"]) for name, r in report.items()} == {
@@ -108,6 +118,7 @@ def test_maintain_after_50_executions_leaves_the_tables_readable_with_fewer_file
                              log + "_last_checkpoint") is not None
         # Within the retention nothing is vacuumed: a reader pinned before still reads.
         assert report[file_type.name]["vacuumed"] == 0
+        assert report[file_type.name]["change_data_removed"] == 0
         assert files.staging.scan(file_type, pinned[file_type.name]).collect().height > 0
     assert files.staging.scan(ORDERS, files.staging.table(ORDERS).version()).collect().height \
         == len(orders)
@@ -124,11 +135,7 @@ def test_maintain_after_50_executions_leaves_the_tables_readable_with_fewer_file
 
 def test_a_vacuum_past_the_retention_deletes_the_files_no_version_needs(files_settings):
     files = Files(files_settings)
-    _, orders, _ = make_rows(random.Random(8), orders=30)
-    for n, part in enumerate(chunks(orders, 3)):
-        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
-    run(files, "orders_returns.csv", csv_of(ORDERS, [{**o, "status": "returned"}
-                                                     for o in orders[:5]]))
+    orders = orders_then_returns(files, seed=8, returned=5)
     stored = stored_files(files, ORDERS)
     expected = served(files)
 
@@ -191,3 +198,99 @@ def test_the_sweeper_fails_and_announces_an_execution_that_outlived_the_timeout(
     # Swept once: a second sweep finds nothing more to fail or to announce.
     assert maintenance.sweep(files, SWEEP, now_ms) == []
     assert len(notes.poll()) == 1
+
+
+def table_objects(files: Files, file_type, folder: str) -> dict[str, float]:
+    """Key -> last modified (epoch seconds) of a table's objects under one of its folders."""
+    paginator = files.s3.get_paginator("list_objects_v2")
+    prefix = f"{aws.STAGING}{file_type.table}/{folder}"
+    return {o["Key"]: o["LastModified"].timestamp()
+            for page in paginator.paginate(Bucket=files.settings.files_bucket, Prefix=prefix)
+            for o in page.get("Contents", [])}
+
+
+def change_data_named(files: Files, file_type, versions: range) -> set[str]:
+    """The change data files the commits of these versions name (their "cdc" actions)."""
+    table_key = f"{aws.STAGING}{file_type.table}/"
+    named = set()
+    for version in versions:
+        entry = aws.get_bytes(files.s3, files.settings.files_bucket,
+                              f"{table_key}_delta_log/{version:020d}.json")
+        for line in entry.decode().splitlines():
+            action = json.loads(line)
+            if "cdc" in action:
+                named.add(table_key + unquote(action["cdc"]["path"]))
+    return named
+
+
+def test_maintain_removes_the_change_data_files_no_kpi_step_or_reader_needs(files_settings):
+    files = Files(files_settings)
+    _, orders, _ = make_rows(random.Random(20), orders=40)
+    for n, part in enumerate(chunks(orders, 4)):
+        run(files, f"orders_{n}.csv", csv_of(ORDERS, part))
+    # Updates of rows already staged: each merge writes their before and after images.
+    for n, part in enumerate(chunks(orders[:12], 3)):
+        run(files, f"orders_returns_{n}.csv", csv_of(ORDERS, [{**o, "status": "returned"}
+                                                              for o in part]))
+    current = files.staging.table(ORDERS).version()
+    written = table_objects(files, ORDERS, "_change_data/")
+    assert written and set(written) == change_data_named(files, ORDERS, range(current + 1))
+    assert files.store.kpi_watermarks()[ORDERS.name] == current
+    # A KPI step that last saw version `lagging` reads the changes after it: their files stay.
+    lagging = current - 2
+    needed = change_data_named(files, ORDERS, range(lagging + 1, current + 1))
+    assert needed and needed < set(written)
+    expected_changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+
+    report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
+                                  watermarks={ORDERS.name: lagging})[ORDERS.name]
+
+    left = table_objects(files, ORDERS, "_change_data/")
+    assert set(left) == needed
+    assert report["change_data_removed"] == len(written) - len(needed)
+    changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+    assert sorted(changes.rows()) == sorted(expected_changes.rows())
+    # The next execution reads the changes since the stored watermarks: KPIs stay exact.
+    run(files, "orders_late.csv", csv_of(ORDERS, [{**orders[-1], "status": "returned"}]))
+    assert served(files) == recomputed(files)
+
+
+def test_maintain_drops_expired_log_entries_but_not_those_a_kpi_step_still_reads(
+        files_settings):
+    files = Files(files_settings)
+    orders = orders_then_returns(files, seed=30, returned=6)
+    table = files.staging.table(ORDERS)
+    # Every log entry expires a second after its commit.
+    table.alter.set_table_properties({"delta.logRetentionDuration": "interval 1 second"})
+    current = files.staging.table(ORDERS).version()
+    lagging = current - 3
+    expected_changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+    entries = len([k for k in table_objects(files, ORDERS, "_delta_log/")
+                   if k.endswith(".json")])
+    time.sleep(1.5)
+
+    # A KPI step still has to read the changes after `lagging`: their log entries stay.
+    report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
+                                  watermarks={ORDERS.name: lagging})[ORDERS.name]
+
+    assert report["log_entries_removed"] == 0 and report["log_cleanup"].startswith("skipped")
+    changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
+    assert changes is not None and sorted(changes.rows()) == sorted(expected_changes.rows())
+
+    # Once the KPIs caught up, the entries before the checkpoint go (by maintain only:
+    # delta-rs's writers no longer drop them after their commits).
+    run(files, "orders_late.csv", csv_of(ORDERS, [{**orders[-1], "status": "returned"}]))
+    time.sleep(1.5)
+    logged = {k for k in table_objects(files, ORDERS, "_delta_log/") if k.endswith(".json")}
+    assert len(logged) == entries + files.staging.table(ORDERS).version() - current
+    report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
+                                  watermarks=files.store.kpi_watermarks())[ORDERS.name]
+    left = table_objects(files, ORDERS, "_delta_log/")
+    kept = {k for k in left if k.endswith(".json")}
+    assert report["log_entries_removed"] == len(logged - kept) > 0
+    assert report["log_entries"] == len(kept)
+    assert min(int(k.rsplit("/", 1)[1][:20]) for k in kept) > lagging
+    rows = files.staging.scan(ORDERS, files.staging.table(ORDERS).version()).collect()
+    assert sorted(rows.get_column("order_id")) == sorted(o["order_id"] for o in orders)
+    run(files, "orders_later.csv", csv_of(ORDERS, [{**orders[-2], "status": "returned"}]))
+    assert served(files) == recomputed(files)

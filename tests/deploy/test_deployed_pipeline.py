@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 from dataclasses import fields
 from decimal import Decimal
@@ -22,7 +23,8 @@ from bench.order_builders import make_orders, order
 from deployment import (BIN, ROOT, DeployedStack, TopicListener, aws_client, deploy_fresh, depth,
                         stack_resources, start_api, start_worker)
 from files_oracle import ORDER_ITEMS, ORDERS, PRODUCTS, by_key, csv_of, expected_kpis, make_rows
-from stack.services import wait_for
+from stack.services import Process, wait_for
+from tasks.names import FILES_SWEEP
 
 # What the producer needs to send, and nothing more: where, and which queue.
 PRODUCER_OUTPUTS = ("AWS_REGION", "ORDERS_QUEUE", "ORDERS_QUEUE_URL")
@@ -36,9 +38,13 @@ def deployed(sqs_server, redis_server) -> DeployedStack:
 
 
 @pytest.fixture(scope="module")
-def running(deployed: DeployedStack, tmp_path_factory):
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("deployed-logs")
+
+
+@pytest.fixture(scope="module")
+def running(deployed: DeployedStack, log_dir):
     """A worker and the API on the stack's environment, for the whole module."""
-    log_dir = tmp_path_factory.mktemp("deployed-logs")
     worker = start_worker(deployed, log_dir)
     api, base = start_api(deployed, log_dir)
     yield worker, base
@@ -154,3 +160,23 @@ def test_a_poison_message_reaches_the_stacks_dlq_and_is_redriven(deployed, runni
              timeout=60, message="the redriven order counted")
     assert requests.get(f"{api}/stats/global", timeout=5).json()["total_orders"] == before + 1
     assert depth(deployed, dlq)["visible"] == 0
+
+
+def test_beat_on_the_outputs_alone_sends_the_upkeep_that_the_worker_runs(deployed, running,
+                                                                         log_dir):
+    worker, _ = running
+    # As deploy/kubernetes/beat.yaml runs it: the stack's outputs, no Redis URL.
+    environment = {k: v for k, v in deployed.environment(FILES_SWEEP_INTERVAL="2").items()
+                   if k != "REDIS_URL"}
+    beat = Process("beat-deployed", [BIN / "celery", "-A", "tasks", "beat", "--loglevel",
+                                     "INFO", "--schedule", str(log_dir / "celerybeat-schedule")],
+                   env=environment, log_dir=log_dir, cwd=ROOT).start()
+    try:
+        ran = re.compile(rf"Task {re.escape(FILES_SWEEP)}\[[\w-]+\] succeeded")
+        wait_for(lambda: ran.search(worker.log_path.read_text()), timeout=90,
+                 message=f"the worker to run {FILES_SWEEP} sent by beat")
+        assert beat.running, beat.log_tail()
+    finally:
+        beat.stop()
+    log = beat.log_tail(200)
+    assert f"Sending due task {FILES_SWEEP}" in log and "Traceback" not in log, log

@@ -15,16 +15,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.settings import Settings
+from app.settings import Settings, from_env
 from deployment import BIN, DEPLOY, TEMPLATE, stack_env
 from tasks.celery import create_celery
 from tasks.file_tasks import StepTask
+from tasks.names import FILES_MAINTAIN, FILES_SWEEP
 from tasks.sqs.receive import SQS_MAX_MESSAGES
 from tasks.sqs.settle import wait_for_settlements
 
 MANIFESTS = DEPLOY / "kubernetes"
 SCHEMAS = MANIFESTS / "schemas"
-CORE = ("config.yaml", "serviceaccounts.yaml", "worker.yaml", "api.yaml", "flower.yaml")
+CORE = ("config.yaml", "serviceaccounts.yaml", "worker.yaml", "api.yaml", "flower.yaml",
+        "beat.yaml")
 KEDA = {"keda-scaledobject.yaml": "keda-scaledobject-v1alpha1.json",
         "keda-triggerauthentication.yaml": "keda-triggerauthentication-v1alpha1.json"}
 KUBERNETES_VERSION = "1.37.0"
@@ -163,3 +165,25 @@ def test_probes_and_identities():
     for name in ("order-pipeline-worker", "order-pipeline-files-worker", "order-pipeline-api"):
         assert resource("PodDisruptionBudget", name)["spec"]["selector"] == resource(
             "Deployment", name)["spec"]["selector"]
+
+
+def test_one_beat_sends_the_files_upkeep_on_the_configs_settings():
+    deployment = resource("Deployment", "order-pipeline-beat")["spec"]
+    # One beat, and never two at once during a rollout: each would send every run.
+    assert (deployment["replicas"], deployment["strategy"]) == (1, {"type": "Recreate"})
+    assert "PodDisruptionBudget" not in {doc["kind"] for doc in documents("beat.yaml")}
+    beat = container("order-pipeline-beat")
+    command = beat["command"]
+    assert command[:4] == ["celery", "-A", "tasks", "beat"]
+    schedule = command[command.index("--schedule") + 1]
+    [mount] = beat["volumeMounts"]
+    volumes = {v["name"]: v for v in deployment["template"]["spec"]["volumes"]}
+    assert schedule.startswith(mount["mountPath"] + "/") and "emptyDir" in volumes[mount["name"]]
+    # The ConfigMap alone (no Redis Secret): what the schedule is made of.
+    assert beat["envFrom"] == [{"configMapRef": {"name": "order-pipeline"}}]
+    config = resource("ConfigMap", "order-pipeline")["data"]
+    settings = from_env(config)
+    sent = create_celery(settings).conf["beat_schedule"]
+    assert {entry["task"]: entry["schedule"] for entry in sent.values()} == {
+        FILES_SWEEP: settings.files_sweep_interval,
+        FILES_MAINTAIN: settings.files_maintain_interval}

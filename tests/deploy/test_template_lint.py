@@ -11,12 +11,14 @@ import uuid
 from urllib.parse import unquote
 
 import pytest
+import yaml
 from parliament import analyze_policy_string
 
+from app import aws
 from deployment import (BIN, TEMPLATE, DeployedStack, aws_client, deploy, deploy_fresh,
                         stack_resources)
 
-POLICIES = ("WorkerPolicy", "ApiPolicy", "ProducerPolicy", "OperatorPolicy")
+POLICIES = ("WorkerPolicy", "ApiPolicy", "ProducerPolicy", "OperatorPolicy", "BeatPolicy")
 KEY_ARN = "arn:aws:kms:us-east-1:000000000000:key/0b1c7d2e-3f4a-4b5c-8d6e-7f8091a2b3c4"
 
 
@@ -34,11 +36,11 @@ def test_cfn_lint_passes_with_no_warning():
 
 
 def policy_documents(endpoint_url: str, stack_name: str) -> dict[str, dict]:
-    """Logical id -> the deployed default version of each managed policy."""
+    """Logical id -> the deployed default version of each managed policy the stack has."""
     iam = aws_client("iam", endpoint_url)
     resources = stack_resources(endpoint_url, stack_name)
     documents = {}
-    for logical_id in POLICIES:
+    for logical_id in (p for p in POLICIES if p in resources):
         arn = resources[logical_id]
         version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
         document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"][
@@ -96,12 +98,38 @@ def test_each_process_kind_gets_only_its_calls(deployed, with_key):
     assert actions(plain["ApiPolicy"]) == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
     assert "sqs:PurgeQueue" not in actions(plain["WorkerPolicy"])
     assert not any(a.startswith(("s3:", "sns:")) for a in actions(plain["OperatorPolicy"]))
+    # Beat sends its upkeep tasks to the files queue and touches nothing else.
+    assert actions(plain["BeatPolicy"]) == {"sqs:SendMessage", "sqs:GetQueueAttributes"}
+    files_queue = stack_resources(deployed.endpoint_url, deployed.name)["FilesQueue"]
+    [beat] = plain["BeatPolicy"]["Statement"]
+    assert beat["Resource"].rsplit(":", 1)[1] == files_queue.rsplit("/", 1)[1]
     # The key appears only when one is given, for the processes that encrypt or decrypt.
     keyed = policy_documents(deployed.endpoint_url, with_key)
     assert not any(a.startswith("kms:") for doc in plain.values() for a in actions(doc))
     assert actions(keyed["ProducerPolicy"]) == {"sqs:SendMessage", "kms:GenerateDataKey"}
+    assert actions(keyed["BeatPolicy"]) == {"sqs:SendMessage", "sqs:GetQueueAttributes",
+                                            "kms:GenerateDataKey"}
     assert {"kms:GenerateDataKey", "kms:Decrypt"} <= actions(keyed["WorkerPolicy"])
     assert not any(a.startswith("kms:") for a in actions(keyed["ApiPolicy"]))
     for document in plain.values():
         for statement in document["Statement"]:
             assert statement["Resource"] != "*" and "*" not in statement["Resource"]
+
+
+def template() -> dict:
+    """The template as data, its intrinsic functions (!Ref, !If...) read as None."""
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    return yaml.load(TEMPLATE.read_text(), Loader=Loader)
+
+
+def test_the_bucket_expires_what_maintain_deleted_under_staging():
+    # Read from the template: LocalStack's CloudFormation (the session's) creates the bucket
+    # without its LifecycleConfiguration (get_bucket_lifecycle_configuration: none).
+    bucket = template()["Resources"]["FilesBucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    [rule] = bucket["LifecycleConfiguration"]["Rules"]
+    assert (rule["Status"], rule["Prefix"], rule["ExpiredObjectDeleteMarker"]) == (
+        "Enabled", aws.STAGING, True)
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] >= 1
