@@ -228,8 +228,7 @@ class UpkeepTask(StepTask):
 def maintain(self) -> dict:
     """Compact, vacuum and checkpoint every Delta table of the files path."""
     from app.files import maintenance  # loads deltalake: in the pool process only
-    return maintenance.maintain(self.files.staging, self.settings.files_vacuum_retention_hours,
-                                s3=self.files.s3, watermarks=self.files.store.kpi_watermarks())
+    return maintenance.maintain_files(self.files)
 
 
 @shared_task(name=FILES_SWEEP, bind=True, base=UpkeepTask)

@@ -229,6 +229,12 @@ def maintain(staging: Staging, retention_hours: int, *, s3=None,
     return reports
 
 
+def maintain_files(files: Files) -> dict[str, dict]:
+    """maintain() as a deployment runs it: its retention, its bucket, the KPI watermarks."""
+    return maintain(files.staging, files.settings.files_vacuum_retention_hours, s3=files.s3,
+                    watermarks=files.store.kpi_watermarks())
+
+
 def sweep(files: Files, task_name: str, now_ms: int | None = None) -> list[str]:
     """Fail and announce every execution still running FILES_EXECUTION_TIMEOUT after its
     start, as task_name's doing; their ids."""

@@ -46,11 +46,10 @@ def files_show(execution_id, as_json):
 def files_maintain(as_json):
     """Compact, vacuum and checkpoint every Delta table now, as files.maintain does."""
     from app.files import maintenance  # loads deltalake and polars: only for this command
-    settings = app_settings()
-    reports = maintenance.maintain(Files(settings).staging,
-                                   settings.files_vacuum_retention_hours)
+    reports = maintenance.maintain_files(Files(app_settings()))
     rows = [{"table": name, **report} for name, report in reports.items()]
-    print_rows(rows, ["table", "version", "files_before", "files", "vacuumed", "seconds"],
+    print_rows(rows, ["table", "version", "files_before", "files", "vacuumed",
+                      "change_data_removed", "log_entries_removed", "seconds"],
                as_json, "No table yet.")
 
 

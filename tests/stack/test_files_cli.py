@@ -75,6 +75,8 @@ def test_celery_files_sweep_and_maintain(files_settings):
     assert "Failed 0 execution(s)" in celery_cli(settings, "files", "sweep").stdout
     [report] = json.loads(celery_cli(settings, "files", "maintain", "--json").stdout)
     assert (report["table"], report["files_before"], report["files"]) == ("orders", 1, 1)
+    # As the task does: the change data upkeep too, bounded by the KPI watermarks.
+    assert report["change_data_removed"] == 0 and "change_data_needed_from" in report
     assert aws.get_bytes(files.s3, settings.files_bucket,
                          "staging/orders/_delta_log/_last_checkpoint") is not None
     assert "orders" in celery_cli(settings, "files", "maintain").stdout  # the table
