@@ -79,6 +79,8 @@ def create_app(settings: app_settings.Settings | None = None) -> Flask:
     @flask_app.before_request
     def refuse_repeated_arguments():
         """?limit=1&limit=2 is ambiguous (webargs would take one): a 422 naming it."""
+        if not request.query_string:
+            return
         repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
         if repeated:
             abort(422, errors={"query": {name: ["Give this argument once."]

@@ -1,7 +1,7 @@
 """Analytics endpoints: rankings, daily and monthly KPIs, user summaries, product sales."""
-from flask_smorest import Blueprint
 
 from app import analytics
+from web.blueprint import Blueprint
 from web.context import found, no_orders_of, store
 from web.schemas import (DailySchema, DayRangeArgsSchema, ErrorSchema, MonthlySchema,
                          MonthRangeArgsSchema, ProductStatsSchema, TopProductsArgsSchema,

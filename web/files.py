@@ -1,8 +1,8 @@
 """Batch files endpoints: the KPI tables (the seed's OrderKPIs, CategoryKPIs) and executions."""
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, post_load, validate
 
 from app.files import kpis
+from web.blueprint import Blueprint
 from web.context import files_store, found
 from web.schemas import DayRangeArgsSchema, ErrorSchema
 
@@ -76,7 +76,7 @@ class ExecutionSchema(Schema):
 
 
 @blp.route("/kpis/orders")
-@blp.arguments(DayRangeArgsSchema, location="query")
+@blp.arguments(DayRangeArgsSchema(), location="query")
 @blp.response(200, OrderKpiSchema(many=True))
 def order_kpis(args):
     """Daily order KPIs of the dates in from..to, by date (dates without orders omitted)."""
@@ -86,7 +86,7 @@ def order_kpis(args):
 
 
 @blp.route("/kpis/categories")
-@blp.arguments(CategoryRangeArgsSchema, location="query")
+@blp.arguments(CategoryRangeArgsSchema(), location="query")
 @blp.response(200, CategoryKpiSchema(many=True))
 def category_kpis(args):
     """Category KPIs of the order dates in from..to, by category then date."""
@@ -97,7 +97,7 @@ def category_kpis(args):
 
 
 @blp.route("/files/executions")
-@blp.arguments(ExecutionsArgsSchema, location="query")
+@blp.arguments(ExecutionsArgsSchema(), location="query")
 @blp.response(200, ExecutionSchema(many=True))
 def executions(args):
     """The latest executions' result records, newest first."""

@@ -1,7 +1,7 @@
 """Statistics endpoints."""
-from flask_smorest import Blueprint
 
 from app import analytics
+from web.blueprint import Blueprint
 from web.context import found, no_orders_of, store
 from web.schemas import (ErrorSchema, GlobalStatsSchema, OptionalDayRangeArgsSchema,
                          UserStatsRangeSchema)

@@ -10,6 +10,8 @@ from app.settings import Settings
 from conftest import order
 from stack.services import free_port
 from web import create_app
+from web.blueprint import ArgumentsParser
+from web.schemas import TopUsersArgsSchema
 
 
 @pytest.fixture
@@ -96,3 +98,29 @@ def test_openapi_document_lists_every_route(client):
     spec = client.get("/openapi.json").get_json()
     assert {"/users/{user_id}/stats", "/user/{user_id}/stats", "/stats/global",
             "/global/stats", "/health"} <= set(spec["paths"])
+
+
+def test_requests_without_a_query_string_get_the_schemas_answer_each_time(client):
+    """ArgumentsParser loads an empty query string once per schema; what it answers must be
+    what webargs answers: defaults, and a 422 each time for a required argument."""
+    for _ in range(2):
+        missing = client.get("/stats/daily")
+        assert missing.status_code == 422
+        assert sorted(missing.get_json()["errors"]) == ["from", "to"]
+        ranking = client.get("/stats/top-users").get_json()
+        assert (ranking["n"], ranking["by"], ranking["period"]) == (10, "spend", None)
+    # With arguments in between, the next request without any is all-time again.
+    assert client.get("/stats/top-users?n=2&by=orders").get_json()["n"] == 2
+    assert client.get("/stats/top-users").get_json()["n"] == 10
+
+
+def test_the_cached_arguments_are_a_copy_for_each_request(settings):
+    """A view that changes its arguments cannot change the next request's."""
+    app = create_app(settings)
+    parser, schema = ArgumentsParser(), TopUsersArgsSchema()
+    with app.test_request_context("/stats/top-users"):
+        first = parser.parse(schema, location="query")
+        first["n"] = 99
+        second = parser.parse(schema, location="query")
+    assert second == {"n": 10, "by": "spend", "period": None}
+    assert second is not first
