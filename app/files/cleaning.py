@@ -169,9 +169,9 @@ def money_cents(column: str) -> pl.Expr:
         pl.Int64, strict=False)
     cents = (parts.struct.field("field_0").cast(pl.Int64, strict=False) * 100 + fraction // 10
              + (fraction % 10 >= 5).cast(pl.Int64))
-    return (pl.when(text.str.contains(_MONEY))
-            .then(pl.when(text.str.starts_with("-")).then(-cents).otherwise(cents))
-            .alias(f"{column}_cents"))
+    # A sign factor, as cents written twice (negated and not) would be computed twice.
+    sign = pl.when(text.str.starts_with("-")).then(pl.lit(-1, pl.Int64)).otherwise(1)
+    return pl.when(text.str.contains(_MONEY)).then(cents * sign).alias(f"{column}_cents")
 
 
 def _timestamp_parsers() -> list:
