@@ -185,18 +185,26 @@ class OrderProbe:
             self._poll()
 
     def window(self, start: float, end: float) -> dict:
-        """The orders sent in [start, end): how many, how many were counted by `end`, and
-        the latency to counted of those counted at all (p50, p99, max), in seconds."""
-        sent = [i for i, at in self.sent.items() if start <= at < end]
-        latencies = sorted(self.counted[i] - self.sent[i] for i in sent if i in self.counted)
+        """The figures of the orders sent in [start, end) (orders_window)."""
+        return orders_window(self.sent, self.counted, start, end)
 
-        def quantile(q: float) -> float | None:
-            return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 3) \
-                if latencies else None
-        return {"seconds": round(end - start, 1), "sent": len(sent),
-                "counted_meanwhile": sum(self.counted.get(i, end) < end for i in sent),
-                "counted_ever": len(latencies), "p50_s": quantile(0.5),
-                "p99_s": quantile(0.99), "max_s": quantile(1.0)}
+
+def orders_window(sent: dict[str, float], counted: dict[str, float], start: float,
+                  end: float) -> dict:
+    """Of the orders sent in [start, end) (id -> send time; counted: id -> when counted):
+    how many, how many were counted by `end`, and the latency to counted of those counted
+    at all (p50, p99, max), in seconds."""
+    ids = [i for i, at in sent.items() if start <= at < end]
+    latencies = sorted(counted[i] - sent[i] for i in ids if i in counted)
+
+    def quantile(q: float) -> float | None:
+        if not latencies:
+            return None
+        return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 3)
+    return {"seconds": round(end - start, 1), "sent": len(ids),
+            "counted_meanwhile": sum(i in counted and counted[i] < end for i in ids),
+            "counted_ever": len(latencies), "p50_s": quantile(0.5), "p99_s": quantile(0.99),
+            "max_s": quantile(1.0)}
 
 
 def run_pipeline(settings: Settings, directory: Path, log_dir: Path, rows: int,
