@@ -97,7 +97,7 @@ def eager_cleaning(data: bytes, file_type):
 
     import polars as pl
 
-    from app.files.cleaning import DUPLICATE_KEY, InvalidFile, _typed, _trimmed, rules_for
+    from app.files.cleaning import DUPLICATE_KEY, InvalidFile, _trimmed, rules_for, typed
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -117,7 +117,7 @@ def eager_cleaning(data: bytes, file_type):
     reason = pl.coalesce([pl.when(rule.drops).then(pl.lit(rule.name)) for rule in rules]
                          ).alias("_dropped_by")
     judged = (frame.lazy().with_columns(_trimmed(c) for c in frame.columns)
-              .select(_typed(file_type)).with_columns(reason).collect())
+              .pipe(typed, file_type).with_columns(reason).collect())
     dropped = {rule.name: 0 for rule in rules}
     for name, count in judged.group_by("_dropped_by").len().iter_rows():
         if name is not None:

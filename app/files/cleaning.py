@@ -169,23 +169,43 @@ def money_cents(column: str) -> pl.Expr:
         pl.Int64, strict=False)
     cents = (parts.struct.field("field_0").cast(pl.Int64, strict=False) * 100 + fraction // 10
              + (fraction % 10 >= 5).cast(pl.Int64))
-    return (pl.when(text.str.contains(_MONEY))
-            .then(pl.when(text.str.starts_with("-")).then(-cents).otherwise(cents))
-            .alias(f"{column}_cents"))
+    # A sign factor, as cents written twice (negated and not) would be computed twice.
+    sign = pl.when(text.str.starts_with("-")).then(pl.lit(-1, pl.Int64)).otherwise(1)
+    return pl.when(text.str.contains(_MONEY)).then(cents * sign).alias(f"{column}_cents")
 
 
-def timestamp_utc(column: str) -> pl.Expr:
-    """ISO 8601 text to a UTC timestamp (no offset means UTC); null when unparsable."""
-    text = pl.col(column).str.replace(r"[Zz]$", "+00:00")
-    date_only = pl.col(column).str.contains(r"^\d{4}-\d{2}-\d{2}$")
-    candidates = [text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC")
-                  for f in _WITH_OFFSET]
-    candidates += [text.str.to_datetime(f, strict=False, time_unit="us")
-                   .dt.replace_time_zone("UTC") for f in _WITHOUT_OFFSET]
-    candidates.append(pl.when(date_only).then(
-        (text + "T00:00:00").str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us")
+def _timestamp_parsers() -> list:
+    """ISO 8601 parsers of text with a 'Z' already spelt +00:00, in the order they are tried."""
+    parsers = [lambda t, f=f: t.str.to_datetime(f, strict=False, time_unit="us",
+                                                  time_zone="UTC") for f in _WITH_OFFSET]
+    parsers += [lambda t, f=f: t.str.to_datetime(f, strict=False, time_unit="us")
+                .dt.replace_time_zone("UTC") for f in _WITHOUT_OFFSET]
+    parsers.append(lambda t: pl.when(t.str.contains(r"^\d{4}-\d{2}-\d{2}$")).then(
+        (t + "T00:00:00").str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us")
         .dt.replace_time_zone("UTC")))
-    return pl.coalesce(candidates).alias(column)
+    return parsers
+
+
+def with_timestamps_utc(frame: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
+    """ISO 8601 text columns to UTC timestamps (no offset means UTC); null when unparsable.
+
+    The first format that parses a text wins. Each later format is given only the texts no
+    earlier one parsed (the others as nulls, which cost nothing), so a column written in
+    one format is parsed about once rather than once per format; each step is a column of
+    its own, as an expression nesting the steps would grow twofold per format.
+    """
+    if not columns:
+        return frame
+    parsed = {column: f"_{column}_utc" for column in columns}
+    parsers = _timestamp_parsers()
+    frame = frame.with_columns(pl.col(c).str.replace(r"[Zz]$", "+00:00") for c in columns)
+    frame = frame.with_columns(parsers[0](pl.col(c)).alias(parsed[c]) for c in columns)
+    for parser in parsers[1:]:
+        frame = frame.with_columns(
+            pl.coalesce(pl.col(p), parser(pl.when(pl.col(p).is_null()).then(pl.col(c))))
+            .alias(p) for c, p in parsed.items())
+    return frame.with_columns(pl.col(p).alias(c) for c, p in parsed.items()).drop(
+        list(parsed.values()))
 
 
 def _typed(file_type: FileType) -> list[pl.Expr]:
@@ -193,17 +213,22 @@ def _typed(file_type: FileType) -> list[pl.Expr]:
     for column in file_type.columns:
         if column in MONEY_COLUMNS:
             exprs.append(money_cents(column))
-        elif column in TIMESTAMP_COLUMNS:
-            exprs.append(timestamp_utc(column))
         elif column in INTEGER_COLUMNS:
             exprs.append(pl.col(column).cast(pl.Int64, strict=False))
         elif column == "status":
             exprs.append(pl.col(column).str.to_lowercase())
         elif file_type is PRODUCTS and column in ("category", "department"):
             exprs.append(pl.col(column).fill_null(UNKNOWN))
-        else:
+        else:  # text, and the timestamps typed before (with_timestamps_utc)
             exprs.append(pl.col(column))
     return exprs
+
+
+def typed(frame: pl.LazyFrame, file_type: FileType) -> pl.LazyFrame:
+    """Trimmed all-text columns of file_type to their types: money in cents, timestamps in
+    UTC, integers, lower-case status."""
+    timestamps = [c for c in file_type.columns if c in TIMESTAMP_COLUMNS]
+    return with_timestamps_utc(frame, timestamps).select(_typed(file_type))
 
 
 def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType) -> Cleaned:
@@ -216,7 +241,7 @@ def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType) -> Cleaned:
     try:
         judged = (frame.lazy()
                   .with_columns(_trimmed(c) for c in file_type.columns)
-                  .select(_typed(file_type))
+                  .pipe(typed, file_type)
                   .with_columns(reason)
                   .collect(engine="streaming"))
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:

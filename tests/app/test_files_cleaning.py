@@ -167,3 +167,37 @@ def test_money_parses_as_the_capture_group_parser_did(texts):
     frame = pl.DataFrame({"price": texts}, schema={"price": pl.String})
     found = frame.select(cleaning.money_cents("price")).to_series().to_list()
     assert found == frame.select(money_cents_by_groups("price")).to_series().to_list()
+
+
+def timestamp_utc_by_coalesce(column: str) -> pl.Expr:
+    """The first timestamp parser (every format on every text), the reference of the one
+    in use."""
+    text = pl.col(column).str.replace(r"[Zz]$", "+00:00")
+    date_only = pl.col(column).str.contains(r"^\d{4}-\d{2}-\d{2}$")
+    candidates = [text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC")
+                  for f in cleaning._WITH_OFFSET]
+    candidates += [text.str.to_datetime(f, strict=False, time_unit="us")
+                   .dt.replace_time_zone("UTC") for f in cleaning._WITHOUT_OFFSET]
+    candidates.append(pl.when(date_only).then(
+        (text + "T00:00:00").str.to_datetime("%Y-%m-%dT%H:%M:%S", strict=False, time_unit="us")
+        .dt.replace_time_zone("UTC")))
+    return pl.coalesce(candidates).alias(column)
+
+
+_TIMESTAMP_PARTS = st.sampled_from(["2024-01-31", "2024-02-30", "1999-12-31", "2024-1-05", "T",
+                                    " ", "  ", "t", "10:00", ":59", ":60", ":00", ".", ".250",
+                                    ".123456789", "Z", "z", "+01:00", "-0230", "+24:00", "+01",
+                                    "UTC", "x", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.lists(_TIMESTAMP_PARTS, max_size=6).map("".join),
+                          st.datetimes(timezones=st.none() | st.timezones()).map(str),
+                          st.datetimes(timezones=st.none() | st.timezones())
+                          .map(lambda d: d.isoformat(timespec="minutes")),
+                          st.text(alphabet="0123456789-:T .+Z", max_size=30), st.none()),
+                min_size=1, max_size=50))
+def test_timestamps_parse_as_every_format_tried_on_every_text_did(texts):
+    frame = pl.DataFrame({"at": texts}, schema={"at": pl.String})
+    found = cleaning.with_timestamps_utc(frame.lazy(), ["at"]).collect()
+    assert found.equals(frame.select(timestamp_utc_by_coalesce("at")))
