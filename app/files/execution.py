@@ -16,6 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
@@ -160,7 +161,8 @@ class Files:
         """The Delta tables under staging/."""
         from app.files.staging import Staging
         return Staging(f"s3://{self.settings.files_bucket}/{aws.STAGING}",
-                       aws.delta_storage_options(self.settings))
+                       aws.delta_storage_options(self.settings),
+                       self.settings.files_merge_batch_rows)
 
     @cached_property
     def store(self) -> FilesStore:
@@ -222,7 +224,8 @@ class Files:
         key = upload.key
         result = {"key": key, "name": _name(key)}
         file_type = file_type_for(key)
-        with tempfile.NamedTemporaryFile(prefix="files-", suffix=".csv") as local:
+        with tempfile.TemporaryDirectory(prefix="files-") as scratch, \
+                tempfile.NamedTemporaryFile(dir=scratch, suffix=".csv") as local:
             try:
                 size = aws.download(self.s3, self.settings.files_bucket, key, local,
                                     version_id=upload.version_id,
@@ -240,23 +243,30 @@ class Files:
                                     "order_items or orders"]}
             result["type"] = file_type.name
             from app.files.cleaning import InvalidFile, clean, scan_csv
+            from app.files.staging import spool
             try:
                 cleaned = clean(scan_csv(local.name, file_type), file_type)
             except InvalidFile as exc:
                 return {**result, "status": "invalid", "reasons": exc.reasons}
-        # One upload of a key merges at a time, never after a newer one of the same key.
-        with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
-            applied = self.store.applied_upload(key)
-            if upload.sequencer and applied and tuple(applied) > upload_order(upload):
-                return {**result, "status": "superseded",
-                        "reasons": [f"a newer upload of {key} was staged already"]}
-            if upload.sequencer:
-                self.store.set_applied_upload(key, upload_order(upload))
-            merged = self.staging.upsert(file_type, cleaned.frame) if cleaned.rows_kept else {}
+            # The cleaned rows go to a Parquet file, merged from there in batches: the frame
+            # is let go before the merge.
+            report = {"rows_read": cleaned.rows_read, "rows_kept": cleaned.rows_kept,
+                      "dropped": cleaned.dropped}
+            rows = spool(cleaned.frame, Path(scratch))
+            del cleaned
+            # One upload of a key merges at a time, never after a newer one of the same key.
+            with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
+                applied = self.store.applied_upload(key)
+                if upload.sequencer and applied and tuple(applied) > upload_order(upload):
+                    return {**result, "status": "superseded",
+                            "reasons": [f"a newer upload of {key} was staged already"]}
+                if upload.sequencer:
+                    self.store.set_applied_upload(key, upload_order(upload))
+                merged = (self.staging.upsert(file_type, rows) if report["rows_kept"]
+                          else {})
         logger.info("execution %s: %s staged, %d of %d rows kept", execution_id, key,
-                    cleaned.rows_kept, cleaned.rows_read)
-        return {**result, "status": "valid", "rows_read": cleaned.rows_read,
-                "rows_kept": cleaned.rows_kept, "dropped": cleaned.dropped,
+                    report["rows_kept"], report["rows_read"])
+        return {**result, "status": "valid", **report,
                 "inserted": merged.get("num_target_rows_inserted", 0),
                 "updated": merged.get("num_target_rows_updated", 0),
                 "seconds": round(time.monotonic() - started, 3)}

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 from deltalake import DeltaTable, write_deltalake
@@ -12,6 +14,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from app.files.cleaning import clean
 from app.files.contract import FILE_TYPES, FileType
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +33,20 @@ def empty_frame(file_type: FileType) -> pl.DataFrame:
     return clean(frame, file_type).frame
 
 
+def spool(rows: pl.DataFrame | pl.LazyFrame, directory: Path) -> Path:
+    """Write cleaned rows to a Parquet file in directory (a lazy frame streamed); its path."""
+    path = directory / "cleaned.parquet"
+    rows.lazy().sink_parquet(path)
+    return path
+
+
 @dataclass(frozen=True)
 class Staging:
     """The Delta tables of one bucket's staging/ prefix."""
 
     base_uri: str  # e.g. s3://orders-files/staging
     storage_options: dict
+    batch_rows: int = Settings.files_merge_batch_rows  # rows merged per commit
 
     def uri(self, file_type: FileType) -> str:
         """The table's URI."""
@@ -63,18 +74,39 @@ class Staging:
             versions[file_type.name] = table.version() if table else None
         return versions
 
-    def upsert(self, file_type: FileType, frame: pl.DataFrame) -> dict:
-        """Merge a cleaned frame on the key: changed rows updated in full, new ones inserted.
+    def upsert(self, file_type: FileType, rows: pl.DataFrame | pl.LazyFrame | Path) -> dict:
+        """Merge cleaned rows (a frame, or a Parquet file from `spool`) on the key: changed
+        rows updated in full, new ones inserted; the merge's counts summed over its commits.
 
-        Rows equal to the staged ones are left alone, so re-uploading a file commits nothing.
+        The rows are merged batch_rows at a time from a Parquet file, one commit each, so
+        memory is bounded by a batch, not by the file. Rows equal to the staged ones are left
+        alone: re-uploading a file, or a retry after some of its batches committed, commits
+        nothing for what is there already.
         """
-        columns = frame.columns
-        changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in columns)
+        if not isinstance(rows, Path):
+            with tempfile.TemporaryDirectory(prefix="staging-") as scratch:
+                return self.upsert(file_type, spool(rows, Path(scratch)))
+        totals: dict[str, int] = {}
+        count = pl.scan_parquet(rows).select(pl.len()).collect().item()
+        # No rows still creates the table (and merges nothing).
+        for offset in range(0, max(count, 1), self.batch_rows):
+            batch = pl.scan_parquet(rows).slice(offset, self.batch_rows).collect()
+            for name, value in self._merge(file_type, batch).items():
+                if isinstance(value, int):
+                    totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def _merge(self, file_type: FileType, batch: pl.DataFrame) -> dict:
+        """One batch's merge, one commit; merged again on a new version when a concurrent
+        writer's commit conflicts with it."""
+        changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in batch.columns)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                table = self._create_if_missing(file_type, frame)
-                return (table.merge(frame, predicate=f't."{file_type.key}" = s."{file_type.key}"',
-                                    source_alias="s", target_alias="t")
+                table = self._create_if_missing(file_type, batch)
+                # streamed_exec=False: the batch is small and in memory, and its statistics
+                # (partition values, key range) prune the target files the merge reads.
+                return (table.merge(batch, predicate=f't."{file_type.key}" = s."{file_type.key}"',
+                                    source_alias="s", target_alias="t", streamed_exec=False)
                         .when_matched_update_all(predicate=changed)
                         .when_not_matched_insert_all()
                         .execute())

@@ -328,3 +328,23 @@ def test_staged_sample_files_report_the_rows_and_drops_of_the_eager_read(files_s
         table = files.staging.scan(file_type_for(name), files.staging.versions()[
             file_type_for(name).name]).collect()
         assert table.sort(frame.columns).equals(frame.sort(frame.columns).select(table.columns))
+
+
+def test_files_merged_in_many_commits_and_a_retry_after_some_leave_exact_kpis(files_settings):
+    files = Files(replace(files_settings, files_merge_batch_rows=7))
+    products, orders, items = make_rows(random.Random(43), orders=40)
+    named = {"products.csv": csv_of(PRODUCTS, products), "orders.csv": csv_of(ORDERS, orders),
+             "order_items.csv": csv_of(ORDER_ITEMS, items)}
+    keys = upload(files, named)
+    # A first try committed the first batch of the items, then its worker died.
+    from app.files.cleaning import clean, read_csv
+    files.staging.upsert(ORDER_ITEMS, clean(read_csv(named["order_items.csv"], ORDER_ITEMS),
+                                            ORDER_ITEMS).frame.head(7))
+    record = run(files, keys)
+
+    assert served(files.store) == expected_kpis(by_key(PRODUCTS, products),
+                                                by_key(ORDERS, orders),
+                                                by_key(ORDER_ITEMS, items))
+    [staged_items] = [f for f in record["files"] if f["name"] == "order_items.csv"]
+    assert staged_items["inserted"] == len(by_key(ORDER_ITEMS, items)) - 7
+    assert files.staging.versions()["orders"] >= len(orders) // 7  # a commit per batch
