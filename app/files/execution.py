@@ -104,6 +104,14 @@ def upload_order(event: FileEvent) -> tuple[int, str]:
     return int(event.sequencer, 16) if event.sequencer else -1, event.event_time
 
 
+def upload_order_text(event: FileEvent) -> str | None:
+    """upload_order as text in the same order, as staged rows carry it (None without a
+    sequencer: such an upload is applied in commit order)."""
+    if not event.sequencer:
+        return None
+    return f"{int(event.sequencer, 16):032x} {event.event_time}"
+
+
 def latest_uploads(events: list[FileEvent]) -> list[FileEvent]:
     """The newest event of each key (an older upload of a key in the same window is gone)."""
     latest: dict[str, FileEvent] = {}
@@ -252,23 +260,29 @@ class Files:
             # is let go before the merge.
             report = {"rows_read": cleaned.rows_read, "rows_kept": cleaned.rows_kept,
                       "dropped": cleaned.dropped}
-            rows = spool(cleaned.frame, Path(scratch))
+            rows = spool(cleaned.frame, Path(scratch), key, upload_order_text(upload))
             del cleaned
-            # One upload of a key merges at a time, never after a newer one of the same key.
+            # One upload of a key merges at a time. An older one than the newest staged is
+            # merged too: its rows update only those no newer upload of the key wrote.
             with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
                 applied = self.store.applied_upload(key)
-                if upload.sequencer and applied and tuple(applied) > upload_order(upload):
-                    return {**result, "status": "superseded",
-                            "reasons": [f"a newer upload of {key} was staged already"]}
-                if upload.sequencer:
+                superseded = bool(upload.sequencer and applied
+                                  and tuple(applied) > upload_order(upload))
+                if upload.sequencer and not superseded:
                     self.store.set_applied_upload(key, upload_order(upload))
                 merged = (self.staging.upsert(file_type, rows) if report["rows_kept"]
                           else {})
+        counts = {"inserted": merged.get("num_target_rows_inserted", 0),
+                  "updated": merged.get("num_target_rows_updated", 0)}
+        if superseded:
+            # Not archived: archive/ keeps the newer upload as its current version.
+            return {**result, "status": "superseded", **counts, "reasons": [
+                f"a newer upload of {key} was staged already: only its rows the newer one "
+                f"did not write were merged ({counts['inserted']} inserted, "
+                f"{counts['updated']} updated)"]}
         logger.info("execution %s: %s staged, %d of %d rows kept", execution_id, key,
                     report["rows_kept"], report["rows_read"])
-        return {**result, "status": "valid", **report,
-                "inserted": merged.get("num_target_rows_inserted", 0),
-                "updated": merged.get("num_target_rows_updated", 0),
+        return {**result, "status": "valid", **report, **counts,
                 "seconds": round(time.monotonic() - started, 3)}
 
     def compute_kpis(self, execution_id: str) -> dict | None:
