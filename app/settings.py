@@ -152,6 +152,10 @@ class Settings:
         "with its size as the reason, before any of it is read. A file is streamed to a "
         "temporary file (TMPDIR) and parsed from there, so each files step needs this much "
         "disk.")
+    files_merge_batch_rows: int = setting(
+        100_000, "Rows of a cleaned file merged into its Delta table per commit: the cleaned "
+        "rows are written to a temporary Parquet file and merged in slices of this many, so "
+        "a step's memory does not grow with the file.")
     files_vacuum_retention_hours: int = setting(
         168, "Hours `files.maintain` keeps a file that a merge or a compaction removed from a "
         "Delta table before it vacuums it: a reader pinned to an older version (a running "
@@ -222,6 +226,8 @@ class Settings:
         if not 0 < self.files_batch_window < self.files_execution_timeout:
             # The events must still be hidden when their execution takes them over.
             raise ValueError("FILES_BATCH_WINDOW must be above 0 and below FILES_EXECUTION_TIMEOUT")
+        if self.files_merge_batch_rows < 1:
+            raise ValueError("FILES_MERGE_BATCH_ROWS must be at least 1")
         if self.files_max_bytes < 1:
             raise ValueError("FILES_MAX_BYTES must be at least 1")
         if self.files_vacuum_retention_hours * 3600 <= self.files_execution_timeout:

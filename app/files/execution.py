@@ -16,6 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
@@ -103,6 +104,14 @@ def upload_order(event: FileEvent) -> tuple[int, str]:
     return int(event.sequencer, 16) if event.sequencer else -1, event.event_time
 
 
+def upload_order_text(event: FileEvent) -> str | None:
+    """upload_order as text in the same order, as staged rows carry it (None without a
+    sequencer: such an upload is applied in commit order)."""
+    if not event.sequencer:
+        return None
+    return f"{int(event.sequencer, 16):032x} {event.event_time}"
+
+
 def latest_uploads(events: list[FileEvent]) -> list[FileEvent]:
     """The newest event of each key (an older upload of a key in the same window is gone)."""
     latest: dict[str, FileEvent] = {}
@@ -160,7 +169,8 @@ class Files:
         """The Delta tables under staging/."""
         from app.files.staging import Staging
         return Staging(f"s3://{self.settings.files_bucket}/{aws.STAGING}",
-                       aws.delta_storage_options(self.settings))
+                       aws.delta_storage_options(self.settings),
+                       self.settings.files_merge_batch_rows)
 
     @cached_property
     def store(self) -> FilesStore:
@@ -222,7 +232,8 @@ class Files:
         key = upload.key
         result = {"key": key, "name": _name(key)}
         file_type = file_type_for(key)
-        with tempfile.NamedTemporaryFile(prefix="files-", suffix=".csv") as local:
+        with tempfile.TemporaryDirectory(prefix="files-") as scratch, \
+                tempfile.NamedTemporaryFile(dir=scratch, suffix=".csv") as local:
             try:
                 size = aws.download(self.s3, self.settings.files_bucket, key, local,
                                     version_id=upload.version_id,
@@ -240,25 +251,38 @@ class Files:
                                     "order_items or orders"]}
             result["type"] = file_type.name
             from app.files.cleaning import InvalidFile, clean, scan_csv
+            from app.files.staging import spool
             try:
                 cleaned = clean(scan_csv(local.name, file_type), file_type)
             except InvalidFile as exc:
                 return {**result, "status": "invalid", "reasons": exc.reasons}
-        # One upload of a key merges at a time, never after a newer one of the same key.
-        with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
-            applied = self.store.applied_upload(key)
-            if upload.sequencer and applied and tuple(applied) > upload_order(upload):
-                return {**result, "status": "superseded",
-                        "reasons": [f"a newer upload of {key} was staged already"]}
-            if upload.sequencer:
-                self.store.set_applied_upload(key, upload_order(upload))
-            merged = self.staging.upsert(file_type, cleaned.frame) if cleaned.rows_kept else {}
+            # The cleaned rows go to a Parquet file, merged from there in batches: the frame
+            # is let go before the merge.
+            report = {"rows_read": cleaned.rows_read, "rows_kept": cleaned.rows_kept,
+                      "dropped": cleaned.dropped}
+            rows = spool(cleaned.frame, Path(scratch), key, upload_order_text(upload))
+            del cleaned
+            # One upload of a key merges at a time. An older one than the newest staged is
+            # merged too: its rows update only those no newer upload of the key wrote.
+            with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
+                applied = self.store.applied_upload(key)
+                superseded = bool(upload.sequencer and applied
+                                  and tuple(applied) > upload_order(upload))
+                if upload.sequencer and not superseded:
+                    self.store.set_applied_upload(key, upload_order(upload))
+                merged = (self.staging.upsert(file_type, rows) if report["rows_kept"]
+                          else {})
+        counts = {"inserted": merged.get("num_target_rows_inserted", 0),
+                  "updated": merged.get("num_target_rows_updated", 0)}
+        if superseded:
+            # Not archived: archive/ keeps the newer upload as its current version.
+            return {**result, "status": "superseded", **counts, "reasons": [
+                f"a newer upload of {key} was staged already: only its rows the newer one "
+                f"did not write were merged ({counts['inserted']} inserted, "
+                f"{counts['updated']} updated)"]}
         logger.info("execution %s: %s staged, %d of %d rows kept", execution_id, key,
-                    cleaned.rows_kept, cleaned.rows_read)
-        return {**result, "status": "valid", "rows_read": cleaned.rows_read,
-                "rows_kept": cleaned.rows_kept, "dropped": cleaned.dropped,
-                "inserted": merged.get("num_target_rows_inserted", 0),
-                "updated": merged.get("num_target_rows_updated", 0),
+                    report["rows_kept"], report["rows_read"])
+        return {**result, "status": "valid", **report, **counts,
                 "seconds": round(time.monotonic() - started, 3)}
 
     def compute_kpis(self, execution_id: str) -> dict | None:

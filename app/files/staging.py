@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, Field, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from app.files.cleaning import clean
 from app.files.contract import FILE_TYPES, FileType
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,15 @@ COMMIT_ATTEMPTS = 8
 # Every commit records what it changed (the change data feed): the KPI step recomputes the
 # dates of every change since the KPIs were last written, whichever execution made it.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
+# Each staged row names the input/ key and the upload of it that wrote it last. An upload's
+# order is S3's sequencer as fixed-width hexadecimal then the event time, so text order is
+# upload order; null for an event without a sequencer (applied in commit order).
+UPLOAD_KEY, UPLOAD_ORDER = "upload_key", "upload_order"
+# A matched row is updated unless an upload of the same key with a greater order wrote it:
+# two uploads of one key give the rows of the older then the newer, whichever commits first.
+NEWER_OR_UNORDERED = (f'(s."{UPLOAD_ORDER}" IS NULL) OR (t."{UPLOAD_ORDER}" IS NULL) '
+                      f'OR (t."{UPLOAD_KEY}" IS DISTINCT FROM s."{UPLOAD_KEY}") '
+                      f'OR (s."{UPLOAD_ORDER}" >= t."{UPLOAD_ORDER}")')
 
 
 def empty_frame(file_type: FileType) -> pl.DataFrame:
@@ -30,12 +42,24 @@ def empty_frame(file_type: FileType) -> pl.DataFrame:
     return clean(frame, file_type).frame
 
 
+def spool(rows: pl.DataFrame | pl.LazyFrame, directory: Path, upload_key: str | None = None,
+          upload_order: str | None = None) -> Path:
+    """Write cleaned rows, each with the upload it comes from, to a Parquet file in directory
+    (a lazy frame streamed); its path."""
+    path = directory / "cleaned.parquet"
+    rows.lazy().with_columns(pl.lit(upload_key, pl.String).alias(UPLOAD_KEY),
+                             pl.lit(upload_order, pl.String).alias(UPLOAD_ORDER)
+                             ).sink_parquet(path)
+    return path
+
+
 @dataclass(frozen=True)
 class Staging:
     """The Delta tables of one bucket's staging/ prefix."""
 
     base_uri: str  # e.g. s3://orders-files/staging
     storage_options: dict
+    batch_rows: int = Settings.files_merge_batch_rows  # rows merged per commit
 
     def uri(self, file_type: FileType) -> str:
         """The table's URI."""
@@ -63,19 +87,45 @@ class Staging:
             versions[file_type.name] = table.version() if table else None
         return versions
 
-    def upsert(self, file_type: FileType, frame: pl.DataFrame) -> dict:
-        """Merge a cleaned frame on the key: changed rows updated in full, new ones inserted.
+    def upsert(self, file_type: FileType, rows: pl.DataFrame | pl.LazyFrame | Path) -> dict:
+        """Merge cleaned rows (a frame, or a Parquet file from `spool`) on the key: changed
+        rows updated in full, new ones inserted; the merge's counts summed over its commits.
 
-        Rows equal to the staged ones are left alone, so re-uploading a file commits nothing.
+        The rows are merged batch_rows at a time from a Parquet file, one commit each, so
+        memory is bounded by a batch, not by the file. Rows equal to the staged ones are left
+        alone: re-uploading a file, or a retry after some of its batches committed, commits
+        nothing for what is there already; a row a newer upload of the same key wrote is
+        left too (NEWER_OR_UNORDERED).
         """
-        columns = frame.columns
-        changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in columns)
+        if not isinstance(rows, Path):
+            with tempfile.TemporaryDirectory(prefix="staging-") as scratch:
+                return self.upsert(file_type, spool(rows, Path(scratch)))
+        totals: dict[str, int] = {}
+        count = pl.scan_parquet(rows).select(pl.len()).collect().item()
+        # No rows still creates the table (and merges nothing).
+        for offset in range(0, max(count, 1), self.batch_rows):
+            batch = pl.scan_parquet(rows).slice(offset, self.batch_rows).collect()
+            for name, value in self._merge(file_type, batch).items():
+                if isinstance(value, int):
+                    totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def _merge(self, file_type: FileType, batch: pl.DataFrame) -> dict:
+        """One batch's merge, one commit; merged again on a new version when a concurrent
+        writer's commit conflicts with it."""
+        # The upload columns are no change: a newer upload of the same values commits
+        # nothing, and such a row keeps naming the upload that last changed it.
+        changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in batch.columns
+                              if c not in (UPLOAD_KEY, UPLOAD_ORDER))
+        update = f"({NEWER_OR_UNORDERED}) AND ({changed})"
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                table = self._create_if_missing(file_type, frame)
-                return (table.merge(frame, predicate=f't."{file_type.key}" = s."{file_type.key}"',
-                                    source_alias="s", target_alias="t")
-                        .when_matched_update_all(predicate=changed)
+                table = self._create_if_missing(file_type, batch)
+                # streamed_exec=False: the batch is small and in memory, and its statistics
+                # (partition values, key range) prune the target files the merge reads.
+                return (table.merge(batch, predicate=f't."{file_type.key}" = s."{file_type.key}"',
+                                    source_alias="s", target_alias="t", streamed_exec=False)
+                        .when_matched_update_all(predicate=update)
                         .when_not_matched_insert_all()
                         .execute())
             except CommitFailedError:
@@ -97,6 +147,13 @@ class Staging:
                                 storage_options=self.storage_options)
             except CommitFailedError:
                 pass  # the other writer's version 0 won; it has the same schema
+            table = DeltaTable(self.uri(file_type), storage_options=self.storage_options)
+        names = {f.name for f in table.schema().fields}
+        missing = [f for f in (UPLOAD_KEY, UPLOAD_ORDER) if f not in names]
+        if missing:
+            # A table staged before rows named their upload: its rows read as unordered. A
+            # concurrent writer's commit fails this one, and the merge's retry looks again.
+            table.alter.add_columns([Field(f, "string", nullable=True) for f in missing])
             table = DeltaTable(self.uri(file_type), storage_options=self.storage_options)
         if table.metadata().configuration.get("delta.enableChangeDataFeed") != "true":
             # A table made before the feed: from now on (the KPI step recomputes every date

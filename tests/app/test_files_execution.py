@@ -268,18 +268,25 @@ def test_a_file_uploaded_again_during_its_execution_is_left_for_its_own_event(fi
                    + [{**orders[0], "order_id": "O-new"}]), {})[0]
 
 
-def test_two_uploads_of_one_key_committing_in_reverse_order_leave_the_newer(files_settings):
-    files = Files(files_settings)
-    _, orders, _ = make_rows(random.Random(51), orders=20)
-    newer_rows = [{**o, "status": "returned"} for o in orders]
-    older = uploaded(files, "orders.csv", csv_of(ORDERS, orders))
+def stage_in_reverse(files: Files, older_rows: list[dict], newer_rows: list[dict]
+                     ) -> tuple[str, str]:
+    """Upload orders.csv twice, each upload in an execution of its own; the newer upload's
+    execution stages first, the older one's after it. The two execution ids, older first."""
+    older = uploaded(files, "orders.csv", csv_of(ORDERS, older_rows))
     newer = uploaded(files, "orders.csv", csv_of(ORDERS, newer_rows))
     first, second = new_execution_id(), new_execution_id()
     files.start(first, [older])
     files.start(second, [newer])
-    # The newer upload's execution commits first, the older one's after it.
     files.stage(second, newer.key)
     files.stage(first, older.key)
+    return first, second
+
+
+def test_two_uploads_of_one_key_committing_in_reverse_order_leave_the_newer(files_settings):
+    files = Files(files_settings)
+    _, orders, _ = make_rows(random.Random(51), orders=20)
+    newer_rows = [{**o, "status": "returned"} for o in orders]
+    first, second = stage_in_reverse(files, orders, newer_rows)
     for execution_id in (second, first):
         files.compute_kpis(execution_id)
     records = [files.finish(second), files.finish(first)]
@@ -327,4 +334,44 @@ def test_staged_sample_files_report_the_rows_and_drops_of_the_eager_read(files_s
         assert (staged["rows_read"], staged["rows_kept"]) == (rows_read, frame.height)
         table = files.staging.scan(file_type_for(name), files.staging.versions()[
             file_type_for(name).name]).collect()
-        assert table.sort(frame.columns).equals(frame.sort(frame.columns).select(table.columns))
+        # The table's rows also name their upload (upload_key, upload_order).
+        assert table.select(frame.columns).sort(frame.columns).equals(
+            frame.sort(frame.columns))
+
+
+def test_files_merged_in_many_commits_and_a_retry_after_some_leave_exact_kpis(files_settings):
+    files = Files(replace(files_settings, files_merge_batch_rows=7))
+    products, orders, items = make_rows(random.Random(43), orders=40)
+    named = {"products.csv": csv_of(PRODUCTS, products), "orders.csv": csv_of(ORDERS, orders),
+             "order_items.csv": csv_of(ORDER_ITEMS, items)}
+    keys = upload(files, named)
+    # A first try committed the first batch of the items, then its worker died.
+    from app.files.cleaning import clean, read_csv
+    files.staging.upsert(ORDER_ITEMS, clean(read_csv(named["order_items.csv"], ORDER_ITEMS),
+                                            ORDER_ITEMS).frame.head(7))
+    record = run(files, keys)
+
+    assert served(files.store) == expected_kpis(by_key(PRODUCTS, products),
+                                                by_key(ORDERS, orders),
+                                                by_key(ORDER_ITEMS, items))
+    [staged_items] = [f for f in record["files"] if f["name"] == "order_items.csv"]
+    assert staged_items["inserted"] == len(by_key(ORDER_ITEMS, items)) - 7
+    assert files.staging.versions()["orders"] >= len(orders) // 7  # a commit per batch
+
+
+def test_an_older_upload_staged_after_a_newer_one_adds_the_rows_the_newer_left(files_settings):
+    files = Files(files_settings)
+    _, orders, _ = make_rows(random.Random(52), orders=20)
+    older_rows = orders[:15]
+    newer_rows = [{**o, "status": "returned"} for o in orders[:5]] + orders[15:]
+    first, second = stage_in_reverse(files, older_rows, newer_rows)
+    for execution_id in (second, first):
+        files.compute_kpis(execution_id)
+        files.finish(execution_id)
+
+    # As if the older were applied, then the newer.
+    applied = by_key(ORDERS, older_rows + newer_rows)
+    assert staged_orders(files) == {k: o["status"] for k, o in applied.items()}
+    assert served(files.store)[0] == expected_kpis({}, applied, {})[0]
+    assert read(files, "archive/orders.csv") == csv_of(ORDERS, newer_rows)
+    assert keys_in(files, "input/") == set()

@@ -1,9 +1,16 @@
 """Delta tables on LocalStack's S3: upserts by key, reads pinned to a version, what changed."""
+import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from deltalake import write_deltalake
+
 from app import aws
 from app.files.cleaning import clean, read_csv
 from app.files.contract import ORDERS, PRODUCTS
 from app.files.kpis import Snapshot, changed_dates
-from app.files.staging import Staging
+from app.files.staging import CHANGE_DATA_FEED, Staging, spool
 
 HEADER = ",".join(ORDERS.columns)
 
@@ -52,3 +59,69 @@ def test_the_same_rows_again_commit_nothing(files_settings):
     assert metrics["num_target_rows_updated"] == metrics["num_target_rows_inserted"] == 0
     assert staging.versions() == before
     assert staging.versions()[PRODUCTS.name] is None
+
+
+def test_a_large_file_is_merged_in_batches_one_commit_each_and_the_last_duplicate_wins(
+        files_settings):
+    staging = replace(staging_of(files_settings), batch_rows=3)
+    rows = [(f"O{n}", f"U{n}", f"2024-01-{1 + n % 28:02d}T10:00:00Z") for n in range(8)]
+    # O1 again at the end, in another batch than its first row: the file's last row wins.
+    rows.append(("O1", "U-last", "2024-01-30T10:00:00Z"))
+    frame = orders(*rows)
+    assert frame.height == 8  # cleaning kept the last O1 only
+
+    metrics = staging.upsert(ORDERS, frame)
+    assert staging.versions()["orders"] == math.ceil(8 / 3)  # version 0 is the creation
+    assert metrics["num_target_rows_inserted"] == 8
+    users = dict(staging.scan(ORDERS, staging.versions()["orders"]).collect()
+                 .select("order_id", "user_id").iter_rows())
+    assert users == {**{f"O{n}": f"U{n}" for n in range(8)}, "O1": "U-last"}
+    # Every batch's commit recorded its changes: all dates, from the creation on.
+    assert changed_dates(staging, Snapshot(staging.versions()), {}) == sorted(
+        {created[:10] for oid, _, created in rows if (oid, created[:10]) != ("O1", "2024-01-02")})
+
+
+def test_a_retry_after_some_batches_committed_merges_the_rest_only(files_settings):
+    staging = replace(staging_of(files_settings), batch_rows=2)
+    frame = orders(*[(f"O{n}", f"U{n}", f"2024-01-{1 + n:02d}T10:00:00Z") for n in range(5)])
+    staging.upsert(ORDERS, frame.head(2))  # the first try's first batch, then it died
+    before = staging.versions()["orders"]
+
+    metrics = staging.upsert(ORDERS, frame)
+    assert metrics["num_target_rows_inserted"] == 3
+    assert metrics["num_target_rows_updated"] == 0
+    # The first batch changes nothing: no commit for it, one for each of the other two.
+    assert staging.versions()["orders"] == before + 2
+    assert staging.scan(ORDERS, before + 2).collect().select(frame.columns).sort(
+        "order_id").equals(frame.sort("order_id"))
+
+
+def test_an_older_upload_of_a_key_never_overwrites_rows_a_newer_one_wrote(files_settings,
+                                                                          tmp_path):
+    staging = staging_of(files_settings)
+    # A table staged before rows named their upload: its rows have none.
+    write_deltalake(staging.uri(ORDERS), orders(("O0", "U-old", "2024-01-01T10:00:00Z")),
+                    partition_by=list(ORDERS.partition_by), configuration=CHANGE_DATA_FEED,
+                    storage_options=staging.storage_options)
+
+    def upload(order: str, *rows, key: str = "input/orders.csv") -> None:
+        directory = Path(tempfile.mkdtemp(dir=tmp_path))
+        staging.upsert(ORDERS, spool(orders(*rows), directory, key, order))
+
+    day = "2024-01-02T10:00:00Z"
+    upload("01", ("O0", "U1", day), ("O1", "U1", day), ("O3", "U1", day))
+    upload("03", ("O1", "U3", day))  # the newest upload
+    before = staging.versions()["orders"]
+    upload("03", ("O1", "U3", day))  # its retry, or the same values again: no commit
+    assert staging.versions()["orders"] == before
+    # Arrives last, ordered between the two.
+    upload("02", ("O1", "U2", day), ("O2", "U2", day), ("O3", "U2", day))
+    users = dict(staging.scan(ORDERS, staging.versions()["orders"]).collect()
+                 .select("order_id", "user_id").iter_rows())
+    # As applied in upload order 01, 02, 03: O1 is the newest's, O2 and O3 the one between's.
+    assert users == {"O0": "U1", "O1": "U3", "O2": "U2", "O3": "U2"}
+
+    # Uploads of another key are not ordered against it: the last merged wins.
+    upload("00", ("O1", "U-other", day), key="input/orders_other.csv")
+    assert dict(staging.scan(ORDERS, staging.versions()["orders"]).collect()
+                .select("order_id", "user_id").iter_rows())["O1"] == "U-other"
