@@ -29,6 +29,9 @@ keepalive = 2
 limit_request_line = 4094
 limit_request_fields = 50
 accesslog = "-"
+# gunicorn's access line, built without the ~40 header and environ atoms the format does not
+# name (web/access_log.py).
+logger_class = "web.access_log.AccessLogger"
 loglevel = _settings.log_level.lower()
 # No log format here names a thread, and under gevent each request's greenlet would get a
 # new dummy Thread for its access log record's thread name (docs/benchmarks.md, "API").
