@@ -3,7 +3,8 @@
 A rule is a name, the file type it applies to and a polars predicate that is true for the
 rows it drops. All rules run as columns of the same lazy plan; each dropped row is counted
 under the first rule that drops it, so the data-quality report, the docs and the tests
-read the one RULES list.
+read the one RULES list. The judged rows go to a Parquet spool, never held whole: a file's
+staged rows are marked one bit each and read back a batch at a time (`clean`).
 """
 from __future__ import annotations
 
@@ -285,7 +286,7 @@ class Cleaned:
                 emitted = True
                 pending, held = [joined.slice(rows)], held - rows
         if held or not emitted:
-            rest = pl.concat(pending) if pending else pl.read_parquet(self.path).head(0)
+            rest = pl.concat(pending) if pending else pl.read_parquet(self.path, n_rows=0)
             yield as_staged(rest, self.file_type)
 
     @property
