@@ -140,6 +140,19 @@ def test_the_last_kept_row_of_each_key_wins_across_every_batch_and_part(rows, ba
     assert pl.concat(batches).equals(cleaned.frame)
 
 
+def test_polars_reads_its_csv_chunk_size_from_the_environment_when_a_scan_starts(
+        tmp_path, monkeypatch):
+    # cleaning.POLARS_CSV_CHUNK_BYTES bounds the streaming CSV reader's read-ahead through
+    # this variable: a polars that stops reading it must fail here, by its name.
+    path = tmp_path / "orders.csv"
+    path.write_bytes(csv_bytes(ORDERS, [GOOD["orders"]]))
+    monkeypatch.setenv("POLARS_CSV_CHUNK_SIZE", "not a size")
+    with pytest.raises(BaseException, match="POLARS_CSV_CHUNK_SIZE"):
+        pl.scan_csv(path).collect(engine="streaming")
+    monkeypatch.setenv("POLARS_CSV_CHUNK_SIZE", str(cleaning.POLARS_CSV_CHUNK_BYTES))
+    assert pl.scan_csv(path).collect(engine="streaming").height == 1
+
+
 def test_extra_columns_are_ignored():
     data = csv_bytes(ORDERS, [GOOD["orders"]], extra_columns=("coupon",))
     assert read_csv(data, ORDERS).columns == list(ORDERS.columns)
