@@ -80,10 +80,11 @@ def enlarge(source: Path, out: Path, factor: int) -> dict[str, int]:
 
 def floor_main(directory: str) -> None:
     """The bare script: read and clean local files, write each cleaned table as a local Delta
-    table (the issue's read, validate, write), compute every KPI; print figures."""
+    table (the issue's read, validate, write), compute every KPI; print figures. It holds
+    each file's judged rows and its cleaned frame, as a script does."""
     import polars as pl
 
-    from app.files.cleaning import clean, scan_csv
+    from app.files.cleaning import DROPPED_BY, as_staged, judged, scan_csv
     from app.files.contract import file_type_for
     from app.files.kpis import compute_frames
 
@@ -92,14 +93,19 @@ def floor_main(directory: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tables:
         for name in UPLOADED:
             file_type = file_type_for(name)
-            cleaned = clean(scan_csv(Path(directory) / name, file_type), file_type)
+            rows_judged = judged(scan_csv(Path(directory) / name, file_type), file_type
+                                 ).collect(engine="streaming")
+            rows_judged.group_by(DROPPED_BY).len()  # the drops per rule, as a report counts
+            frame = as_staged(rows_judged.filter(pl.col(DROPPED_BY).is_null()).filter(
+                pl.col(file_type.key).is_last_distinct()), file_type)
+            rows += rows_judged.height
+            del rows_judged  # only the cleaned frames are held from here
             writing = time.monotonic()
-            cleaned.frame.write_delta(Path(tables) / file_type.table, mode="overwrite",
-                                      delta_write_options={
-                                          "partition_by": list(file_type.partition_by) or None})
+            frame.write_delta(Path(tables) / file_type.table, mode="overwrite",
+                              delta_write_options={
+                                  "partition_by": list(file_type.partition_by) or None})
             write_seconds += time.monotonic() - writing
-            frames[file_type.name] = cleaned.frame.lazy()
-            rows += cleaned.rows_read
+            frames[file_type.name] = frame.lazy()
         order_kpis, category_kpis = compute_frames(frames["orders"], frames["order_items"],
                                                    frames["products"])
         seconds = time.monotonic() - started

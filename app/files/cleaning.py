@@ -3,17 +3,22 @@
 A rule is a name, the file type it applies to and a polars predicate that is true for the
 rows it drops. All rules run as columns of the same lazy plan; each dropped row is counted
 under the first rule that drops it, so the data-quality report, the docs and the tests
-read the one RULES list.
+read the one RULES list. The judged rows go to a Parquet spool, never held whole: a file's
+staged rows are marked one bit each and read back a batch at a time (`clean`).
 """
 from __future__ import annotations
 
 import codecs
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from app.files.contract import FileType, ORDER_ITEMS, ORDERS, PRODUCTS
+from app.settings import Settings
 
 UNKNOWN = "Unknown"
 MONEY_COLUMNS = {"cost", "retail_price", "sale_price"}
@@ -21,6 +26,12 @@ TIMESTAMP_COLUMNS = {"created_at", "returned_at", "shipped_at", "delivered_at"}
 INTEGER_COLUMNS = {"num_of_item"}
 # Rows that share a key within one file: the last one wins.
 DUPLICATE_KEY = "duplicate_key"
+# A judged row's column naming the rule that drops it (null: kept by every rule).
+DROPPED_BY = "_dropped_by"
+# The spool's row number and a key's part, while finding the last row of each key.
+ROW, PART = "_row", "_part"
+# The (key, row) pairs of the kept rows are sorted by part this many batches at a time.
+KEY_SLICE_BATCHES = 4
 # A plain decimal: optional sign, up to 15 whole digits, any fraction (rounded half up).
 _MONEY = r"^([+-]?)(\d{1,15})(?:\.(\d*))?$"
 # ISO 8601 with a 'T' or a space, optional fraction, optional offset (none means UTC).
@@ -77,22 +88,13 @@ def rules_for(file_type: FileType) -> list[Rule]:
     return [rule for rule in RULES if rule.file_type == file_type.name]
 
 
-@dataclass
-class Cleaned:
-    """A cleaned frame ready for staging, with the file's data-quality report."""
-
-    frame: pl.DataFrame
-    rows_read: int
-    dropped: dict[str, int]
-
-    @property
-    def rows_kept(self) -> int:
-        """Rows left after every rule and the deduplication."""
-        return self.frame.height
-
-
 # Files are checked and parsed in slices of this size, never read whole.
 CHUNK_BYTES = 1 << 20
+# polars' streaming CSV source (checked with polars 2.1.0) reads ahead up to
+# POLARS_CSV_CHUNK_PREFETCH_LIMIT chunks of POLARS_CSV_CHUNK_SIZE bytes (32 MiB by default),
+# but never more than the file has: its memory grew with the file (cleaning 10 M rows
+# peaked at twice the 1 M rows' peak). Chunks of this size keep it flat, as fast.
+POLARS_CSV_CHUNK_BYTES = 4_000_000
 
 
 def _check_text(source: bytes | Path) -> None:
@@ -231,32 +233,137 @@ def typed(frame: pl.LazyFrame, file_type: FileType) -> pl.LazyFrame:
     return with_timestamps_utc(frame, timestamps).select(_typed(file_type))
 
 
-def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType) -> Cleaned:
-    """Apply the type's rules to all-text columns in one streaming plan; report drops per
-    rule. A lazy frame from scan_csv is parsed slice by slice, never held as text."""
-    rules = rules_for(file_type)
+def judged(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType) -> pl.LazyFrame:
+    """All-text columns trimmed and typed, each row with the first rule that drops it
+    (DROPPED_BY, null for a row every rule keeps), as one lazy plan."""
     # The first rule that drops a row names why it was dropped.
-    reason = pl.coalesce([pl.when(rule.drops).then(pl.lit(rule.name)) for rule in rules]
-                         ).alias("_dropped_by")
+    reason = pl.coalesce([pl.when(rule.drops).then(pl.lit(rule.name))
+                          for rule in rules_for(file_type)]).alias(DROPPED_BY)
+    return (frame.lazy()
+            .with_columns(_trimmed(c) for c in file_type.columns)
+            .pipe(typed, file_type)
+            .with_columns(reason))
+
+
+def as_staged(rows: pl.DataFrame, file_type: FileType) -> pl.DataFrame:
+    """Judged rows as the table stages them: without DROPPED_BY, with its partition columns."""
+    rows = rows.drop(DROPPED_BY)
+    if "year" in file_type.partition_by:
+        rows = rows.with_columns(year=pl.col("created_at").dt.year().cast(pl.Int32),
+                                 month=pl.col("created_at").dt.month().cast(pl.Int32))
+    return rows
+
+
+@dataclass
+class Cleaned:
+    """A cleaned file: its judged rows spooled to Parquet, which of them are staged (one bit
+    per row read), and its data-quality report."""
+
+    path: Path  # every row read, in file order, typed, with DROPPED_BY
+    file_type: FileType
+    staged: pl.Series  # Boolean per row read: kept by every rule and its key's last row
+    dropped: dict[str, int]
+    # The spool's directory when clean made it (removed with this object).
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def rows_read(self) -> int:
+        """Rows of the file (its header aside)."""
+        return self.staged.len()
+
+    @property
+    def rows_kept(self) -> int:
+        """Rows left after every rule and the deduplication."""
+        return int(self.staged.sum() or 0)
+
+    def batches(self, rows: int) -> Iterator[pl.DataFrame]:
+        """The staged rows in file order, `rows` at a time (one empty batch when there are
+        none), the spool read a slice at a time: at most about two batches held."""
+        pending: list[pl.DataFrame] = []
+        held, emitted = 0, False
+        for offset in range(0, self.rows_read, rows):
+            part = pl.scan_parquet(self.path).slice(offset, rows).collect().filter(
+                self.staged.slice(offset, rows))
+            pending.append(part)
+            held += part.height
+            while held >= rows:
+                joined = pl.concat(pending)
+                yield as_staged(joined.head(rows), self.file_type)
+                emitted = True
+                pending, held = [joined.slice(rows)], held - rows
+        if held or not emitted:
+            rest = pl.concat(pending) if pending else pl.read_parquet(self.path, n_rows=0)
+            yield as_staged(rest, self.file_type)
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """Every staged row at once (for small files and tests: it holds them all)."""
+        return as_staged(pl.read_parquet(self.path).filter(self.staged), self.file_type)
+
+
+def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType,
+          directory: Path | None = None,
+          batch_rows: int = Settings.files_merge_batch_rows) -> Cleaned:
+    """Apply the type's rules in one streaming plan into a Parquet spool in directory (a
+    temporary one by default); report drops per rule; mark the last row of each key.
+
+    Memory is bounded by batch_rows rows, not by the file, but for the one bit per row read
+    that marks the staged rows. A lazy frame from scan_csv is parsed slice by slice.
+    """
+    scratch = None
+    if directory is None:
+        scratch = tempfile.TemporaryDirectory(prefix="cleaned-")
+        directory = Path(scratch.name)
+    else:  # its own directory: a second file cleaned beside it keeps its spool
+        directory = Path(tempfile.mkdtemp(prefix="cleaned-", dir=directory))
+    path = directory / "judged.parquet"
+    # Read by polars when the scan starts (an environment variable, as polars has no option).
+    os.environ["POLARS_CSV_CHUNK_SIZE"] = str(POLARS_CSV_CHUNK_BYTES)
     try:
-        judged = (frame.lazy()
-                  .with_columns(_trimmed(c) for c in file_type.columns)
-                  .pipe(typed, file_type)
-                  .with_columns(reason)
-                  .collect(engine="streaming"))
+        judged(frame, file_type).sink_parquet(path)
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
         raise _not_csv(exc) from None  # a malformed row, met while parsing
+    rules = rules_for(file_type)
     dropped = {rule.name: 0 for rule in rules}
-    for name, count in judged.group_by("_dropped_by").len().iter_rows():
-        if name is not None:
+    rows_read = kept = 0
+    for name, count in (pl.scan_parquet(path).group_by(DROPPED_BY).len()
+                        .collect(engine="streaming").iter_rows()):
+        rows_read += count
+        if name is None:
+            kept = count
+        else:
             dropped[name] = count
-    rows_read, kept = judged.height, judged.filter(pl.col("_dropped_by").is_null()).height
-    # Rows that share a key: the last one wins, in file order.
-    unique = (judged.lazy().filter(pl.col("_dropped_by").is_null())
-              .filter(pl.col(file_type.key).is_last_distinct()).drop("_dropped_by"))
-    if "year" in file_type.partition_by:
-        unique = unique.with_columns(year=pl.col("created_at").dt.year().cast(pl.Int32),
-                                     month=pl.col("created_at").dt.month().cast(pl.Int32))
-    unique = unique.collect()
-    dropped[DUPLICATE_KEY] = kept - unique.height
-    return Cleaned(unique, rows_read, dropped)
+    staged = _last_of_each_key(path, file_type.key, rows_read, kept, batch_rows,
+                               directory / "keys")
+    cleaned = Cleaned(path, file_type, staged, dropped, scratch)
+    dropped[DUPLICATE_KEY] = kept - cleaned.rows_kept
+    return cleaned
+
+
+def _last_of_each_key(path: Path, key: str, rows_read: int, kept: int, batch_rows: int,
+                      directory: Path) -> pl.Series:
+    """Per row read of the spool at path, whether every rule kept it and no later kept row
+    has its key ("the last row of a key wins, in file order"), holding about batch_rows
+    keys at a time.
+
+    The keys are split into parts by their hash, about batch_rows kept rows each. The
+    (key, row) pairs of each slice of the spool are written sorted by part, so that finding
+    one part's last rows reads only its row groups.
+    """
+    staged = pl.repeat(False, rows_read, dtype=pl.Boolean, eager=True).alias("staged")
+    parts = max(1, -(-kept // batch_rows))
+    slice_rows = batch_rows * KEY_SLICE_BATCHES
+    directory.mkdir()
+    for number, offset in enumerate(range(0, rows_read, slice_rows)):
+        pairs = (pl.scan_parquet(path).slice(offset, slice_rows).select(key, DROPPED_BY)
+                 .with_row_index(ROW, offset=offset)
+                 .filter(pl.col(DROPPED_BY).is_null())
+                 .select(key, ROW, (pl.col(key).hash() % parts).cast(pl.UInt32).alias(PART))
+                 .sort(PART).collect())
+        pairs.write_parquet(directory / f"{number:08d}.parquet", statistics=True,
+                            row_group_size=max(1, -(-slice_rows // parts)))
+    for part in range(parts if rows_read else 0):
+        last = (pl.scan_parquet(directory / "*.parquet").filter(pl.col(PART) == part)
+                .group_by(key).agg(pl.col(ROW).max()).collect(engine="streaming"))
+        staged.scatter(last.get_column(ROW), True)
+    return staged

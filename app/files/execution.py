@@ -251,17 +251,15 @@ class Files:
                                     "order_items or orders"]}
             result["type"] = file_type.name
             from app.files.cleaning import InvalidFile, clean, scan_csv
-            from app.files.staging import spool
             try:
-                cleaned = clean(scan_csv(local.name, file_type), file_type)
+                # Cleaned into a Parquet spool beside the file, merged from there in batches:
+                # no step holds more than a batch of rows, whatever the file's size.
+                cleaned = clean(scan_csv(local.name, file_type), file_type, Path(scratch),
+                                self.settings.files_merge_batch_rows)
             except InvalidFile as exc:
                 return {**result, "status": "invalid", "reasons": exc.reasons}
-            # The cleaned rows go to a Parquet file, merged from there in batches: the frame
-            # is let go before the merge.
             report = {"rows_read": cleaned.rows_read, "rows_kept": cleaned.rows_kept,
                       "dropped": cleaned.dropped}
-            rows = spool(cleaned.frame, Path(scratch), key, upload_order_text(upload))
-            del cleaned
             # One upload of a key merges at a time. An older one than the newest staged is
             # merged too: its rows update only those no newer upload of the key wrote.
             with self.store.upload_lock(key, timeout=self.settings.files_execution_timeout):
@@ -270,8 +268,8 @@ class Files:
                                   and tuple(applied) > upload_order(upload))
                 if upload.sequencer and not superseded:
                     self.store.set_applied_upload(key, upload_order(upload))
-                merged = (self.staging.upsert(file_type, rows) if report["rows_kept"]
-                          else {})
+                merged = (self.staging.upsert(file_type, cleaned, key, upload_order_text(upload))
+                          if report["rows_kept"] else {})
         counts = {"inserted": merged.get("num_target_rows_inserted", 0),
                   "updated": merged.get("num_target_rows_updated", 0)}
         if superseded:

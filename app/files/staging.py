@@ -5,6 +5,7 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import polars as pl
 from deltalake import DeltaTable, Field, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from app.files.cleaning import clean
+from app.files.cleaning import Cleaned, clean
 from app.files.contract import FILE_TYPES, FileType
 from app.settings import Settings
 
@@ -42,15 +43,26 @@ def empty_frame(file_type: FileType) -> pl.DataFrame:
     return clean(frame, file_type).frame
 
 
+def upload_columns(upload_key: str | None, upload_order: str | None) -> list[pl.Expr]:
+    """The columns naming the upload a staged row comes from."""
+    return [pl.lit(upload_key, pl.String).alias(UPLOAD_KEY),
+            pl.lit(upload_order, pl.String).alias(UPLOAD_ORDER)]
+
+
 def spool(rows: pl.DataFrame | pl.LazyFrame, directory: Path, upload_key: str | None = None,
           upload_order: str | None = None) -> Path:
     """Write cleaned rows, each with the upload it comes from, to a Parquet file in directory
     (a lazy frame streamed); its path."""
     path = directory / "cleaned.parquet"
-    rows.lazy().with_columns(pl.lit(upload_key, pl.String).alias(UPLOAD_KEY),
-                             pl.lit(upload_order, pl.String).alias(UPLOAD_ORDER)
-                             ).sink_parquet(path)
+    rows.lazy().with_columns(upload_columns(upload_key, upload_order)).sink_parquet(path)
     return path
+
+
+def spooled_batches(path: Path, rows: int) -> Iterator[pl.DataFrame]:
+    """A Parquet file's rows in order, `rows` at a time (one empty batch when there are none)."""
+    count = pl.scan_parquet(path).select(pl.len()).collect().item()
+    for offset in range(0, max(count, 1), rows):
+        yield pl.scan_parquet(path).slice(offset, rows).collect()
 
 
 @dataclass(frozen=True)
@@ -87,24 +99,31 @@ class Staging:
             versions[file_type.name] = table.version() if table else None
         return versions
 
-    def upsert(self, file_type: FileType, rows: pl.DataFrame | pl.LazyFrame | Path) -> dict:
-        """Merge cleaned rows (a frame, or a Parquet file from `spool`) on the key: changed
-        rows updated in full, new ones inserted; the merge's counts summed over its commits.
+    def upsert(self, file_type: FileType, rows: Cleaned | pl.DataFrame | pl.LazyFrame | Path,
+               upload_key: str | None = None, upload_order: str | None = None) -> dict:
+        """Merge cleaned rows on the key: changed rows updated in full, new ones inserted;
+        the merge's counts summed over its commits. rows: a file's Cleaned rows or a frame,
+        named after the upload given, or a Parquet file from `spool`, which names its own.
 
-        The rows are merged batch_rows at a time from a Parquet file, one commit each, so
-        memory is bounded by a batch, not by the file. Rows equal to the staged ones are left
-        alone: re-uploading a file, or a retry after some of its batches committed, commits
-        nothing for what is there already; a row a newer upload of the same key wrote is
-        left too (NEWER_OR_UNORDERED).
+        The rows are merged batch_rows at a time, one commit each, read from a Parquet spool
+        in file order, so memory is bounded by a batch, not by the file; a batch never
+        shares a key with another (cleaning kept the last row of each). Rows equal to the
+        staged ones are left alone: re-uploading a file, or a retry after some of its
+        batches committed, commits nothing for what is there already; a row a newer upload
+        of the same key wrote is left too (NEWER_OR_UNORDERED).
         """
-        if not isinstance(rows, Path):
+        if isinstance(rows, (pl.DataFrame, pl.LazyFrame)):
             with tempfile.TemporaryDirectory(prefix="staging-") as scratch:
-                return self.upsert(file_type, spool(rows, Path(scratch)))
+                return self.upsert(file_type, spool(rows, Path(scratch), upload_key,
+                                                    upload_order))
+        if isinstance(rows, Path):
+            batches = spooled_batches(rows, self.batch_rows)
+        else:
+            batches = (batch.with_columns(upload_columns(upload_key, upload_order))
+                       for batch in rows.batches(self.batch_rows))
         totals: dict[str, int] = {}
-        count = pl.scan_parquet(rows).select(pl.len()).collect().item()
-        # No rows still creates the table (and merges nothing).
-        for offset in range(0, max(count, 1), self.batch_rows):
-            batch = pl.scan_parquet(rows).slice(offset, self.batch_rows).collect()
+        # No rows still gives one empty batch: it creates the table (and merges nothing).
+        for batch in batches:
             for name, value in self._merge(file_type, batch).items():
                 if isinstance(value, int):
                     totals[name] = totals.get(name, 0) + value

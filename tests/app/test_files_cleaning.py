@@ -112,6 +112,47 @@ def test_the_last_row_of_a_duplicate_key_wins():
     assert cleaned.frame.get_column("status").to_list() == ["returned"]
 
 
+# An order row of the property below: its key (from few, so keys repeat far apart), its
+# user (telling its rows apart), and whether its num_of_item breaks a rule.
+_ORDER_ROWS = st.lists(st.tuples(st.integers(0, 12), st.booleans()), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=_ORDER_ROWS, batch_rows=st.integers(1, 7))
+def test_the_last_kept_row_of_each_key_wins_across_every_batch_and_part(rows, batch_rows):
+    file = [{**GOOD["orders"], "order_id": f"O{key}", "user_id": f"U{n}",
+             "num_of_item": "0" if bad else "1"} for n, (key, bad) in enumerate(rows)]
+    cleaned = clean(read_csv(csv_bytes(ORDERS, file), ORDERS), ORDERS, batch_rows=batch_rows)
+
+    kept = [row for row in file if row["num_of_item"] == "1"]
+    last = {row["order_id"]: row["user_id"] for row in kept}
+    staged = [(row["order_id"], row["user_id"]) for row in kept
+              if last[row["order_id"]] == row["user_id"]]  # in file order
+    assert (cleaned.rows_read, cleaned.rows_kept) == (len(file), len(staged))
+    assert cleaned.dropped == {r.name: 0 for r in rules_for(ORDERS)} | {
+        "num_of_item_not_positive": len(file) - len(kept), DUPLICATE_KEY: len(kept) - len(staged)}
+    assert list(cleaned.frame.select("order_id", "user_id").iter_rows()) == staged
+    batches = list(cleaned.batches(batch_rows))
+    # Full batches of the staged rows in file order, the last one the rest (one empty batch
+    # for none), so no two batches share a key.
+    assert [b.height for b in batches] == [batch_rows] * (len(staged) // batch_rows) + (
+        [len(staged) % batch_rows] if len(staged) % batch_rows or not staged else [])
+    assert pl.concat(batches).equals(cleaned.frame)
+
+
+def test_polars_reads_its_csv_chunk_size_from_the_environment_when_a_scan_starts(
+        tmp_path, monkeypatch):
+    # cleaning.POLARS_CSV_CHUNK_BYTES bounds the streaming CSV reader's read-ahead through
+    # this variable: a polars that stops reading it must fail here, by its name.
+    path = tmp_path / "orders.csv"
+    path.write_bytes(csv_bytes(ORDERS, [GOOD["orders"]]))
+    monkeypatch.setenv("POLARS_CSV_CHUNK_SIZE", "not a size")
+    with pytest.raises(BaseException, match="POLARS_CSV_CHUNK_SIZE"):
+        pl.scan_csv(path).collect(engine="streaming")
+    monkeypatch.setenv("POLARS_CSV_CHUNK_SIZE", str(cleaning.POLARS_CSV_CHUNK_BYTES))
+    assert pl.scan_csv(path).collect(engine="streaming").height == 1
+
+
 def test_extra_columns_are_ignored():
     data = csv_bytes(ORDERS, [GOOD["orders"]], extra_columns=("coupon",))
     assert read_csv(data, ORDERS).columns == list(ORDERS.columns)

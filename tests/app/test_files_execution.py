@@ -359,6 +359,43 @@ def test_files_merged_in_many_commits_and_a_retry_after_some_leave_exact_kpis(fi
     assert files.staging.versions()["orders"] >= len(orders) // 7  # a commit per batch
 
 
+def test_duplicates_of_a_key_in_different_batches_stage_its_last_kept_row_with_exact_counts(
+        files_settings):
+    files = Files(replace(files_settings, files_merge_batch_rows=3))
+    products, orders, items = make_rows(random.Random(61), orders=12)
+    # Orders again far apart (other batches, other parts of the keys): a later status wins,
+    # a later row a rule drops wins nothing, and a row without its key counts once.
+    again = ([{**o, "status": "returned"} for o in orders[::3]]
+             + [{**o, "num_of_item": 0} for o in orders[1::3]] + [{**orders[0], "order_id": ""}]
+             + [{**o, "status": "shipped"} for o in orders[::6]])
+    rows = orders + again
+    record = run(files, upload(files, {"products.csv": csv_of(PRODUCTS, products),
+                                       "orders.csv": csv_of(ORDERS, rows),
+                                       "order_items.csv": csv_of(ORDER_ITEMS, items)}))
+
+    kept = [r for r in rows if r["order_id"] and r["num_of_item"] > 0]
+    applied = by_key(ORDERS, kept)
+    [staged] = [f for f in record["files"] if f["name"] == "orders.csv"]
+    assert (staged["rows_read"], staged["rows_kept"]) == (len(rows), len(applied))
+    assert {k: n for k, n in staged["dropped"].items() if n} == {
+        "missing_key": 1, "num_of_item_not_positive": len(orders[1::3]),
+        "duplicate_key": len(kept) - len(applied)}
+    assert (staged["inserted"], staged["updated"]) == (len(applied), 0)
+    assert staged_orders(files) == {k: o["status"] for k, o in applied.items()}
+    assert served(files.store) == expected_kpis(by_key(PRODUCTS, products), applied,
+                                                by_key(ORDER_ITEMS, items))
+
+    # The same file with every order returned but its first duplicates: each key's last row
+    # decides, updated where it differs from what is staged.
+    returns = [{**r, "status": "returned"} for r in rows[:len(orders)]] + again
+    record = run(files, upload(files, {"orders.csv": csv_of(ORDERS, returns)}))
+    now = by_key(ORDERS, [r for r in returns if r["order_id"] and r["num_of_item"] > 0])
+    [staged] = record["files"]
+    assert (staged["inserted"], staged["updated"]) == (0, sum(
+        now[k]["status"] != o["status"] for k, o in applied.items()))
+    assert staged_orders(files) == {k: o["status"] for k, o in now.items()}
+
+
 def test_an_older_upload_staged_after_a_newer_one_adds_the_rows_the_newer_left(files_settings):
     files = Files(files_settings)
     _, orders, _ = make_rows(random.Random(52), orders=20)
