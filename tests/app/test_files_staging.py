@@ -125,3 +125,30 @@ def test_an_older_upload_of_a_key_never_overwrites_rows_a_newer_one_wrote(files_
     upload("00", ("O1", "U-other", day), key="input/orders_other.csv")
     assert dict(staging.scan(ORDERS, staging.versions()["orders"]).collect()
                 .select("order_id", "user_id").iter_rows())["O1"] == "U-other"
+
+
+def test_a_newer_upload_of_equal_values_still_wins_over_an_older_one_merged_last(
+        files_settings, tmp_path):
+    staging = staging_of(files_settings)
+
+    def upload(order: str, *rows) -> dict:
+        directory = Path(tempfile.mkdtemp(dir=tmp_path))
+        return staging.upsert(ORDERS, spool(orders(*rows), directory, "input/orders.csv", order))
+
+    day = "2024-01-02T10:00:00Z"
+    x = [("O1", "U-x", day), ("O2", "U-x", day)]
+    upload("01", *x)
+    # X' (upload 03) has X's values; Y (upload 02, between them) is merged last.
+    again = upload("03", *x)
+    assert again["num_target_rows_updated"] == again["num_target_rows_inserted"] == 0
+    before = staging.versions()["orders"]
+    assert upload("03", *x)["num_target_rows_updated"] == 0  # its retry: no commit
+    assert staging.versions()["orders"] == before
+    upload("02", ("O1", "U-y", day), ("O2", "U-y", day), ("O3", "U-y", day))
+
+    # As applied in upload order 01, 02, 03: X' wins where it has rows, Y adds O3.
+    frame = staging.scan(ORDERS, staging.versions()["orders"]).collect()
+    assert dict(frame.select("order_id", "user_id").iter_rows()) == {
+        "O1": "U-x", "O2": "U-x", "O3": "U-y"}
+    assert dict(frame.select("order_id", "upload_order").iter_rows()) == {
+        "O1": "03", "O2": "03", "O3": "02"}
