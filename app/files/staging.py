@@ -125,6 +125,7 @@ class Staging:
         changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in values)
         update = f"({NEWER_OR_UNORDERED}) AND ({changed})"
         rename = f"({NEWER_OF_THE_SAME_KEY}) AND NOT ({changed})"
+        started = time.monotonic()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 table = self._create_if_missing(file_type, batch)
@@ -146,6 +147,11 @@ class Staging:
                 logger.info("commit to %s conflicted (try %d); merging again", file_type.name,
                             attempt)
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
+        # Per commit, so that a log shows whether a commit's time grows with the table.
+        logger.info("merged %d rows into %s v%d in %.2f s (scan %s ms, rewrite %s ms, %s "
+                    "files added)", batch.height, file_type.name, table.version(),
+                    time.monotonic() - started, metrics.get("scan_time_ms"),
+                    metrics.get("rewrite_time_ms"), metrics.get("num_target_files_added"))
         updated, renamed = metrics.get("num_target_rows_updated", 0), 0
         if updated and batch.get_column(UPLOAD_ORDER).null_count() < batch.height:
             renamed = self._renamed(file_type, table.version(), updated, values)
