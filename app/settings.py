@@ -157,7 +157,7 @@ class Settings:
         "rows are written to a temporary Parquet file and merged in slices of this many, so "
         "a step's memory does not grow with the file. Each commit's merge reads the table's "
         "files its batch may touch, so fewer, larger batches are faster; a merge of a "
-        "million order items peaks at about 0.6 to 1.4 GiB (docs/benchmarks.md, Batch "
+        "million order items peaks at about 0.6 to 1.5 GiB (docs/benchmarks.md, Batch "
         "files).")
     files_vacuum_retention_hours: int = setting(
         168, "Hours `files.maintain` keeps a file that a merge or a compaction removed from a "
