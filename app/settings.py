@@ -153,9 +153,12 @@ class Settings:
         "temporary file (TMPDIR) and parsed from there, so each files step needs this much "
         "disk.")
     files_merge_batch_rows: int = setting(
-        100_000, "Rows of a cleaned file merged into its Delta table per commit: the cleaned "
+        1_000_000, "Rows of a cleaned file merged into its Delta table per commit: the cleaned "
         "rows are written to a temporary Parquet file and merged in slices of this many, so "
-        "a step's memory does not grow with the file.")
+        "a step's memory does not grow with the file. Each commit's merge reads the table's "
+        "files its batch may touch, so fewer, larger batches are faster; a merge of a "
+        "million order items peaks at about 0.6 to 1.5 GiB (docs/benchmarks.md, Batch "
+        "files).")
     files_vacuum_retention_hours: int = setting(
         168, "Hours `files.maintain` keeps a file that a merge or a compaction removed from a "
         "Delta table before it vacuums it: a reader pinned to an older version (a running "

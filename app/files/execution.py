@@ -271,7 +271,8 @@ class Files:
                 merged = (self.staging.upsert(file_type, cleaned, key, upload_order_text(upload))
                           if report["rows_kept"] else {})
         counts = {"inserted": merged.get("num_target_rows_inserted", 0),
-                  "updated": merged.get("num_target_rows_updated", 0)}
+                  "updated": merged.get("num_target_rows_updated", 0),
+                  "renamed": merged.get("num_target_rows_renamed", 0)}
         if superseded:
             # Not archived: archive/ keeps the newer upload as its current version.
             return {**result, "status": "superseded", **counts, "reasons": [

@@ -85,28 +85,37 @@ def changed_dates(staging: Staging, snapshot: Snapshot,
                   watermarks: dict[str, int]) -> list[str] | None:
     """Every order date changed by the commits after the watermarks up to the snapshot, read
     from the tables' change data feed (both images of an update: an order or an item that
-    moved, a product that changed category); None when a commit did not record its changes."""
-    changed = {}
-    for file_type, columns in ((ORDERS, ["created_at"]), (ORDER_ITEMS, ["order_id"]),
-                               (PRODUCTS, ["id"])):
+    moved, a product that changed category); None when a commit did not record its changes.
+
+    Changed items and products count on the dates of staged orders only: when the changed
+    orders cover every staged date already (a first load), their changes are not read."""
+    ranges = {}
+    for file_type in (ORDERS, ORDER_ITEMS, PRODUCTS):
         end = snapshot.versions[file_type.name]
         start = watermarks.get(file_type.name, -1) + 1
-        if end is None or start > end:
-            changed[file_type.name] = None
-            continue
-        frame = staging.changes(file_type, start, end, columns)
-        if frame is None:
-            return None
-        changed[file_type.name] = frame
+        if end is not None and start <= end:
+            ranges[file_type.name] = (start, end)
     dates = set()
-    if changed[ORDERS.name] is not None:
-        dates |= {d.isoformat() for d in changed[ORDERS.name].get_column("created_at")
+    if ORDERS.name in ranges:
+        orders = staging.changes(ORDERS, *ranges[ORDERS.name], ["created_at"])
+        if orders is None:
+            return None
+        dates |= {d.isoformat() for d in orders.get_column("created_at")
                   .dt.date().drop_nulls().unique()}
-    order_ids = pl.Series("order_id", [], dtype=pl.String)
-    if changed[ORDER_ITEMS.name] is not None:
-        order_ids = changed[ORDER_ITEMS.name].get_column("order_id")
-    if changed[PRODUCTS.name] is not None:
-        product_ids = changed[PRODUCTS.name].get_column("id").unique().implode()
+    if ORDER_ITEMS.name not in ranges and PRODUCTS.name not in ranges:
+        return sorted(dates)
+    if dates.issuperset(staged_dates(staging, snapshot)):
+        return sorted(dates)
+    changed = {}
+    for file_type, column in ((ORDER_ITEMS, "order_id"), (PRODUCTS, "id")):
+        if file_type.name in ranges:
+            frame = staging.changes(file_type, *ranges[file_type.name], [column])
+            if frame is None:
+                return None
+            changed[file_type.name] = frame.get_column(column)
+    order_ids = changed.get(ORDER_ITEMS.name, pl.Series("order_id", [], dtype=pl.String))
+    if PRODUCTS.name in changed:
+        product_ids = changed[PRODUCTS.name].unique().implode()
         items = staging.scan(ORDER_ITEMS, snapshot.versions[ORDER_ITEMS.name])
         order_ids = pl.concat([order_ids, items.filter(pl.col("product_id").is_in(product_ids))
                                .select("order_id").collect().get_column("order_id")])

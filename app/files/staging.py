@@ -34,6 +34,11 @@ UPLOAD_KEY, UPLOAD_ORDER = "upload_key", "upload_order"
 NEWER_OR_UNORDERED = (f'(s."{UPLOAD_ORDER}" IS NULL) OR (t."{UPLOAD_ORDER}" IS NULL) '
                       f'OR (t."{UPLOAD_KEY}" IS DISTINCT FROM s."{UPLOAD_KEY}") '
                       f'OR (s."{UPLOAD_ORDER}" >= t."{UPLOAD_ORDER}")')
+# A newer upload of the same key with the row's values (X, then Y, then X again) names
+# itself on the row, so that an older upload merged after it (Y) leaves the row alone; the
+# same upload again (a retry) is no change and commits nothing.
+NEWER_OF_THE_SAME_KEY = (f'(t."{UPLOAD_KEY}" = s."{UPLOAD_KEY}") '
+                         f'AND (s."{UPLOAD_ORDER}" > t."{UPLOAD_ORDER}")')
 
 
 def empty_frame(file_type: FileType) -> pl.DataFrame:
@@ -131,29 +136,57 @@ class Staging:
 
     def _merge(self, file_type: FileType, batch: pl.DataFrame) -> dict:
         """One batch's merge, one commit; merged again on a new version when a concurrent
-        writer's commit conflicts with it."""
-        # The upload columns are no change: a newer upload of the same values commits
-        # nothing, and such a row keeps naming the upload that last changed it.
-        changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in batch.columns
-                              if c not in (UPLOAD_KEY, UPLOAD_ORDER))
+        writer's commit conflicts with it. Its counts: num_target_rows_updated are the rows
+        whose values changed, num_target_rows_renamed those a newer upload of their key
+        left as they were (NEWER_OF_THE_SAME_KEY)."""
+        values = [c for c in batch.columns if c not in (UPLOAD_KEY, UPLOAD_ORDER)]
+        # The upload columns are no change: the same upload again commits nothing.
+        changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in values)
         update = f"({NEWER_OR_UNORDERED}) AND ({changed})"
+        rename = f"({NEWER_OF_THE_SAME_KEY}) AND NOT ({changed})"
+        started = time.monotonic()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 table = self._create_if_missing(file_type, batch)
                 # streamed_exec=False: the batch is small and in memory, and its statistics
                 # (partition values, key range) prune the target files the merge reads.
-                return (table.merge(batch, predicate=f't."{file_type.key}" = s."{file_type.key}"',
-                                    source_alias="s", target_alias="t", streamed_exec=False)
-                        .when_matched_update_all(predicate=update)
-                        .when_not_matched_insert_all()
-                        .execute())
+                on = f't."{file_type.key}" = s."{file_type.key}"'
+                metrics = (table.merge(batch, predicate=on, source_alias="s", target_alias="t",
+                                       streamed_exec=False)
+                           .when_matched_update_all(predicate=update)
+                           .when_matched_update({UPLOAD_KEY: f's."{UPLOAD_KEY}"',
+                                                 UPLOAD_ORDER: f's."{UPLOAD_ORDER}"'},
+                                                predicate=rename)
+                           .when_not_matched_insert_all()
+                           .execute())
+                break
             except CommitFailedError:
                 if attempt == COMMIT_ATTEMPTS:
                     raise
                 logger.info("commit to %s conflicted (try %d); merging again", file_type.name,
                             attempt)
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
-        raise AssertionError("unreachable")
+        # Per commit, so that a log shows whether a commit's time grows with the table.
+        logger.info("merged %d rows into %s v%d in %.2f s (scan %s ms, rewrite %s ms, %s "
+                    "files added)", batch.height, file_type.name, table.version(),
+                    time.monotonic() - started, metrics.get("scan_time_ms"),
+                    metrics.get("rewrite_time_ms"), metrics.get("num_target_files_added"))
+        updated, renamed = metrics.get("num_target_rows_updated", 0), 0
+        if updated and batch.get_column(UPLOAD_ORDER).null_count() < batch.height:
+            renamed = self._renamed(file_type, table.version(), updated, values)
+        return {**metrics, "num_target_rows_updated": updated - renamed,
+                "num_target_rows_renamed": renamed}
+
+    def _renamed(self, file_type: FileType, version: int, updated: int,
+                 values: list[str]) -> int:
+        """Of the rows a commit updated, those whose values it left as they were: both images
+        of such a row are one distinct row of values, of a changed row two."""
+        images = self.changes(file_type, version, version, [*values, "_change_type"])
+        if images is None:
+            return 0  # cannot tell: every update counted as a change
+        distinct = (images.filter(pl.col("_change_type").str.starts_with("update_"))
+                    .select(values).unique().height)
+        return 2 * updated - distinct
 
     def _create_if_missing(self, file_type: FileType, frame: pl.DataFrame) -> DeltaTable:
         table = self.table(file_type)

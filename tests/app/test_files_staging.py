@@ -8,7 +8,7 @@ from deltalake import write_deltalake
 
 from app import aws
 from app.files.cleaning import clean, read_csv
-from app.files.contract import ORDERS, PRODUCTS
+from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
 from app.files.kpis import Snapshot, changed_dates
 from app.files.staging import CHANGE_DATA_FEED, Staging, spool
 
@@ -125,3 +125,68 @@ def test_an_older_upload_of_a_key_never_overwrites_rows_a_newer_one_wrote(files_
     upload("00", ("O1", "U-other", day), key="input/orders_other.csv")
     assert dict(staging.scan(ORDERS, staging.versions()["orders"]).collect()
                 .select("order_id", "user_id").iter_rows())["O1"] == "U-other"
+
+
+def test_a_newer_upload_of_equal_values_still_wins_over_an_older_one_merged_last(
+        files_settings, tmp_path):
+    staging = staging_of(files_settings)
+
+    def upload(order: str, *rows) -> dict:
+        directory = Path(tempfile.mkdtemp(dir=tmp_path))
+        return staging.upsert(ORDERS, spool(orders(*rows), directory, "input/orders.csv", order))
+
+    day = "2024-01-02T10:00:00Z"
+    x = [("O1", "U-x", day), ("O2", "U-x", day)]
+    upload("01", *x)
+    # X' (upload 03) has X's values; Y (upload 02, between them) is merged last.
+    again = upload("03", *x)
+    assert again["num_target_rows_updated"] == again["num_target_rows_inserted"] == 0
+    before = staging.versions()["orders"]
+    assert upload("03", *x)["num_target_rows_updated"] == 0  # its retry: no commit
+    assert staging.versions()["orders"] == before
+    upload("02", ("O1", "U-y", day), ("O2", "U-y", day), ("O3", "U-y", day))
+
+    # As applied in upload order 01, 02, 03: X' wins where it has rows, Y adds O3.
+    frame = staging.scan(ORDERS, staging.versions()["orders"]).collect()
+    assert dict(frame.select("order_id", "user_id").iter_rows()) == {
+        "O1": "U-x", "O2": "U-x", "O3": "U-y"}
+    assert dict(frame.select("order_id", "upload_order").iter_rows()) == {
+        "O1": "03", "O2": "03", "O3": "02"}
+
+
+def cleaned(file_type, *lines: str):
+    """A cleaned frame of a file_type's CSV lines."""
+    text = "\n".join([",".join(file_type.columns), *lines])
+    return clean(read_csv(text.encode(), file_type), file_type).frame
+
+
+def test_changed_items_and_products_give_the_dates_of_their_staged_orders(files_settings):
+    staging = staging_of(files_settings)
+    staging.upsert(ORDERS, orders(("O1", "U1", "2024-01-05T10:00:00Z"),
+                                  ("O2", "U2", "2024-01-06T10:00:00Z"),
+                                  ("O3", "U3", "2024-01-07T10:00:00Z")))
+
+    def items(*rows: tuple[str, str, str]):
+        return cleaned(ORDER_ITEMS, *(f"{i},{o},U1,{p},complete,2024-01-05T10:00:00Z,,,,9.50"
+                                      for i, o, p in rows))
+
+    def products(*rows: tuple[str, str]):
+        return cleaned(PRODUCTS, *(f"{p},SKU{p},1.00,{c},Name,Brand,2.00,Men" for p, c in rows))
+
+    staging.upsert(ORDER_ITEMS, items(("I1", "O1", "P1"), ("I2", "O2", "P2")))
+    staging.upsert(PRODUCTS, products(("P1", "Jeans"), ("P2", "Tops")))
+    # A first load: every staged date, from the orders' changes alone.
+    assert changed_dates(staging, Snapshot(staging.versions()), {}) == [
+        "2024-01-05", "2024-01-06", "2024-01-07"]
+
+    loaded = staging.versions()
+    staging.upsert(ORDER_ITEMS, items(("I1", "O3", "P1")))  # moved from O1 to O3
+    staging.upsert(PRODUCTS, products(("P2", "Swim")))  # P2's items are O2's
+    assert changed_dates(staging, Snapshot(staging.versions()), loaded) == [
+        "2024-01-05", "2024-01-06", "2024-01-07"]
+    moved = staging.versions()
+    staging.upsert(ORDERS, orders(("O1", "U9", "2024-01-05T10:00:00Z")))
+    staging.upsert(PRODUCTS, products(("P2", "Jeans")))
+    # O1's change does not cover every staged date: P2's are read too.
+    assert changed_dates(staging, Snapshot(staging.versions()), moved) == [
+        "2024-01-05", "2024-01-06"]
