@@ -154,8 +154,9 @@ class Settings:
         "disk.")
     files_merge_batch_rows: int = setting(
         1_000_000, "Rows of a cleaned file merged into its Delta table per commit: the cleaned "
-        "rows are written to a temporary Parquet file and merged in slices of this many, so "
-        "a step's memory does not grow with the file. Each commit's merge reads the table's "
+        "rows are written to a temporary Parquet file and merged in slices of this many, and "
+        "cleaning finds the last row of each key this many keys at a time, so neither "
+        "holds the whole file. Each commit's merge reads the table's "
         "files its batch may touch, so fewer, larger batches are faster; a merge of a "
         "million order items peaks at about 0.6 to 1.5 GiB (docs/benchmarks.md, Batch "
         "files).")
