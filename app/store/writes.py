@@ -36,8 +36,8 @@ a figure past it; every later check of that figure then refuses it as corrupt (n
 inexact is ever written on top). Within a batch, a slot's check counts the earlier orders
 of the batch as added even if another slot rejects one of them: near the limit this
 rejects too much, never too little. Two deliveries of one order running at the same
-instant on two workers may finish different parts; both then say "counted" and the
-counters record one message.
+instant on two workers may finish different parts: the one whose shard part applied says
+"counted", the other "duplicate".
 """
 from __future__ import annotations
 
@@ -249,12 +249,22 @@ class Writer:
         duplicates = sum(v["outcome"] == "duplicate" for v in verdicts)
         steps = [(i, part) for i, part in todo] + [(None, claim) for claim in drops]
         applied = self._run_slots("write", steps, writes=True, book=book, duplicates=duplicates)
-        done = {i for (i, _), now_applied in zip(steps, applied) if i is not None and now_applied}
+        sent: dict[int, set[str]] = {}
+        now: dict[int, set[str]] = {}
+        for (i, part), now_applied in zip(steps, applied):
+            if i is not None:
+                sent.setdefault(i, set()).add(part["kind"])
+                if now_applied:
+                    now.setdefault(i, set()).add(part["kind"])
         outcomes = [v["outcome"] for v in verdicts]
         late = 0
-        for i in {i for i, _ in todo} - done:
-            outcomes[i] = "duplicate"  # another delivery applied every part meanwhile
-            late += 1
+        for i, kinds in sent.items():
+            # "counted" is the delivery's whose shard part (it moves the counter) applied;
+            # one that another delivery overtook between its checks and its parts, on
+            # some part or all, is a duplicate.
+            if not ("shard" in now.get(i, ()) if "shard" in kinds else now.get(i)):
+                outcomes[i] = "duplicate"
+                late += 1
         if late:
             self._run_slots("write", [], writes=True, book=self._book([], 0), duplicates=late)
         return outcomes

@@ -232,6 +232,42 @@ def test_an_order_over_the_limit_after_an_interrupted_attempt_is_rejected_whole(
     assert phased.outcomes() == {"counted": 0, "duplicate": 0, "rejected": 1, "conflict": 0}
 
 
+class Overtaken(Store):
+    """A Store whose write phase is overtaken: `other` runs after its first slot's call."""
+
+    other = None
+
+    def _run_calls(self, phase, calls, writes, keep_errors=False):
+        if phase != "write" or not calls or self.other is None:
+            return super()._run_calls(phase, calls, writes, keep_errors)
+        first = super()._run_calls(phase, calls[:1], writes, keep_errors)
+        self.other()
+        self.other = None
+        return first + super()._run_calls(phase, calls[1:], writes, keep_errors)
+
+
+def test_two_deliveries_that_split_an_orders_parts_count_it_once_and_each_message_once(phased):
+    # Two messages of one order on two workers at once: each passes its checks before
+    # either writes, then each applies some of the parts (on a cluster the nodes' calls
+    # run in parallel). The order is counted once and each message reaches one outcome.
+    expected_store = Store(phased.redis)
+    expected_store.apply(evaluated(BATCH[:1]))
+    expected = figures(expected_store)
+    flush(phased.redis)
+
+    first = Overtaken(phased.redis)
+    first.phased = True
+    second = Store(phased.redis)
+    second.phased = True
+    replies = {}
+    first.other = lambda: replies.setdefault("second", second.apply(evaluated(BATCH[:1], "n")))
+    replies["first"] = first.apply(evaluated(BATCH[:1]))
+
+    assert figures(phased) == expected
+    assert sorted(replies["first"] + replies["second"]) == ["counted", "duplicate"], replies
+    assert phased.outcomes() == {"counted": 1, "duplicate": 1, "rejected": 0, "conflict": 0}
+
+
 def test_with_wait_required_and_no_replica_the_cluster_raises_a_transient_error(cluster_store):
     from tasks.orders import TRANSIENT_ERRORS  # what Celery retries
     waiting = Store(cluster_store.redis, Settings(redis_wait_replicas=1))
