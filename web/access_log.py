@@ -4,14 +4,12 @@ gunicorn's Logger.atoms turns every request header, response header and environ 
 into an atom (`{name}i`, `{name}o`, `{name}e`), about forty each request, and SafeAtoms
 then escapes each of them; the default access log format names none. When the format
 names none, AccessLogger hands gunicorn's own atoms() only the environ variables it reads
-by name, and no headers, so the line is the same and its atoms are a third as many. The
-log's timestamp is formatted once a second rather than once a request.
+by name, and no headers, so the line is the same and its atoms are a third as many.
 
 It uses gunicorn's logger extension point (`logger_class`) and Logger.atoms(resp, req,
-environ, request_time), Logger.now() (checked with gunicorn 27.0.1;
+environ, request_time) (checked with gunicorn 27.0.1;
 tests/web/test_access_log.py compares its lines with gunicorn's Logger's).
 """
-import time
 from types import SimpleNamespace
 
 from gunicorn import glogging
@@ -25,9 +23,6 @@ ATOM_ENVIRON = ("REMOTE_ADDR", "HTTP_AUTHORIZATION", "REQUEST_METHOD", "RAW_URI"
 class AccessLogger(glogging.Logger):
     """gunicorn's Logger; header and environ atoms only when the access log format names one."""
 
-    _second = None
-    _now = ""
-
     def atoms(self, resp, req, environ, request_time):
         """gunicorn's atoms: all of them if the format names `{...}` atoms, else the rest."""
         if "{" in self.cfg.access_log_format:
@@ -36,10 +31,3 @@ class AccessLogger(glogging.Logger):
         answer = SimpleNamespace(status=resp.status, sent=getattr(resp, "sent", None),
                                  headers=())
         return super().atoms(answer, (), named, request_time)
-
-    def now(self):
-        """gunicorn's timestamp of the current second, formatted once in that second."""
-        second = int(time.time())
-        if second != self._second:
-            self._second, self._now = second, super().now()
-        return self._now

@@ -74,17 +74,28 @@ def test_the_same_line_as_gunicorns_logger(tmp_path, log_format, raw):
     assert access_line(AccessLogger, log_format, tmp_path, raw) == expected
 
 
-def test_the_timestamp_is_gunicorns_of_the_current_second():
+def clock_second() -> int:
+    """The second of the clock gunicorn's now() formats (time.strftime reads C's time())."""
+    return time.localtime().tm_sec
+
+
+@pytest.mark.parametrize("time_ahead", [0.0, 0.5], ids=["time.time agrees", "time.time ahead"])
+def test_the_timestamp_is_gunicorns_of_the_current_second(monkeypatch, time_ahead):
+    # time.time() reads a finer clock than C's time(), a tick ahead of it at a second's
+    # turn: a stamp keyed by time.time() would then keep the second before for a second.
+    # Here it is ahead by half a second, to show that turn every time.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + time_ahead)
     cfg = Config()
     ours, theirs = AccessLogger(cfg), glogging.Logger(cfg)
     compared = 0
-    for _ in range(5):
-        second = int(time.time())
+    for _ in range(16):
+        second = clock_second()
         stamps = ours.now(), theirs.now()
-        if int(time.time()) == second:  # both read within one second
+        if clock_second() == second:  # both read within one second
             assert stamps[0] == stamps[1]
             compared += 1
-        time.sleep(0.3)
+        time.sleep(0.1)
     assert compared
 
 
