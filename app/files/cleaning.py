@@ -264,7 +264,7 @@ class Cleaned:
     file_type: FileType
     staged: pl.Series  # Boolean per row read: kept by every rule and its key's last row
     dropped: dict[str, int]
-    # The kept rows with their ROW and PART, by part (key_ranges), and the parts' bounds.
+    # The kept rows with their ROW and PART (their range of keys), and the ranges' bounds.
     parts: Path | None = None
     bounds: list[str] = field(default_factory=list)
     # The spool's directory when clean made it (removed with this object).
@@ -281,12 +281,12 @@ class Cleaned:
         return int(self.staged.sum() or 0)
 
     def batches(self) -> Iterator[pl.DataFrame]:
-        """The staged rows one part of the keys at a time, in ascending ranges of keys in
-        text order (one empty batch when there are none): a part at a time held, each about
-        the batch_rows clean was given."""
+        """The staged rows a range of keys at a time, ascending in text order (one empty
+        batch when there are none), each of about the batch_rows clean was given: one range
+        held at a time."""
         emitted = False
         for part in range(len(self.bounds) + 1 if self.parts else 0):
-            rows = self.part_rows(part)
+            rows = self.part(part).collect()
             rows = rows.filter(self.staged.gather(rows.get_column(ROW)))
             if rows.height:
                 emitted = True
@@ -294,9 +294,10 @@ class Cleaned:
         if not emitted:
             yield as_staged(pl.read_parquet(self.path, n_rows=0), self.file_type)
 
-    def part_rows(self, part: int) -> pl.DataFrame:
-        """The kept rows (every row of each key) of one part of the keys, in file order."""
-        return pl.scan_parquet(self.parts / "*.parquet").filter(pl.col(PART) == part).collect()
+    def part(self, number: int) -> pl.LazyFrame:
+        """The kept rows (every row of each key, with ROW and PART) of one range of keys, in
+        file order."""
+        return pl.scan_parquet(self.parts / "*.parquet").filter(pl.col(PART) == number)
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -349,22 +350,20 @@ def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType,
     return cleaned
 
 
-def _kept_rows(path: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(path).filter(pl.col(DROPPED_BY).is_null())
-
-
 def _key_bounds(path: Path, key: str, kept: int, batch_rows: int) -> list[str]:
-    """The keys that split the kept rows' keys into parts of about batch_rows keys each, in
-    text order (the order Delta's file statistics compare keys in), ascending.
+    """The keys that split the kept rows' keys into ranges of about batch_rows keys each, in
+    text order (the order Delta's file statistics compare keys in), ascending: a key's part
+    is how many bounds are not above it.
 
-    The bounds are quantiles of the distinct keys whose hash falls in a sample of them (of
-    every key when there are few): the part of a key is how many bounds are not above it.
+    The bounds are quantiles of a sample of the distinct keys: those whose hash is a multiple
+    of `every`, so that it holds about SAMPLE_KEYS_PER_PART keys a part (every key of a
+    smaller file), whatever the file's size.
     """
     parts = -(-kept // batch_rows)
     if parts == 1:
         return []
     every = max(1, kept // (parts * SAMPLE_KEYS_PER_PART))
-    keys = _kept_rows(path).select(pl.col(key))
+    keys = pl.scan_parquet(path).filter(pl.col(DROPPED_BY).is_null()).select(key)
     if every > 1:
         keys = keys.filter(pl.col(key).hash() % every == 0)
     sample = keys.unique().sort(key).collect(engine="streaming").get_column(key)
@@ -375,7 +374,7 @@ def _key_bounds(path: Path, key: str, kept: int, batch_rows: int) -> list[str]:
 
 def _split_by_key_range(cleaned: Cleaned, batch_rows: int) -> None:
     """Write the kept rows with their ROW and PART, a slice of batch_rows rows at a time,
-    each slice sorted by part, so that reading one part reads about its own row groups."""
+    each slice sorted by part, so that reading one range reads about its own row groups."""
     parts = len(cleaned.bounds) + 1
     key = cleaned.file_type.key
     bounds = pl.lit(pl.Series(cleaned.bounds, dtype=pl.String))
@@ -392,9 +391,9 @@ def _split_by_key_range(cleaned: Cleaned, batch_rows: int) -> None:
 
 def _mark_last_of_each_key(cleaned: Cleaned) -> None:
     """Mark, per row read, whether every rule kept it and no later kept row has its key
-    ("the last row of a key wins, in file order"), a part of the keys at a time."""
+    ("the last row of a key wins, in file order"), a range of keys at a time."""
     key = cleaned.file_type.key
     for part in range(len(cleaned.bounds) + 1):
-        last = (pl.scan_parquet(cleaned.parts / "*.parquet").filter(pl.col(PART) == part)
-                .group_by(key).agg(pl.col(ROW).max()).collect(engine="streaming"))
+        last = (cleaned.part(part).group_by(key).agg(pl.col(ROW).max())
+                .collect(engine="streaming"))
         cleaned.staged.scatter(last.get_column(ROW), True)
