@@ -171,12 +171,11 @@ class Staging:
                             attempt)
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
         # Per commit, so that a log shows whether a commit's time grows with the table.
-        logger.info("merged %d rows into %s v%d in %.2f s (scan %s ms, rewrite %s ms, %s of "
-                    "%s files scanned, %s files added)", batch.height, file_type.name,
+        logger.info("merged %d rows into %s v%d in %.2f s (scan %s ms, rewrite %s ms, %s "
+                    "files scanned, %s skipped, %s added)", batch.height, file_type.name,
                     table.version(), time.monotonic() - started, metrics.get("scan_time_ms"),
                     metrics.get("rewrite_time_ms"), metrics.get("num_target_files_scanned"),
-                    metrics.get("num_target_files_scanned", 0)
-                    + metrics.get("num_target_files_skipped_during_scan", 0),
+                    metrics.get("num_target_files_skipped_during_scan"),
                     metrics.get("num_target_files_added"))
         updated, renamed = metrics.get("num_target_rows_updated", 0), 0
         if updated and batch.get_column(UPLOAD_ORDER).null_count() < batch.height:
