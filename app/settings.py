@@ -153,13 +153,11 @@ class Settings:
         "temporary file (TMPDIR) and parsed from there, so each files step needs this much "
         "disk.")
     files_merge_batch_rows: int = setting(
-        1_000_000, "Rows of a cleaned file merged into its Delta table per commit: the cleaned "
-        "rows are written to a temporary Parquet file and merged in slices of this many, and "
-        "cleaning finds the last row of each key this many keys at a time, so neither "
-        "holds the whole file. Each commit's merge reads the table's "
-        "files its batch may touch, so fewer, larger batches are faster; a merge of a "
-        "million order items peaks at about 0.6 to 1.5 GiB (docs/benchmarks.md, Batch "
-        "files).")
+        1_000_000, "Rows of a cleaned file merged into its Delta table per commit: cleaning "
+        "splits the kept rows into ranges of keys (in text order) of about this many, finds "
+        "the last row of each key a range at a time and the merge commits one range at a "
+        "time, so neither holds the whole file, and each commit reads only the table's files "
+        "its range of keys meets (docs/batch-files.md, Reading).")
     files_vacuum_retention_hours: int = setting(
         168, "Hours `files.maintain` keeps a file that a merge or a compaction removed from a "
         "Delta table before it vacuums it: a reader pinned to an older version (a running "

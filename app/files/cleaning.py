@@ -4,7 +4,7 @@ A rule is a name, the file type it applies to and a polars predicate that is tru
 rows it drops. All rules run as columns of the same lazy plan; each dropped row is counted
 under the first rule that drops it, so the data-quality report, the docs and the tests
 read the one RULES list. The judged rows go to a Parquet spool, never held whole: a file's
-staged rows are marked one bit each and read back a batch at a time (`clean`).
+staged rows are marked one bit each and read back a range of keys at a time (`clean`).
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ DUPLICATE_KEY = "duplicate_key"
 DROPPED_BY = "_dropped_by"
 # The spool's row number and a key's part, while finding the last row of each key.
 ROW, PART = "_row", "_part"
-# The (key, row) pairs of the kept rows are sorted by part this many batches at a time.
-KEY_SLICE_BATCHES = 4
+# The parts' bounds are quantiles of a sample of about this many keys a part (all the keys
+# of a smaller file): a part holds within a few percent of its share of the keys.
+SAMPLE_KEYS_PER_PART = 4096
 # A plain decimal: optional sign, up to 15 whole digits, any fraction (rounded half up).
 _MONEY = r"^([+-]?)(\d{1,15})(?:\.(\d*))?$"
 # ISO 8601 with a 'T' or a space, optional fraction, optional offset (none means UTC).
@@ -257,12 +258,15 @@ def as_staged(rows: pl.DataFrame, file_type: FileType) -> pl.DataFrame:
 @dataclass
 class Cleaned:
     """A cleaned file: its judged rows spooled to Parquet, which of them are staged (one bit
-    per row read), and its data-quality report."""
+    per row read), its kept rows by range of keys, and its data-quality report."""
 
     path: Path  # every row read, in file order, typed, with DROPPED_BY
     file_type: FileType
     staged: pl.Series  # Boolean per row read: kept by every rule and its key's last row
     dropped: dict[str, int]
+    # The kept rows with their ROW and PART (their range of keys), and the ranges' bounds.
+    parts: Path | None = None
+    bounds: list[str] = field(default_factory=list)
     # The spool's directory when clean made it (removed with this object).
     scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
@@ -276,24 +280,24 @@ class Cleaned:
         """Rows left after every rule and the deduplication."""
         return int(self.staged.sum() or 0)
 
-    def batches(self, rows: int) -> Iterator[pl.DataFrame]:
-        """The staged rows in file order, `rows` at a time (one empty batch when there are
-        none), the spool read a slice at a time: at most about two batches held."""
-        pending: list[pl.DataFrame] = []
-        held, emitted = 0, False
-        for offset in range(0, self.rows_read, rows):
-            part = pl.scan_parquet(self.path).slice(offset, rows).collect().filter(
-                self.staged.slice(offset, rows))
-            pending.append(part)
-            held += part.height
-            while held >= rows:
-                joined = pl.concat(pending)
-                yield as_staged(joined.head(rows), self.file_type)
+    def batches(self) -> Iterator[pl.DataFrame]:
+        """The staged rows a range of keys at a time, ascending in text order (one empty
+        batch when there are none), each of about the batch_rows clean was given: one range
+        held at a time."""
+        emitted = False
+        for part in range(len(self.bounds) + 1 if self.parts else 0):
+            rows = self.part(part).collect()
+            rows = rows.filter(self.staged.gather(rows.get_column(ROW)))
+            if rows.height:
                 emitted = True
-                pending, held = [joined.slice(rows)], held - rows
-        if held or not emitted:
-            rest = pl.concat(pending) if pending else pl.read_parquet(self.path, n_rows=0)
-            yield as_staged(rest, self.file_type)
+                yield as_staged(rows.drop(ROW, PART), self.file_type)
+        if not emitted:
+            yield as_staged(pl.read_parquet(self.path, n_rows=0), self.file_type)
+
+    def part(self, number: int) -> pl.LazyFrame:
+        """The kept rows (every row of each key, with ROW and PART) of one range of keys, in
+        file order."""
+        return pl.scan_parquet(self.parts / "*.parquet").filter(pl.col(PART) == number)
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -305,7 +309,8 @@ def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType,
           directory: Path | None = None,
           batch_rows: int = Settings.files_merge_batch_rows) -> Cleaned:
     """Apply the type's rules in one streaming plan into a Parquet spool in directory (a
-    temporary one by default); report drops per rule; mark the last row of each key.
+    temporary one by default); report drops per rule; split the kept rows into ranges of
+    keys of about batch_rows keys each; mark the last row of each key.
 
     Memory is bounded by batch_rows rows, not by the file, but for the one bit per row read
     that marks the staged rows. A lazy frame from scan_csv is parsed slice by slice.
@@ -333,37 +338,62 @@ def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType,
             kept = count
         else:
             dropped[name] = count
-    staged = _last_of_each_key(path, file_type.key, rows_read, kept, batch_rows,
-                               directory / "keys")
-    cleaned = Cleaned(path, file_type, staged, dropped, scratch)
+    cleaned = Cleaned(path, file_type, pl.repeat(False, rows_read, dtype=pl.Boolean,
+                                                 eager=True).alias("staged"),
+                      dropped, scratch=scratch)
+    if kept:
+        cleaned.parts = directory / "parts"
+        cleaned.bounds = _key_bounds(path, file_type.key, kept, batch_rows)
+        _split_by_key_range(cleaned, batch_rows)
+        _mark_last_of_each_key(cleaned)
     dropped[DUPLICATE_KEY] = kept - cleaned.rows_kept
     return cleaned
 
 
-def _last_of_each_key(path: Path, key: str, rows_read: int, kept: int, batch_rows: int,
-                      directory: Path) -> pl.Series:
-    """Per row read of the spool at path, whether every rule kept it and no later kept row
-    has its key ("the last row of a key wins, in file order"), holding about batch_rows
-    keys at a time.
+def _key_bounds(path: Path, key: str, kept: int, batch_rows: int) -> list[str]:
+    """The keys that split the kept rows' keys into ranges of about batch_rows keys each, in
+    text order (the order Delta's file statistics compare keys in), ascending: a key's part
+    is how many bounds are not above it.
 
-    The keys are split into parts by their hash, about batch_rows kept rows each. The
-    (key, row) pairs of each slice of the spool are written sorted by part, so that finding
-    one part's last rows reads only its row groups.
+    The bounds are quantiles of a sample of the distinct keys: those whose hash is a multiple
+    of `every`, so that it holds about SAMPLE_KEYS_PER_PART keys a part (every key of a
+    smaller file), whatever the file's size.
     """
-    staged = pl.repeat(False, rows_read, dtype=pl.Boolean, eager=True).alias("staged")
-    parts = max(1, -(-kept // batch_rows))
-    slice_rows = batch_rows * KEY_SLICE_BATCHES
-    directory.mkdir()
-    for number, offset in enumerate(range(0, rows_read, slice_rows)):
-        pairs = (pl.scan_parquet(path).slice(offset, slice_rows).select(key, DROPPED_BY)
-                 .with_row_index(ROW, offset=offset)
-                 .filter(pl.col(DROPPED_BY).is_null())
-                 .select(key, ROW, (pl.col(key).hash() % parts).cast(pl.UInt32).alias(PART))
-                 .sort(PART).collect())
-        pairs.write_parquet(directory / f"{number:08d}.parquet", statistics=True,
-                            row_group_size=max(1, -(-slice_rows // parts)))
-    for part in range(parts if rows_read else 0):
-        last = (pl.scan_parquet(directory / "*.parquet").filter(pl.col(PART) == part)
-                .group_by(key).agg(pl.col(ROW).max()).collect(engine="streaming"))
-        staged.scatter(last.get_column(ROW), True)
-    return staged
+    parts = -(-kept // batch_rows)
+    if parts == 1:
+        return []
+    every = max(1, kept // (parts * SAMPLE_KEYS_PER_PART))
+    keys = pl.scan_parquet(path).filter(pl.col(DROPPED_BY).is_null()).select(key)
+    if every > 1:
+        keys = keys.filter(pl.col(key).hash() % every == 0)
+    sample = keys.unique().sort(key).collect(engine="streaming").get_column(key)
+    # Distinct keys, not rows: a key's duplicates are one staged row.
+    parts = max(1, min(parts, -(-sample.len() * every // batch_rows)))
+    return sorted({sample[i * sample.len() // parts] for i in range(1, parts)})
+
+
+def _split_by_key_range(cleaned: Cleaned, batch_rows: int) -> None:
+    """Write the kept rows with their ROW and PART, a slice of batch_rows rows at a time,
+    each slice sorted by part, so that reading one range reads about its own row groups."""
+    parts = len(cleaned.bounds) + 1
+    key = cleaned.file_type.key
+    bounds = pl.lit(pl.Series(cleaned.bounds, dtype=pl.String))
+    cleaned.parts.mkdir()
+    for number, offset in enumerate(range(0, cleaned.rows_read, batch_rows)):
+        rows = (pl.scan_parquet(cleaned.path).slice(offset, batch_rows)
+                .with_row_index(ROW, offset=offset)
+                .filter(pl.col(DROPPED_BY).is_null())
+                .with_columns(bounds.search_sorted(pl.col(key), side="right").alias(PART))
+                .sort(PART, maintain_order=True).collect())
+        rows.write_parquet(cleaned.parts / f"{number:08d}.parquet", statistics=True,
+                           row_group_size=max(1, -(-batch_rows // parts)))
+
+
+def _mark_last_of_each_key(cleaned: Cleaned) -> None:
+    """Mark, per row read, whether every rule kept it and no later kept row has its key
+    ("the last row of a key wins, in file order"), a range of keys at a time."""
+    key = cleaned.file_type.key
+    for part in range(len(cleaned.bounds) + 1):
+        last = (cleaned.part(part).group_by(key).agg(pl.col(ROW).max())
+                .collect(engine="streaming"))
+        cleaned.staged.scatter(last.get_column(ROW), True)

@@ -110,9 +110,13 @@ class Staging:
         the merge's counts summed over its commits. rows: a file's Cleaned rows or a frame,
         named after the upload given, or a Parquet file from `spool`, which names its own.
 
-        The rows are merged batch_rows at a time, one commit each, read from a Parquet spool
-        in file order, so memory is bounded by a batch, not by the file; a batch never
-        shares a key with another (cleaning kept the last row of each). Rows equal to the
+        The rows are merged a batch at a time, one commit each, read from a Parquet spool,
+        so memory is bounded by a batch, not by the file; a batch never shares a key with
+        another (cleaning kept the last row of each). A Cleaned file's batches are the
+        ranges of keys cleaning split it into (about the batch_rows it was given each), so
+        each commit reads only the table's files whose key range meets its own (delta-rs
+        prunes the target by the batch's key range) and writes files of a narrow range; a
+        spool or a frame is merged batch_rows at a time in file order. Rows equal to the
         staged ones are left alone: re-uploading a file, or a retry after some of its
         batches committed, commits nothing for what is there already; a row a newer upload
         of the same key wrote is left too (NEWER_OR_UNORDERED).
@@ -125,7 +129,7 @@ class Staging:
             batches = spooled_batches(rows, self.batch_rows)
         else:
             batches = (batch.with_columns(upload_columns(upload_key, upload_order))
-                       for batch in rows.batches(self.batch_rows))
+                       for batch in rows.batches())
         totals: dict[str, int] = {}
         # No rows still gives one empty batch: it creates the table (and merges nothing).
         for batch in batches:
@@ -168,9 +172,11 @@ class Staging:
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
         # Per commit, so that a log shows whether a commit's time grows with the table.
         logger.info("merged %d rows into %s v%d in %.2f s (scan %s ms, rewrite %s ms, %s "
-                    "files added)", batch.height, file_type.name, table.version(),
-                    time.monotonic() - started, metrics.get("scan_time_ms"),
-                    metrics.get("rewrite_time_ms"), metrics.get("num_target_files_added"))
+                    "files scanned, %s skipped, %s added)", batch.height, file_type.name,
+                    table.version(), time.monotonic() - started, metrics.get("scan_time_ms"),
+                    metrics.get("rewrite_time_ms"), metrics.get("num_target_files_scanned"),
+                    metrics.get("num_target_files_skipped_during_scan"),
+                    metrics.get("num_target_files_added"))
         updated, renamed = metrics.get("num_target_rows_updated", 0), 0
         if updated and batch.get_column(UPLOAD_ORDER).null_count() < batch.height:
             renamed = self._renamed(file_type, table.version(), updated, values)

@@ -1,4 +1,5 @@
 """Reading and cleaning files with polars: every rule, counted once, no servers needed."""
+import math
 from datetime import datetime, timezone
 
 import polars as pl
@@ -132,12 +133,19 @@ def test_the_last_kept_row_of_each_key_wins_across_every_batch_and_part(rows, ba
     assert cleaned.dropped == {r.name: 0 for r in rules_for(ORDERS)} | {
         "num_of_item_not_positive": len(file) - len(kept), DUPLICATE_KEY: len(kept) - len(staged)}
     assert list(cleaned.frame.select("order_id", "user_id").iter_rows()) == staged
-    batches = list(cleaned.batches(batch_rows))
-    # Full batches of the staged rows in file order, the last one the rest (one empty batch
-    # for none), so no two batches share a key.
-    assert [b.height for b in batches] == [batch_rows] * (len(staged) // batch_rows) + (
-        [len(staged) % batch_rows] if len(staged) % batch_rows or not staged else [])
-    assert pl.concat(batches).equals(cleaned.frame)
+    batches = list(cleaned.batches())
+    # As many batches as full batches of the staged rows would make, none larger (one empty
+    # batch for none), each a range of keys above the one before, so no two share a key;
+    # each in file order.
+    assert len(batches) == max(1, math.ceil(len(staged) / batch_rows))
+    assert all(b.height <= batch_rows for b in batches)
+    ranges = [(b.get_column("order_id").min(), b.get_column("order_id").max())
+              for b in batches if b.height]
+    assert all(high < low for (_, high), (low, _) in zip(ranges, ranges[1:]))
+    assert pl.concat(batches).sort("order_id").equals(cleaned.frame.sort("order_id"))
+    for batch in batches:
+        assert list(batch.select("order_id", "user_id").iter_rows()) == [
+            row for row in staged if row[0] in set(batch.get_column("order_id"))]
 
 
 def test_polars_reads_its_csv_chunk_size_from_the_environment_when_a_scan_starts(
@@ -242,3 +250,22 @@ def test_timestamps_parse_as_every_format_tried_on_every_text_did(texts):
     frame = pl.DataFrame({"at": texts}, schema={"at": pl.String})
     found = cleaning.with_timestamps_utc(frame.lazy(), ["at"]).collect()
     assert found.equals(frame.select(timestamp_utc_by_coalesce("at")))
+
+
+def test_a_larger_file_is_split_by_a_sample_of_its_keys_into_ranges_near_the_batch_size(
+        monkeypatch):
+    # A sample of 64 keys a part (the keys whose hash is a multiple of 7 here), not every key.
+    monkeypatch.setattr(cleaning, "SAMPLE_KEYS_PER_PART", 64)
+    batch_rows = 500
+    file = [{**GOOD["orders"], "order_id": str(n), "user_id": f"U{n}"} for n in range(5000)]
+    cleaned = clean(read_csv(csv_bytes(ORDERS, file), ORDERS), ORDERS, batch_rows=batch_rows)
+
+    batches = list(cleaned.batches())
+    keys = [b.get_column("order_id") for b in batches]
+    assert pl.concat(keys).sort().equals(pl.Series("order_id", [r["order_id"] for r in file])
+                                         .sort())
+    assert all(high < low for high, low in zip([k.max() for k in keys],
+                                               [k.min() for k in keys][1:]))
+    assert len(batches) == 5000 // batch_rows
+    # The parts are of about their share of the keys (a sample of 64 keys: within 40%).
+    assert all(0.6 * batch_rows <= b.height <= 1.4 * batch_rows for b in batches)

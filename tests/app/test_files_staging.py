@@ -4,6 +4,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 from deltalake import write_deltalake
 
 from app import aws
@@ -190,3 +191,41 @@ def test_changed_items_and_products_give_the_dates_of_their_staged_orders(files_
     # O1's change does not cover every staged date: P2's are read too.
     assert changed_dates(staging, Snapshot(staging.versions()), moved) == [
         "2024-01-05", "2024-01-06"]
+
+
+def _files_by_key_range(staging: Staging, file_type) -> pl.DataFrame:
+    """The table's files: partition, least and greatest key (from the Delta file stats)."""
+    actions = pl.DataFrame(staging.table(file_type).get_add_actions(flatten=True))
+    return actions.select(pl.concat_str([pl.col(f"partition.{c}").cast(pl.String)
+                                         for c in file_type.partition_by]).alias("partition"),
+                          pl.col(f"min.{file_type.key}").alias("low"),
+                          pl.col(f"max.{file_type.key}").alias("high"))
+
+
+def test_a_file_of_new_keys_scans_only_the_table_files_its_key_range_meets(files_settings):
+    batch_rows = 250
+    staging = replace(staging_of(files_settings), batch_rows=batch_rows)
+    months = 3
+    # Ids are numbers written as text: in file order, any run of them spans, in text order,
+    # nearly every key ("1" to "99" in the first 250).
+    first = [HEADER] + [f"{n},U{n},complete,2024-{1 + n % months:02d}-05T10:00:00Z,,,,1"
+                        for n in range(1, 2001)]
+    staging.upsert(ORDERS, clean(read_csv("\n".join(first).encode(), ORDERS), ORDERS,
+                                 batch_rows=batch_rows))
+    files = _files_by_key_range(staging, ORDERS)
+    # Each commit wrote one file per month of a range of keys that no other file meets.
+    assert files.height == math.ceil(2000 / batch_rows) * months
+    for _, same in files.sort("low").group_by("partition"):
+        assert (same.get_column("high").head(-1) < same.get_column("low").tail(-1)).all()
+
+    second = [HEADER] + [f"{n},U{n},complete,2024-01-07T10:00:00Z,,,,1"
+                         for n in range(5001, 5101)]
+    low, high = "5001", "5100"
+    metrics = staging.upsert(ORDERS, clean(read_csv("\n".join(second).encode(), ORDERS),
+                                           ORDERS, batch_rows=batch_rows))
+    assert metrics["num_target_rows_inserted"] == 100
+    met = files.filter((pl.col("low") <= high) & (pl.col("high") >= low)).height
+    assert metrics["num_target_files_scanned"] == met
+    assert metrics["num_target_files_skipped_during_scan"] == files.height - met
+    # The keys "5001" to "5100" fall within one or two ranges of the first file's keys.
+    assert met <= 2 * months
