@@ -37,7 +37,8 @@ inexact is ever written on top). Within a batch, a slot's check counts the earli
 of the batch as added even if another slot rejects one of them: near the limit this
 rejects too much, never too little. Two deliveries of one order running at the same
 instant on two workers may finish different parts: the one whose shard part applied says
-"counted", the other "duplicate".
+"counted", the other "duplicate". Should the first die before it settles its message, the
+redelivery is a duplicate too: the counters then hold one message more than were sent.
 """
 from __future__ import annotations
 
