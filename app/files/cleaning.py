@@ -264,7 +264,9 @@ class Cleaned:
     file_type: FileType
     staged: pl.Series  # Boolean per row read: kept by every rule and its key's last row
     dropped: dict[str, int]
-    # The kept rows with their ROW and PART (their range of keys), and the ranges' bounds.
+    rows_passing_rules: int = 0  # a key's earlier rows included
+    # The kept rows with their ROW and PART (their range of keys) when there is more than
+    # one range (one range is read from the spool itself), and the ranges' bounds.
     parts: Path | None = None
     bounds: list[str] = field(default_factory=list)
     # The spool's directory when clean made it (removed with this object).
@@ -285,7 +287,7 @@ class Cleaned:
         batch when there are none), each of about the batch_rows clean was given: one range
         held at a time."""
         emitted = False
-        for part in range(len(self.bounds) + 1 if self.parts else 0):
+        for part in range(len(self.bounds) + 1 if self.rows_passing_rules else 0):
             rows = self.part(part).collect()
             rows = rows.filter(self.staged.gather(rows.get_column(ROW)))
             if rows.height:
@@ -297,6 +299,10 @@ class Cleaned:
     def part(self, number: int) -> pl.LazyFrame:
         """The kept rows (every row of each key, with ROW and PART) of one range of keys, in
         file order."""
+        if self.parts is None:
+            return (pl.scan_parquet(self.path).with_row_index(ROW)
+                    .filter(pl.col(DROPPED_BY).is_null())
+                    .with_columns(pl.lit(number, pl.UInt32).alias(PART)))
         return pl.scan_parquet(self.parts / "*.parquet").filter(pl.col(PART) == number)
 
     @property
@@ -340,11 +346,12 @@ def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType,
             dropped[name] = count
     cleaned = Cleaned(path, file_type, pl.repeat(False, rows_read, dtype=pl.Boolean,
                                                  eager=True).alias("staged"),
-                      dropped, scratch=scratch)
+                      dropped, kept, scratch=scratch)
     if kept:
-        cleaned.parts = directory / "parts"
         cleaned.bounds = _key_bounds(path, file_type.key, kept, batch_rows)
-        _split_by_key_range(cleaned, batch_rows)
+        if cleaned.bounds:
+            cleaned.parts = directory / "parts"
+            _split_by_key_range(cleaned, batch_rows)
         _mark_last_of_each_key(cleaned)
     dropped[DUPLICATE_KEY] = kept - cleaned.rows_kept
     return cleaned
