@@ -54,15 +54,6 @@ def upload_columns(upload_key: str | None, upload_order: str | None) -> list[pl.
             pl.lit(upload_order, pl.String).alias(UPLOAD_ORDER)]
 
 
-def spool(rows: pl.DataFrame | pl.LazyFrame, directory: Path, upload_key: str | None = None,
-          upload_order: str | None = None) -> Path:
-    """Write cleaned rows, each with the upload it comes from, to a Parquet file in directory
-    (a lazy frame streamed); its path."""
-    path = directory / "cleaned.parquet"
-    rows.lazy().with_columns(upload_columns(upload_key, upload_order)).sink_parquet(path)
-    return path
-
-
 def spooled_batches(path: Path, rows: int) -> Iterator[pl.DataFrame]:
     """A Parquet file's rows in order, `rows` at a time (one empty batch when there are none)."""
     count = pl.scan_parquet(path).select(pl.len()).collect().item()
@@ -104,11 +95,11 @@ class Staging:
             versions[file_type.name] = table.version() if table else None
         return versions
 
-    def upsert(self, file_type: FileType, rows: Cleaned | pl.DataFrame | pl.LazyFrame | Path,
+    def upsert(self, file_type: FileType, rows: Cleaned | pl.DataFrame | pl.LazyFrame,
                upload_key: str | None = None, upload_order: str | None = None) -> dict:
         """Merge cleaned rows on the key: changed rows updated in full, new ones inserted;
         the merge's counts summed over its commits. rows: a file's Cleaned rows or a frame,
-        named after the upload given, or a Parquet file from `spool`, which names its own.
+        named after the upload given.
 
         The rows are merged a batch at a time, one commit each, read from a Parquet spool,
         so memory is bounded by a batch, not by the file; a batch never shares a key with
@@ -116,20 +107,22 @@ class Staging:
         ranges of keys cleaning split it into (about the batch_rows it was given each), so
         each commit reads only the table's files whose key range meets its own (delta-rs
         prunes the target by the batch's key range) and writes files of a narrow range; a
-        spool or a frame is merged batch_rows at a time in file order. Rows equal to the
+        frame is spooled, then merged batch_rows at a time in file order. Rows equal to the
         staged ones are left alone: re-uploading a file, or a retry after some of its
         batches committed, commits nothing for what is there already; a row a newer upload
         of the same key wrote is left too (NEWER_OR_UNORDERED).
         """
-        if isinstance(rows, (pl.DataFrame, pl.LazyFrame)):
-            with tempfile.TemporaryDirectory(prefix="staging-") as scratch:
-                return self.upsert(file_type, spool(rows, Path(scratch), upload_key,
-                                                    upload_order))
-        if isinstance(rows, Path):
-            batches = spooled_batches(rows, self.batch_rows)
-        else:
-            batches = (batch.with_columns(upload_columns(upload_key, upload_order))
-                       for batch in rows.batches())
+        if isinstance(rows, Cleaned):
+            return self._merge_batches(file_type, (
+                batch.with_columns(upload_columns(upload_key, upload_order))
+                for batch in rows.batches()))
+        with tempfile.TemporaryDirectory(prefix="staging-") as scratch:
+            path = Path(scratch) / "rows.parquet"
+            rows.lazy().with_columns(upload_columns(upload_key, upload_order)).sink_parquet(path)
+            return self._merge_batches(file_type, spooled_batches(path, self.batch_rows))
+
+    def _merge_batches(self, file_type: FileType, batches: Iterator[pl.DataFrame]) -> dict:
+        """Merge each batch, one commit each; the merge's counts summed."""
         totals: dict[str, int] = {}
         # No rows still gives one empty batch: it creates the table (and merges nothing).
         for batch in batches:

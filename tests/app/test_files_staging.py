@@ -1,8 +1,6 @@
 """Delta tables on LocalStack's S3: upserts by key, reads pinned to a version, what changed."""
 import math
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import polars as pl
 from deltalake import write_deltalake
@@ -11,7 +9,7 @@ from app import aws
 from app.files.cleaning import clean, read_csv
 from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
 from app.files.kpis import Snapshot, changed_dates
-from app.files.staging import CHANGE_DATA_FEED, Staging, spool
+from app.files.staging import CHANGE_DATA_FEED, Staging
 
 HEADER = ",".join(ORDERS.columns)
 
@@ -97,8 +95,7 @@ def test_a_retry_after_some_batches_committed_merges_the_rest_only(files_setting
         "order_id").equals(frame.sort("order_id"))
 
 
-def test_an_older_upload_of_a_key_never_overwrites_rows_a_newer_one_wrote(files_settings,
-                                                                          tmp_path):
+def test_an_older_upload_of_a_key_never_overwrites_rows_a_newer_one_wrote(files_settings):
     staging = staging_of(files_settings)
     # A table staged before rows named their upload: its rows have none.
     write_deltalake(staging.uri(ORDERS), orders(("O0", "U-old", "2024-01-01T10:00:00Z")),
@@ -106,8 +103,7 @@ def test_an_older_upload_of_a_key_never_overwrites_rows_a_newer_one_wrote(files_
                     storage_options=staging.storage_options)
 
     def upload(order: str, *rows, key: str = "input/orders.csv") -> None:
-        directory = Path(tempfile.mkdtemp(dir=tmp_path))
-        staging.upsert(ORDERS, spool(orders(*rows), directory, key, order))
+        staging.upsert(ORDERS, orders(*rows), key, order)
 
     day = "2024-01-02T10:00:00Z"
     upload("01", ("O0", "U1", day), ("O1", "U1", day), ("O3", "U1", day))
@@ -129,12 +125,11 @@ def test_an_older_upload_of_a_key_never_overwrites_rows_a_newer_one_wrote(files_
 
 
 def test_a_newer_upload_of_equal_values_still_wins_over_an_older_one_merged_last(
-        files_settings, tmp_path):
+        files_settings):
     staging = staging_of(files_settings)
 
     def upload(order: str, *rows) -> dict:
-        directory = Path(tempfile.mkdtemp(dir=tmp_path))
-        return staging.upsert(ORDERS, spool(orders(*rows), directory, "input/orders.csv", order))
+        return staging.upsert(ORDERS, orders(*rows), "input/orders.csv", order)
 
     day = "2024-01-02T10:00:00Z"
     x = [("O1", "U-x", day), ("O2", "U-x", day)]
