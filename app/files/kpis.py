@@ -13,6 +13,7 @@ from app.files.cleaning import UNKNOWN
 from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS, FileType
 from app.files.staging import Staging
 from app.money import from_cents
+from app.settings import Settings
 
 RETURNED = "returned"
 # The spools' bucket column and the seed of the hash that picks a row's bucket.
@@ -150,7 +151,8 @@ def compute(staging: Staging, snapshot: Snapshot, dates: list[str]
     rows = max(table_rows(staging, t, versions[t.name]) for t in (ORDERS, ORDER_ITEMS))
     return compute_frames(orders, staging.scan(ORDER_ITEMS, versions[ORDER_ITEMS.name]),
                           staging.scan(PRODUCTS, versions[PRODUCTS.name]), dates,
-                          buckets=-(-rows // staging.batch_rows))
+                          buckets=-(-rows // staging.batch_rows),
+                          batch_rows=staging.batch_rows)
 
 
 def of_months(dates: list[str]) -> pl.Expr:
@@ -175,10 +177,11 @@ def table_rows(staging: Staging, file_type: FileType, version: int | None) -> in
 
 
 def compute_frames(orders: pl.LazyFrame, items: pl.LazyFrame, products: pl.LazyFrame,
-                   dates: list[str] | None = None, buckets: int = 1
+                   dates: list[str] | None = None, buckets: int = 1,
+                   batch_rows: int = Settings.files_merge_batch_rows
                    ) -> tuple[list[OrderKpi], list[CategoryKpi]]:
     """Order and category KPIs from cleaned orders, items and products (None: every date),
-    in memory, or a bucket at a time when buckets > 1."""
+    in memory, or a bucket at a time when buckets > 1 (holding about batch_rows rows)."""
     orders = orders.select("order_id", "user_id", "status",
                            order_date=pl.col("created_at").dt.date())
     if dates is not None:
@@ -190,7 +193,8 @@ def compute_frames(orders: pl.LazyFrame, items: pl.LazyFrame, products: pl.LazyF
         return answers(*pl.collect_all([*totals(orders, items, products),
                                         customers(orders)]))
     with tempfile.TemporaryDirectory(prefix="kpis-") as scratch:
-        return answers(*bucketed(orders, items, products, buckets, Path(scratch)))
+        return answers(*bucketed(orders, items, products, buckets, batch_rows,
+                                  Path(scratch)))
 
 
 def totals(orders: pl.LazyFrame, items: pl.LazyFrame, products: pl.LazyFrame
@@ -223,16 +227,21 @@ def customers(orders: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def bucketed(orders: pl.LazyFrame, items: pl.LazyFrame, products: pl.LazyFrame,
-             buckets: int, scratch: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+             buckets: int, batch_rows: int, scratch: Path
+             ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """totals() and customers() summed over buckets of the tables spooled in scratch."""
     # A whole load's orders and items need not fit a worker's memory: each table is
     # streamed once into local buckets by a hash of order_id, so that an order and its items
     # share a bucket, and each bucket is aggregated alone; a date's distinct customers need
-    # a customer's orders together, so the orders are bucketed again by user_id.
+    # a customer's orders together, so the orders are bucketed again by user_id. A spool
+    # writes each bucket's file a row group at a time: its open row groups hold batch_rows
+    # rows together, whatever the number of buckets.
     def spool(frame: pl.LazyFrame, column: str, name: str) -> None:
         frame.with_columns((pl.col(column).hash(BUCKET_SEED) % buckets).alias(BUCKET)
                            ).sink_parquet(pl.PartitionBy(scratch / name, key=BUCKET,
-                                                         include_key=False), mkdir=True)
+                                                         include_key=False),
+                                          row_group_size=max(1, batch_rows // buckets),
+                                          mkdir=True)
 
     def spooled(name: str, schema: pl.Schema, number: int | None = None) -> pl.LazyFrame:
         pattern = "*/*.parquet" if number is None else f"{BUCKET}={number}/*.parquet"
