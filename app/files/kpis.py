@@ -140,13 +140,13 @@ def staged_dates(staging: Staging, snapshot: Snapshot) -> list[str]:
     return sorted(d.isoformat() for d in dates.drop_nulls())
 
 
-def compute(staging: Staging, snapshot: Snapshot, dates: list[str]
+def compute(staging: Staging, snapshot: Snapshot, dates: list[str] | None
             ) -> tuple[list[OrderKpi], list[CategoryKpi]]:
-    """Order and category KPIs of the dates, from the tables at the snapshot, in buckets of
-    about the staging's batch rows."""
+    """Order and category KPIs of the dates (None: every date), from the tables at the
+    snapshot, in buckets of about the staging's batch rows."""
     versions = snapshot.versions
     orders = staging.scan(ORDERS, versions[ORDERS.name])
-    if versions[ORDERS.name] is not None:
+    if dates is not None and versions[ORDERS.name] is not None:
         orders = orders.filter(of_months(dates))
     rows = max(table_rows(staging, t, versions[t.name]) for t in (ORDERS, ORDER_ITEMS))
     return compute_frames(orders, staging.scan(ORDER_ITEMS, versions[ORDER_ITEMS.name]),
@@ -237,6 +237,7 @@ def bucketed(orders: pl.LazyFrame, items: pl.LazyFrame, products: pl.LazyFrame,
     # writes each bucket's file a row group at a time: its open row groups hold batch_rows
     # rows together, whatever the number of buckets.
     def spool(frame: pl.LazyFrame, column: str, name: str) -> None:
+        """Stream the frame into scratch/name, in buckets by the hash of a column."""
         frame.with_columns((pl.col(column).hash(BUCKET_SEED) % buckets).alias(BUCKET)
                            ).sink_parquet(pl.PartitionBy(scratch / name, key=BUCKET,
                                                          include_key=False),
@@ -244,6 +245,7 @@ def bucketed(orders: pl.LazyFrame, items: pl.LazyFrame, products: pl.LazyFrame,
                                           mkdir=True)
 
     def spooled(name: str, schema: pl.Schema, number: int | None = None) -> pl.LazyFrame:
+        """One bucket of scratch/name (None: every bucket), empty if no row hashed to it."""
         pattern = "*/*.parquet" if number is None else f"{BUCKET}={number}/*.parquet"
         files = sorted((scratch / name).glob(pattern))
         return pl.scan_parquet(files) if files else pl.LazyFrame(schema=schema)
