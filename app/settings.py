@@ -157,7 +157,8 @@ class Settings:
         "splits the kept rows into ranges of keys (in text order) of about this many, finds "
         "the last row of each key a range at a time and the merge commits one range at a "
         "time, so neither holds the whole file, and each commit reads only the table's files "
-        "its range of keys meets (docs/batch-files.md, Reading).")
+        "its range of keys meets (docs/batch-files.md, Reading). The KPI step computes from "
+        "buckets of about this many rows too (docs/batch-files.md, KPIs).")
     files_vacuum_retention_hours: int = setting(
         168, "Hours `files.maintain` keeps a file that a merge or a compaction removed from a "
         "Delta table before it vacuums it: a reader pinned to an older version (a running "
