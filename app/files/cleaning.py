@@ -292,7 +292,10 @@ class Cleaned:
             rows = rows.filter(self.staged.gather(rows.get_column(ROW)))
             if rows.height:
                 emitted = True
-                yield as_staged(rows.drop(ROW, PART), self.file_type)
+                rows = as_staged(rows.drop(ROW, PART), self.file_type)
+                yield rows
+            # Not held while the next range is read: one range in memory at a time.
+            del rows
         if not emitted:
             yield as_staged(pl.read_parquet(self.path, n_rows=0), self.file_type)
 

@@ -113,20 +113,24 @@ class Staging:
         of the same key wrote is left too (NEWER_OR_UNORDERED).
         """
         if isinstance(rows, Cleaned):
-            return self._merge_batches(file_type, (
-                batch.with_columns(upload_columns(upload_key, upload_order))
-                for batch in rows.batches()))
+            return self._merge_batches(file_type, rows.batches(), upload_key, upload_order)
         with tempfile.TemporaryDirectory(prefix="staging-") as scratch:
             path = Path(scratch) / "rows.parquet"
-            rows.lazy().with_columns(upload_columns(upload_key, upload_order)).sink_parquet(path)
-            return self._merge_batches(file_type, spooled_batches(path, self.batch_rows))
+            rows.lazy().sink_parquet(path)
+            return self._merge_batches(file_type, spooled_batches(path, self.batch_rows),
+                                       upload_key, upload_order)
 
-    def _merge_batches(self, file_type: FileType, batches: Iterator[pl.DataFrame]) -> dict:
-        """Merge each batch, one commit each; the merge's counts summed."""
+    def _merge_batches(self, file_type: FileType, batches: Iterator[pl.DataFrame],
+                       upload_key: str | None, upload_order: str | None) -> dict:
+        """Merge each batch, named after its upload, one commit each; the counts summed."""
         totals: dict[str, int] = {}
         # No rows still gives one empty batch: it creates the table (and merges nothing).
         for batch in batches:
-            for name, value in self._merge(file_type, batch).items():
+            batch = batch.with_columns(upload_columns(upload_key, upload_order))
+            merged = self._merge(file_type, batch)
+            # Not held while the next batch is read: one batch in memory at a time.
+            del batch
+            for name, value in merged.items():
                 if isinstance(value, int):
                     totals[name] = totals.get(name, 0) + value
         return totals
