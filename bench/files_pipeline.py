@@ -4,7 +4,9 @@ until their KPIs are served.
 The pipeline (upload to LocalStack S3 -> S3 event on SQS -> a Celery worker -c 2 -> polars
 cleaning -> Delta merges on S3 -> KPIs in Redis) is timed against the floor of a bare polars
 streaming script doing the same read -> clean -> KPIs on the same files, local, in one
-process. Peak memory is each process's VmHWM (the kernel's peak RSS). On the larger files,
+process. Peak memory is each process's VmHWM (the kernel's peak RSS); CPU seconds are the
+floor's process against the files worker's processes and the S3/SQS server's (LocalStack
+shares the machine's cores with the worker here, where AWS's S3 would not). On the larger files,
 orders go to the orders queue one by one throughout, counted by an orders worker of its own
 (as `make run` runs them): their latency while the files worker is idle, then while it
 processes the files, shows whether orders keep being counted meanwhile.
@@ -32,6 +34,7 @@ from app import aws, sqs
 from app.files.sample import write_sample
 from app.settings import Settings
 from app.store import FilesStore, order_key
+from bench.harness import CpuMeter, fixed_members
 from bench.order_builders import order_body
 from stack.launch import Worker, files_queues, orders_queues
 from stack.services import PROJECT_ROOT, RedisServer, SqsServer, free_port
@@ -88,7 +91,7 @@ def floor_main(directory: str) -> None:
     from app.files.contract import file_type_for
     from app.files.kpis import compute_frames
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     frames, rows, write_seconds = {}, 0, 0.0
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tables:
         for name in UPLOADED:
@@ -109,7 +112,9 @@ def floor_main(directory: str) -> None:
         order_kpis, category_kpis = compute_frames(frames["orders"], frames["order_items"],
                                                    frames["products"])
         seconds = time.monotonic() - started
+        cpu_seconds = time.process_time() - cpu_started  # every thread of polars' pool
     print(json.dumps({"seconds": round(seconds, 2), "write_seconds": round(write_seconds, 2),
+                      "cpu_seconds": round(cpu_seconds, 2),
                       "rows": rows, "dates": len(order_kpis),
                       "category_rows": len(category_kpis),
                       "polars_threads": pl.thread_pool_size(),
@@ -214,13 +219,14 @@ def orders_window(sent: dict[str, float], counted: dict[str, float], start: floa
 
 
 def run_pipeline(settings: Settings, directory: Path, log_dir: Path, rows: int,
-                 orders_per_s: float = 0) -> dict:
+                 orders_per_s: float = 0, server_members=lambda: []) -> dict:
     """Upload the files and time the pipeline until the KPIs of all `rows` are served.
 
     An upload longer than the batch window splits the files over several executions: the
     clock stops when the last one has written its KPIs (its end less its archiving step).
     With orders_per_s, orders are counted by a worker of their own from IDLE_SECONDS before
-    the upload until the KPIs are served (result["orders"]).
+    the upload until the KPIs are served (result["orders"]). CPU seconds from the upload
+    until the KPIs: the files worker's processes, and server_members' (the S3/SQS server).
     """
     sqs.ensure_queues(settings)
     aws.ensure_files_resources(settings)
@@ -239,6 +245,7 @@ def run_pipeline(settings: Settings, directory: Path, log_dir: Path, rows: int,
             probe = OrderProbe(settings, orders_per_s).start()
             idle_from = time.monotonic()
             time.sleep(IDLE_SECONDS)
+        cpu = CpuMeter({"worker": worker.service.members, "server": server_members})
         started = time.monotonic()
         for name in UPLOADED:
             s3.upload_file(str(directory / name), settings.files_bucket, aws.INPUT + name)
@@ -246,6 +253,7 @@ def run_pipeline(settings: Settings, directory: Path, log_dir: Path, rows: int,
         while True:
             for pid in worker.service.members():
                 peaks[pid] = max(peaks.get(pid, 0), peak_kib(pid))
+            cpu.sample()
             records = store.executions(20)
             if any(r["status"] == "failed" for r in records):
                 raise RuntimeError(f"an execution failed:\n{worker.tail()}")
@@ -280,6 +288,7 @@ def run_pipeline(settings: Settings, directory: Path, log_dir: Path, rows: int,
                 "process_peak_rss_mb": round(max(peaks.values()) / 1024),
                 "worker_peak_rss_mb": round(sum(peaks.values()) / 1024),
                 "window_seconds": settings.files_batch_window,
+                "cpu_seconds": {name: round(cpu.total(name), 2) for name in cpu.groups},
                 **({"orders": orders} if orders else {})}
     finally:
         if probe is not None:
@@ -290,14 +299,15 @@ def run_pipeline(settings: Settings, directory: Path, log_dir: Path, rows: int,
 
 
 def run_size(settings: Settings, directory: Path, log_dir: Path, written: dict,
-             orders_per_s: float = 0) -> dict:
+             orders_per_s: float = 0, server_members=lambda: []) -> dict:
     """One size's row: the floor, then the pipeline, on the same files (with orders sent
-    meanwhile at orders_per_s, 0 for none)."""
+    meanwhile at orders_per_s, 0 for none; server_members: the S3/SQS server's processes)."""
     result = {"files": {n: written[n] for n in UPLOADED},
               "bytes": sum((directory / n).stat().st_size for n in UPLOADED),
               "floor": run_floor(directory),
               "pipeline": run_pipeline(settings, directory, log_dir,
-                                       sum(written[n] for n in UPLOADED), orders_per_s)}
+                                       sum(written[n] for n in UPLOADED), orders_per_s,
+                                       server_members)}
     floor, pipeline = result["floor"], result["pipeline"]
     result["pipeline_vs_floor"] = round(pipeline["rows_per_s"] / floor["rows_per_s"], 3)
     # Against the script as it was before it wrote its tables: read, clean and KPIs only.
@@ -311,9 +321,11 @@ def run_size(settings: Settings, directory: Path, log_dir: Path, written: dict,
 
 
 def run(redis_url: str, control_url: str, sqs_endpoint: str, log_dir: Path,
-        items: int = 1_000_000, larger: int = 10, orders_per_s: float = ORDERS_PER_S) -> dict:
+        items: int = 1_000_000, larger: int = 10, orders_per_s: float = ORDERS_PER_S,
+        server_members=lambda: []) -> dict:
     """The files rows: sample files, the floor, then the pipeline, on the given servers; the
-    same again on files `larger` times as large (0: not), with orders sent meanwhile."""
+    same again on files `larger` times as large (0: not), with orders sent meanwhile.
+    server_members: the processes of the S3/SQS server, whose CPU the rows report."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-files-") as directory:
         base = Path(directory) / "x1"
@@ -328,12 +340,13 @@ def run(redis_url: str, control_url: str, sqs_endpoint: str, log_dir: Path,
                                 files_queue=f"bench-files-{suffix}-events",
                                 files_bucket=f"bench-files-{suffix}", files_batch_window=2)
             if factor == 1:
-                rows.append({"factor": 1, **run_size(settings, base, log_dir, written)})
+                rows.append({"factor": 1, **run_size(settings, base, log_dir, written,
+                                                     server_members=server_members)})
             else:
                 scaled = Path(directory) / f"x{factor}"
                 rows.append({"factor": factor, **run_size(settings, scaled, log_dir,
                                                           enlarge(base, scaled, factor),
-                                                          orders_per_s)})
+                                                          orders_per_s, server_members)})
                 shutil.rmtree(scaled)
     return {"sizes": rows, "targets": {"rows_per_s_ratio": TARGET_RATE_RATIO,
                                        "peak_ratio": TARGET_PEAK_RATIO,
@@ -351,27 +364,41 @@ def markdown(result: dict) -> str:
         f"({first['pipeline']['rows']:,} rows, {first['bytes'] / 2**20:,.0f} MiB), "
         + "".join(f"then {size['factor']}× as many, " for size in result["sizes"][1:])
         + "upload → KPIs in Redis. Peak memory: VmHWM of the largest process, and summed "
-        "over the worker's main and pool processes. Targets: rows/s ≥ "
+        "over the worker's main and pool processes. CPU seconds: the script's process; the "
+        "files worker's processes + the S3/SQS server's (LocalStack, on the same cores) "
+        "from the upload until the KPIs. Targets: rows/s ≥ "
         f"{result['targets']['rows_per_s_ratio']}× the floor's, peak ≤ "
         f"{result['targets']['peak_ratio']}× the floor's.",
         "",
         "| Rows | MiB | Contender | Seconds | Rows/s | Peak, largest process | "
-        "Peak, worker summed |",
-        "|---:|---:|---|---:|---:|---:|---:|"]
+        "Peak, worker summed | CPU seconds |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|"]
     for size in result["sizes"]:
         floor, pipeline = size["floor"], size["pipeline"]
         head = f"| {pipeline['rows']:,} | {size['bytes'] / 2**20:,.0f} |"
         lines += [
             f"{head} bare polars streaming script, local files, Delta tables written locally "
             f"(floor; {floor['write_seconds']} s of writes) | {floor['seconds']} | "
-            f"{floor['rows_per_s']:,} | {floor['peak_rss_mb']:,} MiB | – |",
+            f"{floor['rows_per_s']:,} | {floor['peak_rss_mb']:,} MiB | – | "
+            f"{floor.get('cpu_seconds', '–')} |",
             f"{head} files pipeline (S3, SQS, worker -c 2, Delta on S3, Redis; "
             f"{pipeline['window_seconds']:g} s window included) | {pipeline['seconds_to_kpis']} | "
             f"{pipeline['rows_per_s']:,} ({size['pipeline_vs_floor']}× the floor, "
             f"{size['pipeline_vs_floor_without_write']}× without its writes) | "
             f"{pipeline['process_peak_rss_mb']:,} MiB ({size['process_peak_vs_floor']}×) | "
-            f"{pipeline['worker_peak_rss_mb']:,} MiB ({size['worker_peak_vs_floor']}×) |"]
+            f"{pipeline['worker_peak_rss_mb']:,} MiB ({size['worker_peak_vs_floor']}×) | "
+            f"{pipeline_cpu(pipeline)} |"]
     return "\n".join(lines + [""] + orders_markdown(result))
+
+
+def pipeline_cpu(pipeline: dict) -> str:
+    """The pipeline's CPU seconds: worker + S3/SQS server, or what of it was measured."""
+    cpu = pipeline.get("cpu_seconds")
+    if not cpu:
+        return "–"
+    if not cpu.get("server"):
+        return f"{cpu['worker']} (worker)"
+    return f"{cpu['worker']} + {cpu['server']} = {cpu['worker'] + cpu['server']:.2f}"
 
 
 def orders_markdown(result: dict) -> list[str]:
@@ -449,7 +476,8 @@ def main(argv=None):
             data.start()
             server.start()
             result = run(data.url, data.url.replace("/0", "/1"), server.endpoint_url, log_dir,
-                         args.items, args.larger, args.orders_per_s)
+                         args.items, args.larger, args.orders_per_s,
+                         fixed_members(server.process))
         finally:
             server.stop()
             data.cleanup()

@@ -47,7 +47,7 @@ from bench.api_load import run_api_phase, start_gunicorn
 from bench.contenders import (baseline_tree, run_bare_loop, run_baseline, run_cluster,
                               run_drain, run_durability, run_project, run_rounds, run_scale,
                               run_seed, run_stock_celery, warm_up)
-from bench.harness import MAX_SECONDS, Orders, start_stack
+from bench.harness import MAX_SECONDS, Orders, fixed_members, start_stack
 from stack.services import PROJECT_ROOT
 
 
@@ -212,7 +212,8 @@ def main(argv=None):
         if args.files_items and "files" in parts:
             results["files"] = files_pipeline.run(stack.data.url, stack.control.url,
                                                stack.sqs.endpoint_url, log_dir, args.files_items,
-                                               args.files_larger)
+                                               args.files_larger,
+                                               server_members=fixed_members(stack.sqs.process))
         if args.range_orders_per_day and "range" in parts:
             results["range_queries"] = range_queries.run(
                 log_dir, args.range_orders_per_day, args.range_days, args.range_users,

@@ -96,6 +96,10 @@ def test_bench_runs_every_contender_and_writes_the_table(tmp_path):
     # One files row: the larger one would take this test past its time limit.
     [files] = results["files"]["sizes"]
     assert files["pipeline"]["status"] == "succeeded" and files["floor"]["rows"] > 2000
+    # CPU of the script, and of the worker and LocalStack while the pipeline ran.
+    cpu = files["pipeline"]["cpu_seconds"]
+    assert files["floor"]["cpu_seconds"] > 0 and cpu["worker"] > 0 and cpu["server"] > 0
+    assert f"{cpu['worker']} + {cpu['server']} = " in table
     assert "| files pipeline" in table
     assert "Batch files targets" in table
     # The durability rows: every level drained every message, the last one through WAIT.
