@@ -6,10 +6,10 @@ cleaning -> Delta merges on S3 -> KPIs in Redis) is timed against the floor of a
 streaming script doing the same read -> clean -> KPIs on the same files, local, in one
 process. Peak memory is each process's VmHWM (the kernel's peak RSS); CPU seconds are the
 floor's process against the files worker's processes and the S3/SQS server's (LocalStack
-shares the machine's cores with the worker here, where AWS's S3 would not). On the larger files,
-orders go to the orders queue one by one throughout, counted by an orders worker of its own
-(as `make run` runs them): their latency while the files worker is idle, then while it
-processes the files, shows whether orders keep being counted meanwhile.
+shares the machine's cores with the worker here, where AWS's S3 would not). On the larger
+files, orders go to the orders queue one by one throughout, counted by an orders worker of
+its own (as `make run` runs them): their latency while the files worker is idle, then while
+it processes the files, shows whether orders keep being counted meanwhile.
 
     python -m bench.files_pipeline [--items 1000000] [--larger 10] [--orders-per-s 20]
                                                      (its own LocalStack and redis-server)
