@@ -264,7 +264,6 @@ class Cleaned:
     file_type: FileType
     staged: pl.Series  # Boolean per row read: kept by every rule and its key's last row
     dropped: dict[str, int]
-    rows_passing_rules: int = 0  # a key's earlier rows included
     # The kept rows with their ROW and PART (their range of keys) when there is more than
     # one range (one range is read from the spool itself), and the ranges' bounds.
     parts: Path | None = None
@@ -287,7 +286,7 @@ class Cleaned:
         batch when there are none), each of about the batch_rows clean was given: one range
         held at a time."""
         emitted = False
-        for part in range(len(self.bounds) + 1 if self.rows_passing_rules else 0):
+        for part in range(len(self.bounds) + 1 if self.rows_kept else 0):
             rows = self.part(part).collect()
             rows = rows.filter(self.staged.gather(rows.get_column(ROW)))
             if rows.height:
@@ -349,7 +348,7 @@ def clean(frame: pl.DataFrame | pl.LazyFrame, file_type: FileType,
             dropped[name] = count
     cleaned = Cleaned(path, file_type, pl.repeat(False, rows_read, dtype=pl.Boolean,
                                                  eager=True).alias("staged"),
-                      dropped, kept, scratch=scratch)
+                      dropped, scratch=scratch)
     if kept:
         cleaned.bounds = _key_bounds(path, file_type.key, kept, batch_rows)
         if cleaned.bounds:
