@@ -61,6 +61,42 @@ def spooled_batches(path: Path, rows: int) -> Iterator[pl.DataFrame]:
         yield pl.scan_parquet(path).slice(offset, rows).collect()
 
 
+def _key_range(batch: pl.DataFrame, key: str) -> tuple[str, str] | None:
+    """The batch's least and greatest key when they can be written as a SQL text literal
+    as they are (no quote or backslash, no null key); None otherwise (it is merged)."""
+    keys = batch.get_column(key)
+    if batch.is_empty() or keys.dtype != pl.String or keys.null_count():
+        return None
+    low, high = keys.min(), keys.max()
+    return None if any(c in text for text in (low, high) for c in "'\\") else (low, high)
+
+
+def _files_meeting(table: DeltaTable, key: str, key_range: tuple[str, str]) -> int:
+    """How many of the table's files may hold a key of the range: those whose key statistics
+    meet it, and any without them. delta-rs writes a bound of each file's keys (a long text
+    cut, its greatest raised), the ones its merges prune files by."""
+    files = pl.DataFrame(table.get_add_actions(flatten=True))
+    low, high = f"min.{key}", f"max.{key}"
+    if files.is_empty() or low not in files.columns or high not in files.columns:
+        return files.height
+    return files.filter(pl.col(low).is_null() | pl.col(high).is_null()
+                        | ((pl.col(low) <= key_range[1]) & (pl.col(high) >= key_range[0]))
+                        ).height
+
+
+def _insert(table: DeltaTable, batch: pl.DataFrame, key: str,
+            key_range: tuple[str, str]) -> dict:
+    """Write a batch of keys no file of the table holds, without a merge: its rows once, no
+    change data (the feed reads a written file's rows as inserts). Written as a replacement
+    of its key range, which holds no row at the table's version: delta-rs fails the commit
+    if a concurrent one added a file meeting the range, and the caller looks again."""
+    low, high = key_range
+    write_deltalake(table, batch, mode="overwrite",
+                    predicate=f"\"{key}\" >= '{low}' AND \"{key}\" <= '{high}'")
+    return {"num_target_rows_inserted": batch.height, "num_target_rows_updated": 0,
+            "num_target_rows_renamed": 0, "num_target_files_scanned": 0}
+
+
 @dataclass(frozen=True)
 class Staging:
     """The Delta tables of one bucket's staging/ prefix."""
@@ -136,19 +172,27 @@ class Staging:
         return totals
 
     def _merge(self, file_type: FileType, batch: pl.DataFrame) -> dict:
-        """One batch's merge, one commit; merged again on a new version when a concurrent
-        writer's commit conflicts with it. Its counts: num_target_rows_updated are the rows
-        whose values changed, num_target_rows_renamed those a newer upload of their key
-        left as they were (NEWER_OF_THE_SAME_KEY)."""
+        """One batch's commit: a write of its rows when no file of the table may hold its
+        keys (as for a first load), a merge otherwise; tried again on a new version when a
+        concurrent writer's commit conflicts with it. Its counts: num_target_rows_updated are
+        the rows whose values changed, num_target_rows_renamed those a newer upload of their
+        key left as they were (NEWER_OF_THE_SAME_KEY)."""
         values = [c for c in batch.columns if c not in (UPLOAD_KEY, UPLOAD_ORDER)]
         # The upload columns are no change: the same upload again commits nothing.
         changed = " OR ".join(f'(t."{c}" IS DISTINCT FROM s."{c}")' for c in values)
         update = f"({NEWER_OR_UNORDERED}) AND ({changed})"
         rename = f"({NEWER_OF_THE_SAME_KEY}) AND NOT ({changed})"
         started = time.monotonic()
+        key_range = _key_range(batch, file_type.key)
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 table = self._create_if_missing(file_type, batch)
+                if key_range and not _files_meeting(table, file_type.key, key_range):
+                    metrics = _insert(table, batch, file_type.key, key_range)
+                    logger.info("inserted %d rows into %s v%d in %.2f s (no file held their "
+                                "keys)", batch.height, file_type.name, table.version(),
+                                time.monotonic() - started)
+                    return metrics
                 # streamed_exec=False: the batch is small and in memory, and its statistics
                 # (partition values, key range) prune the target files the merge reads.
                 on = f't."{file_type.key}" = s."{file_type.key}"'
@@ -164,7 +208,7 @@ class Staging:
             except CommitFailedError:
                 if attempt == COMMIT_ATTEMPTS:
                     raise
-                logger.info("commit to %s conflicted (try %d); merging again", file_type.name,
+                logger.info("commit to %s conflicted (try %d); trying again", file_type.name,
                             attempt)
                 time.sleep(random.uniform(0.05, 0.2) * attempt)
         # Per commit, so that a log shows whether a commit's time grows with the table.

@@ -1,8 +1,10 @@
 """Delta tables on LocalStack's S3: upserts by key, reads pinned to a version, what changed."""
+import logging
 import math
 from dataclasses import replace
 
 import polars as pl
+import pytest
 from deltalake import write_deltalake
 
 from app import aws
@@ -224,3 +226,87 @@ def test_a_file_of_new_keys_scans_only_the_table_files_its_key_range_meets(files
     assert metrics["num_target_files_skipped_during_scan"] == files.height - met
     # The keys "5001" to "5100" fall within one or two ranges of the first file's keys.
     assert met <= 2 * months
+
+
+def change_data_objects(settings, file_type) -> list[str]:
+    """The keys of a table's change data files in the bucket."""
+    s3 = aws.s3_client(settings)
+    prefix = f"{aws.STAGING}{file_type.table}/_change_data/"
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.files_bucket, Prefix=prefix) for o in page.get("Contents", [])]
+
+
+def test_keys_no_table_file_holds_are_written_once_and_read_as_inserts(files_settings):
+    staging = replace(staging_of(files_settings), batch_rows=3)
+    rows = [(f"O{n}", f"U{n}", f"2024-01-{1 + n:02d}T10:00:00Z") for n in range(7)]
+    cleaned_rows = clean(read_csv("\n".join(
+        [HEADER] + [f"{o},{u},complete,{c},,,,1" for o, u, c in rows]).encode(), ORDERS),
+        ORDERS, batch_rows=3)
+
+    metrics = staging.upsert(ORDERS, cleaned_rows)
+
+    # A first load: every range of keys met no file, so no merge wrote them twice.
+    assert metrics["num_target_rows_inserted"] == 7
+    assert change_data_objects(files_settings, ORDERS) == []
+    assert changed_dates(staging, Snapshot(staging.versions()), {}) == sorted(
+        c[:10] for _, _, c in rows)
+    changes = staging.changes(ORDERS, 1, staging.versions()["orders"],
+                              ["order_id", "_change_type"])
+    assert sorted(changes.rows()) == sorted((o, "insert") for o, _, _ in rows)
+
+    # Keys the table holds are merged: the change of O2 and the new O9, with their images.
+    version = staging.versions()["orders"]
+    metrics = staging.upsert(ORDERS, orders(("O2", "U-moved", "2024-02-01T10:00:00Z"),
+                                            ("O9", "U9", "2024-01-09T10:00:00Z")))
+    assert (metrics["num_target_rows_updated"], metrics["num_target_rows_inserted"]) == (1, 1)
+    assert change_data_objects(files_settings, ORDERS)
+    assert changed_dates(staging, Snapshot(staging.versions()), {"orders": version}) == [
+        "2024-01-03", "2024-01-09", "2024-02-01"]
+
+
+@pytest.mark.parametrize("staged_before", [[], [("O1", "U0", "2024-01-01T10:00:00Z")]],
+                         ids=["into an empty table", "beside a file of other keys"])
+def test_a_write_raced_by_a_commit_of_its_keys_is_merged_with_it(files_settings, monkeypatch,
+                                                                 caplog, staged_before):
+    staging = staging_of(files_settings)
+    if staged_before:
+        staging.upsert(ORDERS, orders(*staged_before), "input/orders.csv", "00")
+    newer = orders(("O1", "U-new", "2024-01-02T10:00:00Z"),
+                   ("O2", "U-new", "2024-01-02T10:00:00Z"))
+    older = orders(("O2", "U-old", "2024-01-03T10:00:00Z"),
+                   ("O3", "U-old", "2024-01-03T10:00:00Z"))
+    real = Staging._create_if_missing
+    raced = []
+
+    def newer_commits_after_the_snapshot(self, file_type, frame):
+        table = real(self, file_type, frame)
+        if not raced:
+            raced.append(True)
+            # Another worker stages a newer upload of the same keys: it commits first.
+            staging.upsert(ORDERS, newer, "input/orders.csv", "02")
+        return table
+
+    monkeypatch.setattr(Staging, "_create_if_missing", newer_commits_after_the_snapshot)
+    caplog.set_level(logging.INFO, logger="app.files.staging")
+    metrics = staging.upsert(ORDERS, older, "input/orders.csv", "01")
+
+    # The older upload saw no file holding O2 or O3; its write conflicted with the newer
+    # commit, and the try after it merged: O2 stays the newer's, O3 is the older's, once.
+    assert any("conflicted" in r.getMessage() for r in caplog.records)
+    assert (metrics["num_target_rows_inserted"], metrics["num_target_rows_updated"]) == (1, 0)
+    staged = staging.scan(ORDERS, staging.versions()["orders"]).collect()
+    assert sorted(staged.select("order_id", "user_id").rows()) == [
+        ("O1", "U-new"), ("O2", "U-new"), ("O3", "U-old")]
+
+
+def test_keys_with_quotes_and_backslashes_are_staged_as_they_are(files_settings):
+    staging = staging_of(files_settings)
+    # Quotes inside the range (written without a merge), then at its ends (merged).
+    first = ["A1", "B'2", "C\\3", "D4"]
+    staging.upsert(ORDERS, orders(*[(k, "U1", "2024-01-05T10:00:00Z") for k in first]))
+    assert change_data_objects(files_settings, ORDERS) == []
+    second = ["'E5' OR 'a'='a", "C\\3", "\\F6"]
+    staging.upsert(ORDERS, orders(*[(k, "U2", "2024-01-05T10:00:00Z") for k in second]))
+    staged = staging.scan(ORDERS, staging.versions()["orders"]).collect()
+    assert sorted(staged.select("order_id", "user_id").rows()) == sorted(
+        [(k, "U1") for k in first if k not in second] + [(k, "U2") for k in second])
