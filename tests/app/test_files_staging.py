@@ -264,17 +264,25 @@ def test_keys_no_table_file_holds_are_written_once_and_read_as_inserts(files_set
         "2024-01-03", "2024-01-09", "2024-02-01"]
 
 
-@pytest.mark.parametrize("staged_before", [[], [("O1", "U0", "2024-01-01T10:00:00Z")]],
-                         ids=["into an empty table", "beside a file of other keys"])
-def test_a_write_raced_by_a_commit_of_its_keys_is_merged_with_it(files_settings, monkeypatch,
-                                                                 caplog, staged_before):
+DAY = "2024-01-02T10:00:00Z"
+
+
+@pytest.mark.parametrize("staged_before, newer, older", [
+    # Both see no file holding their keys: both write, the older's write conflicts.
+    ([], ["O1", "O2"], ["O2", "O3"]),
+    # The newer merges (O1 is staged), the older writes (no file holds O2 or O3).
+    (["O1"], ["O1", "O2"], ["O2", "O3"]),
+    # The newer writes (no file holds O2 or O3), the older merges (O1 is staged).
+    (["O1"], ["O2", "O3"], ["O1", "O3"]),
+], ids=["write after a write", "write after a merge", "merge after a write"])
+def test_a_commit_raced_by_another_of_its_keys_is_merged_after_it(
+        files_settings, monkeypatch, caplog, staged_before, newer, older):
     staging = staging_of(files_settings)
     if staged_before:
-        staging.upsert(ORDERS, orders(*staged_before), "input/orders.csv", "00")
-    newer = orders(("O1", "U-new", "2024-01-02T10:00:00Z"),
-                   ("O2", "U-new", "2024-01-02T10:00:00Z"))
-    older = orders(("O2", "U-old", "2024-01-03T10:00:00Z"),
-                   ("O3", "U-old", "2024-01-03T10:00:00Z"))
+        # Staged with the newer's values from another file: the newer's merge leaves them
+        # (its commit only adds a file, as a write does).
+        staging.upsert(ORDERS, orders(*[(k, "U-new", DAY) for k in staged_before]),
+                       "input/earlier.csv", "00")
     real = Staging._create_if_missing
     raced = []
 
@@ -282,21 +290,29 @@ def test_a_write_raced_by_a_commit_of_its_keys_is_merged_with_it(files_settings,
         table = real(self, file_type, frame)
         if not raced:
             raced.append(True)
-            # Another worker stages a newer upload of the same keys: it commits first.
-            staging.upsert(ORDERS, newer, "input/orders.csv", "02")
+            # Another worker stages a newer upload of some of the same keys: it commits
+            # after the older upload read the table, before the older commits.
+            staging.upsert(ORDERS, orders(*[(k, "U-new", DAY) for k in newer]),
+                           "input/orders.csv", "02")
         return table
 
     monkeypatch.setattr(Staging, "_create_if_missing", newer_commits_after_the_snapshot)
     caplog.set_level(logging.INFO, logger="app.files.staging")
-    metrics = staging.upsert(ORDERS, older, "input/orders.csv", "01")
+    metrics = staging.upsert(ORDERS, orders(*[(k, "U-old", DAY) for k in older]),
+                             "input/orders.csv", "01")
 
-    # The older upload saw no file holding O2 or O3; its write conflicted with the newer
-    # commit, and the try after it merged: O2 stays the newer's, O3 is the older's, once.
+    # The older upload's commit conflicted with the newer one's, and the try after it
+    # merged on the new version: each key once, the newer's rows stay.
     assert any("conflicted" in r.getMessage() for r in caplog.records)
-    assert (metrics["num_target_rows_inserted"], metrics["num_target_rows_updated"]) == (1, 0)
+    expected = {k: "U-new" for k in staged_before}
+    expected.update({k: "U-old" for k in older if k not in newer})
+    expected.update({k: "U-new" for k in newer})
     staged = staging.scan(ORDERS, staging.versions()["orders"]).collect()
-    assert sorted(staged.select("order_id", "user_id").rows()) == [
-        ("O1", "U-new"), ("O2", "U-new"), ("O3", "U-old")]
+    assert sorted(staged.select("order_id", "user_id").rows()) == sorted(expected.items())
+    assert metrics["num_target_rows_updated"] == len(
+        [k for k in older if k in staged_before and k not in newer])
+    assert metrics["num_target_rows_inserted"] == len(
+        [k for k in older if k not in staged_before and k not in newer])
 
 
 def test_keys_with_quotes_and_backslashes_are_staged_as_they_are(files_settings):
