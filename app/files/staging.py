@@ -89,7 +89,8 @@ def _insert(table: DeltaTable, batch: pl.DataFrame, key: str,
     """Write a batch of keys no file of the table holds, without a merge: its rows once, no
     change data (the feed reads a written file's rows as inserts). Written as a replacement
     of its key range, which holds no row at the table's version: delta-rs fails the commit
-    if a concurrent one added a file meeting the range, and the caller looks again."""
+    if a concurrent one added a file meeting the range, and the caller looks again (a blind
+    append would not fail; deltalake 1.6.6, checked by tests/app/test_files_staging.py)."""
     low, high = key_range
     write_deltalake(table, batch, mode="overwrite",
                     predicate=f"\"{key}\" >= '{low}' AND \"{key}\" <= '{high}'")
