@@ -150,29 +150,29 @@ class Staging:
         of the same key wrote is left too (NEWER_OR_UNORDERED).
         """
         if isinstance(rows, Cleaned):
-            return self._merge_batches(file_type, rows.batches(), upload_key, upload_order)
+            return self._commit_batches(file_type, rows.batches(), upload_key, upload_order)
         with tempfile.TemporaryDirectory(prefix="staging-") as scratch:
             path = Path(scratch) / "rows.parquet"
             rows.lazy().sink_parquet(path)
-            return self._merge_batches(file_type, spooled_batches(path, self.batch_rows),
-                                       upload_key, upload_order)
+            return self._commit_batches(file_type, spooled_batches(path, self.batch_rows),
+                                        upload_key, upload_order)
 
-    def _merge_batches(self, file_type: FileType, batches: Iterator[pl.DataFrame],
-                       upload_key: str | None, upload_order: str | None) -> dict:
-        """Merge each batch, named after its upload, one commit each; the counts summed."""
+    def _commit_batches(self, file_type: FileType, batches: Iterator[pl.DataFrame],
+                        upload_key: str | None, upload_order: str | None) -> dict:
+        """Write or merge each batch, named after its upload, one commit each; the counts summed."""
         totals: dict[str, int] = {}
-        # No rows still gives one empty batch: it creates the table (and merges nothing).
+        # No rows still gives one empty batch: it creates the table (and writes no rows).
         for batch in batches:
             batch = batch.with_columns(upload_columns(upload_key, upload_order))
-            merged = self._merge(file_type, batch)
+            counts = self._commit_batch(file_type, batch)
             # Not held while the next batch is read: one batch in memory at a time.
             del batch
-            for name, value in merged.items():
+            for name, value in counts.items():
                 if isinstance(value, int):
                     totals[name] = totals.get(name, 0) + value
         return totals
 
-    def _merge(self, file_type: FileType, batch: pl.DataFrame) -> dict:
+    def _commit_batch(self, file_type: FileType, batch: pl.DataFrame) -> dict:
         """One batch's commit: a write of its rows when no file of the table may hold its
         keys (as for a first load), a merge otherwise; tried again on a new version when a
         concurrent writer's commit conflicts with it. Its counts: num_target_rows_updated are
