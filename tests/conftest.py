@@ -186,6 +186,15 @@ def merge_sample_orders(files, seed: int) -> None:
     files.staging.upsert(ORDERS, clean(read_csv(rows, ORDERS), ORDERS).frame)
 
 
+def table_objects(settings: Settings, file_type, folder: str) -> dict[str, float]:
+    """Key -> last modified (epoch seconds) of a table's objects under one of its folders."""
+    paginator = aws.s3_client(settings).get_paginator("list_objects_v2")
+    prefix = f"{aws.STAGING}{file_type.table}/{folder}"
+    return {o["Key"]: o["LastModified"].timestamp()
+            for page in paginator.paginate(Bucket=settings.files_bucket, Prefix=prefix)
+            for o in page.get("Contents", [])}
+
+
 def celery_cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `celery -A tasks ...` with the settings' environment; by default it must succeed."""
     result = subprocess.run([BIN / "celery", "-A", "tasks", *args], cwd=ROOT, capture_output=True,

@@ -13,7 +13,7 @@ from app.files import kpis, maintenance
 from app.files.contract import FILE_TYPES, ORDER_ITEMS, ORDERS, PRODUCTS
 from app.files.execution import FileEvent, Files, new_execution_id
 from app.store import EXECUTIONS_KEY, RUNNING_EXECUTIONS_KEY, execution_key
-from conftest import Notifications
+from conftest import Notifications, table_objects
 from files_oracle import by_key, csv_of, expected_kpis, make_rows
 
 RANGE = ("2024-01-01", "2024-01-31")
@@ -57,7 +57,7 @@ def active_files(files: Files) -> dict[str, int]:
 def stored_files(files: Files, file_type) -> set[str]:
     """Data files of a table in the bucket, whatever version refers to them (not the log, nor
     the change data files)."""
-    return {key for key in table_objects(files, file_type, "")
+    return {key for key in table_objects(files.settings, file_type, "")
             if "/_delta_log/" not in key and "/_change_data/" not in key}
 
 
@@ -200,15 +200,6 @@ def test_the_sweeper_fails_and_announces_an_execution_that_outlived_the_timeout(
     assert len(notes.poll()) == 1
 
 
-def table_objects(files: Files, file_type, folder: str) -> dict[str, float]:
-    """Key -> last modified (epoch seconds) of a table's objects under one of its folders."""
-    paginator = files.s3.get_paginator("list_objects_v2")
-    prefix = f"{aws.STAGING}{file_type.table}/{folder}"
-    return {o["Key"]: o["LastModified"].timestamp()
-            for page in paginator.paginate(Bucket=files.settings.files_bucket, Prefix=prefix)
-            for o in page.get("Contents", [])}
-
-
 def change_data_named(files: Files, file_type, versions: range) -> set[str]:
     """The change data files the commits of these versions name (their "cdc" actions)."""
     table_key = f"{aws.STAGING}{file_type.table}/"
@@ -233,7 +224,7 @@ def test_maintain_removes_the_change_data_files_no_kpi_step_or_reader_needs(file
         run(files, f"orders_returns_{n}.csv", csv_of(ORDERS, [{**o, "status": "returned"}
                                                               for o in part]))
     current = files.staging.table(ORDERS).version()
-    written = table_objects(files, ORDERS, "_change_data/")
+    written = table_objects(files.settings, ORDERS, "_change_data/")
     assert written and set(written) == change_data_named(files, ORDERS, range(current + 1))
     assert files.store.kpi_watermarks()[ORDERS.name] == current
     # A KPI step that last saw version `lagging` reads the changes after it: their files stay.
@@ -245,7 +236,7 @@ def test_maintain_removes_the_change_data_files_no_kpi_step_or_reader_needs(file
     report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
                                   watermarks={ORDERS.name: lagging})[ORDERS.name]
 
-    left = table_objects(files, ORDERS, "_change_data/")
+    left = table_objects(files.settings, ORDERS, "_change_data/")
     assert set(left) == needed
     assert report["change_data_removed"] == len(written) - len(needed)
     changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
@@ -265,7 +256,7 @@ def test_maintain_drops_expired_log_entries_but_not_those_a_kpi_step_still_reads
     current = files.staging.table(ORDERS).version()
     lagging = current - 3
     expected_changes = files.staging.changes(ORDERS, lagging + 1, current, ["order_id"])
-    entries = len([k for k in table_objects(files, ORDERS, "_delta_log/")
+    entries = len([k for k in table_objects(files.settings, ORDERS, "_delta_log/")
                    if k.endswith(".json")])
     time.sleep(1.5)
 
@@ -281,11 +272,12 @@ def test_maintain_drops_expired_log_entries_but_not_those_a_kpi_step_still_reads
     # delta-rs's writers no longer drop them after their commits).
     run(files, "orders_late.csv", csv_of(ORDERS, [{**orders[-1], "status": "returned"}]))
     time.sleep(1.5)
-    logged = {k for k in table_objects(files, ORDERS, "_delta_log/") if k.endswith(".json")}
+    logged = {k for k in table_objects(files.settings, ORDERS, "_delta_log/")
+              if k.endswith(".json")}
     assert len(logged) == entries + files.staging.table(ORDERS).version() - current
     report = maintenance.maintain(files.staging, retention_hours=0, s3=files.s3,
                                   watermarks=files.store.kpi_watermarks())[ORDERS.name]
-    left = table_objects(files, ORDERS, "_delta_log/")
+    left = table_objects(files.settings, ORDERS, "_delta_log/")
     kept = {k for k in left if k.endswith(".json")}
     assert report["log_entries_removed"] == len(logged - kept) > 0
     assert report["log_entries"] == len(kept)

@@ -12,6 +12,7 @@ from app.files.cleaning import clean, read_csv
 from app.files.contract import ORDER_ITEMS, ORDERS, PRODUCTS
 from app.files.kpis import Snapshot, changed_dates
 from app.files.staging import CHANGE_DATA_FEED, Staging
+from conftest import table_objects
 
 HEADER = ",".join(ORDERS.columns)
 
@@ -228,14 +229,6 @@ def test_a_file_of_new_keys_scans_only_the_table_files_its_key_range_meets(files
     assert met <= 2 * months
 
 
-def change_data_objects(settings, file_type) -> list[str]:
-    """The keys of a table's change data files in the bucket."""
-    s3 = aws.s3_client(settings)
-    prefix = f"{aws.STAGING}{file_type.table}/_change_data/"
-    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.files_bucket, Prefix=prefix) for o in page.get("Contents", [])]
-
-
 def test_keys_no_table_file_holds_are_written_once_and_read_as_inserts(files_settings):
     staging = replace(staging_of(files_settings), batch_rows=3)
     rows = [(f"O{n}", f"U{n}", f"2024-01-{1 + n:02d}T10:00:00Z") for n in range(7)]
@@ -247,7 +240,7 @@ def test_keys_no_table_file_holds_are_written_once_and_read_as_inserts(files_set
 
     # A first load: every range of keys met no file, so no merge wrote them twice.
     assert metrics["num_target_rows_inserted"] == 7
-    assert change_data_objects(files_settings, ORDERS) == []
+    assert table_objects(files_settings, ORDERS, "_change_data/") == {}
     assert changed_dates(staging, Snapshot(staging.versions()), {}) == sorted(
         c[:10] for _, _, c in rows)
     changes = staging.changes(ORDERS, 1, staging.versions()["orders"],
@@ -259,7 +252,7 @@ def test_keys_no_table_file_holds_are_written_once_and_read_as_inserts(files_set
     metrics = staging.upsert(ORDERS, orders(("O2", "U-moved", "2024-02-01T10:00:00Z"),
                                             ("O9", "U9", "2024-01-09T10:00:00Z")))
     assert (metrics["num_target_rows_updated"], metrics["num_target_rows_inserted"]) == (1, 1)
-    assert change_data_objects(files_settings, ORDERS)
+    assert table_objects(files_settings, ORDERS, "_change_data/")
     assert changed_dates(staging, Snapshot(staging.versions()), {"orders": version}) == [
         "2024-01-03", "2024-01-09", "2024-02-01"]
 
@@ -320,7 +313,7 @@ def test_keys_with_quotes_and_backslashes_are_staged_as_they_are(files_settings)
     # Quotes inside the range (written without a merge), then at its ends (merged).
     first = ["A1", "B'2", "C\\3", "D4"]
     staging.upsert(ORDERS, orders(*[(k, "U1", "2024-01-05T10:00:00Z") for k in first]))
-    assert change_data_objects(files_settings, ORDERS) == []
+    assert table_objects(files_settings, ORDERS, "_change_data/") == {}
     second = ["'E5' OR 'a'='a", "C\\3", "\\F6"]
     staging.upsert(ORDERS, orders(*[(k, "U2", "2024-01-05T10:00:00Z") for k in second]))
     staged = staging.scan(ORDERS, staging.versions()["orders"]).collect()
