@@ -1,8 +1,9 @@
 """The files tasks: thin adapters over app.files.execution, chained as one Celery canvas.
 
 files.execute (one window of S3 events) starts an execution:
-    chord(group(chain(files.stage per file of a table) per table), files.kpis) | files.finish
-with files.failed as the error callback.
+    chord(group(chain(files.stage per file of a table) per table),
+          chain(files.kpis, files.finish))
+with files.failed as the error callback of the chord's body.
 Every step is idempotent; the events stay on SQS until files.finish deletes them, and
 files.failed makes them visible again, so SQS retries and then dead-letters them.
 A step's message carries ids only (the execution, and a file's key): what to do is read
@@ -157,12 +158,16 @@ def execute(self, events: list[dict]):
     uploads = {u.key: u for u in latest_uploads(found)}
     self.files.start(execution_id, [uploads[key] for lane in lanes for key in lane],
                      file_events)
-    # One chain per table (its files in upload order), the tables in parallel. Immutable
-    # signatures: every step reads its inputs from the execution's plan and results.
-    workflow = chord(group(chain(*(stage.si(execution_id, key) for key in lane))
-                           for lane in lanes),
-                     kpis.si(execution_id)) | finish.si(execution_id)
-    workflow.link_error(failed.s(execution_id))
+    # One chain per table (its files in upload order), the tables in parallel, then the
+    # KPIs and the finish. Immutable signatures: every step reads its inputs from the
+    # execution's plan and results. files.failed is the error callback of the chord's body:
+    # a failed step of the body calls it, and so does a failed stage, as the chord's error.
+    # chord.link_error links it there too, but warns at each call (Celery 5.7) that a later
+    # release may link it to every stage as well.
+    stages = group(chain(*(stage.si(execution_id, key) for key in lane)) for lane in lanes)
+    body = chain(kpis.si(execution_id), finish.si(execution_id))
+    body.link_error(failed.s(execution_id))
+    workflow = chord(stages, body)
     workflow.apply_async()
     logger.info("execution %s started over %d file(s) from %d event(s)", execution_id,
                 sum(map(len, lanes)), len(file_events))
