@@ -94,8 +94,12 @@ def test_the_dashboard_draws_the_pipelines_figures(settings, store, sqs_client, 
     assert tile("files-dlq") == "0"
     assert tile("headroom") == "no limit"  # the tests' redis-server has no maxmemory
     def table(name):
-        return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
-                for row in browser.find_elements(By.CSS_SELECTOR, f"#{name} tbody tr")]
+        # One script reads every cell: the page replaces a table's rows at each refresh, so
+        # rows found by one WebDriver call can be gone (stale) by the next.
+        return browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map("
+            "row => [...row.querySelectorAll('td')].map(cell => cell.innerText.trim()));",
+            f"#{name} tbody tr")
 
     assert table("executions") == [[r["execution_id"], r["status"], r["started_at"],
                                     str(r["rows_read"]), str(r["rows_kept"])]
