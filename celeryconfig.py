@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from kombu import Exchange, Queue
 
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
-from app.settings import Settings, from_env
+from app.settings import Settings, from_env_or_exit
 from tasks.names import FILES_EXECUTE, FILES_MAINTAIN, FILES_SWEEP, ORDER_TASKS
 
 
@@ -123,5 +123,5 @@ def celery_settings(settings: Settings) -> dict:
 
 
 if __name__ == "__main__":
-    for name, value in sorted(celery_settings(from_env()).items()):
+    for name, value in sorted(celery_settings(from_env_or_exit()).items()):
         print(f"{name} = {value!r}")

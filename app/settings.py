@@ -390,6 +390,15 @@ def from_env(environ: Mapping[str, str] | None = None, cls=Settings):
     return cls(**values)
 
 
+def from_env_or_exit(environ: Mapping[str, str] | None = None, cls=Settings):
+    """from_env() for a process's entry point: a variable that cannot be a setting stops the
+    process with its reason on one line, not a traceback."""
+    try:
+        return from_env(environ, cls)
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
 BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True,
                  "0": False, "false": False, "no": False, "off": False}
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from app import aws
 from app.files.sample import write_sample
-from app.settings import from_env
+from app.settings import from_env_or_exit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +23,7 @@ def main():
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def upload(paths):
     """Upload files to s3://FILES_BUCKET/input/ (each upload is one S3 event)."""
-    settings = from_env()
+    settings = from_env_or_exit()
     s3 = aws.s3_client(settings)
     total = sum(os.path.getsize(p) for p in paths)
     try:

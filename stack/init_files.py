@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 
 from app import aws
-from app.settings import from_env
+from app.settings import from_env_or_exit
 
 
 def main() -> int:
     """Ensure the resources exist and print them."""
-    made = aws.ensure_files_resources(from_env())
+    made = aws.ensure_files_resources(from_env_or_exit())
     for name, value in made.items():
         print(f"{name}: {value}", flush=True)
     return 0

@@ -12,7 +12,7 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app import sqs
-from app.settings import from_env
+from app.settings import from_env_or_exit
 
 
 def _transient(exc: Exception) -> bool:
@@ -25,7 +25,7 @@ def _transient(exc: Exception) -> bool:
 
 def main(attempts: int = 30, delay: float = 2.0) -> int:
     """Ensure the queues exist, retrying while the endpoint comes up; print their URLs."""
-    settings = from_env()  # a bad setting fails at once, not after the retries
+    settings = from_env_or_exit()  # a bad setting fails at once, not after the retries
     for attempt in range(1, attempts + 1):
         try:
             urls = sqs.ensure_queues(settings)

@@ -230,7 +230,7 @@ def v1_keys(client: redis.Redis) -> list[str]:
 @click.option("--dry-run", is_flag=True, help="Count the v1 keys and change nothing.")
 def main(dry_run: bool):
     """Convert REDIS_URL's store from the v1 layout into today's, in place (idempotent)."""
-    settings = app_settings.from_env()
+    settings = app_settings.from_env_or_exit()
     try:
         migrate(settings, dry_run)
     except redis.RedisError as exc:

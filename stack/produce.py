@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from app import sample, sqs
-from app.settings import Settings, from_env
+from app.settings import Settings, from_env_or_exit
 
 # Tries per batch for the entries SQS refused; boto3 already retries failed calls.
 ATTEMPTS = 3
@@ -190,10 +190,7 @@ def main(count, users, products, invalid_share, duplicate_share, legacy_share, d
     """
     if source is not None and count is not None:
         raise click.UsageError("--count and --file exclude each other")
-    try:
-        settings = from_env()
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = from_env_or_exit()
     if source is not None:
         entries, total = file_entries(source), None
     else:

@@ -325,7 +325,8 @@ def main():
 @main.command()
 def run():
     """Start everything, send demo orders, supervise until Ctrl-C or SIGTERM."""
-    stack_settings = app_settings.from_env(cls=app_settings.StackSettings)
+    stack_settings = app_settings.from_env_or_exit(cls=app_settings.StackSettings)
+    app_settings.from_env_or_exit()  # a bad setting stops it before any server starts
     stack = Stack(stack_settings)
     signal.signal(signal.SIGINT, raise_stop)
     signal.signal(signal.SIGTERM, raise_stop)

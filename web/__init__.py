@@ -42,7 +42,7 @@ class JsonApi(Api):
 
 def create_app(settings: app_settings.Settings | None = None) -> Flask:
     """Build the Flask app for the given settings (default: from the environment)."""
-    settings = settings or app_settings.from_env()
+    settings = settings or app_settings.from_env_or_exit()
     flask_app = Flask(__name__)
     flask_app.config.update(
         API_TITLE="Order pipeline statistics",

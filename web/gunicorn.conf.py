@@ -5,9 +5,9 @@ import os
 import shutil
 import tempfile
 
-from app.settings import from_env
+from app.settings import from_env_or_exit
 
-_settings = from_env()
+_settings = from_env_or_exit()
 
 bind = _settings.api_bind
 # gevent workers: each connection is a greenlet, so a client that sends half a request, or

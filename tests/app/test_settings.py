@@ -1,9 +1,14 @@
 """Settings derived from the environment: queue URLs and the checks that refuse bad ones."""
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from app.settings import Settings, from_env
+from stack.services import PROJECT_ROOT as ROOT
 
 
 def test_extra_queues_live_beside_the_orders_queue_on_aws_too():
@@ -47,3 +52,36 @@ def test_booleans_are_read_from_words(raw, expected):
 def test_a_value_of_the_wrong_type_is_refused_by_name(variable, raw):
     with pytest.raises(ValueError, match=f"{variable} must be"):
         from_env({variable: raw}, cls=Toggles)
+
+
+BIN = Path(sys.executable).parent
+# Every kind of process, started as its documentation says, with one bad variable.
+ENTRY_POINTS = {
+    "worker": [BIN / "celery", "-A", "tasks", "worker", "-Q", "orders-queue"],
+    "celery-cli": [BIN / "celery", "-A", "tasks", "dlq", "list"],
+    "api": [BIN / "gunicorn", "-c", "web/gunicorn.conf.py", "web:create_app()"],
+    "flask": [BIN / "flask", "--app", "web:create_app()", "routes"],
+    "stack": [BIN / "orders-stack", "run"],
+    "producer": [BIN / "orders-produce", "--count", "1"],
+    "files-cli": [BIN / "orders-files", "upload", "README.md"],
+    "init-queues": [sys.executable, "-m", "stack.init_queues"],
+    "init-files": [sys.executable, "-m", "stack.init_files"],
+    "migrate-store": [sys.executable, "-m", "stack.migrate_store", "--dry-run"],
+    "celeryconfig": [sys.executable, "-m", "celeryconfig"],
+}
+
+
+@pytest.mark.parametrize("variable, raw, reason", [
+    ("MAX_RECEIVE_COUNT", "five", "MAX_RECEIVE_COUNT must be int, not 'five'"),
+    ("FILES_BATCH_WINDOW", "0", "FILES_BATCH_WINDOW must be above 0"),
+])
+@pytest.mark.parametrize("process", ENTRY_POINTS)
+def test_a_bad_variable_stops_every_process_with_its_reason_on_one_line(process, variable,
+                                                                         raw, reason):
+    env = {**os.environ, variable: raw}
+    ran = subprocess.run(ENTRY_POINTS[process], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 1
+    assert ran.stdout == ""
+    assert len(ran.stderr.splitlines()) == 1
+    assert ran.stderr.startswith(f"configuration error: {reason}")
