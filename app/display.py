@@ -1,6 +1,11 @@
 """Text from messages made safe to show in text logs and terminals."""
 from __future__ import annotations
 
+import re
+
+# SGR colour codes: delta-rs colours the arrows of the causes it nests over several lines.
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
 
 def printable(value) -> str:
     """str(value) with every non-printable character backslash-escaped.
@@ -22,3 +27,8 @@ def _escape(ch: str) -> str:
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (
         f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else
         f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+
+
+def error_text(exc: BaseException) -> str:
+    """'Type: message' on one line and without colours, as a record or a command tells it."""
+    return f"{type(exc).__name__}: {' '.join(_COLOURS.sub('', str(exc)).split())}"

@@ -18,6 +18,7 @@ from functools import cached_property
 from celery import Task, chain, chord, group, shared_task
 
 from app import sqs
+from app.display import error_text
 from app.files.execution import (STEPS, Files, latest_uploads, new_execution_id, parse_event,
                                  staging_lanes)
 from app.settings import Settings
@@ -91,8 +92,7 @@ class StepTask(FilesTask):
             execution_id = args[0] if args else kwargs.get("execution_id")
             if isinstance(execution_id, str):
                 try:
-                    self.files.note_failure(execution_id, self.name,
-                                            f"{type(exc).__name__}: {exc}")
+                    self.files.note_failure(execution_id, self.name, error_text(exc))
                 except Exception:  # the step's own error is the one to raise
                     logger.exception("execution %s: the failure of %s not noted",
                                      execution_id, self.name)
@@ -214,7 +214,7 @@ def failed(request, exc, traceback, execution_id: str):
     # A failed header step reaches this errback as the chord's error, in the request of the
     # chord's body (celery.chain): the step kept its own name and error.
     noted = failed.files.noted_failure(execution_id) or {
-        "task": request.task or "", "error": f"{type(exc).__name__}: {exc}"}
+        "task": request.task or "", "error": error_text(exc)}
     failed.files.fail(execution_id, noted["task"], noted["error"])
     hide_events(failed, events, backoff(failed.settings))
 

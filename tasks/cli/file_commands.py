@@ -6,10 +6,11 @@ import json
 
 import click
 
-from app.display import printable
+from app.display import error_text, printable
 from app.files.execution import Files
 from app.store import FilesStore
-from tasks.cli.output import app_settings, json_option, print_record, print_rows
+from tasks.cli.output import (CommandGroup, app_settings, json_option, print_record,
+                              print_rows)
 from tasks.names import FILES_SWEEP
 
 
@@ -17,7 +18,7 @@ def _store() -> FilesStore:
     return FilesStore.from_url(app_settings().redis_url)
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def files():
     """Inspect executions of the batch files path."""
 
@@ -45,8 +46,16 @@ def files_show(execution_id, as_json):
 @json_option
 def files_maintain(as_json):
     """Compact, vacuum and checkpoint every Delta table now, as files.maintain does."""
-    from app.files import maintenance  # loads deltalake and polars: only for this command
-    reports = maintenance.maintain_files(Files(app_settings()))
+    from deltalake.exceptions import DeltaError  # loads deltalake and polars: only here
+
+    from app.files import maintenance
+    settings = app_settings()
+    try:
+        reports = maintenance.maintain_files(Files(settings))
+    except (OSError, DeltaError) as exc:  # delta-rs tells S3's errors as OSError
+        raise click.ClickException(
+            f"Delta tables at s3://{settings.files_bucket}/staging/ "
+            f"({settings.files_endpoint or 'AWS'}): {error_text(exc)}") from None
     rows = [{"table": name, **report} for name, report in reports.items()]
     print_rows(rows, ["table", "version", "files_before", "files", "vacuumed",
                       "change_data_removed", "log_entries_removed", "seconds"],

@@ -10,13 +10,15 @@ from app.deadletters import DeadLetterQueue, PurgeInProgress
 from app.display import printable
 from app.rejections import NotRequeueable, requeue
 from app.store import Store
-from tasks.cli.output import app_settings, json_option, print_record, print_rows
+from tasks.cli.output import (CommandGroup, app_settings, json_option, print_record,
+                              print_rows)
+
 
 def _dlq() -> DeadLetterQueue:
     return DeadLetterQueue(app_settings())
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def dlq():
     """Inspect and redrive the orders dead-letter queue."""
 
@@ -74,7 +76,7 @@ def dlq_purge(yes):
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def rejected():
     """Inspect and requeue orders rejected as invalid or conflicting."""
 

@@ -4,10 +4,25 @@ from __future__ import annotations
 import json
 
 import click
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
 from tabulate import tabulate
 
 from app.display import printable
 from app.settings import Settings
+
+class CommandGroup(click.Group):
+    """A group of operator commands: Redis or AWS failing under one of them (down, a queue
+    missing, access denied) ends it with the service's error on one line, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis: {exc}") from None
+        except (BotoCoreError, ClientError) as exc:
+            raise click.ClickException(f"AWS: {exc}") from None
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 

@@ -1,7 +1,7 @@
 """printable(): text from bodies shown in logs and terminals cannot forge lines or escapes."""
 import pytest
 
-from app.display import printable
+from app.display import error_text, printable
 
 
 @pytest.mark.parametrize("raw, shown", [
@@ -26,3 +26,11 @@ def test_every_character_of_the_result_is_printable():
 def test_non_strings_are_shown_as_text():
     assert printable(None) == "None"
     assert printable({"k": "a\nb"}) == "{'k': 'a\\nb'}"
+
+
+def test_an_error_is_told_on_one_line_without_colours():
+    # As delta-rs words an unreachable S3: causes nested over coloured lines.
+    exc = OSError("Kernel error -> Generic S3 error\n  \x1b[31m↳\x1b[0m Error performing GET "
+                  "http://127.0.0.1:9/t\n   \x1b[31m↳\x1b[0m Connection refused (os error 111)\n")
+    assert error_text(exc) == ("OSError: Kernel error -> Generic S3 error ↳ Error performing "
+                               "GET http://127.0.0.1:9/t ↳ Connection refused (os error 111)")

@@ -10,7 +10,7 @@ from app.files.contract import file_type_for
 from app.files.execution import Files
 from app.settings import to_env
 from app.store import FilesStore
-from conftest import celery_cli, merge_sample_orders, stuck_execution
+from conftest import celery_cli, free_port, merge_sample_orders, stuck_execution
 from stack.batch_files import main
 
 
@@ -80,3 +80,14 @@ def test_celery_files_sweep_and_maintain(files_settings):
     assert aws.get_bytes(files.s3, settings.files_bucket,
                          "staging/orders/_delta_log/_last_checkpoint") is not None
     assert "orders" in celery_cli(settings, "files", "maintain").stdout  # the table
+
+
+def test_maintain_names_an_s3_that_does_not_answer_on_one_line(settings):
+    port = free_port()  # nothing listens there
+    ran = celery_cli(replace(settings, files_endpoint_url=f"http://127.0.0.1:{port}"),
+                     "files", "maintain", check=False)
+    assert ran.returncode == 1
+    assert "Traceback" not in ran.stderr and "\x1b" not in ran.stderr
+    assert len(ran.stderr.splitlines()) == 1
+    assert ran.stderr.startswith("Error: Delta tables at ")
+    assert f"127.0.0.1:{port}" in ran.stderr

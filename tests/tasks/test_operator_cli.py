@@ -4,8 +4,10 @@ import json
 
 from app.deadletters import ORIGINAL_ID_ATTRIBUTE
 from app.orders import Incoming, evaluate
+import pytest
+
 from app.settings import Settings
-from conftest import celery_cli, order_body
+from conftest import celery_cli, free_port, order_body
 
 
 
@@ -90,3 +92,20 @@ def test_crafted_ids_are_escaped_in_rejected_list_and_show(settings, store):
         assert not any(line.startswith("[2026") for line in out.splitlines()), out
         assert "\x1b" not in out and "\x9b" not in out and "\u202e" not in out and "\x07" not in out
         assert "\\x1b[2J" in out and "X1\\n[2026" in out
+
+
+@pytest.mark.parametrize("command, service", [
+    (["dlq", "list"], "AWS"), (["dlq", "show", "x"], "AWS"), (["dlq", "redrive", "--all"], "AWS"),
+    (["rejected", "list"], "Redis"), (["rejected", "show", "x"], "Redis"),
+    (["rejected", "requeue", "x"], "Redis"), (["files", "list"], "Redis"),
+    (["files", "show", "x"], "Redis"), (["files", "sweep"], "Redis"),
+])
+def test_a_service_that_does_not_answer_is_named_on_one_line(command, service):
+    port = free_port()  # nothing listens there
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0",
+                        sqs_endpoint_url=f"http://127.0.0.1:{port}")
+    ran = celery_cli(settings, *command, check=False)
+    assert ran.returncode == 1
+    assert "Traceback" not in ran.stderr
+    assert ran.stderr.splitlines()[-1].startswith(f"Error: {service}: ")
+    assert f"127.0.0.1:{port}" in ran.stderr
