@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import sys
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from app import aws
 from app.settings import from_env_or_exit
 
 
 def main() -> int:
     """Ensure the resources exist and print them."""
-    made = aws.ensure_files_resources(from_env_or_exit())
+    settings = from_env_or_exit()
+    try:
+        made = aws.ensure_files_resources(settings)
+    except (BotoCoreError, ClientError) as exc:
+        raise SystemExit(f"S3, SQS and SNS at {settings.files_endpoint or 'AWS'}: {exc}") from None
     for name, value in made.items():
         print(f"{name}: {value}", flush=True)
     return 0

@@ -32,7 +32,7 @@ def main(attempts: int = 30, delay: float = 2.0) -> int:
             break
         except (BotoCoreError, ClientError) as exc:
             if attempt == attempts or not _transient(exc):
-                raise
+                raise SystemExit(f"SQS at {settings.sqs_endpoint_url or 'AWS'}: {exc}") from None
             print(f"SQS at {settings.sqs_endpoint_url or 'AWS'} not ready ({exc}); "
                   f"try {attempt}/{attempts}, next in {delay:g}s", file=sys.stderr, flush=True)
             time.sleep(delay)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError
 
 from app import sqs
 from app.settings import Settings, from_env, variables
@@ -75,7 +75,7 @@ def test_rerun_applies_a_changed_max_receive_count(sqs_server, env, capsys):
 def test_main_retries_then_gives_up_while_the_endpoint_is_down(env, capsys):
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
     env.setenv("SQS_ENDPOINT_URL", "http://127.0.0.1:9")
-    with pytest.raises(EndpointConnectionError):
+    with pytest.raises(SystemExit, match=r'^SQS at http://127.0.0.1:9: Could not connect'):
         init_queues.main(attempts=2, delay=0)
     assert "try 1/2" in capsys.readouterr().err
 
@@ -89,7 +89,7 @@ def test_main_does_not_retry_a_client_error(env, monkeypatch):
                            "ResponseMetadata": {"HTTPStatusCode": 400}}, "SetQueueAttributes")
 
     monkeypatch.setattr(sqs, "ensure_queues", refuse)
-    with pytest.raises(ClientError):
+    with pytest.raises(SystemExit, match=r"^SQS at \S+: .*\(InvalidAttributeValue\)"):
         init_queues.main(attempts=5, delay=0)
     assert len(calls) == 1
 
