@@ -8,6 +8,13 @@ from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 MISMATCH_POLICIES = ("reject", "correct")
+# The URL settings and the URLs each takes (empty leaves a setting unset).
+REDIS_URLS = "a redis://host:port/db, rediss://host:port/db or unix:///path URL"
+HTTP_URLS = "an http:// or https:// URL with a host"
+URL_KINDS = {"redis_url": REDIS_URLS, "api_redis_url": REDIS_URLS, "control_url": REDIS_URLS,
+             "sqs_endpoint_url": HTTP_URLS, "orders_queue_url": HTTP_URLS,
+             "files_endpoint_url": HTTP_URLS, "files_queue_url": HTTP_URLS,
+             "flower_url": HTTP_URLS}
 # SQS names every FIFO queue so, and only FIFO queues.
 FIFO_SUFFIX = ".fifo"
 
@@ -182,6 +189,11 @@ class Settings:
         "it unavailable: a stalled Redis then delays them by at most this.")
 
     def __post_init__(self):
+        for name, kind in URL_KINDS.items():
+            url = getattr(self, name)
+            if url and not _is_url(url, kind):
+                # Not the value itself: a Redis URL may hold a password.
+                raise ValueError(f"{name.upper()} must be {kind}")
         if self.order_value_mismatch not in MISMATCH_POLICIES:
             raise ValueError(
                 f"ORDER_VALUE_MISMATCH must be one of {MISMATCH_POLICIES}, "
@@ -332,6 +344,18 @@ class Settings:
         """Redis URL the API hears the workers' heartbeats on, with the API's credentials
         when CONTROL_URL is not given."""
         return self.control_url or next_database(self.api_store_url)
+
+
+def _is_url(url: str, kind: str) -> bool:
+    """Whether url is of this kind: a scheme of it, a host, and a Redis database a number."""
+    parts = urlsplit(url)
+    if kind == REDIS_URLS:
+        if parts.scheme == "unix":
+            return bool(parts.path)
+        database = parts.path.removeprefix("/")
+        return (parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+                and (database == "" or (database.isascii() and database.isdigit())))
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def next_database(url: str) -> str:

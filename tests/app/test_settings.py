@@ -54,6 +54,20 @@ def test_a_value_of_the_wrong_type_is_refused_by_name(variable, raw):
         from_env({variable: raw}, cls=Toggles)
 
 
+@pytest.mark.parametrize("variable, url", [
+    ("REDIS_URL", "localhost:6379"), ("REDIS_URL", "http://127.0.0.1:6379"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/zero"), ("API_REDIS_URL", "127.0.0.1"),
+    ("CONTROL_URL", "redis://127.0.0.1:6379/-1"), ("SQS_ENDPOINT_URL", "127.0.0.1:4566"),
+    ("FILES_ENDPOINT_URL", "s3://bucket"), ("ORDERS_QUEUE_URL", "orders-queue"),
+    ("FILES_QUEUE_URL", "ftp://host/q"), ("FLOWER_URL", "127.0.0.1:5555"),
+])
+def test_a_url_of_the_wrong_kind_is_refused_by_name_without_its_password(variable, url):
+    url = url.replace("127.0.0.1", "user:s3cret@127.0.0.1")
+    with pytest.raises(ValueError, match=f"^{variable} must be ") as refused:
+        from_env({variable: url})
+    assert "s3cret" not in str(refused.value)
+
+
 BIN = Path(sys.executable).parent
 # Every kind of process, started as its documentation says, with one bad variable.
 ENTRY_POINTS = {
@@ -74,6 +88,7 @@ ENTRY_POINTS = {
 @pytest.mark.parametrize("variable, raw, reason", [
     ("MAX_RECEIVE_COUNT", "five", "MAX_RECEIVE_COUNT must be int, not 'five'"),
     ("FILES_BATCH_WINDOW", "0", "FILES_BATCH_WINDOW must be above 0"),
+    ("REDIS_URL", "localhost:6379", "REDIS_URL must be "),
 ])
 @pytest.mark.parametrize("process", ENTRY_POINTS)
 def test_a_bad_variable_stops_every_process_with_its_reason_on_one_line(process, variable,
