@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from redis.cluster import RedisCluster
 
+from app.display import error_text
 from app.settings import Settings
 
 
@@ -149,5 +150,5 @@ def refused_write(client: redis.Redis | RedisCluster, key: str) -> str | None:
     try:
         client.set(key, "1", px=60_000)
     except redis.RedisError as exc:
-        return write_refusal(exc) or f"{type(exc).__name__}: {exc}"
+        return write_refusal(exc) or error_text(exc)
     return None

@@ -13,6 +13,7 @@ from celery.exceptions import Retry
 from celery.signals import task_failure, task_retry, worker_init
 
 from app import pipeline
+from app.display import error_text
 from app.orders import Incoming
 from app.settings import Settings
 from app.store import NotReplicated, Store
@@ -127,7 +128,7 @@ def process_batch(self, messages: list[dict]):
         _log(outcome, self.request.id)
     if failed:
         raise BatchPartlyFailed(sorted(failed), "; ".join(
-            f"{i}: {type(e).__name__}: {e}" for i, e in failed.items()))
+            f"{i}: {error_text(e)}" for i, e in failed.items()))
     # The task-succeeded event carries this: Flower's task list shows orders per batch.
     # (Each order's own outcome is on its log line.)
     return pipeline.tally(outcomes)
