@@ -7,33 +7,26 @@ Redis ships for it. Slots are spread evenly; with replicas, each primary gets it
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Collection
 
 import redis
 from redis.cluster import RedisCluster
 
-from stack.services import RedisServer, ServiceError, port_is_free, wait_for
+from stack.services import RedisServer, ServiceError, free_port, wait_for
 
 # Seconds without an answer before the cluster fails a primary over to its replica.
 NODE_TIMEOUT_MS = 3000
 SLOTS = 16384
-# Each node also listens on its port + 10000 (the cluster bus), so ports stay below 55536.
+# Each node also listens on its port + 10000, the cluster bus.
 BUS_OFFSET = 10000
-PORT_RANGE = (20000, 45000)
 
 
-def free_node_port(taken: set[int] = frozenset()) -> int:
-    """A port whose cluster-bus port (+10000) is free too, not in taken."""
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(*PORT_RANGE)
-        if (port not in taken and port + BUS_OFFSET not in taken and port_is_free(port)
-                and port_is_free(port + BUS_OFFSET)):
-            return port
-    raise ServiceError(f"no free pair of ports (port, port + {BUS_OFFSET}) in {PORT_RANGE}")
+def free_node_ports(count: int = 1, taken: Collection[int] = ()) -> int:
+    """The first of count consecutive free ports whose cluster-bus ports are free too."""
+    return free_port(count, also_free_at=BUS_OFFSET, taken=taken)
 
 
 def find_redis_cli() -> str:
@@ -54,9 +47,8 @@ class LocalRedisCluster:
             raise ValueError("a Redis Cluster needs at least 3 primaries")
         count = primaries * (1 + replicas)
         if not ports:
-            ports = []
-            for _ in range(count):
-                ports.append(free_node_port(set(ports)))
+            first = free_node_ports(count)
+            ports = range(first, first + count)
         self.ports = list(ports)
         if len(self.ports) != count:
             raise ValueError(f"{primaries} primaries with {replicas} replicas need {count} ports")
@@ -105,7 +97,7 @@ class LocalRedisCluster:
         What an operator (or a managed service) does after a failover, so the promoted
         primary has a replica again and WAIT can be satisfied.
         """
-        node = self._node(free_node_port(set(self.ports)))
+        node = self._node(free_node_ports(taken=self.ports))
         self.nodes.append(node)
         self.ports.append(node.port)
         node.start()

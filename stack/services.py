@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -14,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import redis
 
@@ -82,11 +83,26 @@ def wait_http(url: str, process: "Process", timeout: float = 60.0, status: int |
         raise process.failure(str(exc)) from None
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The ports free_port picks from lie below the kernel's ephemeral range (ip_local_port_range,
+# 32768-60999 by default), where outgoing connections take theirs, so none can take a picked
+# port before its server binds it; so do a Redis Cluster node's bus ports (port + 10000).
+SERVER_PORTS = range(10000, 22768)
+_picked: set[int] = set()  # handed out by this process: two picks never meet
+
+
+def free_port(count: int = 1, also_free_at: int = 0, taken: Collection[int] = ()) -> int:
+    """The first of count consecutive free ports on 127.0.0.1, not in taken and not picked
+    before; with also_free_at, each port + also_free_at is free too."""
+    rng = random.Random()
+    for _ in range(1000):
+        first = rng.randrange(SERVER_PORTS.start, SERVER_PORTS.stop - count + 1)
+        ports = range(first, first + count)
+        wanted = [*ports, *(p + also_free_at for p in ports if also_free_at)]
+        if not _picked.intersection(wanted) and not set(taken).intersection(wanted) \
+                and all(port_is_free(p) for p in wanted):
+            _picked.update(wanted)
+            return first
+    raise ServiceError(f"no {count} free port(s) in {SERVER_PORTS}")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

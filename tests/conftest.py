@@ -29,6 +29,12 @@ from stack.services import PROJECT_ROOT as ROOT
 from stack.services import RedisServer, SqsServer, free_port, wait_for  # noqa: F401
 
 
+def ephemeral_ports() -> range:
+    """The ports this kernel gives outgoing connections (net.ipv4.ip_local_port_range)."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return range(low, high + 1)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server on a free port for the whole session."""

@@ -14,9 +14,9 @@ from app.orders import Incoming, evaluate
 from app.redis_client import check_control_plane, connect, is_cluster
 from app.settings import Settings, to_env
 from app.store import Store, lua, top_users_key
-from conftest import order_body
+from conftest import ephemeral_ports, order_body
 from stack import redis_users
-from stack.cluster import BUS_OFFSET, SLOTS, LocalRedisCluster, free_node_port
+from stack.cluster import BUS_OFFSET, SLOTS, LocalRedisCluster, free_node_ports
 from stack.services import PROJECT_ROOT, free_port
 
 
@@ -56,9 +56,14 @@ def test_the_control_plane_must_be_a_standalone_redis(redis_cluster, redis_serve
     check_control_plane(Settings(redis_url=redis_server.url))
 
 
-def test_node_ports_leave_room_for_the_cluster_bus():
-    port = free_node_port()
-    assert port + BUS_OFFSET <= 65535
+def test_node_ports_and_their_bus_ports_lie_outside_the_ephemeral_range():
+    """An outgoing connection cannot take a node's port between its pick and redis-server's bind."""
+    client_ports = ephemeral_ports()
+    for _ in range(50):
+        first = free_node_ports(6)
+        for port in range(first, first + 6):
+            assert port not in client_ports and port + BUS_OFFSET not in client_ports
+            assert 1024 <= port and port + BUS_OFFSET <= 65535
 
 
 def test_a_cluster_needs_three_primaries():

@@ -14,6 +14,7 @@ import pytest
 import redis
 import requests
 
+from conftest import ephemeral_ports
 from stack.services import (PROJECT_ROOT, Process, RedisServer, ServiceError, SqsServer,
                             free_port, live_processes, port_is_free, wait_for)
 
@@ -74,6 +75,13 @@ def test_redis_without_data_dir_keeps_nothing(tmp_path):
         assert not list(temp_dir.iterdir())  # no RDB snapshot, no append-only file
     assert not temp_dir.exists()
     assert port_is_free(server.port)
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice():
+    """No outgoing connection, and no other pick, can take a port before its server binds it."""
+    picked = [free_port() for _ in range(200)]
+    assert len(set(picked)) == len(picked)
+    assert not set(picked) & set(ephemeral_ports())
 
 
 def test_redis_refuses_a_taken_port_naming_it(tmp_path):

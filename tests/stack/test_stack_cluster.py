@@ -6,19 +6,9 @@ import requests
 from redis.cluster import RedisCluster
 
 from conftest import wait_for
-from stack.cluster import BUS_OFFSET, free_node_port
-from stack.services import port_is_free
+from stack.cluster import free_node_ports
 
 DEMO_ORDERS = 300
-
-
-def free_node_ports(count: int) -> int:
-    """The first of count consecutive free ports whose bus ports are free too."""
-    for _ in range(100):
-        first = free_node_port()
-        if all(port_is_free(p) and port_is_free(p + BUS_OFFSET) for p in range(first, first + count)):
-            return first
-    raise RuntimeError(f"no {count} consecutive free node ports")
 
 
 def settled(run) -> dict | None:
