@@ -8,13 +8,12 @@ from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 MISMATCH_POLICIES = ("reject", "correct")
-# The URL settings and the URLs each takes (empty leaves a setting unset).
-REDIS_URLS = "a redis://host:port/db, rediss://host:port/db or unix:///path URL"
-HTTP_URLS = "an http:// or https:// URL with a host"
-URL_KINDS = {"redis_url": REDIS_URLS, "api_redis_url": REDIS_URLS, "control_url": REDIS_URLS,
-             "sqs_endpoint_url": HTTP_URLS, "orders_queue_url": HTTP_URLS,
-             "files_endpoint_url": HTTP_URLS, "files_queue_url": HTTP_URLS,
-             "flower_url": HTTP_URLS}
+# The URL settings and the kind of URL each takes (empty leaves a setting unset).
+URL_KINDS = {"redis_url": "redis", "api_redis_url": "redis", "control_url": "redis",
+             "sqs_endpoint_url": "http", "orders_queue_url": "http",
+             "files_endpoint_url": "http", "files_queue_url": "http", "flower_url": "http"}
+URL_KIND_TEXT = {"redis": "a redis://host:port/db, rediss://host:port/db or unix:///path URL",
+                 "http": "an http:// or https:// URL with a host"}
 # SQS names every FIFO queue so, and only FIFO queues.
 FIFO_SUFFIX = ".fifo"
 
@@ -193,7 +192,7 @@ class Settings:
             url = getattr(self, name)
             if url and not _is_url(url, kind):
                 # Not the value itself: a Redis URL may hold a password.
-                raise ValueError(f"{name.upper()} must be {kind}")
+                raise ValueError(f"{name.upper()} must be {URL_KIND_TEXT[kind]}")
         if self.order_value_mismatch not in MISMATCH_POLICIES:
             raise ValueError(
                 f"ORDER_VALUE_MISMATCH must be one of {MISMATCH_POLICIES}, "
@@ -349,7 +348,7 @@ class Settings:
 def _is_url(url: str, kind: str) -> bool:
     """Whether url is of this kind: a scheme of it, a host, and a Redis database a number."""
     parts = urlsplit(url)
-    if kind == REDIS_URLS:
+    if kind == "redis":
         if parts.scheme == "unix":
             return bool(parts.path)
         database = parts.path.removeprefix("/")
