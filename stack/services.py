@@ -91,8 +91,7 @@ _picked: set[int] = set()  # handed out by this process: two picks never meet
 
 
 def free_port(count: int = 1, also_free_at: int = 0, taken: Collection[int] = ()) -> int:
-    """The first of count consecutive free ports on 127.0.0.1, not in taken and not picked
-    before; with also_free_at, each port + also_free_at is free too."""
+    """First of count free consecutive ports (and each + also_free_at), not taken or picked."""
     rng = random.Random()
     for _ in range(1000):
         first = rng.randrange(SERVER_PORTS.start, SERVER_PORTS.stop - count + 1)
