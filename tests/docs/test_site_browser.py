@@ -45,6 +45,7 @@ def test_pages_render_with_the_theme_and_the_generated_tables(browser, site_url,
 
 
 def test_search_finds_a_configuration_variable(browser, site_url, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as shown
     from selenium.webdriver.support.ui import WebDriverWait
@@ -54,8 +55,16 @@ def test_search_finds_a_configuration_variable(browser, site_url, tmp_path):
         shown.element_to_be_clickable((By.CSS_SELECTOR, "input.md-search__input")))
     query.click()
     query.send_keys("REDIS_URL")
-    results = WebDriverWait(browser, 30).until(shown.visibility_of_any_elements_located(
-        (By.CSS_SELECTOR, "li.md-search-result__item a.md-search-result__link")))
+    shown_results = shown.visibility_of_any_elements_located(
+        (By.CSS_SELECTOR, "li.md-search-result__item a.md-search-result__link"))
+
+    def configuration_links(driver) -> list[str]:
+        """The shown results' links to the configuration page; none yet while it searches."""
+        links = [result.get_attribute("href") for result in shown_results(driver)]
+        return [link for link in links if link.startswith(f"{site_url}/configuration/")]
+
+    # The theme redraws the results as they come, so an element found may be gone when read:
+    # the wait then looks again.
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        configuration_links, message="no search result links to the configuration page")
     browser.save_screenshot(str(tmp_path / "search.png"))
-    links = [result.get_attribute("href") for result in results]
-    assert any(link.startswith(f"{site_url}/configuration/") for link in links), links
